@@ -1,0 +1,204 @@
+//! Bulkhead's system configuration.
+//!
+//! - The schema ([`SystemConfig`], [`Board`], [`VmConfig`]) and its rules
+//!   ([`validate`]), shared by the host tool and the EL2 hypervisor.
+//! - A compact binary encoding ([`encode`], [`decode`]) that travels inside
+//!   the bootable image; `decode` is fed by the image, so it never panics.
+//! - The image payload format ([`payload`]): config plus guest images,
+//!   packed behind the hypervisor binary.
+//! - With the `toml` feature (std, host only): the TOML front-end
+//!   (module `toml`) that parses a config file and reports problems by
+//!   file, line and field.
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+#[cfg(feature = "toml")]
+extern crate std;
+
+mod encoding;
+pub mod payload;
+#[cfg(feature = "toml")]
+pub mod toml;
+mod validate;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+pub use encoding::{decode, encode, DecodeError, MAGIC, VERSION};
+pub use validate::validate;
+
+/// Every VM's RAM starts at this guest-physical address. QEMU's `virt`
+/// machine puts RAM at 1 GiB, and guests built for it expect the same.
+pub const RAM_IPA: u64 = 0x4000_0000;
+/// Most vCPUs a VM can have.
+pub const MAX_VCPUS: usize = 8;
+/// Most physical CPUs a board description may name.
+pub const MAX_PCPUS: u16 = 64;
+/// RAM the hypervisor keeps for itself (image, payload, heap, stacks), at the
+/// start of board RAM. VM memory must leave it free.
+pub const HYP_RESERVE: u64 = 64 << 20;
+/// Where an arm64 `Image` is loaded, relative to the start of RAM: the
+/// kernel's `text_offset` (Linux Documentation/arch/arm64/booting.rst, "Call
+/// the kernel image"). Bare-metal guests use the same offset.
+pub const IMAGE_LOAD_OFFSET: u64 = 0x80000;
+/// Granule of VM memory sizes and addresses: a stage-2 level-2 block
+/// (Arm ARM D8.2, 4 KiB granule), so every VM can be mapped with 2 MiB blocks.
+pub const BLOCK_SIZE: u64 = 2 << 20;
+/// Longest VM name, in bytes.
+pub const MAX_NAME_LEN: usize = 31;
+
+/// What happens when a VM stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Stay stopped.
+    #[default]
+    Never,
+    /// Restart from a clean image if it crashed (fault, watchdog), not if it
+    /// powered itself off.
+    OnCrash,
+    /// Restart from a clean image whenever it stops.
+    Always,
+}
+
+impl RestartPolicy {
+    /// The spelling used in config files: `never`, `on-crash`, `always`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Never => "never",
+            Self::OnCrash => "on-crash",
+            Self::Always => "always",
+        }
+    }
+}
+
+impl fmt::Display for RestartPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The machine a config is written for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Board {
+    /// Number of physical CPUs.
+    pub cpus: u16,
+    /// Host-physical address of the start of RAM.
+    pub ram_base: u64,
+    /// Bytes of RAM.
+    pub ram_size: u64,
+}
+
+/// One VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Short name, `[a-z0-9_-]{1,31}`, unique in the system.
+    pub name: String,
+    /// Index into the payload's images.
+    pub image: u16,
+    /// Bytes of RAM, mapped at [`RAM_IPA`].
+    pub memory: u64,
+    /// Host-physical address of the VM's RAM, if fixed; otherwise the
+    /// hypervisor picks it.
+    pub host_address: Option<u64>,
+    /// vCPU `i` runs on physical CPU `pcpus[i]`.
+    pub pcpus: Vec<u16>,
+    /// What happens when the VM stops.
+    pub restart: RestartPolicy,
+}
+
+/// A whole system: the board and its VMs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemConfig {
+    /// The machine.
+    pub board: Board,
+    /// The VMs, in boot order; a VM's index is its id.
+    pub vms: Vec<VmConfig>,
+}
+
+/// The config field a [`Problem`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// A field of the board (`"cpus"`, `"ram_base"`, `"ram_size"`), or
+    /// `"vms"` for the list of VMs as a whole.
+    Board(&'static str),
+    /// A field of VM `n`.
+    Vm(usize, &'static str),
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Board(name) => write!(f, "board.{name}"),
+            Self::Vm(i, name) => write!(f, "vm[{i}].{name}"),
+        }
+    }
+}
+
+/// One broken rule, found by [`validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The most specific field the rule is about.
+    pub field: Field,
+    /// What is wrong, with the numbers.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// A byte count shown for people: `16 MiB`, `2.3 MiB`, `512 KiB`, `100 bytes`.
+/// Integer arithmetic only (the hypervisor has no FP context to spare).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        let n = self.0;
+        for (unit, name) in UNITS {
+            if n >= unit {
+                let whole = n / unit;
+                let tenths = (n % unit) / (unit / 10);
+                return if n.is_multiple_of(unit) {
+                    write!(f, "{whole} {name}")
+                } else {
+                    write!(f, "{whole}.{tenths} {name}")
+                };
+            }
+        }
+        write!(f, "{n} bytes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::format;
+
+    #[test]
+    fn field_display_names_board_and_vm_fields() {
+        assert_eq!(format!("{}", Field::Board("cpus")), "board.cpus");
+        assert_eq!(format!("{}", Field::Vm(1, "memory")), "vm[1].memory");
+    }
+
+    #[test]
+    fn size_display_rounds_to_tenths() {
+        assert_eq!(format!("{}", Size(16 << 20)), "16 MiB");
+        assert_eq!(format!("{}", Size((2 << 20) + 300 * 1024)), "2.2 MiB");
+        assert_eq!(format!("{}", Size((2 << 20) + 350 * 1024)), "2.3 MiB");
+        assert_eq!(format!("{}", Size(1 << 30)), "1 GiB");
+        assert_eq!(format!("{}", Size(512 << 10)), "512 KiB");
+        assert_eq!(format!("{}", Size(100)), "100 bytes");
+    }
+
+    #[test]
+    fn restart_policy_spells_like_the_config_file() {
+        assert_eq!(RestartPolicy::OnCrash.as_str(), "on-crash");
+        assert_eq!(RestartPolicy::default(), RestartPolicy::Never);
+    }
+}

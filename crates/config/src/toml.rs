@@ -1,0 +1,538 @@
+//! The TOML front-end (feature `toml`, host only): reads a config file into a
+//! [`SystemConfig`] and reports every problem as `file:line: field: message`.
+//!
+//! # File format
+//!
+//! One file describes one system: the board, then one `[[vm]]` table per VM,
+//! in boot order (the first `[[vm]]` is `vm[0]`).
+//!
+//! ```toml
+//! [board]                 # the machine the config is for
+//! cpus = 4                # physical CPUs, 1 to 64
+//! memory = "1G"           # bytes of RAM
+//! ram_base = 0x4000_0000  # optional, default 0x4000_0000: host-physical start of RAM
+//!
+//! [[vm]]
+//! name = "safety"         # 1 to 31 of a-z 0-9 _ -, unique
+//! guest = "hello"         # a bare-metal guest built from guests/ ...
+//! # image = "linux/Image" # ... or a raw / arm64 Image file, relative to this file
+//! memory = "16M"          # multiple of 2 MiB; must hold the image + 0x80000
+//! host_address = 0x5000_0000   # optional: fixed host-physical address of its RAM
+//! pcpus = [0]             # vCPU i runs on physical CPU pcpus[i]; 1 to 8 vCPUs
+//! restart = "never"       # never | on-crash | always; default never
+//! ```
+//!
+//! - **Sizes** (`memory`): an integer number of bytes (TOML hex like
+//!   `0x100_0000` is fine), or a string: `"<n>"` bytes, `"<n>K"`, `"<n>M"`,
+//!   `"<n>G"`, or `"<n>KiB"`, `"<n>MiB"`, `"<n>GiB"` (all powers of 1024).
+//! - **Each VM names exactly one of** `guest` (the name of a bare-metal guest
+//!   crate under `guests/`, which the host tool builds) or `image` (a path to
+//!   a kernel image, relative to the directory of the config file). VMs that
+//!   name the same guest or file share one copy in the payload.
+//! - **Unknown keys are errors**, so a misspelt key cannot be silently
+//!   ignored.
+//! - **Rules** checked by [`Parsed::check`] (see [`validate`]): the hypervisor
+//!   keeps the first 64 MiB of board RAM; VM memory in total must fit in the
+//!   rest; fixed `host_address` regions lie in board RAM, are 2 MiB aligned,
+//!   and do not overlap each other or the hypervisor's 64 MiB; each physical
+//!   CPU exists on the board and is given to at most one vCPU in the system.
+//!
+//! Every problem names the file, the line of the offending key (or of the
+//! `[[vm]]` header when the key is missing) and the field, e.g.
+//!
+//! ```text
+//! configs/car.toml:14: vm[1].host_address: region 0x50e00000..0x60e00000 overlaps vm 'safety' at 0x50000000..0x51000000
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::string::{String, ToString};
+use std::vec::Vec;
+use std::{format, vec};
+
+use ::toml::Spanned;
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::{validate, Board, Field, RestartPolicy, SystemConfig, VmConfig, RAM_IPA};
+
+/// Where a VM's image comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ImageSource {
+    /// A bare-metal guest built from `guests/<name>`.
+    Guest(String),
+    /// A kernel image file, already resolved relative to the config file's
+    /// directory.
+    File(PathBuf),
+}
+
+/// One problem in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The config file, as given.
+    pub file: String,
+    /// 1-based line; 0 when the file could not be read at all.
+    pub line: usize,
+    /// The TOML path of the field, e.g. `vm[1].memory`; empty if none.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}: {}: {}",
+            self.file, self.line, self.field, self.message
+        )
+    }
+}
+
+impl std::error::Error for Diagnostic {}
+
+/// A parsed config file: the config, the images its VMs refer to, and where
+/// each field was written (for [`check`](Parsed::check)'s messages).
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    /// The system. `VmConfig::image` indexes into `images`.
+    pub config: SystemConfig,
+    /// Distinct image sources, in order of first use.
+    pub images: Vec<ImageSource>,
+    file: String,
+    lines: Lines,
+}
+
+/// Lines of the fields in the file, by the core field name of [`Field`].
+#[derive(Clone, Debug, Default)]
+struct Lines {
+    board: Table,
+    vms: Vec<Table>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Table {
+    /// Line of the `[board]` / `[[vm]]` header.
+    header: usize,
+    /// (core field name, TOML key, line).
+    keys: Vec<(&'static str, &'static str, usize)>,
+}
+
+impl Table {
+    fn add(&mut self, field: &'static str, key: &'static str, line: usize) {
+        self.keys.push((field, key, line));
+    }
+}
+
+impl Parsed {
+    /// Runs [`validate`] with the sizes of `images` (same order) and reports
+    /// each problem at the line of its key in the file.
+    pub fn check(&self, image_sizes: &[u64]) -> Result<(), Vec<Diagnostic>> {
+        let diags: Vec<Diagnostic> = validate(&self.config, image_sizes)
+            .into_iter()
+            .map(|p| {
+                let (line, field) = self.locate(p.field);
+                Diagnostic {
+                    file: self.file.clone(),
+                    line,
+                    field,
+                    message: p.message,
+                }
+            })
+            .collect();
+        if diags.is_empty() {
+            Ok(())
+        } else {
+            Err(diags)
+        }
+    }
+
+    /// The line and TOML path of `field`: the key's line if it was written,
+    /// else the table header's line, else line 1.
+    fn locate(&self, field: Field) -> (usize, String) {
+        let (table, prefix, name) = match field {
+            Field::Board("vms") => return (1, "vm".into()),
+            Field::Board(name) => (Some(&self.lines.board), "board".to_string(), name),
+            Field::Vm(i, name) => (self.lines.vms.get(i), format!("vm[{i}]"), name),
+        };
+        let Some(table) = table else {
+            return (1, format!("{prefix}.{name}"));
+        };
+        match table.keys.iter().find(|(f, _, _)| *f == name) {
+            Some((_, key, line)) => (*line, format!("{prefix}.{key}")),
+            None => (table.header.max(1), format!("{prefix}.{name}")),
+        }
+    }
+}
+
+/// Reads and parses the config file at `path`.
+pub fn load(path: &Path) -> Result<Parsed, Vec<Diagnostic>> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &file),
+        Err(e) => Err(vec![Diagnostic {
+            file,
+            line: 0,
+            field: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }]),
+    }
+}
+
+/// Parses config text. `file` names it in diagnostics, and `image` paths are
+/// resolved relative to its directory.
+///
+/// This checks syntax, types, unknown keys, size strings and the choice of
+/// `guest` or `image`; the system rules are [`Parsed::check`]'s job, because
+/// they need the image sizes.
+pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
+    let diag = |offset: Option<usize>, field: String, message: String| Diagnostic {
+        file: file.to_string(),
+        line: offset.map_or(1, |o| line_of(text, o)),
+        field,
+        message,
+    };
+
+    let raw: RawFile = ::toml::from_str(text).map_err(|e| {
+        let offset = e.span().map(|s| s.start);
+        let field = offset.map(|o| field_at(text, o)).unwrap_or_default();
+        vec![diag(
+            offset,
+            field,
+            e.message().trim_end().replace('\n', "; "),
+        )]
+    })?;
+
+    let mut diags = Vec::new();
+    let mut lines = Lines::default();
+    let at = |s: std::ops::Range<usize>| line_of(text, s.start);
+
+    // Board.
+    let board_span = raw.board.span();
+    let rb = raw.board.into_inner();
+    lines.board.header = at(board_span);
+    lines.board.add("cpus", "cpus", at(rb.cpus.span()));
+    lines.board.add("ram_size", "memory", at(rb.memory.span()));
+    let ram_base = match &rb.ram_base {
+        Some(b) => {
+            lines.board.add("ram_base", "ram_base", at(b.span()));
+            *b.get_ref()
+        }
+        None => RAM_IPA,
+    };
+    let ram_size = size(&rb.memory).unwrap_or_else(|m| {
+        diags.push(diag(Some(rb.memory.span().start), "board.memory".into(), m));
+        0
+    });
+    let board = Board {
+        cpus: *rb.cpus.get_ref(),
+        ram_base,
+        ram_size,
+    };
+
+    // VMs.
+    let base_dir = Path::new(file).parent().unwrap_or(Path::new(""));
+    let mut images: Vec<ImageSource> = Vec::new();
+    let mut vms = Vec::new();
+    for (i, svm) in raw.vm.into_iter().enumerate() {
+        let header = svm.span();
+        let v = svm.into_inner();
+        let mut t = Table {
+            header: at(header.clone()),
+            keys: Vec::new(),
+        };
+        t.add("name", "name", at(v.name.span()));
+        t.add("memory", "memory", at(v.memory.span()));
+        t.add("pcpus", "pcpus", at(v.pcpus.span()));
+        if let Some(h) = &v.host_address {
+            t.add("host_address", "host_address", at(h.span()));
+        }
+        if let Some(r) = &v.restart {
+            t.add("restart", "restart", at(r.span()));
+        }
+        let memory = size(&v.memory).unwrap_or_else(|m| {
+            diags.push(diag(
+                Some(v.memory.span().start),
+                format!("vm[{i}].memory"),
+                m,
+            ));
+            0
+        });
+
+        let source = match (&v.guest, &v.image) {
+            (Some(g), None) => {
+                t.add("image", "guest", at(g.span()));
+                if g.get_ref().is_empty() {
+                    diags.push(diag(
+                        Some(g.span().start),
+                        format!("vm[{i}].guest"),
+                        "guest name is empty".into(),
+                    ));
+                }
+                Some(ImageSource::Guest(g.get_ref().clone()))
+            }
+            (None, Some(p)) => {
+                t.add("image", "image", at(p.span()));
+                if p.get_ref().is_empty() {
+                    diags.push(diag(
+                        Some(p.span().start),
+                        format!("vm[{i}].image"),
+                        "image path is empty".into(),
+                    ));
+                }
+                Some(ImageSource::File(base_dir.join(p.get_ref())))
+            }
+            (Some(_), Some(p)) => {
+                diags.push(diag(
+                    Some(p.span().start),
+                    format!("vm[{i}].image"),
+                    "set either `guest` or `image`, not both".into(),
+                ));
+                None
+            }
+            (None, None) => {
+                diags.push(diag(
+                    Some(header.start),
+                    format!("vm[{i}]"),
+                    "needs `guest = \"<guest name>\"` or `image = \"<path>\"`".into(),
+                ));
+                None
+            }
+        };
+        let image = match source {
+            Some(s) => {
+                let idx = images.iter().position(|o| *o == s).unwrap_or_else(|| {
+                    images.push(s);
+                    images.len() - 1
+                });
+                // More than 65536 distinct images cannot be indexed; the
+                // payload could never hold them anyway.
+                u16::try_from(idx).unwrap_or(u16::MAX)
+            }
+            None => 0,
+        };
+        lines.vms.push(t);
+        vms.push(VmConfig {
+            name: v.name.into_inner(),
+            image,
+            memory,
+            host_address: v.host_address.map(Spanned::into_inner),
+            pcpus: v.pcpus.into_inner(),
+            restart: v
+                .restart
+                .map_or(RestartPolicy::Never, |r| r.into_inner().into()),
+        });
+    }
+
+    if diags.is_empty() {
+        Ok(Parsed {
+            config: SystemConfig { board, vms },
+            images,
+            file: file.to_string(),
+            lines,
+        })
+    } else {
+        Err(diags)
+    }
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    let end = offset.min(text.len());
+    text.as_bytes()[..end]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Best-effort TOML path of whatever sits at byte `offset`, for errors that
+/// come from the toml parser (which gives a span but not the key): the
+/// enclosing table (`board`, `vm[n]`) and the key on that line, if any.
+fn field_at(text: &str, offset: usize) -> String {
+    let target = line_of(text, offset);
+    let mut table = String::new();
+    let mut vm_count = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("[[") {
+            let name = rest.split("]]").next().unwrap_or("").trim();
+            table = if name == "vm" {
+                vm_count += 1;
+                format!("vm[{}]", vm_count - 1)
+            } else {
+                name.to_string()
+            };
+        } else if let Some(rest) = line.strip_prefix('[') {
+            table = rest.split(']').next().unwrap_or("").trim().to_string();
+        }
+        if n + 1 == target {
+            if line.starts_with('[') {
+                return table;
+            }
+            let key = line.split('=').next().unwrap_or("").trim();
+            if !line.contains('=') || key.is_empty() {
+                return table;
+            }
+            return if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            };
+        }
+    }
+    table
+}
+
+/// The byte count of a size field; `Err` says why a string is not a size.
+fn size(v: &Spanned<SizeValue>) -> Result<u64, String> {
+    match v.get_ref() {
+        SizeValue::Bytes(n) => Ok(*n),
+        SizeValue::Text(s) => parse_size(s),
+    }
+}
+
+/// Parses `"<n>"`, `"<n>K"`, `"<n>M"`, `"<n>G"` or `"<n>KiB"` / `"MiB"` /
+/// `"GiB"`; `<n>` is decimal or `0x` hex, and may contain `_`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "bad size \"{s}\": expected bytes, or a number with K, M, G (or KiB, MiB, GiB), e.g. \"16M\""
+        )
+    };
+    let t = s.trim();
+    let (digits, radix) = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None => (t, 10),
+    };
+    let num_end = digits
+        .find(|c: char| !(c.is_digit(radix) || c == '_'))
+        .unwrap_or(digits.len());
+    let (num, unit) = digits.split_at(num_end);
+    let num: String = num.chars().filter(|&c| c != '_').collect();
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let n = u64::from_str_radix(&num, radix).map_err(|_| bad())?;
+    let shift = match unit.trim() {
+        "" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("size \"{s}\" does not fit in 64 bits"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    board: Spanned<RawBoard>,
+    #[serde(default)]
+    vm: Vec<Spanned<RawVm>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBoard {
+    cpus: Spanned<u16>,
+    memory: Spanned<SizeValue>,
+    ram_base: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVm {
+    name: Spanned<String>,
+    guest: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
+    memory: Spanned<SizeValue>,
+    host_address: Option<Spanned<u64>>,
+    pcpus: Spanned<Vec<u16>>,
+    restart: Option<Spanned<RawRestart>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawRestart {
+    Never,
+    OnCrash,
+    Always,
+}
+
+impl From<RawRestart> for RestartPolicy {
+    fn from(r: RawRestart) -> Self {
+        match r {
+            RawRestart::Never => Self::Never,
+            RawRestart::OnCrash => Self::OnCrash,
+            RawRestart::Always => Self::Always,
+        }
+    }
+}
+
+/// A size as written: an integer, or a string parsed later (so that a bad
+/// string becomes one diagnostic among several, not the end of parsing).
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for SizeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SizeValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size: a number of bytes or a string like \"16M\"")
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<SizeValue, E> {
+                Ok(SizeValue::Bytes(n))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<SizeValue, E> {
+                u64::try_from(n)
+                    .map(SizeValue::Bytes)
+                    .map_err(|_| E::custom(format!("size {n} is negative")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SizeValue, E> {
+                Ok(SizeValue::Text(s.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_strings_accept_plain_suffixed_and_hex() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("16M"), Ok(16 << 20));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("0x100_0000"), Ok(16 << 20));
+        assert_eq!(parse_size("1_024 K"), Ok(1 << 20));
+    }
+
+    #[test]
+    fn size_strings_refuse_junk_and_overflow() {
+        for bad in ["", "M", "16Q", "16 MB", "-1", "1.5G", "16m", "0x"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.starts_with("bad size"), "{bad:?}: {e}");
+        }
+        assert!(parse_size("99999999999G").unwrap_err().contains("64 bits"));
+    }
+
+    #[test]
+    fn field_at_names_table_and_key() {
+        let text = "[board]\ncpus = 4\n\n[[vm]]\nname = \"a\"\n[[vm]]\nmemory = 1\n";
+        assert_eq!(field_at(text, text.find("cpus").unwrap()), "board.cpus");
+        assert_eq!(field_at(text, text.find("name").unwrap()), "vm[0].name");
+        assert_eq!(field_at(text, text.find("memory").unwrap()), "vm[1].memory");
+        assert_eq!(field_at(text, text.rfind("[[vm]]").unwrap()), "vm[1]");
+    }
+}

@@ -1,0 +1,478 @@
+//! An emulated Arm PrimeCell UART (PL011), transmit side only.
+//!
+//! Register map and reset values from the PL011 TRM (Arm DDI 0183G, 3.2
+//! "Summary of registers"). The transmit FIFO drains instantly, so the
+//! guest always sees it empty and ready; the receive FIFO is always empty.
+//! Output is assembled into lines and handed to an `emit` callback, after
+//! filtering control characters so a guest cannot drive the host terminal.
+
+/// Size of the register frame.
+pub const SIZE: u64 = 0x1000;
+
+/// Longest line handed to `emit`; longer output is split.
+pub const LINE_MAX: usize = 256;
+
+/// Why an access could not be performed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceError {
+    /// The access does not lie within the `SIZE` register frame.
+    OutOfRange,
+    /// The access size is not 1, 2, 4 or 8 bytes.
+    BadSize,
+}
+
+// Register offsets (TRM 3.2, table 3-1).
+const DR: u64 = 0x000;
+const RSR_ECR: u64 = 0x004;
+const FR: u64 = 0x018;
+const ILPR: u64 = 0x020;
+const IBRD: u64 = 0x024;
+const FBRD: u64 = 0x028;
+const LCR_H: u64 = 0x02c;
+const CR: u64 = 0x030;
+const IFLS: u64 = 0x034;
+const IMSC: u64 = 0x038;
+const RIS: u64 = 0x03c;
+const MIS: u64 = 0x040;
+const ICR: u64 = 0x044;
+const DMACR: u64 = 0x048;
+const PERIPH_ID0: u64 = 0xfe0;
+const PCELL_ID0: u64 = 0xff0;
+
+/// UARTPeriphID0..3 (TRM 3.3.14): part 0x011, designer Arm (0x41), r1p5.
+const PERIPH_ID: [u32; 4] = [0x11, 0x10, 0x14, 0x00];
+/// UARTPCellID0..3 (TRM 3.3.15): the PrimeCell identification.
+const PCELL_ID: [u32; 4] = [0x0d, 0xf0, 0x05, 0xb1];
+
+/// UARTFR (TRM 3.3.3): TXFE (bit 7) and RXFE (bit 4) set, TXFF (bit 5) and
+/// BUSY (bit 3) clear: the transmitter is always idle and ready.
+const FR_VALUE: u32 = (1 << 7) | (1 << 4);
+
+/// UARTRIS.TXRIS (TRM 3.3.11): transmit FIFO at or below its trigger level,
+/// always true here because the FIFO drains at once.
+const TXRIS: u32 = 1 << 5;
+
+// Register widths (TRM 3.3): the implemented bits of each writable register.
+const ILPR_MASK: u32 = 0xff;
+const IBRD_MASK: u32 = 0xffff;
+const FBRD_MASK: u32 = 0x3f;
+const LCR_H_MASK: u32 = 0xff;
+const CR_MASK: u32 = 0xffff;
+const IFLS_MASK: u32 = 0x3f;
+const INT_MASK: u32 = 0x7ff;
+const DMACR_MASK: u32 = 0x7;
+
+/// UARTCR reset: TXE and RXE set, UART disabled (TRM 3.3.8).
+const CR_RESET: u32 = 0x300;
+/// UARTIFLS reset: both FIFOs trigger at half full (TRM 3.3.9).
+const IFLS_RESET: u32 = 0x12;
+
+/// The emulated UART.
+#[derive(Debug, Clone)]
+pub struct Pl011 {
+    ilpr: u32,
+    ibrd: u32,
+    fbrd: u32,
+    lcr_h: u32,
+    cr: u32,
+    ifls: u32,
+    imsc: u32,
+    ris: u32,
+    dmacr: u32,
+    line: [u8; LINE_MAX],
+    len: usize,
+}
+
+impl Default for Pl011 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Merge the byte lanes selected by `mask` from `new` into `old`, keeping
+/// only the register's implemented bits.
+fn merge(old: u32, new: u32, mask: u32, width: u32) -> u32 {
+    ((old & !mask) | (new & mask)) & width
+}
+
+impl Pl011 {
+    /// A UART in its reset state.
+    pub const fn new() -> Self {
+        Self {
+            ilpr: 0,
+            ibrd: 0,
+            fbrd: 0,
+            lcr_h: 0,
+            cr: CR_RESET,
+            ifls: IFLS_RESET,
+            imsc: 0,
+            ris: TXRIS,
+            dmacr: 0,
+            line: [0; LINE_MAX],
+            len: 0,
+        }
+    }
+
+    /// Back to the reset state. A partial line is discarded: call
+    /// [`Pl011::flush`] first to keep it.
+    pub fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    /// Check size and range; return the end offset of the access.
+    fn check(offset: u64, size: u8) -> Result<u64, DeviceError> {
+        if !matches!(size, 1 | 2 | 4 | 8) {
+            return Err(DeviceError::BadSize);
+        }
+        match offset.checked_add(u64::from(size)) {
+            Some(end) if end <= SIZE => Ok(end),
+            _ => Err(DeviceError::OutOfRange),
+        }
+    }
+
+    /// Read `size` bytes at `offset`. Accesses are split into the 32-bit
+    /// registers they cover, so byte and halfword reads (and 64-bit reads
+    /// spanning two registers) see the same bytes a 32-bit read would.
+    pub fn read(&mut self, offset: u64, size: u8) -> Result<u64, DeviceError> {
+        let end = Self::check(offset, size)?;
+        let mut value = 0u64;
+        for (i, addr) in (offset..end).enumerate() {
+            let word = self.read_reg(addr & !3);
+            let byte = (word >> ((addr & 3) * 8)) & 0xff;
+            value |= u64::from(byte) << (i * 8);
+        }
+        Ok(value)
+    }
+
+    /// Write `size` bytes of `value` at `offset`. Complete lines of output
+    /// (without the '\n', a trailing '\r' stripped) are passed to `emit`, as
+    /// is a full buffer of [`LINE_MAX`] bytes when no newline came.
+    pub fn write(
+        &mut self,
+        offset: u64,
+        size: u8,
+        value: u64,
+        emit: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), DeviceError> {
+        let end = Self::check(offset, size)?;
+        let mut reg = offset & !3;
+        while reg < end {
+            let mut lanes = 0u32;
+            let mut word = 0u32;
+            for (i, addr) in (offset..end).enumerate() {
+                if addr & !3 == reg {
+                    let shift = (addr & 3) * 8;
+                    lanes |= 0xff << shift;
+                    word |= (((value >> (i * 8)) & 0xff) as u32) << shift;
+                }
+            }
+            self.write_reg(reg, word, lanes, emit);
+            reg += 4;
+        }
+        Ok(())
+    }
+
+    /// Emit any partial line.
+    pub fn flush(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        if self.len > 0 {
+            self.emit_line(emit);
+        }
+    }
+
+    fn read_reg(&self, reg: u64) -> u32 {
+        match reg {
+            // No input yet: DR reads 0, RSR reports no errors.
+            DR | RSR_ECR => 0,
+            FR => FR_VALUE,
+            ILPR => self.ilpr,
+            IBRD => self.ibrd,
+            FBRD => self.fbrd,
+            LCR_H => self.lcr_h,
+            CR => self.cr,
+            IFLS => self.ifls,
+            IMSC => self.imsc,
+            RIS => self.ris,
+            // TRM 3.3.12: UARTMIS = UARTRIS & UARTIMSC.
+            MIS => self.ris & self.imsc,
+            DMACR => self.dmacr,
+            PERIPH_ID0..=0xfef => PERIPH_ID
+                .get(((reg - PERIPH_ID0) / 4) as usize)
+                .copied()
+                .unwrap_or(0),
+            PCELL_ID0..=0xfff => PCELL_ID
+                .get(((reg - PCELL_ID0) / 4) as usize)
+                .copied()
+                .unwrap_or(0),
+            // ICR is write-only; everything else is reserved: reads as 0.
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, reg: u64, value: u32, lanes: u32, emit: &mut dyn FnMut(&[u8])) {
+        match reg {
+            // Only a write that covers DR[7:0] transmits a character.
+            DR if lanes & 0xff != 0 => {
+                self.transmit(value as u8, emit);
+                // The FIFO drained at once: TX interrupt condition again.
+                self.ris |= TXRIS;
+            }
+            ILPR => self.ilpr = merge(self.ilpr, value, lanes, ILPR_MASK),
+            IBRD => self.ibrd = merge(self.ibrd, value, lanes, IBRD_MASK),
+            FBRD => self.fbrd = merge(self.fbrd, value, lanes, FBRD_MASK),
+            LCR_H => self.lcr_h = merge(self.lcr_h, value, lanes, LCR_H_MASK),
+            CR => self.cr = merge(self.cr, value, lanes, CR_MASK),
+            IFLS => self.ifls = merge(self.ifls, value, lanes, IFLS_MASK),
+            IMSC => self.imsc = merge(self.imsc, value, lanes, INT_MASK),
+            // TRM 3.3.13: writing 1 to a UARTICR bit clears that interrupt.
+            ICR => self.ris &= !(value & lanes & INT_MASK),
+            DMACR => self.dmacr = merge(self.dmacr, value, lanes, DMACR_MASK),
+            // ECR (clears receive errors; there are none), read-only and
+            // reserved registers: ignored.
+            _ => {}
+        }
+    }
+
+    /// Add one byte to the line buffer, emitting on '\n' or when full.
+    fn transmit(&mut self, byte: u8, emit: &mut dyn FnMut(&[u8])) {
+        if byte == b'\n' {
+            self.emit_line(emit);
+            return;
+        }
+        // Anything that could start a terminal escape sequence (ESC, other
+        // C0 controls, DEL, 8-bit bytes) becomes '.'.
+        let byte = match byte {
+            b'\r' | b'\t' | 0x20..=0x7e => byte,
+            _ => b'.',
+        };
+        if let Some(slot) = self.line.get_mut(self.len) {
+            *slot = byte;
+            self.len += 1;
+        }
+        if self.len >= LINE_MAX {
+            self.emit_line(emit);
+        }
+    }
+
+    fn emit_line(&mut self, emit: &mut dyn FnMut(&[u8])) {
+        let mut line = self.line.get(..self.len).unwrap_or(&[]);
+        if let [rest @ .., b'\r'] = line {
+            line = rest;
+        }
+        emit(line);
+        self.len = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// Collects emitted lines.
+    #[derive(Default)]
+    struct Sink(Vec<Vec<u8>>);
+
+    impl Sink {
+        fn put(&mut self, uart: &mut Pl011, bytes: &[u8]) {
+            for &b in bytes {
+                uart.write(DR, 4, u64::from(b), &mut |l| self.0.push(l.to_vec()))
+                    .expect("DR write");
+            }
+        }
+        fn flush(&mut self, uart: &mut Pl011) {
+            uart.flush(&mut |l| self.0.push(l.to_vec()));
+        }
+    }
+
+    fn no_emit(_: &[u8]) {
+        panic!("nothing should be emitted");
+    }
+
+    #[test]
+    fn line_is_emitted_only_at_newline() {
+        let mut u = Pl011::new();
+        let mut s = Sink::default();
+        s.put(&mut u, b"hel");
+        assert!(s.0.is_empty());
+        s.put(&mut u, b"lo\nwor");
+        assert_eq!(s.0, [b"hello".to_vec()]);
+        s.put(&mut u, b"ld\n");
+        assert_eq!(s.0, [b"hello".to_vec(), b"world".to_vec()]);
+    }
+
+    #[test]
+    fn crlf_strips_carriage_return() {
+        let mut u = Pl011::new();
+        let mut s = Sink::default();
+        s.put(&mut u, b"ok\r\n\r\n");
+        assert_eq!(s.0, [b"ok".to_vec(), b"".to_vec()]);
+    }
+
+    #[test]
+    fn long_line_is_split_at_line_max() {
+        let mut u = Pl011::new();
+        let mut s = Sink::default();
+        let long: Vec<u8> = (0..LINE_MAX + 10).map(|i| b'a' + (i % 26) as u8).collect();
+        s.put(&mut u, &long);
+        assert_eq!(s.0.len(), 1);
+        assert_eq!(s.0[0], long[..LINE_MAX]);
+        s.put(&mut u, b"\n");
+        assert_eq!(s.0[1], long[LINE_MAX..]);
+    }
+
+    #[test]
+    fn flush_emits_partial_line_once() {
+        let mut u = Pl011::new();
+        let mut s = Sink::default();
+        s.put(&mut u, b"prompt> ");
+        s.flush(&mut u);
+        s.flush(&mut u);
+        assert_eq!(s.0, [b"prompt> ".to_vec()]);
+    }
+
+    #[test]
+    fn escape_sequences_are_filtered() {
+        let mut u = Pl011::new();
+        let mut s = Sink::default();
+        s.put(&mut u, b"\x1b[2Ja\tb\x07\x7f\xff\x00\n");
+        assert_eq!(s.0, [b".[2Ja\tb....".to_vec()]);
+    }
+
+    #[test]
+    fn byte_write_to_dr_transmits() {
+        let mut u = Pl011::new();
+        let mut s = Sink::default();
+        u.write(DR, 1, u64::from(b'x'), &mut no_emit).unwrap();
+        s.flush(&mut u);
+        assert_eq!(s.0, [b"x".to_vec()]);
+    }
+
+    #[test]
+    fn byte_write_to_upper_dr_lane_does_not_transmit() {
+        let mut u = Pl011::new();
+        u.write(DR + 1, 1, 0x41, &mut no_emit).unwrap();
+        u.flush(&mut no_emit);
+    }
+
+    #[test]
+    fn id_registers_identify_a_pl011() {
+        let mut u = Pl011::new();
+        let ids: Vec<u64> = (0..8).map(|i| u.read(0xfe0 + i * 4, 4).unwrap()).collect();
+        assert_eq!(ids, [0x11, 0x10, 0x14, 0x00, 0x0d, 0xf0, 0x05, 0xb1]);
+    }
+
+    #[test]
+    fn flag_register_says_tx_empty_rx_empty_not_busy() {
+        let mut u = Pl011::new();
+        let fr = u.read(FR, 4).unwrap();
+        assert_eq!(fr, 0x90);
+        assert_eq!(fr & (1 << 5), 0, "TXFF");
+        assert_eq!(fr & (1 << 3), 0, "BUSY");
+    }
+
+    #[test]
+    fn reset_values() {
+        let mut u = Pl011::new();
+        assert_eq!(u.read(CR, 4).unwrap(), 0x300);
+        assert_eq!(u.read(IFLS, 4).unwrap(), 0x12);
+        assert_eq!(u.read(RIS, 4).unwrap(), 0x20);
+        assert_eq!(u.read(DR, 4).unwrap(), 0);
+    }
+
+    #[test]
+    fn control_registers_read_back_masked_to_width() {
+        let mut u = Pl011::new();
+        for (reg, val, expect) in [
+            (CR, 0xffff_0301, 0x0301),
+            (LCR_H, 0x170, 0x70),
+            (IBRD, 0x1_0027, 0x0027),
+            (FBRD, 0xff, 0x3f),
+            (IMSC, 0xffff, 0x7ff),
+            (DMACR, 0xff, 0x7),
+            (ILPR, 0x1ff, 0xff),
+        ] {
+            u.write(reg, 4, val, &mut no_emit).unwrap();
+            assert_eq!(u.read(reg, 4).unwrap(), expect, "reg {reg:#x}");
+        }
+    }
+
+    #[test]
+    fn byte_write_merges_into_register() {
+        let mut u = Pl011::new();
+        u.write(CR, 1, 0x01, &mut no_emit).unwrap();
+        assert_eq!(u.read(CR, 4).unwrap(), 0x301);
+        assert_eq!(u.read(CR + 1, 1).unwrap(), 0x03);
+        assert_eq!(u.read(CR, 2).unwrap(), 0x301);
+    }
+
+    #[test]
+    fn icr_clears_ris_and_mis_follows_imsc() {
+        let mut u = Pl011::new();
+        assert_eq!(u.read(MIS, 4).unwrap(), 0);
+        u.write(IMSC, 4, TXRIS.into(), &mut no_emit).unwrap();
+        assert_eq!(u.read(MIS, 4).unwrap(), 0x20);
+        u.write(ICR, 4, 0x7ff, &mut no_emit).unwrap();
+        assert_eq!(u.read(RIS, 4).unwrap(), 0);
+        assert_eq!(u.read(MIS, 4).unwrap(), 0);
+        // The next transmit drains at once and raises TXRIS again.
+        u.write(DR, 4, u64::from(b'a'), &mut no_emit).unwrap();
+        assert_eq!(u.read(RIS, 4).unwrap(), 0x20);
+    }
+
+    #[test]
+    fn read_only_and_reserved_registers_ignore_writes() {
+        let mut u = Pl011::new();
+        for reg in [FR, RIS, MIS, 0x100, 0xfe0, 0xffc] {
+            let before = u.read(reg, 4).unwrap();
+            u.write(reg, 4, 0xffff_ffff, &mut no_emit).unwrap();
+            assert_eq!(u.read(reg, 4).unwrap(), before, "reg {reg:#x}");
+        }
+        assert_eq!(u.read(0x100, 4).unwrap(), 0);
+    }
+
+    #[test]
+    fn wide_read_spans_two_registers() {
+        let mut u = Pl011::new();
+        u.write(IBRD, 8, 0x0000_0005_0000_0027, &mut no_emit)
+            .unwrap();
+        assert_eq!(u.read(IBRD, 4).unwrap(), 0x27);
+        assert_eq!(u.read(FBRD, 4).unwrap(), 0x05);
+        assert_eq!(u.read(IBRD, 8).unwrap(), 0x0000_0005_0000_0027);
+    }
+
+    #[test]
+    fn out_of_range_accesses_fail() {
+        let mut u = Pl011::new();
+        assert_eq!(u.read(SIZE, 4), Err(DeviceError::OutOfRange));
+        assert_eq!(u.read(0xffc, 8), Err(DeviceError::OutOfRange));
+        assert_eq!(u.read(u64::MAX, 1), Err(DeviceError::OutOfRange));
+        assert_eq!(
+            u.write(SIZE + 4, 4, 0, &mut no_emit),
+            Err(DeviceError::OutOfRange)
+        );
+        assert_eq!(u.read(0xffc, 4), Ok(0xb1));
+    }
+
+    #[test]
+    fn bad_sizes_fail() {
+        let mut u = Pl011::new();
+        for size in [0, 3, 5, 16, 255] {
+            assert_eq!(u.read(0, size), Err(DeviceError::BadSize));
+            assert_eq!(
+                u.write(DR, size, 0x41, &mut no_emit),
+                Err(DeviceError::BadSize)
+            );
+        }
+    }
+
+    #[test]
+    fn reset_restores_registers_and_drops_partial_line() {
+        let mut u = Pl011::new();
+        u.write(CR, 4, 0x301, &mut no_emit).unwrap();
+        u.write(DR, 4, u64::from(b'z'), &mut no_emit).unwrap();
+        u.reset();
+        assert_eq!(u.read(CR, 4).unwrap(), 0x300);
+        u.flush(&mut no_emit);
+    }
+}

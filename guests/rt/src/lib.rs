@@ -1,0 +1,266 @@
+//! Runtime for Bulkhead's bare-metal guests. A guest is an arm64 `Image`
+//! that runs at EL1 with its MMU off, both under Bulkhead and natively on
+//! QEMU virt (for benchmarks). It talks to the PL011 at 0x0900_0000 and to
+//! PSCI over HVC, and can probe an address and learn whether it faulted.
+#![no_std]
+
+use core::arch::{asm, global_asm};
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+
+global_asm!(include_str!("entry.S"));
+
+pub const MAX_VCPUS: usize = 8;
+const STACK_SIZE: usize = 0x4000;
+
+#[repr(C, align(16))]
+pub struct Stacks([u8; STACK_SIZE * MAX_VCPUS]);
+
+#[unsafe(no_mangle)]
+static STACKS: Stacks = Stacks([0; STACK_SIZE * MAX_VCPUS]);
+
+pub const UART: usize = 0x0900_0000;
+const UART_DR: usize = 0x000;
+const UART_FR: usize = 0x018;
+const FR_TXFF: u32 = 1 << 5;
+
+unsafe extern "C" {
+    static __guest_end: u8;
+    fn secondary_start();
+    fn guest_main() -> !;
+}
+
+/// First free byte of RAM after the image (4 KiB aligned).
+pub fn image_end() -> usize {
+    core::ptr::addr_of!(__guest_end) as usize
+}
+
+/// The entry point to give PSCI CPU_ON for a secondary vCPU; its context id
+/// must be the vCPU index.
+pub fn secondary_entry() -> u64 {
+    secondary_start as *const () as u64
+}
+
+static SECONDARY: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets what secondary vCPUs run (with their index) once started.
+pub fn set_secondary_main(f: fn(usize) -> !) {
+    SECONDARY.store(f as usize, Ordering::SeqCst);
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn rt_start(index: usize) -> ! {
+    if index == 0 {
+        // SAFETY: `guest_main` is defined by the guest binary.
+        unsafe { guest_main() }
+    }
+    let f = SECONDARY.load(Ordering::SeqCst);
+    if f == 0 {
+        println!("FAIL vcpu {index} started but no secondary entry was set");
+        system_off();
+    }
+    // SAFETY: SECONDARY only ever holds a `fn(usize) -> !` (see above).
+    let f: fn(usize) -> ! = unsafe { core::mem::transmute::<usize, fn(usize) -> !>(f) };
+    f(index)
+}
+
+/// 32-bit MMIO load, as one `ldr w` (a hypervisor can decode it).
+pub fn mmio_read32(addr: usize) -> u32 {
+    let v: u32;
+    // SAFETY: the guest only names device addresses; a fault is handled by
+    // the exception vector.
+    unsafe { asm!("ldr {0:w}, [{1}]", out(reg) v, in(reg) addr, options(nostack)) };
+    v
+}
+
+/// 32-bit MMIO store, as one `str w`.
+pub fn mmio_write32(addr: usize, v: u32) {
+    // SAFETY: as for `mmio_read32`.
+    unsafe { asm!("str {0:w}, [{1}]", in(reg) v, in(reg) addr, options(nostack)) };
+}
+
+/// 64-bit load from any address, as one `ldr x`.
+pub fn read64(addr: usize) -> u64 {
+    let v: u64;
+    // SAFETY: probing is the point; a fault is caught by `probe`.
+    unsafe { asm!("ldr {0}, [{1}]", out(reg) v, in(reg) addr, options(nostack)) };
+    v
+}
+
+/// 64-bit store to any address, as one `str x`.
+pub fn write64(addr: usize, v: u64) {
+    // SAFETY: as for `read64`.
+    unsafe { asm!("str {0}, [{1}]", in(reg) v, in(reg) addr, options(nostack)) };
+}
+
+static CONSOLE: AtomicBool = AtomicBool::new(false);
+
+fn putc(c: u8) {
+    while mmio_read32(UART + UART_FR) & FR_TXFF != 0 {}
+    mmio_write32(UART + UART_DR, c as u32);
+}
+
+pub struct Console;
+
+impl Write for Console {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            putc(b);
+        }
+        Ok(())
+    }
+}
+
+/// Prints one formatted line atomically with respect to other vCPUs.
+pub fn print_fmt(args: fmt::Arguments) {
+    while CONSOLE.swap(true, Ordering::Acquire) {
+        core::hint::spin_loop();
+    }
+    let _ = Console.write_fmt(args);
+    CONSOLE.store(false, Ordering::Release);
+}
+
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => { $crate::print_fmt(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// An SMCCC call over HVC; returns x0 and x1.
+pub fn hvc(fid: u32, a1: u64, a2: u64, a3: u64) -> (u64, u64) {
+    let mut x0 = fid as u64;
+    let mut x1 = a1;
+    // SAFETY: an SMCCC call; x2-x17 may be clobbered.
+    unsafe {
+        asm!("hvc #0", inout("x0") x0, inout("x1") x1, inout("x2") a2 => _, inout("x3") a3 => _,
+             out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _, out("x9") _,
+             out("x10") _, out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+             out("x16") _, out("x17") _, options(nostack))
+    };
+    (x0, x1)
+}
+
+/// An SMCCC call over SMC (trapped by the hypervisor).
+pub fn smc(fid: u32, a1: u64, a2: u64, a3: u64) -> (u64, u64) {
+    let mut x0 = fid as u64;
+    let mut x1 = a1;
+    // SAFETY: as for `hvc`.
+    unsafe {
+        asm!("smc #0", inout("x0") x0, inout("x1") x1, inout("x2") a2 => _, inout("x3") a3 => _,
+             out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _, out("x9") _,
+             out("x10") _, out("x11") _, out("x12") _, out("x13") _, out("x14") _, out("x15") _,
+             out("x16") _, out("x17") _, options(nostack))
+    };
+    (x0, x1)
+}
+
+pub mod psci {
+    pub const VERSION: u32 = 0x8400_0000;
+    pub const CPU_OFF: u32 = 0x8400_0002;
+    pub const CPU_ON: u32 = 0xC400_0003;
+    pub const AFFINITY_INFO: u32 = 0xC400_0004;
+    pub const SYSTEM_OFF: u32 = 0x8400_0008;
+    pub const SYSTEM_RESET: u32 = 0x8400_0009;
+    pub const FEATURES: u32 = 0x8400_000A;
+    pub const BULKHEAD_NULL: u32 = 0xC600_0000;
+    pub const BULKHEAD_VM_INFO: u32 = 0xC600_0001;
+    pub const SUCCESS: i64 = 0;
+    pub const NOT_SUPPORTED: i64 = -1;
+    pub const INVALID_PARAMETERS: i64 = -2;
+    pub const ALREADY_ON: i64 = -4;
+    pub const INVALID_ADDRESS: i64 = -9;
+}
+
+/// PSCI SYSTEM_OFF: stops this VM (or QEMU, natively).
+pub fn system_off() -> ! {
+    hvc(psci::SYSTEM_OFF, 0, 0, 0);
+    halt()
+}
+
+/// PSCI SYSTEM_RESET: restarts this VM from a fresh image.
+pub fn system_reset() -> ! {
+    hvc(psci::SYSTEM_RESET, 0, 0, 0);
+    halt()
+}
+
+/// PSCI CPU_OFF for the calling vCPU.
+pub fn cpu_off() -> ! {
+    hvc(psci::CPU_OFF, 0, 0, 0);
+    halt()
+}
+
+pub fn halt() -> ! {
+    loop {
+        // SAFETY: WFE has no memory effects.
+        unsafe { asm!("wfe", options(nomem, nostack)) };
+    }
+}
+
+/// The virtual counter (1 GHz under `-cpu max`: one tick per instruction
+/// under `-icount shift=0`).
+pub fn counter() -> u64 {
+    let v: u64;
+    // SAFETY: reading CNTVCT_EL0 has no side effects; the ISB keeps it
+    // ordered with the code being measured.
+    unsafe { asm!("isb", "mrs {}, cntvct_el0", "isb", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+/// The calling vCPU's index (MPIDR_EL1.Aff0 + 16 * Aff1).
+pub fn vcpu_index() -> usize {
+    let v: u64;
+    // SAFETY: reading MPIDR_EL1 has no side effects.
+    unsafe { asm!("mrs {}, mpidr_el1", out(reg) v, options(nomem, nostack)) };
+    ((v & 0xff) + 16 * ((v >> 8) & 0xff)) as usize
+}
+
+/// A synchronous exception the guest caught while probing.
+#[derive(Clone, Copy, Debug)]
+pub struct Fault {
+    pub esr: u64,
+    pub far: u64,
+}
+
+impl Fault {
+    pub fn ec(&self) -> u64 {
+        self.esr >> 26
+    }
+}
+
+static EXPECTING: AtomicBool = AtomicBool::new(false);
+static FAULT_ESR: AtomicU64 = AtomicU64::new(0);
+static FAULT_FAR: AtomicU64 = AtomicU64::new(0);
+static FAULTED: AtomicBool = AtomicBool::new(false);
+
+/// Runs `f`, which may fault once; the faulting instruction is skipped.
+/// Returns Err with the syndrome if it faulted. Only one vCPU may probe at a
+/// time.
+pub fn probe<T>(f: impl FnOnce() -> T) -> Result<T, Fault> {
+    FAULTED.store(false, Ordering::SeqCst);
+    EXPECTING.store(true, Ordering::SeqCst);
+    let v = f();
+    EXPECTING.store(false, Ordering::SeqCst);
+    if FAULTED.load(Ordering::SeqCst) {
+        Err(Fault { esr: FAULT_ESR.load(Ordering::SeqCst), far: FAULT_FAR.load(Ordering::SeqCst) })
+    } else {
+        Ok(v)
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn rt_exception(kind: u64, esr: u64, far: u64, elr: u64) -> u64 {
+    // Synchronous exceptions from EL1 itself (vector 4) are what probing provokes.
+    if kind == 4 && EXPECTING.load(Ordering::SeqCst) && !FAULTED.load(Ordering::SeqCst) {
+        FAULT_ESR.store(esr, Ordering::SeqCst);
+        FAULT_FAR.store(far, Ordering::SeqCst);
+        FAULTED.store(true, Ordering::SeqCst);
+        return elr + 4;
+    }
+    println!("FAIL unexpected exception kind={kind} esr={esr:#x} far={far:#x} elr={elr:#x}");
+    system_off()
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    println!("FAIL guest panic: {info}");
+    system_off()
+}

@@ -1,0 +1,176 @@
+//! System registers. Reads are safe functions; writes that can break the
+//! hypervisor's own execution are `unsafe fn` with a `# Safety` section.
+
+macro_rules! read_fn {
+    ($name:ident, $reg:literal) => {
+        #[inline(always)]
+        pub fn $name() -> u64 {
+            let v: u64;
+            // SAFETY: reading this system register has no side effects.
+            unsafe { core::arch::asm!(concat!("mrs {}, ", $reg), out(reg) v, options(nomem, nostack, preserves_flags)) };
+            v
+        }
+    };
+}
+
+/// Writes of registers that only describe the *guest's* state (its EL1
+/// context, or the trap return address). Writing them cannot affect EL2's
+/// own execution, so the functions are safe.
+macro_rules! guest_write_fn {
+    ($name:ident, $reg:literal) => {
+        #[inline(always)]
+        pub fn $name(v: u64) {
+            // SAFETY: this register only affects the guest context (EL1/EL0
+            // or the return from this exception), never EL2's own memory.
+            unsafe { core::arch::asm!(concat!("msr ", $reg, ", {}"), in(reg) v, options(nomem, nostack, preserves_flags)) };
+        }
+    };
+}
+
+read_fn!(current_el, "CurrentEL");
+read_fn!(mpidr_el1, "mpidr_el1");
+read_fn!(midr_el1, "midr_el1");
+read_fn!(id_aa64mmfr0_el1, "id_aa64mmfr0_el1");
+read_fn!(esr_el2, "esr_el2");
+read_fn!(far_el2, "far_el2");
+read_fn!(hpfar_el2, "hpfar_el2");
+read_fn!(elr_el2, "elr_el2");
+read_fn!(spsr_el2, "spsr_el2");
+read_fn!(vbar_el1, "vbar_el1");
+read_fn!(cntpct_el0, "cntpct_el0");
+read_fn!(tpidr_el2, "tpidr_el2");
+
+guest_write_fn!(set_elr_el2, "elr_el2");
+guest_write_fn!(set_spsr_el2, "spsr_el2");
+guest_write_fn!(set_esr_el1, "esr_el1");
+guest_write_fn!(set_far_el1, "far_el1");
+guest_write_fn!(set_elr_el1, "elr_el1");
+guest_write_fn!(set_spsr_el1, "spsr_el1");
+guest_write_fn!(set_sctlr_el1, "sctlr_el1");
+guest_write_fn!(set_cpacr_el1, "cpacr_el1");
+guest_write_fn!(set_ttbr0_el1, "ttbr0_el1");
+guest_write_fn!(set_ttbr1_el1, "ttbr1_el1");
+guest_write_fn!(set_tcr_el1, "tcr_el1");
+guest_write_fn!(set_mair_el1, "mair_el1");
+guest_write_fn!(set_amair_el1, "amair_el1");
+guest_write_fn!(set_vbar_el1, "vbar_el1");
+guest_write_fn!(set_contextidr_el1, "contextidr_el1");
+guest_write_fn!(set_tpidr_el0, "tpidr_el0");
+guest_write_fn!(set_tpidrro_el0, "tpidrro_el0");
+guest_write_fn!(set_tpidr_el1, "tpidr_el1");
+guest_write_fn!(set_sp_el0, "sp_el0");
+guest_write_fn!(set_sp_el1, "sp_el1");
+guest_write_fn!(set_afsr0_el1, "afsr0_el1");
+guest_write_fn!(set_afsr1_el1, "afsr1_el1");
+guest_write_fn!(set_par_el1, "par_el1");
+guest_write_fn!(set_cntkctl_el1, "cntkctl_el1");
+guest_write_fn!(set_cntv_ctl_el0, "cntv_ctl_el0");
+guest_write_fn!(set_cntp_ctl_el0, "cntp_ctl_el0");
+guest_write_fn!(set_mdscr_el1, "mdscr_el1");
+guest_write_fn!(set_vmpidr_el2, "vmpidr_el2");
+guest_write_fn!(set_vpidr_el2, "vpidr_el2");
+guest_write_fn!(set_cntvoff_el2, "cntvoff_el2");
+
+/// HCR_EL2 bits (Arm ARM D24.2.48).
+pub mod hcr {
+    pub const VM: u64 = 1 << 0;
+    pub const SWIO: u64 = 1 << 1;
+    pub const FMO: u64 = 1 << 3;
+    pub const IMO: u64 = 1 << 4;
+    pub const AMO: u64 = 1 << 5;
+    pub const FB: u64 = 1 << 9;
+    pub const BSU_IS: u64 = 1 << 10;
+    pub const TSC: u64 = 1 << 19;
+    pub const TIDCP: u64 = 1 << 20;
+    pub const TSW: u64 = 1 << 22;
+    pub const TACR: u64 = 1 << 21;
+    pub const RW: u64 = 1 << 31;
+    pub const APK: u64 = 1 << 40;
+    pub const API: u64 = 1 << 41;
+}
+
+/// The HCR_EL2 every guest runs with: stage 2 on, physical interrupts and
+/// SErrors to EL2, SMC trapped (guests' firmware calls are ours to answer),
+/// set/way cache maintenance and IMPLEMENTATION DEFINED registers trapped,
+/// barriers and TLB maintenance broadcast inner-shareable (a vCPU may move
+/// between pCPUs later), EL1 is AArch64, pointer authentication not trapped.
+pub const GUEST_HCR: u64 = hcr::VM
+    | hcr::SWIO
+    | hcr::FMO
+    | hcr::IMO
+    | hcr::AMO
+    | hcr::FB
+    | hcr::BSU_IS
+    | hcr::TSC
+    | hcr::TIDCP
+    | hcr::TSW
+    | hcr::TACR
+    | hcr::RW
+    | hcr::APK
+    | hcr::API;
+
+/// Programs the registers that put this pCPU in "run a guest" mode.
+///
+/// # Safety
+/// `vttbr` must name a valid stage-2 root that maps only memory owned by
+/// the VM, and `vtcr` must describe that table.
+pub unsafe fn set_stage2(vtcr: u64, vttbr: u64) {
+    // SAFETY: the caller vouches for the table; the TLB maintenance makes
+    // sure no stale translation for this VMID survives on this pCPU.
+    unsafe {
+        core::arch::asm!(
+            "msr vtcr_el2, {vtcr}",
+            "msr vttbr_el2, {vttbr}",
+            "isb",
+            "tlbi vmalls12e1",
+            "dsb nsh",
+            "isb",
+            vtcr = in(reg) vtcr,
+            vttbr = in(reg) vttbr,
+            options(nostack)
+        )
+    };
+}
+
+/// # Safety
+/// Must be `GUEST_HCR` or another value whose traps the hypervisor handles.
+pub unsafe fn set_hcr_el2(v: u64) {
+    // SAFETY: per the caller.
+    unsafe { core::arch::asm!("msr hcr_el2, {}", "isb", in(reg) v, options(nomem, nostack)) };
+}
+
+/// CPTR_EL2 (non-VHE): RES1 bits only, so FP/SIMD is not trapped.
+/// SVE/SME stay trapped (TZ/TSM are RES1 when not implemented; the supported
+/// QEMU CPU is `max,sve=off,sme=off`).
+pub const CPTR_EL2_GUEST: u64 = 0x33ff;
+
+/// CNTHCTL_EL2: EL1 may read the physical counter and use the physical
+/// timer (bare-metal guests measure with CNTPCT).
+pub const CNTHCTL_EL2_GUEST: u64 = 0b11;
+
+/// Programs the EL2 controls that do not depend on the VM.
+///
+/// # Safety
+/// Call once per pCPU before the first guest entry.
+pub unsafe fn init_el2_controls() {
+    // SAFETY: these registers configure traps for lower ELs only.
+    unsafe {
+        core::arch::asm!(
+            "msr cptr_el2, {cptr}",
+            "msr cnthctl_el2, {cnthctl}",
+            "msr mdcr_el2, xzr",
+            "msr hstr_el2, xzr",
+            "isb",
+            cptr = in(reg) CPTR_EL2_GUEST,
+            cnthctl = in(reg) CNTHCTL_EL2_GUEST,
+            options(nomem, nostack)
+        )
+    };
+}
+
+/// # Safety
+/// `v` must point at this CPU's `PerCpu`, which lives for the rest of time.
+pub unsafe fn set_tpidr_el2(v: u64) {
+    // SAFETY: per the caller; TPIDR_EL2 is only read by our own code.
+    unsafe { core::arch::asm!("msr tpidr_el2, {}", in(reg) v, options(nomem, nostack)) };
+}

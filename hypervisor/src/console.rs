@@ -1,0 +1,90 @@
+//! The physical PL011, owned by the hypervisor, and the `log` backend.
+//! Every line carries the pCPU and the level; guest output carries the VM.
+
+use crate::percpu;
+use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use spin::Mutex;
+
+/// QEMU virt's UART, used only if the host DTB names none.
+pub const FALLBACK_UART: usize = 0x0900_0000;
+
+static UART_BASE: AtomicUsize = AtomicUsize::new(FALLBACK_UART);
+static LOCK: Mutex<()> = Mutex::new(());
+
+const UART_DR: usize = 0x00;
+const UART_FR: usize = 0x18;
+const FR_TXFF: u32 = 1 << 5;
+
+pub fn set_base(base: usize) {
+    UART_BASE.store(base, Ordering::Relaxed);
+}
+
+struct Uart;
+
+impl Uart {
+    fn putc(&mut self, c: u8) {
+        let base = UART_BASE.load(Ordering::Relaxed);
+        // SAFETY: `base` is the PL011 from the host DTB (or virt's), mapped
+        // as device memory; FR and DR are 32-bit registers.
+        unsafe {
+            while core::ptr::read_volatile((base + UART_FR) as *const u32) & FR_TXFF != 0 {}
+            core::ptr::write_volatile((base + UART_DR) as *mut u32, c as u32);
+        }
+    }
+}
+
+impl Write for Uart {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        for b in s.bytes() {
+            if b == b'\n' {
+                self.putc(b'\r');
+            }
+            self.putc(b);
+        }
+        Ok(())
+    }
+}
+
+/// Writes preformatted text as one unit.
+pub fn write_fmt(args: fmt::Arguments) {
+    let _g = LOCK.lock();
+    let _ = Uart.write_fmt(args);
+}
+
+/// One line of a guest's console output, tagged with its VM's name.
+pub fn guest_line(vm: &str, line: &[u8]) {
+    let _g = LOCK.lock();
+    let mut u = Uart;
+    let _ = write!(u, "[{vm}] ");
+    for &b in line {
+        u.putc(b);
+    }
+    let _ = u.write_str("\n");
+}
+
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            write_fmt(format_args!(
+                "bulkhead {} {:<5} {}\n",
+                percpu::this_index_or_boot(),
+                record.level(),
+                record.args()
+            ));
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: Logger = Logger;
+
+pub fn init_logger(level: log::LevelFilter) {
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}

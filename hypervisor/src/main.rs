@@ -1,0 +1,328 @@
+//! Bulkhead: a type-1 hypervisor for Armv8-A. This file is the boot path:
+//! discover the machine, map ourselves, start every CPU, build the VMs.
+#![no_std]
+#![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+extern crate alloc;
+
+mod arch;
+mod console;
+mod percpu;
+mod platform;
+mod system;
+mod trap;
+mod vm;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use arch::{firmware, gic, mmu, regs};
+use bulkhead_config::payload::Payload;
+use bulkhead_pagetable::{Attrs, MemType, PageTable, Regime};
+use bulkhead_regions::{FreeList, Range};
+use bulkhead_types::{PhysAddr, VcpuId, VmId};
+use core::sync::atomic::Ordering;
+
+/// The hypervisor's heap, carved out of RAM just after the payload.
+#[global_allocator]
+static HEAP: buddy_system_allocator::LockedHeap<32> = buddy_system_allocator::LockedHeap::empty();
+const HEAP_SIZE: usize = 16 << 20;
+const BLOCK: u64 = 2 << 20;
+
+fn align_up(v: u64, a: u64) -> u64 {
+    (v + a - 1) & !(a - 1)
+}
+
+/// Stops the boot with a message (before any VM exists, nothing else can
+/// be done).
+fn boot_failed(what: core::fmt::Arguments) -> ! {
+    log::error!("boot failed: {what}");
+    let _ = firmware::system_off();
+    arch::halt()
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn primary_main(dtb: usize) -> ! {
+    percpu::init(0, regs::mpidr_el1() & 0xff_00ff_ffff);
+    // SAFETY: x0 at entry holds the DTB address (arm64 boot protocol); the
+    // header is validated by `from_ptr` before anything else is read, and
+    // the blob stays untouched (it is reserved below).
+    let fdt = match unsafe { fdt::Fdt::from_ptr(dtb as *const u8) } {
+        Ok(f) => f,
+        Err(e) => {
+            console::init_logger(log::LevelFilter::Info);
+            boot_failed(format_args!("no valid device tree at x0 = {dtb:#x}: {e:?}"))
+        }
+    };
+    if let Some(uart) = platform::uart(&fdt) {
+        console::set_base(uart as usize);
+    }
+    console::init_logger(log::LevelFilter::Info);
+    log::info!("Bulkhead {} starting at EL{} (DTB at {dtb:#x})", env!("CARGO_PKG_VERSION"), regs::current_el() >> 2);
+
+    let layout = arch::image_layout();
+    // The payload sits right after the image; it cannot extend past RAM.
+    let ram_end = fdt
+        .memory()
+        .regions()
+        .filter_map(|r| Some(r.starting_address as usize + r.size?))
+        .find(|&end| end > layout.end)
+        .unwrap_or(layout.end);
+    // SAFETY: [layout.end, ram_end) is RAM after our image, loaded by the
+    // boot loader together with the image; it is only read here.
+    let tail = unsafe { core::slice::from_raw_parts(layout.end as *const u8, ram_end - layout.end) };
+    let payload = match Payload::parse(tail) {
+        Ok(p) => p,
+        Err(e) => boot_failed(format_args!("no payload after the image ({e:?}): build the image with `cargo xtask build`")),
+    };
+    let heap_start = align_up(layout.end as u64 + payload.total_size(), BLOCK);
+    if heap_start + HEAP_SIZE as u64 > ram_end as u64 {
+        boot_failed(format_args!("RAM ends at {ram_end:#x}: no room for the {HEAP_SIZE:#x}-byte heap"));
+    }
+    // SAFETY: [heap_start, +HEAP_SIZE) is RAM after the payload, used by
+    // nothing else (it is reserved from the VM allocator below).
+    unsafe { HEAP.lock().init(heap_start as usize, HEAP_SIZE) };
+    let hyp_end = heap_start + HEAP_SIZE as u64;
+
+    let plat = match platform::parse(&fdt) {
+        Ok(p) => p,
+        Err(e) => boot_failed(format_args!("host device tree: {e}")),
+    };
+    log::info!(
+        "{} CPUs, RAM {:x?}, GICD {:#x}, GICR {:#x}+{:#x}, UART {:x?}, maintenance IRQ {:?}, timer IRQs {:?}",
+        plat.cpus.len(),
+        plat.memory,
+        plat.gicd,
+        plat.gicr.0,
+        plat.gicr.1,
+        plat.uart,
+        plat.maintenance_intid,
+        plat.timer_intids
+    );
+
+    // Physical memory: RAM minus everything from its start up to the end
+    // of our heap (boot loader stub, image, payload, heap), minus the DTB.
+    let mut free = FreeList::new();
+    for &(base, size) in &plat.memory {
+        if let Some(r) = Range::new(base, size) {
+            free.add(r);
+        }
+    }
+    let ram_base = plat.memory.iter().map(|m| m.0).min().unwrap_or(0);
+    free.reserve(Range { start: ram_base, end: hyp_end });
+    if let Some(r) = Range::new(dtb as u64, fdt.total_size() as u64) {
+        free.reserve(r);
+    }
+
+    // EL2 stage 1: W^X for our own image, guard pages left unmapped.
+    let mmfr0 = regs::id_aa64mmfr0_el1();
+    let pa_range = (mmfr0 & 0xf) as u8;
+    let pa_bits = bulkhead_pagetable::pa_bits(pa_range).unwrap_or(40);
+    let va_bits = pa_bits.min(39);
+    let ttbr0 = match build_el2_map(&plat, &layout, va_bits) {
+        Ok(t) => t,
+        Err(e) => boot_failed(format_args!("EL2 page table: {e}")),
+    };
+    // SAFETY: the table maps all RAM (code RX, rest RW XN), the stacks and
+    // the devices we touch, identity, with MAIR_EL2's attribute indexes.
+    unsafe { mmu::enable(bulkhead_pagetable::MAIR_EL2, bulkhead_pagetable::tcr_el2(va_bits, pa_range), ttbr0) };
+    log::info!("EL2 MMU on: text RX, data RW XN, {}-bit VA; stack guard pages unmapped", va_bits);
+
+    gic::init_distributor(plat.gicd as usize);
+    init_this_cpu(&plat, 0);
+
+    let sys = build_system(&plat, &payload, &mut free, pa_range, pa_bits.min(39));
+    let sys = system::install(sys);
+    if sys.vms.is_empty() {
+        log::error!("no VM could be created");
+        system::vm_stopped();
+    }
+
+    // Secondary CPUs: every CPU in the DTB, through firmware PSCI CPU_ON.
+    for (i, &mpidr) in plat.cpus.iter().enumerate().skip(1) {
+        if i >= arch::MAX_CPUS {
+            log::warn!("cpu{i} (MPIDR {mpidr:#x}) not started: Bulkhead supports {} CPUs", arch::MAX_CPUS);
+            continue;
+        }
+        if let Some(p) = percpu::get(i) {
+            p.mpidr.store(mpidr, Ordering::Relaxed);
+        }
+        let r = firmware::cpu_on(mpidr, arch::secondary_entry as *const () as u64, i as u64);
+        if r != 0 {
+            log::error!("PSCI CPU_ON for cpu{i} (MPIDR {mpidr:#x}) failed: {r}");
+        }
+    }
+
+    // Boot every VM; then cpu0 joins the others in the idle loop.
+    for vm in &sys.vms {
+        let mut st = vm.state.lock();
+        vm.boot(&mut st);
+        log::info!(
+            "{}: {} vCPU(s) on {:?}, {} MiB at {} (IPA {:#x}), VMID {}, entry {:#x}",
+            vm.name,
+            vm.n_vcpus(),
+            vm.pcpus,
+            vm.ram_size >> 20,
+            vm.ram,
+            bulkhead_config::RAM_IPA,
+            vm.id.0 + 1,
+            vm.entry_ipa()
+        );
+        let (mut n, mut largest) = (0, 0);
+        vm.stage2.for_each_mapping(&mut |m| {
+            n += 1;
+            largest = largest.max(m.size);
+        });
+        log::info!("{}: stage 2 maps its RAM with {n} descriptor(s), largest block {} KiB", vm.name, largest >> 10);
+    }
+    arch::restart_on_stack(arch::stack_top(0), system::idle)
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn secondary_main(index: usize) -> ! {
+    let mpidr = percpu::get(index).map(|p| p.mpidr.load(Ordering::Relaxed)).unwrap_or(0);
+    percpu::init(index, mpidr);
+    let Some(sys) = system::get() else { arch::halt() };
+    let _ = sys;
+    if let Some(plat) = PLATFORM.get() {
+        init_this_cpu(plat, index);
+    }
+    log::info!("cpu{index} (MPIDR {mpidr:#x}) online at EL{}", regs::current_el() >> 2);
+    arch::restart_on_stack(arch::stack_top(index), system::idle)
+}
+
+static PLATFORM: spin::Once<platform::Platform> = spin::Once::new();
+
+fn init_this_cpu(plat: &platform::Platform, index: usize) {
+    // SAFETY: called once per CPU before it enters any guest.
+    unsafe { regs::init_el2_controls() };
+    let mpidr = regs::mpidr_el1() & 0xff_00ff_ffff;
+    match gic::find_redistributor(plat.gicr.0 as usize, plat.gicr.1 as usize, plat.gicr_stride as usize, mpidr) {
+        Some(gicr) => {
+            if let Some(p) = percpu::get(index) {
+                p.gicr.store(gicr, Ordering::Relaxed);
+            }
+            gic::init_cpu(gicr);
+        }
+        None => log::error!("cpu{index}: no redistributor for MPIDR {mpidr:#x}; it cannot be kicked"),
+    }
+}
+
+fn build_el2_map(plat: &platform::Platform, l: &arch::ImageLayout, va_bits: u8) -> Result<u64, String> {
+    let mut t = PageTable::new(mmu::IdentityTables, Regime::El2Stage1, va_bits).map_err(|e| alloc::format!("{e:?}"))?;
+    let rw = Attrs { mem: MemType::Normal, read: true, write: true, exec: false };
+    let rx = Attrs { mem: MemType::Normal, read: true, write: false, exec: true };
+    let ro = Attrs { mem: MemType::Normal, read: true, write: false, exec: false };
+    let dev = Attrs { mem: MemType::Device, read: true, write: true, exec: false };
+    let mut map = |start: u64, end: u64, a: Attrs, what: &str| -> Result<(), String> {
+        if end > start {
+            t.map(start, start, end - start, a).map_err(|e| alloc::format!("{what} {start:#x}..{end:#x}: {e:?}"))?;
+        }
+        Ok(())
+    };
+    let (start, text_end, ro_end) = (l.start as u64, l.text_end as u64, l.rodata_end as u64);
+    let (stacks, stacks_end) = (l.stacks_start as u64, l.stacks_end as u64);
+    for &(base, size) in &plat.memory {
+        let end = base + size;
+        if start >= base && start < end {
+            map(base, start, rw, "RAM below the image")?;
+            map(start, text_end, rx, "text")?;
+            map(text_end, ro_end, ro, "rodata")?;
+            map(ro_end, stacks, rw, "data")?;
+            for cpu in 0..arch::MAX_CPUS {
+                let g = arch::guard_page(cpu) as u64;
+                map(g + arch::STACK_GUARD as u64, g + arch::STACK_STRIDE as u64, rw, "stack")?;
+            }
+            map(stacks_end, end, rw, "RAM above the image")?;
+        } else {
+            map(base, end, rw, "RAM")?;
+        }
+    }
+    let page = |a: u64| a & !0xfff;
+    let uart = plat.uart.unwrap_or(console::FALLBACK_UART as u64);
+    map(page(uart), page(uart) + 0x1000, dev, "UART")?;
+    map(page(plat.gicd), page(plat.gicd) + 0x1_0000, dev, "GICD")?;
+    map(page(plat.gicr.0), page(plat.gicr.0) + align_up(plat.gicr.1, 0x1000), dev, "GICR")?;
+    let root = t.root();
+    core::mem::forget(t); // the EL2 table lives for ever
+    Ok(root)
+}
+
+fn build_system(
+    plat: &platform::Platform,
+    payload: &Payload<'static>,
+    free: &mut FreeList,
+    pa_range: u8,
+    ipa_bits: u8,
+) -> system::System {
+    let mut failed = 0;
+    let mut vms = Vec::new();
+    let mut assignment = alloc::vec![None; plat.cpus.len().min(arch::MAX_CPUS)];
+    let cfg = match bulkhead_config::decode(payload.config()) {
+        Ok(c) => c,
+        Err(e) => boot_failed(format_args!("config in the payload does not decode: {e:?}")),
+    };
+    let sizes: Vec<u64> = (0..payload.image_count()).filter_map(|i| payload.image(i)).map(|(_, b)| b.len() as u64).collect();
+    for p in bulkhead_config::validate(&cfg, &sizes) {
+        boot_failed(format_args!("config: {}: {}", p.field, p.message));
+    }
+    for (i, vc) in cfg.vms.iter().enumerate() {
+        let id = VmId(vms.len() as u16);
+        let refuse = |why: String| log::error!("vm '{}' not started: {why}", vc.name);
+        let Some((_, image)) = payload.image(vc.image as usize) else {
+            refuse(alloc::format!("image {} missing from the payload", vc.image));
+            failed += 1;
+            continue;
+        };
+        if let Some(&p) = vc.pcpus.iter().find(|&&p| p as usize >= assignment.len()) {
+            refuse(alloc::format!("pCPU {p} does not exist here ({} CPUs usable)", assignment.len()));
+            failed += 1;
+            continue;
+        }
+        let ram = match vc.host_address {
+            Some(a) => Range::new(a, vc.memory).filter(|&r| free.take(r)),
+            None => free.alloc(vc.memory, BLOCK),
+        };
+        let Some(ram) = ram else {
+            refuse(alloc::format!("no free {:#x} bytes of RAM{}", vc.memory, match vc.host_address {
+                Some(a) => alloc::format!(" at {a:#x}"),
+                None => String::new(),
+            }));
+            failed += 1;
+            continue;
+        };
+        match vm::Vm::new(id, vc, image, PhysAddr(ram.start), ipa_bits, pa_range) {
+            Ok(vm) => {
+                for (v, &p) in vc.pcpus.iter().enumerate() {
+                    assignment[p as usize] = Some((vms.len(), VcpuId(v as u16)));
+                }
+                vms.push(vm);
+            }
+            Err(e) => {
+                refuse(e);
+                free.free(ram);
+                failed += 1;
+            }
+        }
+        let _ = i;
+    }
+    PLATFORM.call_once(|| platform::Platform {
+        memory: plat.memory.clone(),
+        cpus: plat.cpus.clone(),
+        gicd: plat.gicd,
+        gicr: plat.gicr,
+        gicr_stride: plat.gicr_stride,
+        maintenance_intid: plat.maintenance_intid,
+        uart: plat.uart,
+        psci_smc: plat.psci_smc,
+        timer_intids: plat.timer_intids.clone(),
+    });
+    system::System { vms, assignment, failed }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    log::error!("PANIC on {}: {info}", percpu::this_index_or_boot());
+    let _ = firmware::system_off();
+    arch::halt()
+}

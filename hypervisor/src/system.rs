@@ -1,0 +1,84 @@
+//! The whole machine: which VM and vCPU each pCPU hosts, the idle loop a
+//! pCPU sits in while its vCPU is off, and powering off when every VM has
+//! stopped.
+
+use crate::arch::{self, firmware, gic};
+use crate::percpu;
+use crate::vm::{self, Lifecycle, Vm};
+use alloc::vec::Vec;
+use bulkhead_types::VcpuId;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use spin::Once;
+
+pub struct System {
+    pub vms: Vec<Vm>,
+    /// Per pCPU index: the (VM index, vCPU) it hosts.
+    pub assignment: Vec<Option<(usize, VcpuId)>>,
+    /// VMs that could not be created count as stopped from the start.
+    pub failed: usize,
+}
+
+static SYSTEM: Once<System> = Once::new();
+static STOPPED: AtomicUsize = AtomicUsize::new(0);
+
+pub fn install(sys: System) -> &'static System {
+    SYSTEM.call_once(|| sys)
+}
+
+pub fn get() -> Option<&'static System> {
+    SYSTEM.get()
+}
+
+/// The VM and vCPU this pCPU hosts.
+pub fn current() -> Option<(&'static Vm, VcpuId)> {
+    let sys = SYSTEM.get()?;
+    let idx = percpu::this().index.load(Ordering::Relaxed);
+    let (vm, vcpu) = (*sys.assignment.get(idx)?)?;
+    Some((sys.vms.get(vm)?, vcpu))
+}
+
+/// One more VM has stopped; with all of them stopped the machine powers off.
+pub fn vm_stopped() {
+    let Some(sys) = SYSTEM.get() else { return };
+    let n = STOPPED.fetch_add(1, Ordering::SeqCst) + 1;
+    if n >= sys.vms.len() + sys.failed {
+        log::info!("all VMs stopped, powering off");
+        let r = firmware::system_off();
+        log::error!("firmware refused SYSTEM_OFF ({r}); halting");
+        arch::halt();
+    }
+}
+
+/// Parks the calling vCPU (it no longer runs here) and goes idle. The last
+/// vCPU of a stopping VM to park completes the stop or reset.
+pub fn park(vm: &Vm, vcpu: VcpuId) -> ! {
+    {
+        let mut st = vm.state.lock();
+        st.running &= !(1 << vcpu.0);
+        if st.running == 0 {
+            vm.finish_stop(&mut st);
+        }
+    }
+    let cpu = percpu::this().index.load(Ordering::Relaxed);
+    arch::restart_on_stack(arch::stack_top(cpu), idle)
+}
+
+/// A pCPU's home: start its vCPU when it is powered on, otherwise sleep
+/// until kicked.
+pub extern "C" fn idle() -> ! {
+    loop {
+        if let Some((vm, vcpu)) = current() {
+            let mut st = vm.state.lock();
+            if st.lifecycle == Lifecycle::Running {
+                if let Some((entry, context)) = st.power.take_start(vcpu) {
+                    st.running |= 1 << vcpu.0;
+                    drop(st);
+                    log::debug!("{} {}: entering at {entry:#x}", vm.name, vcpu);
+                    vm::enter_fresh_vcpu(vm, vcpu, entry, context);
+                }
+            }
+        }
+        arch::wait_for_interrupt();
+        gic::drain();
+    }
+}

@@ -1,0 +1,212 @@
+//! What happens when a guest traps to EL2: decode once (bulkhead-exit), act,
+//! resume. Every guest-controlled value is checked; anything we do not
+//! handle gets the architectural answer, never a panic.
+
+use crate::arch::{self, gic, regs, TrapFrame};
+use crate::console;
+use crate::system;
+use crate::vm::{Lifecycle, Vm, VUART_IPA};
+use bulkhead_devices::pl011;
+use bulkhead_exit::inject::{self, Kind};
+use bulkhead_exit::{DataAbort, Exit};
+use bulkhead_psci::{Action, Call};
+use bulkhead_types::VcpuId;
+use core::sync::atomic::Ordering;
+
+fn skip_instruction(esr: u64) {
+    regs::set_elr_el2(regs::elr_el2().wrapping_add(bulkhead_exit::instruction_len(esr)));
+}
+
+/// Injects `kind` into the guest's EL1 (Arm ARM D1.10 exception entry).
+fn inject(kind: Kind) {
+    let i = inject::inject(kind, regs::elr_el2(), regs::spsr_el2(), regs::vbar_el1(), true);
+    regs::set_esr_el1(i.esr_el1);
+    if let Some(far) = i.far_el1 {
+        regs::set_far_el1(far);
+    }
+    regs::set_elr_el1(i.elr_el1);
+    regs::set_spsr_el1(i.spsr_el1);
+    regs::set_elr_el2(i.elr_el2);
+    regs::set_spsr_el2(i.spsr_el2);
+}
+
+/// A trap on a pCPU that hosts no vCPU is a hypervisor bug.
+fn no_vcpu(what: &str) -> ! {
+    log::error!("{what} trap on a pCPU that runs no vCPU (ESR {:#x}); halting this CPU", regs::esr_el2());
+    arch::halt()
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn handle_lower_sync(frame: &mut TrapFrame) {
+    let esr = regs::esr_el2();
+    let Some((vm, vcpu)) = system::current() else { no_vcpu("synchronous") };
+    match bulkhead_exit::decode(esr) {
+        Exit::Hvc { .. } => smccc(vm, vcpu, frame),
+        Exit::Smc { .. } => {
+            // A trapped SMC leaves ELR at the SMC itself (Arm ARM D1.4.5).
+            skip_instruction(esr);
+            smccc(vm, vcpu, frame)
+        }
+        Exit::DataAbort(da) => data_abort(vm, vcpu, frame, esr, da),
+        Exit::InstructionAbort { .. } => {
+            let far = regs::far_el2();
+            vm.complain(vcpu, format_args!("instruction fetch from unmapped {far:#x} refused: abort injected"));
+            inject(Kind::InstructionAbort { far });
+        }
+        Exit::Wfx { .. } => skip_instruction(esr),
+        Exit::SysReg(s) => {
+            vm.complain(
+                vcpu,
+                format_args!(
+                    "system register access op0={} op1={} CRn={} CRm={} op2={} refused: undefined instruction injected",
+                    s.op0, s.op1, s.crn, s.crm, s.op2
+                ),
+            );
+            inject(Kind::Undefined);
+        }
+        Exit::Unknown { ec, iss } => {
+            vm.complain(vcpu, format_args!("unhandled trap EC={ec:#x} ISS={iss:#x}: undefined instruction injected"));
+            inject(Kind::Undefined);
+        }
+    }
+}
+
+fn smccc(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame) {
+    let call = bulkhead_psci::decode(frame.x[0], frame.x[1], frame.x[2], frame.x[3]);
+    // The benchmark's null hypercall: answered without touching VM state.
+    if let Call::BulkheadNull = call {
+        frame.x[0] = 0;
+        return;
+    }
+    vm.stats.hypercalls.fetch_add(1, Ordering::Relaxed);
+    let mut st = vm.state.lock();
+    if st.lifecycle != Lifecycle::Running {
+        drop(st);
+        system::park(vm, vcpu);
+    }
+    if let Call::Unknown { fid } = call {
+        vm.complain(vcpu, format_args!("unknown SMCCC function {fid:#x}: NOT_SUPPORTED"));
+    }
+    let restarts = vm.restarts.load(Ordering::Relaxed);
+    match st.power.handle(call, vcpu, vm.guest_ram(), restarts) {
+        Action::Return(v) => {
+            frame.x[0] = v;
+            if let Call::BulkheadVmInfo = call {
+                frame.x[1] = vcpu.0 as u64;
+            }
+        }
+        Action::StartVcpu { vcpu: target, entry, .. } => {
+            log::debug!("{} {}: CPU_ON {} at {entry:#x}", vm.name, vcpu, target);
+            frame.x[0] = bulkhead_psci::status::SUCCESS as u64;
+            vm.kick_vcpu(target);
+        }
+        Action::StopCaller => {
+            log::debug!("{} {}: CPU_OFF", vm.name, vcpu);
+            drop(st);
+            system::park(vm, vcpu);
+        }
+        Action::SystemOff => {
+            vm.begin_stop(&mut st, false, "guest called SYSTEM_OFF");
+            drop(st);
+            system::park(vm, vcpu);
+        }
+        Action::SystemReset => {
+            vm.begin_stop(&mut st, true, "guest called SYSTEM_RESET");
+            drop(st);
+            system::park(vm, vcpu);
+        }
+    }
+}
+
+fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da: DataAbort) {
+    let ipa = bulkhead_exit::fault_ipa(regs::hpfar_el2(), regs::far_el2()).0;
+    let far = regs::far_el2();
+    let in_uart = ipa >= VUART_IPA && ipa < VUART_IPA + pl011::SIZE;
+    let (true, Some(access)) = (in_uart, da.access) else {
+        let why = if in_uart { "an access the syndrome cannot describe" } else { "unmapped" };
+        vm.complain(
+            vcpu,
+            format_args!(
+                "{} of IPA {ipa:#x} ({why}) refused: data abort injected",
+                if da.write { "write" } else { "read" }
+            ),
+        );
+        inject(Kind::DataAbort { far });
+        return;
+    };
+    vm.stats.mmio.fetch_add(1, Ordering::Relaxed);
+    let offset = ipa - VUART_IPA;
+    let result = if access.write {
+        let value = access.store_value(frame.reg(access.reg));
+        let mut emit = |line: &[u8]| console::guest_line(&vm.name, line);
+        vm.uart.lock().write(offset, access.size, value, &mut emit)
+    } else {
+        vm.uart.lock().read(offset, access.size).map(|v| frame.set_reg(access.reg, access.load_value(v)))
+    };
+    match result {
+        Ok(()) => skip_instruction(esr),
+        Err(e) => {
+            vm.complain(vcpu, format_args!("UART access at offset {offset:#x} refused ({e:?}): data abort injected"));
+            inject(Kind::DataAbort { far });
+        }
+    }
+}
+
+/// A physical interrupt while a guest ran: today only kicks, which ask this
+/// pCPU to re-examine its vCPU (its VM may be stopping).
+#[unsafe(no_mangle)]
+extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
+    if !gic::drain() {
+        return;
+    }
+    let Some((vm, vcpu)) = system::current() else { no_vcpu("IRQ") };
+    let st = vm.state.lock();
+    let off = !matches!(st.power.state(vcpu), Some(bulkhead_psci::VcpuPower::On));
+    if st.lifecycle != Lifecycle::Running || off {
+        drop(st);
+        system::park(vm, vcpu);
+    }
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn handle_lower_fiq(_frame: &mut TrapFrame) {
+    // No Group 0 interrupts are configured; nothing to do but resume.
+}
+
+fn stop_vm_from_trap(why: &str) -> ! {
+    let Some((vm, vcpu)) = system::current() else { no_vcpu("fatal") };
+    log::error!("{} {}: {why} (ESR {:#x}, ELR {:#x}); stopping this VM", vm.name, vcpu, regs::esr_el2(), regs::elr_el2());
+    let mut st = vm.state.lock();
+    vm.begin_stop(&mut st, false, why);
+    drop(st);
+    system::park(vm, vcpu)
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn handle_lower_serror(_frame: &mut TrapFrame) {
+    stop_vm_from_trap("SError from the guest")
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn handle_lower_aarch32(_frame: &mut TrapFrame) {
+    stop_vm_from_trap("exception from AArch32, which Bulkhead does not run")
+}
+
+/// An exception taken from EL2 itself: a hypervisor bug. Report it with
+/// everything needed to find it, then power off so a test sees it at once.
+#[unsafe(no_mangle)]
+extern "C" fn unexpected_exception(frame: &mut TrapFrame, kind: u64) -> ! {
+    let (esr, far, elr) = (regs::esr_el2(), regs::far_el2(), regs::elr_el2());
+    let cpu = crate::percpu::this().index.load(Ordering::Relaxed);
+    let guard = arch::guard_page(cpu) as u64;
+    if (guard..guard + arch::STACK_GUARD as u64).contains(&far) {
+        log::error!("unexpected exception: stack overflow on cpu{cpu} (FAR {far:#x} in its guard page)");
+    }
+    log::error!(
+        "unexpected exception at EL2 (vector {kind}) on cpu{cpu}: ESR {esr:#x} FAR {far:#x} ELR {elr:#x} x0 {:#x} x30 {:#x}",
+        frame.x[0],
+        frame.x[30]
+    );
+    let _ = arch::firmware::system_off();
+    arch::halt()
+}
