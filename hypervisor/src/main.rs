@@ -58,7 +58,11 @@ extern "C" fn primary_main(dtb: usize) -> ! {
         console::set_base(uart as usize);
     }
     console::init_logger(log::LevelFilter::Info);
-    log::info!("Bulkhead {} starting at EL{} (DTB at {dtb:#x})", env!("CARGO_PKG_VERSION"), regs::current_el() >> 2);
+    log::info!(
+        "Bulkhead {} starting at EL{} (DTB at {dtb:#x})",
+        env!("CARGO_PKG_VERSION"),
+        regs::current_el() >> 2
+    );
 
     let layout = arch::image_layout();
     // The payload sits right after the image; it cannot extend past RAM.
@@ -70,14 +74,19 @@ extern "C" fn primary_main(dtb: usize) -> ! {
         .unwrap_or(layout.end);
     // SAFETY: [layout.end, ram_end) is RAM after our image, loaded by the
     // boot loader together with the image; it is only read here.
-    let tail = unsafe { core::slice::from_raw_parts(layout.end as *const u8, ram_end - layout.end) };
+    let tail =
+        unsafe { core::slice::from_raw_parts(layout.end as *const u8, ram_end - layout.end) };
     let payload = match Payload::parse(tail) {
         Ok(p) => p,
-        Err(e) => boot_failed(format_args!("no payload after the image ({e:?}): build the image with `cargo xtask build`")),
+        Err(e) => boot_failed(format_args!(
+            "no payload after the image ({e:?}): build the image with `cargo xtask build`"
+        )),
     };
     let heap_start = align_up(layout.end as u64 + payload.total_size(), BLOCK);
     if heap_start + HEAP_SIZE as u64 > ram_end as u64 {
-        boot_failed(format_args!("RAM ends at {ram_end:#x}: no room for the {HEAP_SIZE:#x}-byte heap"));
+        boot_failed(format_args!(
+            "RAM ends at {ram_end:#x}: no room for the {HEAP_SIZE:#x}-byte heap"
+        ));
     }
     // SAFETY: [heap_start, +HEAP_SIZE) is RAM after the payload, used by
     // nothing else (it is reserved from the VM allocator below).
@@ -85,7 +94,7 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     let hyp_end = heap_start + HEAP_SIZE as u64;
 
     let plat = match platform::parse(&fdt) {
-        Ok(p) => p,
+        Ok(p) => PLATFORM.call_once(|| p),
         Err(e) => boot_failed(format_args!("host device tree: {e}")),
     };
     log::info!(
@@ -109,7 +118,10 @@ extern "C" fn primary_main(dtb: usize) -> ! {
         }
     }
     let ram_base = plat.memory.iter().map(|m| m.0).min().unwrap_or(0);
-    free.reserve(Range { start: ram_base, end: hyp_end });
+    free.reserve(Range {
+        start: ram_base,
+        end: hyp_end,
+    });
     if let Some(r) = Range::new(dtb as u64, fdt.total_size() as u64) {
         free.reserve(r);
     }
@@ -119,19 +131,28 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     let pa_range = (mmfr0 & 0xf) as u8;
     let pa_bits = bulkhead_pagetable::pa_bits(pa_range).unwrap_or(40);
     let va_bits = pa_bits.min(39);
-    let ttbr0 = match build_el2_map(&plat, &layout, va_bits) {
+    let ttbr0 = match build_el2_map(plat, &layout, va_bits) {
         Ok(t) => t,
         Err(e) => boot_failed(format_args!("EL2 page table: {e}")),
     };
     // SAFETY: the table maps all RAM (code RX, rest RW XN), the stacks and
     // the devices we touch, identity, with MAIR_EL2's attribute indexes.
-    unsafe { mmu::enable(bulkhead_pagetable::MAIR_EL2, bulkhead_pagetable::tcr_el2(va_bits, pa_range), ttbr0) };
-    log::info!("EL2 MMU on: text RX, data RW XN, {}-bit VA; stack guard pages unmapped", va_bits);
+    unsafe {
+        mmu::enable(
+            bulkhead_pagetable::MAIR_EL2,
+            bulkhead_pagetable::tcr_el2(va_bits, pa_range),
+            ttbr0,
+        )
+    };
+    log::info!(
+        "EL2 MMU on: text RX, data RW XN, {}-bit VA; stack guard pages unmapped",
+        va_bits
+    );
 
     gic::init_distributor(plat.gicd as usize);
-    init_this_cpu(&plat, 0);
+    init_this_cpu(plat, 0);
 
-    let sys = build_system(&plat, &payload, &mut free, pa_range, pa_bits.min(39));
+    let sys = build_system(plat, &payload, &mut free, pa_range, pa_bits.min(39));
     let sys = system::install(sys);
     if sys.vms.is_empty() {
         log::error!("no VM could be created");
@@ -141,7 +162,10 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     // Secondary CPUs: every CPU in the DTB, through firmware PSCI CPU_ON.
     for (i, &mpidr) in plat.cpus.iter().enumerate().skip(1) {
         if i >= arch::MAX_CPUS {
-            log::warn!("cpu{i} (MPIDR {mpidr:#x}) not started: Bulkhead supports {} CPUs", arch::MAX_CPUS);
+            log::warn!(
+                "cpu{i} (MPIDR {mpidr:#x}) not started: Bulkhead supports {} CPUs",
+                arch::MAX_CPUS
+            );
             continue;
         }
         if let Some(p) = percpu::get(i) {
@@ -173,21 +197,28 @@ extern "C" fn primary_main(dtb: usize) -> ! {
             n += 1;
             largest = largest.max(m.size);
         });
-        log::info!("{}: stage 2 maps its RAM with {n} descriptor(s), largest block {} KiB", vm.name, largest >> 10);
+        log::info!(
+            "{}: stage 2 maps its RAM with {n} descriptor(s), largest block {} KiB",
+            vm.name,
+            largest >> 10
+        );
     }
     arch::restart_on_stack(arch::stack_top(0), system::idle)
 }
 
 #[unsafe(no_mangle)]
 extern "C" fn secondary_main(index: usize) -> ! {
-    let mpidr = percpu::get(index).map(|p| p.mpidr.load(Ordering::Relaxed)).unwrap_or(0);
+    let mpidr = percpu::get(index)
+        .map(|p| p.mpidr.load(Ordering::Relaxed))
+        .unwrap_or(0);
     percpu::init(index, mpidr);
-    let Some(sys) = system::get() else { arch::halt() };
-    let _ = sys;
     if let Some(plat) = PLATFORM.get() {
         init_this_cpu(plat, index);
     }
-    log::info!("cpu{index} (MPIDR {mpidr:#x}) online at EL{}", regs::current_el() >> 2);
+    log::info!(
+        "cpu{index} (MPIDR {mpidr:#x}) online at EL{}",
+        regs::current_el() >> 2
+    );
     arch::restart_on_stack(arch::stack_top(index), system::idle)
 }
 
@@ -197,26 +228,59 @@ fn init_this_cpu(plat: &platform::Platform, index: usize) {
     // SAFETY: called once per CPU before it enters any guest.
     unsafe { regs::init_el2_controls() };
     let mpidr = regs::mpidr_el1() & 0xff_00ff_ffff;
-    match gic::find_redistributor(plat.gicr.0 as usize, plat.gicr.1 as usize, plat.gicr_stride as usize, mpidr) {
+    match gic::find_redistributor(
+        plat.gicr.0 as usize,
+        plat.gicr.1 as usize,
+        plat.gicr_stride as usize,
+        mpidr,
+    ) {
         Some(gicr) => {
             if let Some(p) = percpu::get(index) {
                 p.gicr.store(gicr, Ordering::Relaxed);
             }
             gic::init_cpu(gicr);
         }
-        None => log::error!("cpu{index}: no redistributor for MPIDR {mpidr:#x}; it cannot be kicked"),
+        None => {
+            log::error!("cpu{index}: no redistributor for MPIDR {mpidr:#x}; it cannot be kicked")
+        }
     }
 }
 
-fn build_el2_map(plat: &platform::Platform, l: &arch::ImageLayout, va_bits: u8) -> Result<u64, String> {
-    let mut t = PageTable::new(mmu::IdentityTables, Regime::El2Stage1, va_bits).map_err(|e| alloc::format!("{e:?}"))?;
-    let rw = Attrs { mem: MemType::Normal, read: true, write: true, exec: false };
-    let rx = Attrs { mem: MemType::Normal, read: true, write: false, exec: true };
-    let ro = Attrs { mem: MemType::Normal, read: true, write: false, exec: false };
-    let dev = Attrs { mem: MemType::Device, read: true, write: true, exec: false };
+fn build_el2_map(
+    plat: &platform::Platform,
+    l: &arch::ImageLayout,
+    va_bits: u8,
+) -> Result<u64, String> {
+    let mut t = PageTable::new(mmu::IdentityTables, Regime::El2Stage1, va_bits)
+        .map_err(|e| alloc::format!("{e:?}"))?;
+    let rw = Attrs {
+        mem: MemType::Normal,
+        read: true,
+        write: true,
+        exec: false,
+    };
+    let rx = Attrs {
+        mem: MemType::Normal,
+        read: true,
+        write: false,
+        exec: true,
+    };
+    let ro = Attrs {
+        mem: MemType::Normal,
+        read: true,
+        write: false,
+        exec: false,
+    };
+    let dev = Attrs {
+        mem: MemType::Device,
+        read: true,
+        write: true,
+        exec: false,
+    };
     let mut map = |start: u64, end: u64, a: Attrs, what: &str| -> Result<(), String> {
         if end > start {
-            t.map(start, start, end - start, a).map_err(|e| alloc::format!("{what} {start:#x}..{end:#x}: {e:?}"))?;
+            t.map(start, start, end - start, a)
+                .map_err(|e| alloc::format!("{what} {start:#x}..{end:#x}: {e:?}"))?;
         }
         Ok(())
     };
@@ -231,7 +295,12 @@ fn build_el2_map(plat: &platform::Platform, l: &arch::ImageLayout, va_bits: u8) 
             map(ro_end, stacks, rw, "data")?;
             for cpu in 0..arch::MAX_CPUS {
                 let g = arch::guard_page(cpu) as u64;
-                map(g + arch::STACK_GUARD as u64, g + arch::STACK_STRIDE as u64, rw, "stack")?;
+                map(
+                    g + arch::STACK_GUARD as u64,
+                    g + arch::STACK_STRIDE as u64,
+                    rw,
+                    "stack",
+                )?;
             }
             map(stacks_end, end, rw, "RAM above the image")?;
         } else {
@@ -242,10 +311,14 @@ fn build_el2_map(plat: &platform::Platform, l: &arch::ImageLayout, va_bits: u8) 
     let uart = plat.uart.unwrap_or(console::FALLBACK_UART as u64);
     map(page(uart), page(uart) + 0x1000, dev, "UART")?;
     map(page(plat.gicd), page(plat.gicd) + 0x1_0000, dev, "GICD")?;
-    map(page(plat.gicr.0), page(plat.gicr.0) + align_up(plat.gicr.1, 0x1000), dev, "GICR")?;
-    let root = t.root();
-    core::mem::forget(t); // the EL2 table lives for ever
-    Ok(root)
+    map(
+        page(plat.gicr.0),
+        page(plat.gicr.0) + align_up(plat.gicr.1, 0x1000),
+        dev,
+        "GICR",
+    )?;
+    // The tables stay allocated for ever: IdentityTables never frees a page.
+    Ok(t.root())
 }
 
 fn build_system(
@@ -262,20 +335,36 @@ fn build_system(
         Ok(c) => c,
         Err(e) => boot_failed(format_args!("config in the payload does not decode: {e:?}")),
     };
-    let sizes: Vec<u64> = (0..payload.image_count()).filter_map(|i| payload.image(i)).map(|(_, b)| b.len() as u64).collect();
-    for p in bulkhead_config::validate(&cfg, &sizes) {
-        boot_failed(format_args!("config: {}: {}", p.field, p.message));
+    let sizes: Vec<u64> = (0..payload.image_count())
+        .filter_map(|i| payload.image(i))
+        .map(|(_, b)| b.len() as u64)
+        .collect();
+    let problems = bulkhead_config::validate(&cfg, &sizes);
+    if !problems.is_empty() {
+        for p in &problems {
+            log::error!("config: {p}");
+        }
+        boot_failed(format_args!(
+            "the packed config has {} problem(s) (listed above)",
+            problems.len()
+        ));
     }
-    for (i, vc) in cfg.vms.iter().enumerate() {
+    for vc in &cfg.vms {
         let id = VmId(vms.len() as u16);
         let refuse = |why: String| log::error!("vm '{}' not started: {why}", vc.name);
         let Some((_, image)) = payload.image(vc.image as usize) else {
-            refuse(alloc::format!("image {} missing from the payload", vc.image));
+            refuse(alloc::format!(
+                "image {} missing from the payload",
+                vc.image
+            ));
             failed += 1;
             continue;
         };
         if let Some(&p) = vc.pcpus.iter().find(|&&p| p as usize >= assignment.len()) {
-            refuse(alloc::format!("pCPU {p} does not exist here ({} CPUs usable)", assignment.len()));
+            refuse(alloc::format!(
+                "pCPU {p} does not exist here ({} CPUs usable)",
+                assignment.len()
+            ));
             failed += 1;
             continue;
         }
@@ -284,10 +373,14 @@ fn build_system(
             None => free.alloc(vc.memory, BLOCK),
         };
         let Some(ram) = ram else {
-            refuse(alloc::format!("no free {:#x} bytes of RAM{}", vc.memory, match vc.host_address {
-                Some(a) => alloc::format!(" at {a:#x}"),
-                None => String::new(),
-            }));
+            refuse(alloc::format!(
+                "no free {:#x} bytes of RAM{}",
+                vc.memory,
+                match vc.host_address {
+                    Some(a) => alloc::format!(" at {a:#x}"),
+                    None => String::new(),
+                }
+            ));
             failed += 1;
             continue;
         };
@@ -304,20 +397,12 @@ fn build_system(
                 failed += 1;
             }
         }
-        let _ = i;
     }
-    PLATFORM.call_once(|| platform::Platform {
-        memory: plat.memory.clone(),
-        cpus: plat.cpus.clone(),
-        gicd: plat.gicd,
-        gicr: plat.gicr,
-        gicr_stride: plat.gicr_stride,
-        maintenance_intid: plat.maintenance_intid,
-        uart: plat.uart,
-        psci_smc: plat.psci_smc,
-        timer_intids: plat.timer_intids.clone(),
-    });
-    system::System { vms, assignment, failed }
+    system::System {
+        vms,
+        assignment,
+        failed,
+    }
 }
 
 #[panic_handler]

@@ -38,7 +38,8 @@ pub fn init(index: usize, mpidr: u64) {
     let Some(p) = PERCPU.get(index) else {
         arch::halt()
     };
-    p.emergency_stack.store(arch::emergency_stack_top(index) as u64, Ordering::Relaxed);
+    p.emergency_stack
+        .store(arch::emergency_stack_top(index) as u64, Ordering::Relaxed);
     p.index.store(index, Ordering::Relaxed);
     p.mpidr.store(mpidr, Ordering::Relaxed);
     // SAFETY: `p` is a static that lives forever; TPIDR_EL2 is only read by

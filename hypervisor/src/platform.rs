@@ -13,7 +13,6 @@ pub struct Platform {
     pub gicr_stride: u64,
     pub maintenance_intid: Option<u32>,
     pub uart: Option<u64>,
-    pub psci_smc: bool,
     /// Architected timer interrupts (INTIDs): secure phys, non-secure phys,
     /// virtual, hypervisor.
     pub timer_intids: Vec<u32>,
@@ -32,23 +31,36 @@ impl core::fmt::Display for PlatformError {
         f.write_str(match self {
             PlatformError::NoMemory => "no /memory node with a reg property",
             PlatformError::NoCpus => "no CPU nodes under /cpus",
-            PlatformError::NoGicV3 => "no arm,gic-v3 node with distributor and redistributor regions",
-            PlatformError::NoPsci => "no /psci node with method \"smc\" (an EL2 hypervisor cannot use the hvc conduit)",
+            PlatformError::NoGicV3 => {
+                "no arm,gic-v3 node with distributor and redistributor regions"
+            }
+            PlatformError::NoPsci => {
+                "no /psci node with method \"smc\" (an EL2 hypervisor cannot use the hvc conduit)"
+            }
         })
     }
 }
 
 /// PPI/SPI specifier (GIC binding: <type number flags>) to an INTID.
 fn intid(kind: u32, number: u32) -> u32 {
-    if kind == 1 { number + 16 } else { number + 32 }
+    if kind == 1 {
+        number + 16
+    } else {
+        number + 32
+    }
 }
 
 fn cells(bytes: &[u8]) -> impl Iterator<Item = u32> + '_ {
-    bytes.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 pub fn uart(fdt: &Fdt) -> Option<u64> {
-    let node = fdt.chosen().stdout().or_else(|| fdt.find_compatible(&["arm,pl011"]))?;
+    let node = fdt
+        .chosen()
+        .stdout()
+        .or_else(|| fdt.find_compatible(&["arm,pl011"]))?;
     let reg = node.reg()?.next()?;
     Some(reg.starting_address as u64)
 }
@@ -66,7 +78,9 @@ pub fn parse(fdt: &Fdt) -> Result<Platform, PlatformError> {
     if cpus.is_empty() {
         return Err(PlatformError::NoCpus);
     }
-    let gic = fdt.find_compatible(&["arm,gic-v3"]).ok_or(PlatformError::NoGicV3)?;
+    let gic = fdt
+        .find_compatible(&["arm,gic-v3"])
+        .ok_or(PlatformError::NoGicV3)?;
     let mut regs = gic.reg().ok_or(PlatformError::NoGicV3)?;
     let d = regs.next().ok_or(PlatformError::NoGicV3)?;
     let r = regs.next().ok_or(PlatformError::NoGicV3)?;
@@ -104,7 +118,6 @@ pub fn parse(fdt: &Fdt) -> Result<Platform, PlatformError> {
         gicr_stride,
         maintenance_intid,
         uart: uart(fdt),
-        psci_smc,
         timer_intids,
     })
 }

@@ -25,10 +25,6 @@ pub fn install(sys: System) -> &'static System {
     SYSTEM.call_once(|| sys)
 }
 
-pub fn get() -> Option<&'static System> {
-    SYSTEM.get()
-}
-
 /// The VM and vCPU this pCPU hosts.
 pub fn current() -> Option<(&'static Vm, VcpuId)> {
     let sys = SYSTEM.get()?;

@@ -19,7 +19,13 @@ fn skip_instruction(esr: u64) {
 
 /// Injects `kind` into the guest's EL1 (Arm ARM D1.10 exception entry).
 fn inject(kind: Kind) {
-    let i = inject::inject(kind, regs::elr_el2(), regs::spsr_el2(), regs::vbar_el1(), true);
+    let i = inject::inject(
+        kind,
+        regs::elr_el2(),
+        regs::spsr_el2(),
+        regs::vbar_el1(),
+        true,
+    );
     regs::set_esr_el1(i.esr_el1);
     if let Some(far) = i.far_el1 {
         regs::set_far_el1(far);
@@ -32,14 +38,19 @@ fn inject(kind: Kind) {
 
 /// A trap on a pCPU that hosts no vCPU is a hypervisor bug.
 fn no_vcpu(what: &str) -> ! {
-    log::error!("{what} trap on a pCPU that runs no vCPU (ESR {:#x}); halting this CPU", regs::esr_el2());
+    log::error!(
+        "{what} trap on a pCPU that runs no vCPU (ESR {:#x}); halting this CPU",
+        regs::esr_el2()
+    );
     arch::halt()
 }
 
 #[unsafe(no_mangle)]
 extern "C" fn handle_lower_sync(frame: &mut TrapFrame) {
     let esr = regs::esr_el2();
-    let Some((vm, vcpu)) = system::current() else { no_vcpu("synchronous") };
+    let Some((vm, vcpu)) = system::current() else {
+        no_vcpu("synchronous")
+    };
     match bulkhead_exit::decode(esr) {
         Exit::Hvc { .. } => smccc(vm, vcpu, frame),
         Exit::Smc { .. } => {
@@ -50,7 +61,10 @@ extern "C" fn handle_lower_sync(frame: &mut TrapFrame) {
         Exit::DataAbort(da) => data_abort(vm, vcpu, frame, esr, da),
         Exit::InstructionAbort { .. } => {
             let far = regs::far_el2();
-            vm.complain(vcpu, format_args!("instruction fetch from unmapped {far:#x} refused: abort injected"));
+            vm.complain(
+                vcpu,
+                format_args!("instruction fetch from unmapped {far:#x} refused: abort injected"),
+            );
             inject(Kind::InstructionAbort { far });
         }
         Exit::Wfx { .. } => skip_instruction(esr),
@@ -65,7 +79,12 @@ extern "C" fn handle_lower_sync(frame: &mut TrapFrame) {
             inject(Kind::Undefined);
         }
         Exit::Unknown { ec, iss } => {
-            vm.complain(vcpu, format_args!("unhandled trap EC={ec:#x} ISS={iss:#x}: undefined instruction injected"));
+            vm.complain(
+                vcpu,
+                format_args!(
+                    "unhandled trap EC={ec:#x} ISS={iss:#x}: undefined instruction injected"
+                ),
+            );
             inject(Kind::Undefined);
         }
     }
@@ -85,7 +104,10 @@ fn smccc(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame) {
         system::park(vm, vcpu);
     }
     if let Call::Unknown { fid } = call {
-        vm.complain(vcpu, format_args!("unknown SMCCC function {fid:#x}: NOT_SUPPORTED"));
+        vm.complain(
+            vcpu,
+            format_args!("unknown SMCCC function {fid:#x}: NOT_SUPPORTED"),
+        );
     }
     let restarts = vm.restarts.load(Ordering::Relaxed);
     match st.power.handle(call, vcpu, vm.guest_ram(), restarts) {
@@ -95,7 +117,11 @@ fn smccc(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame) {
                 frame.x[1] = vcpu.0 as u64;
             }
         }
-        Action::StartVcpu { vcpu: target, entry, .. } => {
+        Action::StartVcpu {
+            vcpu: target,
+            entry,
+            ..
+        } => {
             log::debug!("{} {}: CPU_ON {} at {entry:#x}", vm.name, vcpu, target);
             frame.x[0] = bulkhead_psci::status::SUCCESS as u64;
             vm.kick_vcpu(target);
@@ -121,9 +147,13 @@ fn smccc(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame) {
 fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da: DataAbort) {
     let ipa = bulkhead_exit::fault_ipa(regs::hpfar_el2(), regs::far_el2()).0;
     let far = regs::far_el2();
-    let in_uart = ipa >= VUART_IPA && ipa < VUART_IPA + pl011::SIZE;
+    let in_uart = (VUART_IPA..VUART_IPA + pl011::SIZE).contains(&ipa);
     let (true, Some(access)) = (in_uart, da.access) else {
-        let why = if in_uart { "an access the syndrome cannot describe" } else { "unmapped" };
+        let why = if in_uart {
+            "an access the syndrome cannot describe"
+        } else {
+            "unmapped"
+        };
         vm.complain(
             vcpu,
             format_args!(
@@ -141,12 +171,20 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
         let mut emit = |line: &[u8]| console::guest_line(&vm.name, line);
         vm.uart.lock().write(offset, access.size, value, &mut emit)
     } else {
-        vm.uart.lock().read(offset, access.size).map(|v| frame.set_reg(access.reg, access.load_value(v)))
+        vm.uart
+            .lock()
+            .read(offset, access.size)
+            .map(|v| frame.set_reg(access.reg, access.load_value(v)))
     };
     match result {
         Ok(()) => skip_instruction(esr),
         Err(e) => {
-            vm.complain(vcpu, format_args!("UART access at offset {offset:#x} refused ({e:?}): data abort injected"));
+            vm.complain(
+                vcpu,
+                format_args!(
+                    "UART access at offset {offset:#x} refused ({e:?}): data abort injected"
+                ),
+            );
             inject(Kind::DataAbort { far });
         }
     }
@@ -159,7 +197,9 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
     if !gic::drain() {
         return;
     }
-    let Some((vm, vcpu)) = system::current() else { no_vcpu("IRQ") };
+    let Some((vm, vcpu)) = system::current() else {
+        no_vcpu("IRQ")
+    };
     let st = vm.state.lock();
     let off = !matches!(st.power.state(vcpu), Some(bulkhead_psci::VcpuPower::On));
     if st.lifecycle != Lifecycle::Running || off {
@@ -174,8 +214,16 @@ extern "C" fn handle_lower_fiq(_frame: &mut TrapFrame) {
 }
 
 fn stop_vm_from_trap(why: &str) -> ! {
-    let Some((vm, vcpu)) = system::current() else { no_vcpu("fatal") };
-    log::error!("{} {}: {why} (ESR {:#x}, ELR {:#x}); stopping this VM", vm.name, vcpu, regs::esr_el2(), regs::elr_el2());
+    let Some((vm, vcpu)) = system::current() else {
+        no_vcpu("fatal")
+    };
+    log::error!(
+        "{} {}: {why} (ESR {:#x}, ELR {:#x}); stopping this VM",
+        vm.name,
+        vcpu,
+        regs::esr_el2(),
+        regs::elr_el2()
+    );
     let mut st = vm.state.lock();
     vm.begin_stop(&mut st, false, why);
     drop(st);
@@ -200,7 +248,9 @@ extern "C" fn unexpected_exception(frame: &mut TrapFrame, kind: u64) -> ! {
     let cpu = crate::percpu::this().index.load(Ordering::Relaxed);
     let guard = arch::guard_page(cpu) as u64;
     if (guard..guard + arch::STACK_GUARD as u64).contains(&far) {
-        log::error!("unexpected exception: stack overflow on cpu{cpu} (FAR {far:#x} in its guard page)");
+        log::error!(
+            "unexpected exception: stack overflow on cpu{cpu} (FAR {far:#x} in its guard page)"
+        );
     }
     log::error!(
         "unexpected exception at EL2 (vector {kind}) on cpu{cpu}: ESR {esr:#x} FAR {far:#x} ELR {elr:#x} x0 {:#x} x30 {:#x}",

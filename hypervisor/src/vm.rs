@@ -20,7 +20,9 @@ pub const VUART_IPA: u64 = 0x0900_0000;
 pub enum Lifecycle {
     Running,
     /// Waiting for every running vCPU to leave; then off, or reset.
-    Stopping { reset: bool },
+    Stopping {
+        reset: bool,
+    },
     Stopped,
 }
 
@@ -76,7 +78,11 @@ pub fn load_offset(image: &[u8]) -> u64 {
         s.copy_from_slice(b);
     }
     // image_size 0 marks a pre-3.17 kernel whose text_offset is 0x80000.
-    if u64::from_le_bytes(s) == 0 { 0x8_0000 } else { text_offset }
+    if u64::from_le_bytes(s) == 0 {
+        0x8_0000
+    } else {
+        text_offset
+    }
 }
 
 impl Vm {
@@ -90,7 +96,9 @@ impl Vm {
         pa_range: u8,
     ) -> Result<Vm, String> {
         let load_offset = load_offset(image);
-        let need = load_offset.checked_add(image.len() as u64).ok_or("image size overflows")?;
+        let need = load_offset
+            .checked_add(image.len() as u64)
+            .ok_or("image size overflows")?;
         if need > cfg.memory {
             return Err(alloc::format!(
                 "image needs {need:#x} bytes (load offset {load_offset:#x}) but the VM has {:#x}",
@@ -104,7 +112,12 @@ impl Vm {
                 RAM_IPA,
                 ram.0,
                 cfg.memory,
-                Attrs { mem: MemType::Normal, read: true, write: true, exec: true },
+                Attrs {
+                    mem: MemType::Normal,
+                    read: true,
+                    write: true,
+                    exec: true,
+                },
             )
             .map_err(|e| alloc::format!("stage-2 map of RAM: {e:?}"))?;
         let vmid = id.0 + 1;
@@ -137,7 +150,10 @@ impl Vm {
     }
 
     pub fn guest_ram(&self) -> GuestRam {
-        GuestRam { base: RAM_IPA, size: self.ram_size }
+        GuestRam {
+            base: RAM_IPA,
+            size: self.ram_size,
+        }
     }
 
     pub fn entry_ipa(&self) -> u64 {
@@ -151,7 +167,8 @@ impl Vm {
         // SAFETY: [ram, ram+ram_size) was allocated to this VM alone, is
         // identity-mapped in EL2, and no vCPU of the VM runs (caller), so
         // nobody else reads or writes it while we do.
-        let mem = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, self.ram_size as usize) };
+        let mem =
+            unsafe { core::slice::from_raw_parts_mut(base as *mut u8, self.ram_size as usize) };
         mem.fill(0);
         let off = self.load_offset as usize;
         if let Some(dst) = mem.get_mut(off..off + self.image.len()) {
@@ -172,7 +189,9 @@ impl Vm {
 
     /// Makes the pCPU of `vcpu` look at its state again.
     pub fn kick_vcpu(&self, vcpu: VcpuId) {
-        let Some(&pcpu) = self.pcpus.get(vcpu.index()) else { return };
+        let Some(&pcpu) = self.pcpus.get(vcpu.index()) else {
+            return;
+        };
         if pcpu == percpu::this().id() {
             return; // we will look ourselves before waiting
         }
@@ -187,7 +206,12 @@ impl Vm {
         if st.lifecycle != Lifecycle::Running {
             return;
         }
-        log::info!("{}: {} ({})", self.name, if reset { "restarting" } else { "stopping" }, why);
+        log::info!(
+            "{}: {} ({})",
+            self.name,
+            if reset { "restarting" } else { "stopping" },
+            why
+        );
         st.lifecycle = Lifecycle::Stopping { reset };
         st.power.stop_all();
         for v in 0..self.n_vcpus() {
@@ -276,6 +300,10 @@ pub fn enter_fresh_vcpu(vm: &Vm, vcpu: VcpuId, entry: u64, x0: u64) -> ! {
     regs::set_vmpidr_el2((1 << 31) | bulkhead_psci::vcpu_mpidr(vcpu.0));
     regs::set_cntvoff_el2(vm.cntvoff.load(Ordering::Relaxed));
     let cpu = percpu::this().index.load(Ordering::Relaxed);
-    let ge = arch::GuestEntry { x0, pc: entry, spsr: arch::SPSR_EL1H_MASKED };
+    let ge = arch::GuestEntry {
+        x0,
+        pc: entry,
+        spsr: arch::SPSR_EL1H_MASKED,
+    };
     arch::run_guest(&ge, arch::stack_top(cpu))
 }

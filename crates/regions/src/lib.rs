@@ -17,7 +17,10 @@ pub struct Range {
 
 impl Range {
     pub fn new(start: u64, size: u64) -> Option<Self> {
-        Some(Self { start, end: start.checked_add(size)? })
+        Some(Self {
+            start,
+            end: start.checked_add(size)?,
+        })
     }
     pub fn size(&self) -> u64 {
         self.end - self.start
@@ -67,10 +70,16 @@ impl FreeList {
                 continue;
             }
             if f.start < r.start {
-                out.push(Range { start: f.start, end: r.start });
+                out.push(Range {
+                    start: f.start,
+                    end: r.start,
+                });
             }
             if r.end < f.end {
-                out.push(Range { start: r.end, end: f.end });
+                out.push(Range {
+                    start: r.end,
+                    end: f.end,
+                });
             }
         }
         self.ranges = out;

@@ -72,19 +72,32 @@ extern "C" fn guest_main() -> ! {
     // Natively, QEMU's own PSCI conduit answers the vendor hypercall with
     // NOT_SUPPORTED (or it is undefined); only Bulkhead returns 0.
     let virtualized = matches!(probe(|| hvc(psci::BULKHEAD_NULL, 0, 0, 0).0), Ok(0));
-    println!("bench guest: {}", if virtualized { "under Bulkhead" } else { "native" });
+    println!(
+        "bench guest: {}",
+        if virtualized {
+            "under Bulkhead"
+        } else {
+            "native"
+        }
+    );
     if virtualized {
         // Warm up, then measure the guest `hvc` -> guest resume round trip.
         measure(10, || {
             hvc(psci::BULKHEAD_NULL, 0, 0, 0);
         });
-        report("hvc_null", measure(ITERS, || {
-            hvc(psci::BULKHEAD_NULL, 0, 0, 0);
-        }));
+        report(
+            "hvc_null",
+            measure(ITERS, || {
+                hvc(psci::BULKHEAD_NULL, 0, 0, 0);
+            }),
+        );
     }
-    report("mmio_uart_read", measure(ITERS, || {
-        mmio_read32(guest_rt::UART + 0x18);
-    }));
+    report(
+        "mmio_uart_read",
+        measure(ITERS, || {
+            mmio_read32(guest_rt::UART + 0x18);
+        }),
+    );
     report("mem_stream", mem_stream());
     report("pointer_chase", pointer_chase());
     println!("bench done");

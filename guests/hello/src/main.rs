@@ -10,7 +10,11 @@ extern "C" fn guest_main() -> ! {
     let el: u64;
     // SAFETY: reading CurrentEL has no side effects.
     unsafe { core::arch::asm!("mrs {}, CurrentEL", out(reg) el) };
-    println!("hello from a Bulkhead guest at EL{} (vcpu {})", el >> 2, guest_rt::vcpu_index());
+    println!(
+        "hello from a Bulkhead guest at EL{} (vcpu {})",
+        el >> 2,
+        guest_rt::vcpu_index()
+    );
     let mut sum: u64 = 0;
     for beat in 1..=5u64 {
         let start = guest_rt::counter();
@@ -18,7 +22,10 @@ extern "C" fn guest_main() -> ! {
         for i in 0..20_000u64 {
             sum = sum.wrapping_mul(31).wrapping_add(i ^ beat);
         }
-        println!("heartbeat {beat}/5 checksum={sum:#018x} ticks={}", guest_rt::counter() - start);
+        println!(
+            "heartbeat {beat}/5 checksum={sum:#018x} ticks={}",
+            guest_rt::counter() - start
+        );
     }
     println!("PASS hello");
     guest_rt::system_off()

@@ -40,12 +40,22 @@ fn attacker() -> ! {
     for &(what, ipa) in TARGETS {
         for write in [false, true] {
             attempts += 1;
-            let r = if write { probe(|| write64(ipa, 0xbad0_bad0)) } else { probe(|| { read64(ipa); }) };
+            let r = if write {
+                probe(|| write64(ipa, 0xbad0_bad0))
+            } else {
+                probe(|| {
+                    read64(ipa);
+                })
+            };
             let how = if write { "write" } else { "read" };
             match r {
                 Err(f) => {
                     refused += 1;
-                    println!("refused {how} {what} at {ipa:#x}: ESR {:#x} (EC {:#x})", f.esr, f.ec());
+                    println!(
+                        "refused {how} {what} at {ipa:#x}: ESR {:#x} (EC {:#x})",
+                        f.esr,
+                        f.ec()
+                    );
                 }
                 Ok(()) => leak(what, how),
             }
@@ -56,7 +66,9 @@ fn attacker() -> ! {
     match probe(|| {
         let (a, b): (u64, u64);
         // SAFETY: deliberately faulting probe.
-        unsafe { core::arch::asm!("ldp {}, {}, [{}]", out(reg) a, out(reg) b, in(reg) 0x0900_0000usize) };
+        unsafe {
+            core::arch::asm!("ldp {}, {}, [{}]", out(reg) a, out(reg) b, in(reg) 0x0900_0000usize)
+        };
         a ^ b
     }) {
         Err(f) => {
@@ -81,7 +93,10 @@ fn attacker() -> ! {
     match probe(|| unsafe { core::arch::asm!("mrs {}, s3_0_c15_c0_0", out(reg) _) }) {
         Err(f) if f.ec() == 0 => {
             refused += 1;
-            println!("refused IMPLEMENTATION DEFINED register read: ESR {:#x}", f.esr);
+            println!(
+                "refused IMPLEMENTATION DEFINED register read: ESR {:#x}",
+                f.esr
+            );
         }
         _ => leak("IMPDEF register read", "sysreg"),
     }
@@ -133,7 +148,10 @@ fn victim() -> ! {
         for i in 0..PATTERN_WORDS {
             let v = read64(PATTERN_AT + 8 * i);
             if v != pattern(i) {
-                println!("FAIL victim memory changed at {:#x}: {v:#x}", PATTERN_AT + 8 * i);
+                println!(
+                    "FAIL victim memory changed at {:#x}: {v:#x}",
+                    PATTERN_AT + 8 * i
+                );
                 guest_rt::system_off();
             }
             checksum = checksum.wrapping_mul(31).wrapping_add(v);
@@ -149,7 +167,11 @@ fn victim() -> ! {
 #[unsafe(no_mangle)]
 extern "C" fn guest_main() -> ! {
     // 0x4020_0000 is our own RAM only if we have more than 2 MiB.
-    if probe(|| { read64(0x4020_0000); }).is_ok() {
+    if probe(|| {
+        read64(0x4020_0000);
+    })
+    .is_ok()
+    {
         victim()
     } else {
         attacker()

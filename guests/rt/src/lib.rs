@@ -240,7 +240,10 @@ pub fn probe<T>(f: impl FnOnce() -> T) -> Result<T, Fault> {
     let v = f();
     EXPECTING.store(false, Ordering::SeqCst);
     if FAULTED.load(Ordering::SeqCst) {
-        Err(Fault { esr: FAULT_ESR.load(Ordering::SeqCst), far: FAULT_FAR.load(Ordering::SeqCst) })
+        Err(Fault {
+            esr: FAULT_ESR.load(Ordering::SeqCst),
+            far: FAULT_FAR.load(Ordering::SeqCst),
+        })
     } else {
         Ok(v)
     }

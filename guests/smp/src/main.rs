@@ -25,7 +25,10 @@ fn check(what: &str, got: u64, want: i64) {
 
 fn secondary(index: usize) -> ! {
     let n = STARTS.fetch_add(1, Ordering::SeqCst) + 1;
-    println!("vcpu {index} up (start {n}), MPIDR index {}", guest_rt::vcpu_index());
+    println!(
+        "vcpu {index} up (start {n}), MPIDR index {}",
+        guest_rt::vcpu_index()
+    );
     for _ in 0..ROUNDS {
         SHARED.fetch_add(1, Ordering::SeqCst);
     }
@@ -59,15 +62,47 @@ extern "C" fn guest_main() -> ! {
     }
 
     check("PSCI_VERSION", hvc(psci::VERSION, 0, 0, 0).0, 0x1_0001);
-    check("PSCI_FEATURES(CPU_ON)", hvc(psci::FEATURES, psci::CPU_ON as u64, 0, 0).0, 0);
-    check("PSCI_FEATURES(unknown)", hvc(psci::FEATURES, 0x8400_00ff, 0, 0).0, psci::NOT_SUPPORTED);
-    check("unknown SMCCC call over HVC", hvc(0xC200_0042, 0, 0, 0).0, psci::NOT_SUPPORTED);
-    check("unknown SMCCC call over SMC", smc(0xC200_0042, 0, 0, 0).0, psci::NOT_SUPPORTED);
-    check("PSCI_VERSION over SMC", smc(psci::VERSION, 0, 0, 0).0, 0x1_0001);
+    check(
+        "PSCI_FEATURES(CPU_ON)",
+        hvc(psci::FEATURES, psci::CPU_ON as u64, 0, 0).0,
+        0,
+    );
+    check(
+        "PSCI_FEATURES(unknown)",
+        hvc(psci::FEATURES, 0x8400_00ff, 0, 0).0,
+        psci::NOT_SUPPORTED,
+    );
+    check(
+        "unknown SMCCC call over HVC",
+        hvc(0xC200_0042, 0, 0, 0).0,
+        psci::NOT_SUPPORTED,
+    );
+    check(
+        "unknown SMCCC call over SMC",
+        smc(0xC200_0042, 0, 0, 0).0,
+        psci::NOT_SUPPORTED,
+    );
+    check(
+        "PSCI_VERSION over SMC",
+        smc(psci::VERSION, 0, 0, 0).0,
+        0x1_0001,
+    );
     let entry = guest_rt::secondary_entry();
-    check("CPU_ON(bad entry)", hvc(psci::CPU_ON, 1, 0x10, 1).0, psci::INVALID_ADDRESS);
-    check("CPU_ON(no such vCPU)", hvc(psci::CPU_ON, 7, entry, 7).0, psci::INVALID_PARAMETERS);
-    check("AFFINITY_INFO(1) before CPU_ON", hvc(psci::AFFINITY_INFO, 1, 0, 0).0, 1);
+    check(
+        "CPU_ON(bad entry)",
+        hvc(psci::CPU_ON, 1, 0x10, 1).0,
+        psci::INVALID_ADDRESS,
+    );
+    check(
+        "CPU_ON(no such vCPU)",
+        hvc(psci::CPU_ON, 7, entry, 7).0,
+        psci::INVALID_PARAMETERS,
+    );
+    check(
+        "AFFINITY_INFO(1) before CPU_ON",
+        hvc(psci::AFFINITY_INFO, 1, 0, 0).0,
+        1,
+    );
 
     check("CPU_ON(1)", hvc(psci::CPU_ON, 1, entry, 1).0, psci::SUCCESS);
     let r = hvc(psci::CPU_ON, 1, entry, 1).0 as i64;
@@ -80,10 +115,18 @@ extern "C" fn guest_main() -> ! {
         SHARED.fetch_add(1, Ordering::SeqCst);
     }
     wait_affinity(1, 1);
-    check("shared counter after both vCPUs", SHARED.load(Ordering::SeqCst), 2 * ROUNDS as i64);
+    check(
+        "shared counter after both vCPUs",
+        SHARED.load(Ordering::SeqCst),
+        2 * ROUNDS as i64,
+    );
 
     // vCPU 1 turned itself off; it must come back at a new CPU_ON.
-    check("CPU_ON(1) again", hvc(psci::CPU_ON, 1, entry, 1).0, psci::SUCCESS);
+    check(
+        "CPU_ON(1) again",
+        hvc(psci::CPU_ON, 1, entry, 1).0,
+        psci::SUCCESS,
+    );
     wait_affinity(1, 1);
     check("vCPU 1 starts", STARTS.load(Ordering::SeqCst) as u64, 2);
     println!("PASS psci");

@@ -73,7 +73,10 @@ pub fn init_cpu(gicr: usize) {
     while rd32(gicr + GICR_WAKER) & WAKER_CHILDREN_ASLEEP != 0 {}
     // All SGIs/PPIs Group 1 (non-secure), kick SGI enabled at priority 0x80.
     wr32(gicr + GICR_IGROUPR0, 0xffff_ffff);
-    wr32(gicr + GICR_IPRIORITYR + (KICK_SGI as usize & !3), 0x8080_8080);
+    wr32(
+        gicr + GICR_IPRIORITYR + (KICK_SGI as usize & !3),
+        0x8080_8080,
+    );
     wr32(gicr + GICR_ISENABLER0, 1 << KICK_SGI);
     // SAFETY: ICC_SRE_EL2: SRE (system registers), DFB, DIB, Enable (lets
     // EL1 use ICC_SRE_EL1). Then unmask all priorities and enable Group 1.
@@ -102,10 +105,17 @@ pub fn kick(mpidr: u64) {
     let aff1 = (mpidr >> 8) & 0xff;
     let aff2 = (mpidr >> 16) & 0xff;
     let aff3 = (mpidr >> 32) & 0xff;
-    let v = (aff3 << 48) | (rs << 44) | (aff2 << 32) | ((KICK_SGI as u64) << 24) | (aff1 << 16) | (1 << aff0);
+    let v = (aff3 << 48)
+        | (rs << 44)
+        | (aff2 << 32)
+        | ((KICK_SGI as u64) << 24)
+        | (aff1 << 16)
+        | (1 << aff0);
     // SAFETY: generating an SGI has no memory effects; the barrier makes the
     // mailbox writes before it visible to the target first.
-    unsafe { core::arch::asm!("dsb ish", "msr icc_sgi1r_el1, {}", "isb", in(reg) v, options(nostack)) };
+    unsafe {
+        core::arch::asm!("dsb ish", "msr icc_sgi1r_el1, {}", "isb", in(reg) v, options(nostack))
+    };
 }
 
 /// Acknowledges and completes every pending physical interrupt; returns true
@@ -127,6 +137,8 @@ pub fn drain() -> bool {
             log::warn!("unexpected physical interrupt {intid}");
         }
         // SAFETY: EOI of the interrupt we just acknowledged.
-        unsafe { core::arch::asm!("msr icc_eoir1_el1, {}", "isb", in(reg) iar, options(nomem, nostack)) };
+        unsafe {
+            core::arch::asm!("msr icc_eoir1_el1, {}", "isb", in(reg) iar, options(nomem, nostack))
+        };
     }
 }
