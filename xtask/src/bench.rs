@@ -1,0 +1,360 @@
+//! `cargo xtask bench`: the bench guest under Bulkhead and natively (the
+//! same flat image booted straight at EL1), each twice, under deterministic
+//! icount so the figures are instruction counts that repeat exactly.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Number, Value};
+
+use crate::build::{self, Output};
+use crate::qemu::{self, CAPTURED_CONSOLE};
+use crate::target_dir;
+
+/// One `BENCH <name> <unit> <value>` line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figure {
+    pub name: String,
+    pub unit: String,
+    /// The value as printed (kept for exact comparison and JSON).
+    pub text: String,
+    pub value: f64,
+}
+
+/// How long one benchmark boot may take.
+const TIMEOUT: Duration = Duration::from_secs(600);
+/// Deterministic execution (one instruction per ns, no sleeping), fixed DTB
+/// and RTC: two runs of the same image execute the same instructions.
+const ICOUNT: [&str; 4] = ["-icount", "shift=0,sleep=off", "-rtc", "clock=vm"];
+
+/// Parses a line containing `BENCH <name> <unit> <value>` anywhere (the
+/// hypervisor prefixes VM output with `[vm] `).
+pub fn parse_line(line: &str) -> Option<Figure> {
+    let at = line.find("BENCH ")?;
+    let mut words = line[at + "BENCH ".len()..].split_whitespace();
+    let (name, unit, text) = (words.next()?, words.next()?, words.next()?);
+    let value: f64 = text.parse().ok()?;
+    value.is_finite().then(|| Figure {
+        name: name.to_owned(),
+        unit: unit.to_owned(),
+        text: text.to_owned(),
+        value,
+    })
+}
+
+/// Every figure in a log, in order.
+pub fn parse_log(log: &str) -> Vec<Figure> {
+    log.lines().filter_map(parse_line).collect()
+}
+
+/// A figure as a JSON number: integers stay integers.
+fn number(f: &Figure) -> Value {
+    if let Ok(n) = f.text.parse::<u64>() {
+        Value::Number(n.into())
+    } else {
+        Number::from_f64(f.value).map_or(Value::Null, Value::Number)
+    }
+}
+
+/// One row of the results: every Bulkhead figure, with the native figure of
+/// the same name if there is one.
+#[derive(Debug, PartialEq)]
+pub struct Row {
+    pub name: String,
+    pub unit: String,
+    pub native: Option<Figure>,
+    pub bulkhead: Figure,
+}
+
+impl Row {
+    /// bulkhead / native, when both exist and native is non-zero.
+    pub fn ratio(&self) -> Option<f64> {
+        let native = self.native.as_ref()?.value;
+        (native != 0.0).then(|| self.bulkhead.value / native)
+    }
+}
+
+pub fn rows(native: &[Figure], bulkhead: &[Figure]) -> Vec<Row> {
+    bulkhead
+        .iter()
+        .map(|b| Row {
+            name: b.name.clone(),
+            unit: b.unit.clone(),
+            native: native.iter().find(|n| n.name == b.name).cloned(),
+            bulkhead: b.clone(),
+        })
+        .collect()
+}
+
+pub fn results_json(rows: &[Row]) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|r| {
+                let ratio = r
+                    .ratio()
+                    .and_then(|x| Number::from_f64((x * 10_000.0).round() / 10_000.0))
+                    .map_or(Value::Null, Value::Number);
+                json!({
+                    "name": r.name,
+                    "unit": r.unit,
+                    "native": r.native.as_ref().map_or(Value::Null, number),
+                    "bulkhead": number(&r.bulkhead),
+                    "ratio": ratio,
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Differences between two runs of one side, as readable lines.
+pub fn differences(side: &str, first: &[Figure], second: &[Figure]) -> Vec<String> {
+    let mut out = Vec::new();
+    for a in first {
+        match second.iter().find(|b| b.name == a.name) {
+            Some(b) if b.text != a.text => {
+                out.push(format!("{side} {}: {} then {}", a.name, a.text, b.text));
+            }
+            Some(_) => {}
+            None => out.push(format!("{side} {}: only in the first run", a.name)),
+        }
+    }
+    for b in second {
+        if !first.iter().any(|a| a.name == b.name) {
+            out.push(format!("{side} {}: only in the second run", b.name));
+        }
+    }
+    out
+}
+
+/// Boots `args` and returns the figures; errors (with the log) when QEMU
+/// fails, times out or prints no figures.
+fn measure(side: &str, run: usize, args: &[String]) -> Result<Vec<Figure>> {
+    println!(
+        "booting {side} run {run}… (timeout {} s)",
+        TIMEOUT.as_secs()
+    );
+    let outcome = qemu::run_captured(args, TIMEOUT)?;
+    if !outcome.succeeded() {
+        bail!(
+            "{side} run {run}: {}; log:\n{}",
+            outcome.ending(TIMEOUT),
+            qemu::indent(&outcome.log)
+        );
+    }
+    let figures = parse_log(&outcome.log);
+    if figures.is_empty() {
+        bail!(
+            "{side} run {run} printed no BENCH lines; log:\n{}",
+            qemu::indent(&outcome.log)
+        );
+    }
+    Ok(figures)
+}
+
+pub fn run(quick: bool) -> Result<ExitCode> {
+    let quick_config = Path::new("configs/bench-quick.toml");
+    let config = if quick && quick_config.exists() {
+        quick_config
+    } else {
+        if quick {
+            println!(
+                "{} does not exist; using configs/bench.toml",
+                quick_config.display()
+            );
+        }
+        Path::new("configs/bench.toml")
+    };
+    println!("building {}…", config.display());
+    let built = build::build(config, Output::Progress)?;
+    let guest = target_dir().join("bulkhead/guests/bench.bin");
+    if !guest.exists() {
+        bail!(
+            "{} was not built: {} must run guest \"bench\"",
+            guest.display(),
+            config.display()
+        );
+    }
+
+    let mut bulkhead_args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
+    bulkhead_args.extend(ICOUNT.map(String::from));
+    bulkhead_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+
+    // Without `virtualization=on` QEMU enters the image at EL1, as the
+    // hypervisor would.
+    let mut native_args: Vec<String> = [
+        "-machine",
+        "virt,gic-version=3,dtb-randomness=off",
+        "-cpu",
+        "max,sve=off,sme=off",
+        "-smp",
+        "2",
+        "-m",
+        "1G",
+    ]
+    .map(String::from)
+    .to_vec();
+    native_args.extend(ICOUNT.map(String::from));
+    native_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &guest));
+
+    let native = [
+        measure("native", 1, &native_args)?,
+        measure("native", 2, &native_args)?,
+    ];
+    let bulkhead = [
+        measure("bulkhead", 1, &bulkhead_args)?,
+        measure("bulkhead", 2, &bulkhead_args)?,
+    ];
+
+    let rows = rows(&native[0], &bulkhead[0]);
+    println!();
+    print!("{}", table(&rows));
+
+    let mut diffs = differences("native", &native[0], &native[1]);
+    diffs.extend(differences("bulkhead", &bulkhead[0], &bulkhead[1]));
+    if diffs.is_empty() {
+        println!("\nfigures repeat exactly (two runs of each side)");
+    } else {
+        println!("\nfigures differ between runs:");
+        for d in &diffs {
+            println!("  {d}");
+        }
+    }
+
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("results.json");
+    let text = serde_json::to_string_pretty(&results_json(&rows))?;
+    std::fs::write(&path, text + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The results as an aligned text table.
+pub fn table(rows: &[Row]) -> String {
+    let mut cells = vec![["name", "unit", "native", "bulkhead", "ratio"].map(String::from)];
+    for r in rows {
+        cells.push([
+            r.name.clone(),
+            r.unit.clone(),
+            r.native.as_ref().map_or("-".to_owned(), |n| n.text.clone()),
+            r.bulkhead.text.clone(),
+            r.ratio().map_or("-".to_owned(), |x| format!("{x:.3}")),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| cells.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &cells {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            // Name and unit left-aligned, numbers right-aligned.
+            .map(|(c, (cell, w))| {
+                if c < 2 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fig(name: &str, text: &str) -> Figure {
+        Figure {
+            name: name.into(),
+            unit: "instructions".into(),
+            text: text.into(),
+            value: text.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn tagged_and_untagged_bench_lines_parse() {
+        assert_eq!(
+            parse_line("[bench] BENCH hvc_null instructions 123"),
+            Some(fig("hvc_null", "123"))
+        );
+        assert_eq!(
+            parse_line("BENCH hvc_null instructions 123\r"),
+            Some(fig("hvc_null", "123"))
+        );
+    }
+
+    #[test]
+    fn malformed_bench_lines_are_ignored() {
+        assert_eq!(parse_line("BENCH hvc_null instructions"), None);
+        assert_eq!(parse_line("BENCH hvc_null instructions lots"), None);
+        assert_eq!(parse_line("[bench] starting BENCHMARKS"), None);
+        assert_eq!(parse_line("nothing here"), None);
+    }
+
+    #[test]
+    fn log_keeps_figures_in_order() {
+        let log = "boot\n[bench] BENCH a ns 1\nnoise\n[bench] BENCH b ns 2.5\n";
+        let figs = parse_log(log);
+        assert_eq!(
+            figs.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(figs[1].value, 2.5);
+    }
+
+    #[test]
+    fn ratio_is_null_without_a_native_figure() {
+        let rows = rows(
+            &[fig("a", "100")],
+            &[fig("a", "150"), fig("hvc_null", "40")],
+        );
+        let json = results_json(&rows);
+        assert_eq!(json[0]["native"], json!(100));
+        assert_eq!(json[0]["bulkhead"], json!(150));
+        assert_eq!(json[0]["ratio"], json!(1.5));
+        assert_eq!(json[1]["native"], Value::Null);
+        assert_eq!(json[1]["ratio"], Value::Null);
+    }
+
+    #[test]
+    fn identical_runs_have_no_differences() {
+        let run = [fig("a", "1"), fig("b", "2")];
+        assert!(differences("native", &run, &run).is_empty());
+    }
+
+    #[test]
+    fn changed_and_missing_figures_are_listed() {
+        let d = differences(
+            "bulkhead",
+            &[fig("a", "1"), fig("b", "2")],
+            &[fig("a", "3"), fig("c", "4")],
+        );
+        assert_eq!(
+            d,
+            [
+                "bulkhead a: 1 then 3",
+                "bulkhead b: only in the first run",
+                "bulkhead c: only in the second run"
+            ]
+        );
+    }
+
+    #[test]
+    fn table_has_header_and_dash_for_missing_native() {
+        let t = table(&rows(&[], &[fig("hvc_null", "40")]));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("name"));
+        assert!(lines[1].starts_with("hvc_null"));
+        assert!(lines[1].contains(" - "));
+    }
+}

@@ -1,0 +1,355 @@
+//! `cargo xtask build`: config → hypervisor + guests → one bootable image.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use bulkhead_config::toml::{Diagnostic, ImageSource, Parsed};
+
+use crate::{cargo, elf, image, repo_root, target_dir};
+
+/// The target every EL2 and guest crate is built for: softfloat, so EL2 code
+/// never touches FP/SIMD registers (guests built for it do not either).
+pub const TARGET: &str = "aarch64-unknown-none-softfloat";
+/// The hypervisor's package and binary.
+const HV_PACKAGE: &str = "bulkhead-hypervisor";
+const HV_BIN: &str = "bulkhead";
+/// Linker-script symbols bounding the hypervisor's memory image; the payload
+/// starts at `__hv_end`.
+const HV_START: &str = "__hv_start";
+const HV_END: &str = "__hv_end";
+
+/// How much `build` prints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Progress lines and cargo's output.
+    Progress,
+    /// Nothing but errors (config rejection tests).
+    Quiet,
+}
+
+/// A packed image and what QEMU needs to boot it.
+pub struct Built {
+    pub image: PathBuf,
+    pub size: u64,
+    pub cpus: u16,
+    pub ram_mib: u64,
+}
+
+/// Config problems, one `file:line: field: message` per line.
+fn diagnostics(heading: &str, diags: &[Diagnostic]) -> anyhow::Error {
+    let mut text = heading.to_owned();
+    for d in diags {
+        let _ = write!(text, "\n  {d}");
+    }
+    anyhow::anyhow!(text)
+}
+
+/// Builds and packs the system described by `config`; returns where the
+/// image went.
+pub fn build(config: &Path, output: Output) -> Result<Built> {
+    let progress = |msg: &str| {
+        if output == Output::Progress {
+            println!("{msg}");
+        }
+    };
+    let parsed = bulkhead_config::toml::load(config)
+        .map_err(|d| diagnostics(&format!("{} is not a valid config:", config.display()), &d))?;
+
+    let text = std::fs::read_to_string(config).unwrap_or_default();
+    let file = config.display().to_string();
+    let invalid = |d: &[Diagnostic]| diagnostics(&format!("{file} is not a valid config:"), d);
+    let guests = guest_names(&parsed);
+    let available = available_guests()?;
+
+    // Problems the config crate cannot see: guests that do not exist and
+    // image files that cannot be read. Files are read now, before any build.
+    let mut problems: Vec<Diagnostic> = vm_guests(&parsed)
+        .into_iter()
+        .filter(|(_, name)| !available.iter().any(|a| a == name))
+        .map(|(vm, name)| Diagnostic {
+            file: file.clone(),
+            line: key_line(&text, vm, "guest"),
+            field: format!("vm[{vm}].guest"),
+            message: format!(
+                "there is no guest \"{name}\"; available guests: {}",
+                available.join(", ")
+            ),
+        })
+        .collect();
+    // `None` for guests, which are built below.
+    let mut images: Vec<Option<(String, Vec<u8>)>> = Vec::new();
+    for source in &parsed.images {
+        let ImageSource::File(path) = source else {
+            images.push(None);
+            continue;
+        };
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let stem = path
+                    .file_stem()
+                    .map_or("image".into(), |s| s.to_string_lossy());
+                images.push(Some((stem.into_owned(), bytes)));
+            }
+            Err(e) => {
+                images.push(None);
+                problems.extend(vms_using(&parsed, source).into_iter().map(|vm| Diagnostic {
+                    file: file.clone(),
+                    line: key_line(&text, vm, "image"),
+                    field: format!("vm[{vm}].image"),
+                    message: format!("cannot read image file {}: {e}", path.display()),
+                }));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(invalid(&problems));
+    }
+    // Check the rules before a long build; guests count as empty images
+    // here, so only their size can still be wrong after the build.
+    let sizes = |images: &[Option<(String, Vec<u8>)>]| -> Vec<u64> {
+        images
+            .iter()
+            .map(|i| i.as_ref().map_or(0, |(_, b)| b.len() as u64))
+            .collect()
+    };
+    parsed.check(&sizes(&images)).map_err(|d| invalid(&d))?;
+
+    progress(&format!(
+        "building hypervisor{}…",
+        if guests.is_empty() {
+            String::new()
+        } else {
+            format!(" and guests {}", guests.join(", "))
+        }
+    ));
+    cargo_build(&guests, output)?;
+
+    let out_dir = target_dir().join("bulkhead");
+    let guest_dir = out_dir.join("guests");
+    std::fs::create_dir_all(&guest_dir)
+        .with_context(|| format!("cannot create {}", guest_dir.display()))?;
+    for (source, slot) in parsed.images.iter().zip(&mut images) {
+        if let ImageSource::Guest(name) = source {
+            let flat = flat_of(&elf_path(name))?;
+            let bin = guest_dir.join(format!("{name}.bin"));
+            std::fs::write(&bin, &flat.bytes)
+                .with_context(|| format!("cannot write {}", bin.display()))?;
+            *slot = Some((name.clone(), flat.bytes));
+        }
+    }
+    parsed.check(&sizes(&images)).map_err(|d| invalid(&d))?;
+    let images: Vec<(String, Vec<u8>)> = images.into_iter().flatten().collect();
+
+    let hv_elf_path = elf_path(HV_BIN);
+    let hv_elf = std::fs::read(&hv_elf_path)
+        .with_context(|| format!("cannot read {}", hv_elf_path.display()))?;
+    let hv = elf::to_flat(&hv_elf).with_context(|| format!("in {}", hv_elf_path.display()))?;
+    let start = elf::symbol(&hv_elf, HV_START)?;
+    let end = elf::symbol(&hv_elf, HV_END)?;
+    if hv.base != start {
+        bail!(
+            "{}: the first loadable byte is at {:#x} but {HV_START} is {start:#x}; \
+             the payload offset would be wrong",
+            hv_elf_path.display(),
+            hv.base
+        );
+    }
+    let named: Vec<(&str, &[u8])> = images
+        .iter()
+        .map(|(n, b)| (n.as_str(), b.as_slice()))
+        .collect();
+    let payload = bulkhead_config::payload::pack(&bulkhead_config::encode(&parsed.config), &named);
+    let mut bytes = assemble(&hv.bytes, start, end, &payload)?;
+    image::patch_image_size(&mut bytes)?;
+
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "bulkhead".to_owned());
+    let path = out_dir.join(format!("{stem}.img"));
+    std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(Built {
+        image: path,
+        size: bytes.len() as u64,
+        cpus: parsed.config.board.cpus,
+        ram_mib: parsed.config.board.ram_size >> 20,
+    })
+}
+
+/// The hypervisor's flat binary zero-padded to its memory size
+/// (`__hv_end - __hv_start`: its `.bss` and whatever else the linker script
+/// reserves), then the payload, which the hypervisor therefore finds at
+/// `__hv_end`.
+pub fn assemble(hv_flat: &[u8], hv_start: u64, hv_end: u64, payload: &[u8]) -> Result<Vec<u8>> {
+    let span = hv_end
+        .checked_sub(hv_start)
+        .with_context(|| format!("{HV_END} ({hv_end:#x}) is below {HV_START} ({hv_start:#x})"))?;
+    let span = usize::try_from(span)?;
+    if hv_flat.len() > span {
+        bail!(
+            "the hypervisor's flat binary ({:#x} bytes) is longer than {HV_END} - {HV_START} ({span:#x})",
+            hv_flat.len()
+        );
+    }
+    let mut out = Vec::with_capacity(span + payload.len());
+    out.extend_from_slice(hv_flat);
+    out.resize(span, 0);
+    out.extend_from_slice(payload);
+    Ok(out)
+}
+
+fn flat_of(path: &Path) -> Result<elf::Flat> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    elf::to_flat(&bytes).with_context(|| format!("in {}", path.display()))
+}
+
+fn elf_path(bin: &str) -> PathBuf {
+    target_dir().join(TARGET).join("release").join(bin)
+}
+
+/// `(vm index, guest name)` for every VM built from a guest.
+fn vm_guests(parsed: &Parsed) -> Vec<(usize, &str)> {
+    parsed
+        .config
+        .vms
+        .iter()
+        .enumerate()
+        .filter_map(|(i, vm)| match parsed.images.get(usize::from(vm.image)) {
+            Some(ImageSource::Guest(g)) => Some((i, g.as_str())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The indices of the VMs whose image comes from `source`.
+fn vms_using(parsed: &Parsed, source: &ImageSource) -> Vec<usize> {
+    (0..parsed.config.vms.len())
+        .filter(|&i| {
+            let image = parsed.config.vms.get(i).map(|vm| usize::from(vm.image));
+            image.and_then(|n| parsed.images.get(n)) == Some(source)
+        })
+        .collect()
+}
+
+/// Distinct guests the config names.
+fn guest_names(parsed: &Parsed) -> Vec<String> {
+    parsed
+        .images
+        .iter()
+        .filter_map(|s| match s {
+            ImageSource::Guest(g) => Some(g.clone()),
+            ImageSource::File(_) => None,
+        })
+        .collect()
+}
+
+/// 1-based line of `key = ...` in the `vm`-th `[[vm]]` table of a config
+/// file (or of that table's header, or 1), for problems the config crate
+/// cannot see: guests that do not exist and image files that cannot be read.
+pub fn key_line(text: &str, vm: usize, key: &str) -> usize {
+    let mut tables = 0usize;
+    let mut header = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            let is_vm = line
+                .strip_prefix("[[")
+                .and_then(|r| r.split("]]").next())
+                .map(str::trim)
+                == Some("vm");
+            if is_vm {
+                tables += 1;
+            }
+            if header.is_some() {
+                break;
+            }
+            if is_vm && tables == vm + 1 {
+                header = Some(n + 1);
+            }
+            continue;
+        }
+        let is_key = line
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if header.is_some() && is_key {
+            return n + 1;
+        }
+    }
+    header.unwrap_or(1)
+}
+
+/// Guests that can be named: the directories under guests/ with a
+/// Cargo.toml, except the shared runtime `rt`.
+pub fn available_guests() -> Result<Vec<String>> {
+    let dir = repo_root().join("guests");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .flatten()
+        .filter(|e| e.path().join("Cargo.toml").is_file())
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n != "rt")
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// `cargo build --release --target aarch64-unknown-none-softfloat` for the
+/// hypervisor and `guests` (one cargo run, so they build in parallel).
+pub fn cargo_build(guests: &[String], output: Output) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", TARGET, "-p", HV_PACKAGE]);
+    for g in guests {
+        cmd.args(["-p", &format!("guest-{g}")]);
+    }
+    if output == Output::Quiet {
+        cmd.arg("--quiet");
+    }
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build of the hypervisor/guests failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_VMS: &str = "[board]\ncpus = 2\n\n[[vm]]\nname = \"a\"\nguest = \"hello\"\n\n\
+                           [[vm]]\nname = \"b\"\nimage_path = 1\nimage = \"x.bin\"\n";
+
+    #[test]
+    fn key_line_finds_the_key_in_the_right_vm_table() {
+        assert_eq!(key_line(TWO_VMS, 0, "guest"), 6);
+        assert_eq!(key_line(TWO_VMS, 1, "image"), 11);
+    }
+
+    #[test]
+    fn key_line_falls_back_to_the_vm_header() {
+        assert_eq!(key_line(TWO_VMS, 1, "guest"), 8);
+        assert_eq!(key_line(TWO_VMS, 5, "guest"), 1);
+    }
+
+    #[test]
+    fn payload_starts_at_hv_end() {
+        let out = assemble(&[1, 2, 3], 0x4008_0000, 0x4008_1000, &[9, 9]).unwrap();
+        assert_eq!(out.len(), 0x1002);
+        assert_eq!(&out[..3], &[1, 2, 3]);
+        assert!(out[3..0x1000].iter().all(|&b| b == 0));
+        assert_eq!(&out[0x1000..], &[9, 9]);
+    }
+
+    #[test]
+    fn flat_longer_than_hv_span_is_rejected() {
+        let err = assemble(&[0; 0x1001], 0x1000, 0x2000, &[]).unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("longer than __hv_end - __hv_start"));
+    }
+
+    #[test]
+    fn hv_end_below_start_is_rejected() {
+        assert!(assemble(&[], 0x2000, 0x1000, &[]).is_err());
+    }
+}

@@ -1,0 +1,477 @@
+//! `cargo xtask test`: host unit tests, cross builds, config rejection
+//! cases and the QEMU integration tests.
+//!
+//! The integration tests are the [`CASES`] table: edit expectations there.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::build::{self, Output};
+use crate::qemu::{self, CAPTURED_CONSOLE};
+use crate::{cargo, target_dir};
+
+/// One QEMU integration test.
+pub struct Case {
+    pub name: &'static str,
+    /// System config, relative to the repository root.
+    pub config: &'static str,
+    pub timeout_s: u64,
+    /// Substrings that must appear in the serial output, in this order (each
+    /// searched for after the end of the previous match).
+    pub expect: &'static [&'static str],
+    /// Substrings that must appear somewhere, in any order (output of
+    /// different VMs interleaves differently from run to run).
+    pub contains: &'static [&'static str],
+    /// Substrings that must not appear anywhere (in addition to [`FORBID`]).
+    pub forbid: &'static [&'static str],
+    /// QEMU's expected exit status.
+    pub exit: i32,
+}
+
+/// Forbidden in every case's output.
+pub const FORBID: &[&str] = &["PANIC", "FAIL", "LEAK", "unexpected exception"];
+
+/// The integration tests, run in this order.
+pub const CASES: &[Case] = &[
+    Case {
+        name: "two_vms",
+        config: "configs/default.toml",
+        timeout_s: 120,
+        expect: &[
+            "starting at EL2",
+            "EL2 MMU on: text RX, data RW XN",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[
+            "cpu1 (MPIDR 0x1) online at EL2",
+            "cpu2 (MPIDR 0x2) online at EL2",
+            "cpu3 (MPIDR 0x3) online at EL2",
+            "safety: stage 2 maps its RAM with 8 descriptor(s), largest block 2048 KiB",
+            "infotainment: stage 2 maps its RAM with 16 descriptor(s), largest block 2048 KiB",
+            "[safety] hello from a Bulkhead guest at EL1 (vcpu 0)",
+            "[safety] heartbeat 5/5",
+            "[safety] PASS hello",
+            "[infotainment] vcpu 1 up (start 1)",
+            "[infotainment] PASS psci",
+            "[infotainment] PASS reset (restart 1, fresh image)",
+            "safety: stopped",
+            "infotainment: stopped",
+        ],
+        forbid: &[],
+        exit: 0,
+    },
+    Case {
+        name: "isolation",
+        config: "configs/test-isolation.toml",
+        timeout_s: 120,
+        expect: &["victim: 1 vCPU(s)", "all VMs stopped, powering off"],
+        contains: &[
+            "attacker vcpu0: read of IPA 0x50000000 (unmapped) refused: data abort injected",
+            "[attacker] refused write victim RAM (host PA 0x50000000)",
+            "[attacker] refused read hypervisor image (host PA 0x40200000)",
+            "[attacker] refused write physical GIC distributor",
+            "[attacker] refused load pair from the UART",
+            "[attacker] refused DC ISW (set/way): undefined",
+            "[attacker] PASS isolation: 28/28 attempts refused",
+            "[victim] round 40/40 checksum",
+            "[victim] PASS victim: memory intact",
+            "attacker: stopped",
+            "victim: stopped",
+        ],
+        forbid: &[],
+        exit: 0,
+    },
+    Case {
+        name: "smp_psci",
+        config: "configs/test-smp.toml",
+        timeout_s: 120,
+        expect: &[
+            "[smp] ok PSCI_VERSION = 65537",
+            "[smp] ok CPU_ON(bad entry) = -9",
+            "[smp] ok CPU_ON(no such vCPU) = -2",
+            "[smp] ok CPU_ON(1) = 0",
+            "[smp] ok shared counter after both vCPUs = 40000",
+            "[smp] PASS psci",
+            "smp: restarting (guest called SYSTEM_RESET)",
+            "[smp] vcpu 0 booted, restart count 1",
+            "[smp] PASS reset (restart 1, fresh image)",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[],
+        forbid: &[],
+        exit: 0,
+    },
+];
+
+/// Why a log does not meet its case's expectations.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    /// `expect[index]` was not found after the previous expectation.
+    Missing { index: usize, text: String },
+    /// A forbidden substring appears on this line.
+    Forbidden { text: String, line: String },
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Missing { index, text } => {
+                write!(f, "expected output #{} {text:?} did not appear", index + 1)?;
+                if *index > 0 {
+                    write!(f, " (after the previous expectation)")?;
+                }
+                Ok(())
+            }
+            Self::Forbidden { text, line } => {
+                write!(f, "forbidden {text:?} appeared: {:?}", line.trim_end())
+            }
+        }
+    }
+}
+
+/// Checks `log` against ordered `expect` strings and `forbid` strings;
+/// returns every mismatch (forbidden lines first, then the first missing
+/// expectation).
+pub fn check_log(log: &str, expect: &[&str], forbid: &[&str]) -> Vec<Mismatch> {
+    let mut found = Vec::new();
+    for line in log.lines() {
+        for text in forbid {
+            if line.contains(text) {
+                found.push(Mismatch::Forbidden {
+                    text: (*text).to_owned(),
+                    line: line.to_owned(),
+                });
+            }
+        }
+    }
+    let mut from = 0;
+    for (index, text) in expect.iter().enumerate() {
+        match log[from..].find(text) {
+            Some(at) => from += at + text.len(),
+            None => {
+                found.push(Mismatch::Missing {
+                    index,
+                    text: (*text).to_owned(),
+                });
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// Results of a `cargo xtask test` run.
+#[derive(Default)]
+struct Tally {
+    passed: Vec<String>,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    fn record(&mut self, name: &str, result: Result<()>) {
+        match result {
+            Ok(()) => {
+                println!("test {name} ... ok");
+                self.passed.push(name.to_owned());
+            }
+            Err(err) => {
+                println!("test {name} ... FAILED\n{err:#}");
+                self.failed.push(name.to_owned());
+            }
+        }
+    }
+}
+
+/// Runs everything; `filter` keeps the integration and rejection tests whose
+/// name contains it.
+pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
+    let mut tally = Tally::default();
+    if unit {
+        println!("running host unit tests (cargo test)…");
+        tally.record("unit: cargo test", unit_tests());
+        println!(
+            "build-checking the hypervisor and every guest for {}…",
+            build::TARGET
+        );
+        tally.record("build: aarch64 crates", cross_build());
+    }
+    let wanted = |name: &str| filter.is_none_or(|f| name.contains(f));
+
+    for case in rejection_cases()? {
+        let name = format!("config_rejected: {}", case.name);
+        if wanted(&name) {
+            tally.record(&name, check_rejected(&case));
+        }
+    }
+    for case in CASES.iter().filter(|c| wanted(c.name)) {
+        println!("booting test {}… (timeout {} s)", case.name, case.timeout_s);
+        tally.record(case.name, run_case(case));
+    }
+
+    println!(
+        "\n{} passed, {} failed",
+        tally.passed.len(),
+        tally.failed.len()
+    );
+    for name in &tally.failed {
+        println!("  failed: {name}");
+    }
+    Ok(if tally.failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `cargo test` for the default members (the pure crates and xtask): a
+/// `--workspace` run would compile the EL2 and guest binaries for the host,
+/// which they do not support.
+fn unit_tests() -> Result<()> {
+    let status = cargo()
+        .arg("test")
+        .status()
+        .context("cannot run cargo test")?;
+    anyhow::ensure!(status.success(), "cargo test failed ({status})");
+    Ok(())
+}
+
+/// Compiles the hypervisor and every guest for the bare-metal target.
+fn cross_build() -> Result<()> {
+    build::cargo_build(&build::available_guests()?, Output::Progress)
+}
+
+fn run_case(case: &Case) -> Result<()> {
+    let built = build::build(Path::new(case.config), Output::Quiet)?;
+    let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
+    args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+    let timeout = Duration::from_secs(case.timeout_s);
+    let outcome = qemu::run_captured(&args, timeout)?;
+
+    let forbid: Vec<&str> = FORBID.iter().chain(case.forbid).copied().collect();
+    let mut problems: Vec<String> = check_log(&outcome.log, case.expect, &forbid)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for text in case.contains {
+        if !outcome.log.contains(text) {
+            problems.push(format!("{text:?} never appeared"));
+        }
+    }
+    match outcome.status {
+        None => problems.push(outcome.ending(timeout)),
+        Some(s) if s.code() != Some(case.exit) => {
+            problems.push(format!(
+                "{} (expected {})",
+                outcome.ending(timeout),
+                case.exit
+            ));
+        }
+        Some(_) => {}
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let mut report = String::new();
+    for p in &problems {
+        report.push_str(&format!("  {p}\n"));
+    }
+    report.push_str("  serial log:\n");
+    report.push_str(&qemu::indent(&outcome.log));
+    anyhow::bail!("{}", report.trim_end())
+}
+
+/// A config the build must reject, with a substring of the expected error.
+struct Rejection {
+    name: String,
+    config: PathBuf,
+    expect: String,
+}
+
+/// The `expect` text from a `# expect: <substring>` first line.
+pub fn expect_comment(text: &str) -> Option<&str> {
+    let first = text.lines().next()?;
+    let expect = first
+        .trim()
+        .strip_prefix('#')?
+        .trim_start()
+        .strip_prefix("expect:")?
+        .trim();
+    (!expect.is_empty()).then_some(expect)
+}
+
+/// configs/bad/*.toml, plus a generated config whose image (a 3 MiB file
+/// written at test time: no binaries in git) is larger than its VM.
+fn rejection_cases() -> Result<Vec<Rejection>> {
+    let mut cases = Vec::new();
+    let dir = Path::new("configs/bad");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    for config in files {
+        let text = std::fs::read_to_string(&config)?;
+        let expect = expect_comment(&text)
+            .with_context(|| format!("{} has no `# expect: ...` first line", config.display()))?
+            .to_owned();
+        let name = config
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        cases.push(Rejection {
+            name,
+            config,
+            expect,
+        });
+    }
+
+    let gen_dir = target_dir().join("itest");
+    std::fs::create_dir_all(&gen_dir)?;
+    std::fs::write(gen_dir.join("big.bin"), vec![0u8; 3 << 20])?;
+    let config = gen_dir.join("image-too-big.toml");
+    std::fs::write(&config, IMAGE_TOO_BIG)?;
+    cases.push(Rejection {
+        name: "image-too-big".to_owned(),
+        expect: format!(
+            "image-too-big.toml:{IMAGE_TOO_BIG_MEMORY_LINE}: vm[0].memory: image is larger than its VM"
+        ),
+        config,
+    });
+    Ok(cases)
+}
+
+/// A 3 MiB image in a 2 MiB VM.
+const IMAGE_TOO_BIG: &str = "\
+[board]
+cpus = 2
+memory = \"1G\"
+
+[[vm]]
+name = \"big\"
+image = \"big.bin\"
+memory = \"2M\"
+pcpus = [0]
+";
+/// The line of `memory = "2M"` above, where the problem is reported.
+const IMAGE_TOO_BIG_MEMORY_LINE: usize = 8;
+
+fn check_rejected(case: &Rejection) -> Result<()> {
+    match build::build(&case.config, Output::Quiet) {
+        Ok(built) => anyhow::bail!(
+            "  {} was accepted (built {}), expected an error containing {:?}",
+            case.config.display(),
+            built.image.display(),
+            case.expect
+        ),
+        Err(err) => {
+            let message = format!("{err:#}");
+            anyhow::ensure!(
+                message.contains(&case.expect),
+                "  {} failed, but without {:?}; the error was:\n{}",
+                case.config.display(),
+                case.expect,
+                qemu::indent(&message)
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LOG: &str = "bulkhead: 2 VMs\n[safety] hello\n[infotainment] hi\nall VMs stopped\n";
+
+    #[test]
+    fn expectations_in_order_pass() {
+        let expect = [
+            "bulkhead: ",
+            "[safety] ",
+            "[infotainment] ",
+            "all VMs stopped",
+        ];
+        assert_eq!(check_log(LOG, &expect, FORBID), vec![]);
+    }
+
+    #[test]
+    fn expectation_out_of_order_is_missing() {
+        let expect = ["[infotainment] ", "[safety] "];
+        assert_eq!(
+            check_log(LOG, &expect, FORBID),
+            vec![Mismatch::Missing {
+                index: 1,
+                text: "[safety] ".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn expectation_cannot_reuse_the_previous_match() {
+        // One "PASS" in the log cannot satisfy two expectations.
+        assert_eq!(
+            check_log("PASS\n", &["PASS", "PASS"], &[]),
+            vec![Mismatch::Missing {
+                index: 1,
+                text: "PASS".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn only_the_first_missing_expectation_is_reported() {
+        let found = check_log(LOG, &["nope", "also nope"], &[]);
+        assert_eq!(
+            found,
+            vec![Mismatch::Missing {
+                index: 0,
+                text: "nope".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn forbidden_text_reports_its_line() {
+        let log = "[victim] ok\n[victim] FAIL read 0x1234\n";
+        assert_eq!(
+            check_log(log, &[], FORBID),
+            vec![Mismatch::Forbidden {
+                text: "FAIL".into(),
+                line: "[victim] FAIL read 0x1234".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn expect_comment_is_read_from_the_first_line_only() {
+        assert_eq!(
+            expect_comment("# expect: overlap.toml:12: vm[1].host_address\n[board]\n"),
+            Some("overlap.toml:12: vm[1].host_address")
+        );
+        assert_eq!(expect_comment("[board]\n# expect: x\n"), None);
+        assert_eq!(expect_comment("# expect:   \n"), None);
+    }
+
+    #[test]
+    fn image_too_big_line_points_at_memory() {
+        let line = IMAGE_TOO_BIG
+            .lines()
+            .nth(IMAGE_TOO_BIG_MEMORY_LINE - 1)
+            .unwrap();
+        assert!(line.starts_with("memory"), "{line}");
+    }
+
+    #[test]
+    fn case_names_are_unique() {
+        let mut names: Vec<_> = CASES.iter().map(|c| c.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CASES.len());
+    }
+}

@@ -1,0 +1,172 @@
+//! `cargo xtask`: Bulkhead's host tool.
+//!
+//! - `build`: check a system config, build the hypervisor and the guests it
+//!   names, and pack them into one bootable arm64 `Image`.
+//! - `run`: build, then boot the image in QEMU on this terminal.
+//! - `test`: host unit tests, a cross build of every EL2/guest crate, config
+//!   rejection cases and the QEMU integration tests ([`itest`]).
+//! - `bench`: the benchmark guest under Bulkhead and natively, side by side.
+
+mod bench;
+mod build;
+mod elf;
+mod image;
+mod itest;
+mod prereq;
+mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// The config `build` and `run` use when none is given.
+const DEFAULT_CONFIG: &str = "configs/default.toml";
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Bulkhead's build, run, test and bench tool"
+)]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Build the hypervisor and guests and pack target/bulkhead/<config>.img.
+    Build {
+        /// System config (TOML) [default: configs/default.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Build, then boot the image in QEMU on this terminal.
+    Run {
+        /// System config (TOML) [default: configs/default.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Unit tests, cross builds, config rejection and QEMU integration tests.
+    Test {
+        /// Run only the integration tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Skip the host unit tests and the cross build check.
+        #[arg(long)]
+        no_unit: bool,
+    },
+    /// Benchmarks under Bulkhead against a native run of the same guest.
+    Bench {
+        /// Use configs/bench-quick.toml when it exists.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.verb) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(verb: Verb) -> Result<ExitCode> {
+    let root = repo_root();
+    let cwd = std::env::current_dir()?;
+    // Paths given on the command line are relative to where the user is;
+    // everything else is relative to the repository root.
+    let config_path = |config: Option<PathBuf>| match config {
+        None => PathBuf::from(DEFAULT_CONFIG),
+        Some(path) => {
+            let path = normalize(&cwd.join(path));
+            path.strip_prefix(&root)
+                .map(Path::to_path_buf)
+                .unwrap_or(path)
+        }
+    };
+    std::env::set_current_dir(&root)?;
+    match verb {
+        Verb::Build { config } => {
+            prereq::ensure()?;
+            let built = build::build(&config_path(config), build::Output::Progress)?;
+            println!(
+                "wrote {} ({} bytes, {})",
+                built.image.display(),
+                built.size,
+                bulkhead_config::Size(built.size)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Run { config } => {
+            prereq::ensure()?;
+            let built = build::build(&config_path(config), build::Output::Progress)?;
+            qemu::run_interactive(&built)
+        }
+        Verb::Test { filter, no_unit } => {
+            prereq::ensure()?;
+            itest::run_all(filter.as_deref(), !no_unit)
+        }
+        Verb::Bench { quick } => {
+            prereq::ensure()?;
+            bench::run(quick)
+        }
+    }
+}
+
+/// `path` with `.` and `..` components resolved lexically, for messages.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push(part);
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The workspace root: xtask lives one level below it.
+fn repo_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Cargo's target directory (honours `CARGO_TARGET_DIR`).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => repo_root().join("target"),
+    }
+}
+
+/// The cargo that started us (so the pinned toolchain is used), or `cargo`.
+fn cargo() -> std::process::Command {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    std::process::Command::new(program)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_resolves_dot_and_dot_dot() {
+        assert_eq!(
+            normalize(Path::new("/repo/crates/../configs/./a.toml")),
+            Path::new("/repo/configs/a.toml")
+        );
+        assert_eq!(normalize(Path::new("../x")), Path::new("../x"));
+    }
+}

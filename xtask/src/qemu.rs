@@ -1,0 +1,203 @@
+//! Starting QEMU: on the terminal (`run`) or captured with a timeout
+//! (`test`, `bench`).
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::build::Built;
+
+pub const QEMU: &str = "qemu-system-aarch64";
+
+/// `-cpu max` with SVE and SME off: the hypervisor does not yet context-switch
+/// their state, and under `shift=0` icount `max`'s counter ticks once per
+/// instruction (1 GHz).
+const CPU: &str = "max,sve=off,sme=off";
+
+/// Machine arguments shared by every Bulkhead boot: `virt` with EL2 and a
+/// GICv3 (`extra_machine` appends options such as `,dtb-randomness=off`),
+/// the board's CPU count and RAM.
+pub fn machine_args(cpus: u16, ram_mib: u64, extra_machine: &str) -> Vec<String> {
+    vec![
+        "-machine".to_owned(),
+        format!("virt,virtualization=on,gic-version=3{extra_machine}"),
+        "-cpu".to_owned(),
+        CPU.to_owned(),
+        "-smp".to_owned(),
+        cpus.to_string(),
+        "-m".to_owned(),
+        format!("{ram_mib}M"),
+    ]
+}
+
+/// The tail of every command line: console setup, no NIC (so QEMU needs no
+/// `efi-virtio.rom`), and the image.
+pub fn console_and_kernel(console: &[&str], image: &Path) -> Vec<String> {
+    let mut args: Vec<String> = console.iter().map(|s| (*s).to_owned()).collect();
+    args.extend(["-nic", "none", "-kernel"].map(String::from));
+    args.push(image.display().to_string());
+    args
+}
+
+/// Console for tests and benchmarks: serial on stdio, nothing else.
+pub const CAPTURED_CONSOLE: &[&str] = &["-display", "none", "-monitor", "none", "-serial", "stdio"];
+
+/// `cargo xtask run`: QEMU owns the terminal; its exit status becomes ours.
+pub fn run_interactive(built: &Built) -> Result<ExitCode> {
+    let mut args = machine_args(built.cpus, built.ram_mib, "");
+    args.extend(console_and_kernel(&["-nographic"], &built.image));
+    println!(
+        "Booting {} in QEMU; press Ctrl-A then X to quit.",
+        built.image.display()
+    );
+    let status = Command::new(QEMU)
+        .args(&args)
+        .status()
+        .with_context(|| format!("cannot start {QEMU}"))?;
+    Ok(exit_code(status))
+}
+
+/// Our exit code for a child's status: its code, or 1 if a signal ended it.
+pub fn exit_code(status: ExitStatus) -> ExitCode {
+    match status.code() {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    }
+}
+
+/// What a captured QEMU run produced.
+pub struct Outcome {
+    /// Everything QEMU wrote to stdout and stderr (serial output and QEMU's
+    /// own messages), lossily decoded.
+    pub log: String,
+    /// Exit status; `None` when the run was killed at the timeout.
+    pub status: Option<ExitStatus>,
+}
+
+impl Outcome {
+    /// Whether the run ended on its own with exit status 0.
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// One-line description of how the run ended.
+    pub fn ending(&self, timeout: Duration) -> String {
+        match self.status {
+            None => format!("timed out after {} s", timeout.as_secs()),
+            Some(s) => match s.code() {
+                Some(code) => format!("QEMU exited with status {code}"),
+                None => format!("QEMU was killed ({s})"),
+            },
+        }
+    }
+}
+
+/// Runs QEMU with `args`, stdin closed, stdout and stderr collected into one
+/// buffer as they arrive; kills it when `timeout` passes.
+pub fn run_captured(args: &[String], timeout: Duration) -> Result<Outcome> {
+    let mut child = Command::new(QEMU)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {QEMU}"))?;
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut pipe| {
+        let buffer = Arc::clone(&buffer);
+        thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk) {
+                if let Ok(mut buf) = buffer.lock() {
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+            }
+        })
+    })
+    .collect();
+
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            // Ignore the error: QEMU may have exited in between.
+            let _ = child.kill();
+            child.wait()?;
+            break None;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    for reader in readers {
+        let _ = reader.join();
+    }
+    let bytes = buffer.lock().map(|b| b.clone()).unwrap_or_default();
+    Ok(Outcome {
+        log: String::from_utf8_lossy(&bytes).into_owned(),
+        status,
+    })
+}
+
+/// `log`, each line indented, for failure reports.
+pub fn indent(log: &str) -> String {
+    let mut out = String::new();
+    for line in log.lines() {
+        out.push_str("    ");
+        out.push_str(line.trim_end_matches('\r'));
+        out.push('\n');
+    }
+    if out.is_empty() {
+        out.push_str("    (no output)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indent_prefixes_every_line_and_drops_carriage_returns() {
+        assert_eq!(indent("a\r\nb\n"), "    a\n    b\n");
+        assert_eq!(indent(""), "    (no output)\n");
+    }
+
+    #[test]
+    #[ignore = "starts QEMU"]
+    fn captured_run_is_killed_at_timeout() {
+        // No kernel: the CPU spins in QEMU's empty boot ROM until killed.
+        let args: Vec<String> = ["-machine", "virt", "-display", "none", "-monitor", "none"]
+            .map(String::from)
+            .to_vec();
+        let started = Instant::now();
+        let outcome = run_captured(&args, Duration::from_secs(2)).unwrap();
+        assert!(outcome.status.is_none());
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    #[ignore = "starts QEMU"]
+    fn captured_run_collects_output_and_status() {
+        let outcome = run_captured(&["--version".to_owned()], Duration::from_secs(10)).unwrap();
+        assert!(outcome.succeeded());
+        assert!(outcome.log.contains("QEMU emulator version"));
+    }
+}
