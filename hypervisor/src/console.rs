@@ -63,6 +63,22 @@ pub fn guest_line(vm: &str, line: &[u8]) {
     let _ = u.write_str("\n");
 }
 
+/// Makes the console usable from a fatal path: if the lock stays held (the
+/// code that faulted may hold it), break it after a bounded wait.
+pub fn emergency() {
+    for _ in 0..1_000_000 {
+        if !LOCK.is_locked() {
+            return;
+        }
+        core::hint::spin_loop();
+    }
+    // SAFETY: the holder is either the code this fatal exception
+    // interrupted (it will never run again) or a CPU that has stopped making
+    // progress; the worst outcome of breaking the lock is interleaved
+    // characters in the final report.
+    unsafe { LOCK.force_unlock() };
+}
+
 struct Logger;
 
 impl log::Log for Logger {

@@ -407,6 +407,7 @@ fn build_system(
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
+    console::emergency();
     log::error!("PANIC on {}: {info}", percpu::this_index_or_boot());
     let _ = firmware::system_off();
     arch::halt()

@@ -244,6 +244,7 @@ extern "C" fn handle_lower_aarch32(_frame: &mut TrapFrame) {
 /// everything needed to find it, then power off so a test sees it at once.
 #[unsafe(no_mangle)]
 extern "C" fn unexpected_exception(frame: &mut TrapFrame, kind: u64) -> ! {
+    console::emergency();
     let (esr, far, elr) = (regs::esr_el2(), regs::far_el2(), regs::elr_el2());
     let cpu = crate::percpu::this().index.load(Ordering::Relaxed);
     let guard = arch::guard_page(cpu) as u64;
