@@ -14,7 +14,38 @@ static LOCK: Mutex<()> = Mutex::new(());
 
 const UART_DR: usize = 0x00;
 const UART_FR: usize = 0x18;
+const UART_IMSC: usize = 0x38;
 const FR_TXFF: u32 = 1 << 5;
+const FR_RXFE: u32 = 1 << 4;
+/// IMSC: receive and receive-timeout interrupts.
+const IMSC_RX: u32 = (1 << 4) | (1 << 6);
+
+static RX_INTID: spin::Once<u32> = spin::Once::new();
+
+/// Turns on receive interrupts; `intid` is the UART's interrupt.
+pub fn enable_rx(intid: u32) {
+    RX_INTID.call_once(|| intid);
+    let base = UART_BASE.load(Ordering::Relaxed);
+    // SAFETY: IMSC of the hypervisor's own PL011 (see `Uart::putc`).
+    unsafe { core::ptr::write_volatile((base + UART_IMSC) as *mut u32, IMSC_RX) };
+}
+
+pub fn rx_intid() -> Option<u32> {
+    RX_INTID.get().copied()
+}
+
+/// One received byte, if any.
+pub fn read_byte() -> Option<u8> {
+    let base = UART_BASE.load(Ordering::Relaxed);
+    // SAFETY: FR and DR of the hypervisor's own PL011; reading DR pops the
+    // receive FIFO, which only this function does.
+    unsafe {
+        if core::ptr::read_volatile((base + UART_FR) as *const u32) & FR_RXFE != 0 {
+            return None;
+        }
+        Some(core::ptr::read_volatile((base + UART_DR) as *const u32) as u8)
+    }
+}
 
 pub fn set_base(base: usize) {
     UART_BASE.store(base, Ordering::Relaxed);

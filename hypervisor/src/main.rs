@@ -151,6 +151,13 @@ extern "C" fn primary_main(dtb: usize) -> ! {
 
     gic::init_distributor(plat.gicd as usize);
     init_this_cpu(plat, 0);
+    if let Some(m) = plat.maintenance_intid {
+        system::set_maintenance_intid(m);
+    }
+    if let Some(intid) = plat.uart_intid {
+        gic::enable_spi(intid, plat.cpus.first().copied().unwrap_or(0));
+        console::enable_rx(intid);
+    }
 
     let sys = build_system(plat, &payload, &mut free, pa_range, pa_bits.min(39));
     let sys = system::install(sys);
@@ -239,6 +246,12 @@ fn init_this_cpu(plat: &platform::Platform, index: usize) {
                 p.gicr.store(gicr, Ordering::Relaxed);
             }
             gic::init_cpu(gicr);
+            // The virtual timer's PPI and the maintenance interrupt reach
+            // EL2 (HCR_EL2.IMO) and are turned into virtual interrupts.
+            gic::enable_ppi(gicr, vm::VTIMER_INTID);
+            if let Some(m) = plat.maintenance_intid {
+                gic::enable_ppi(gicr, m);
+            }
         }
         None => {
             log::error!("cpu{index}: no redistributor for MPIDR {mpidr:#x}; it cannot be kicked")
@@ -335,9 +348,9 @@ fn build_system(
         Ok(c) => c,
         Err(e) => boot_failed(format_args!("config in the payload does not decode: {e:?}")),
     };
-    let sizes: Vec<u64> = (0..payload.image_count())
+    let sizes: Vec<bulkhead_config::ImageInfo> = (0..payload.image_count())
         .filter_map(|i| payload.image(i))
-        .map(|(_, b)| b.len() as u64)
+        .map(|(_, b)| bulkhead_config::ImageInfo::of(b))
         .collect();
     let problems = bulkhead_config::validate(&cfg, &sizes);
     if !problems.is_empty() {
@@ -352,6 +365,17 @@ fn build_system(
     for vc in &cfg.vms {
         let id = VmId(vms.len() as u16);
         let refuse = |why: String| log::error!("vm '{}' not started: {why}", vc.name);
+        let initramfs = match vc.initramfs {
+            Some(i) => match payload.image(i as usize) {
+                Some((_, b)) => Some(b),
+                None => {
+                    refuse(alloc::format!("initramfs {i} missing from the payload"));
+                    failed += 1;
+                    continue;
+                }
+            },
+            None => None,
+        };
         let Some((_, image)) = payload.image(vc.image as usize) else {
             refuse(alloc::format!(
                 "image {} missing from the payload",
@@ -384,7 +408,15 @@ fn build_system(
             failed += 1;
             continue;
         };
-        match vm::Vm::new(id, vc, image, PhysAddr(ram.start), ipa_bits, pa_range) {
+        match vm::Vm::new(
+            id,
+            vc,
+            image,
+            initramfs,
+            PhysAddr(ram.start),
+            ipa_bits,
+            pa_range,
+        ) {
             Ok(vm) => {
                 for (v, &p) in vc.pcpus.iter().enumerate() {
                     assignment[p as usize] = Some((vms.len(), VcpuId(v as u16)));

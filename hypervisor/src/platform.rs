@@ -13,6 +13,8 @@ pub struct Platform {
     pub gicr_stride: u64,
     pub maintenance_intid: Option<u32>,
     pub uart: Option<u64>,
+    /// The UART's interrupt (INTID), for console input.
+    pub uart_intid: Option<u32>,
     /// Architected timer interrupts (INTIDs): secure phys, non-secure phys,
     /// virtual, hypervisor.
     pub timer_intids: Vec<u32>,
@@ -63,6 +65,15 @@ pub fn uart(fdt: &Fdt) -> Option<u64> {
         .or_else(|| fdt.find_compatible(&["arm,pl011"]))?;
     let reg = node.reg()?.next()?;
     Some(reg.starting_address as u64)
+}
+
+fn uart_intid(fdt: &Fdt) -> Option<u32> {
+    let node = fdt
+        .chosen()
+        .stdout()
+        .or_else(|| fdt.find_compatible(&["arm,pl011"]))?;
+    let v: Vec<u32> = cells(node.property("interrupts")?.value).collect();
+    (v.len() >= 2).then(|| intid(v[0], v[1]))
 }
 
 pub fn parse(fdt: &Fdt) -> Result<Platform, PlatformError> {
@@ -118,6 +129,7 @@ pub fn parse(fdt: &Fdt) -> Result<Platform, PlatformError> {
         gicr_stride,
         maintenance_intid,
         uart: uart(fdt),
+        uart_intid: uart_intid(fdt),
         timer_intids,
     })
 }

@@ -19,6 +19,39 @@ pub struct System {
 }
 
 static SYSTEM: Once<System> = Once::new();
+static MAINTENANCE: Once<u32> = Once::new();
+
+/// The GIC maintenance interrupt's INTID (from the host DTB).
+pub fn set_maintenance_intid(intid: u32) {
+    MAINTENANCE.call_once(|| intid);
+}
+
+pub fn maintenance_intid() -> Option<u32> {
+    MAINTENANCE.get().copied()
+}
+
+/// Console input: every byte waiting in the physical UART goes to the VM
+/// with input focus (the first VM today; the console multiplexer will
+/// switch it).
+pub fn console_input() {
+    let Some(vm) = SYSTEM.get().and_then(|s| s.vms.first()) else {
+        while crate::console::read_byte().is_some() {}
+        return;
+    };
+    let mut any = false;
+    while let Some(b) = crate::console::read_byte() {
+        any = true;
+        if !vm.uart.lock().push_rx(b) {
+            log::warn!("{}: console input dropped (receive FIFO full)", vm.name);
+        }
+    }
+    if any {
+        let me = current()
+            .filter(|(v, _)| v.id == vm.id)
+            .map(|(_, vcpu)| vcpu);
+        vm.update_uart_line(me);
+    }
+}
 static STOPPED: AtomicUsize = AtomicUsize::new(0);
 
 pub fn install(sys: System) -> &'static System {
@@ -48,6 +81,8 @@ pub fn vm_stopped() {
 /// Parks the calling vCPU (it no longer runs here) and goes idle. The last
 /// vCPU of a stopping VM to park completes the stop or reset.
 pub fn park(vm: &Vm, vcpu: VcpuId) -> ! {
+    // The vCPU's timer must not keep firing into the idle loop.
+    crate::arch::regs::set_cntv_ctl_el0(0);
     {
         let mut st = vm.state.lock();
         st.running &= !(1 << vcpu.0);

@@ -5,7 +5,7 @@
 use crate::arch::{self, gic, regs, TrapFrame};
 use crate::console;
 use crate::system;
-use crate::vm::{Lifecycle, Vm, VUART_IPA};
+use crate::vm::{Lifecycle, Vm, VGICD_IPA, VGICR_IPA, VTIMER_INTID, VUART_IPA};
 use bulkhead_devices::pl011;
 use bulkhead_exit::inject::{self, Kind};
 use bulkhead_exit::{DataAbort, Exit};
@@ -68,6 +68,16 @@ extern "C" fn handle_lower_sync(frame: &mut TrapFrame) {
             inject(Kind::InstructionAbort { far });
         }
         Exit::Wfx { .. } => skip_instruction(esr),
+        Exit::SysReg(s) if is_icc_sgi1r(&s) => {
+            // GICv3 12.2.23: SGI generation always traps with HCR_EL2.IMO set.
+            let kicks = vm.vgic.lock().sgi(vcpu.0, frame.reg(s.rt));
+            vm.apply_kicks(kicks, Some(vcpu));
+            skip_instruction(esr);
+        }
+        Exit::SysReg(s) if is_icc_other_sgi(&s) && !s.read => {
+            // Group 0 and alias SGIs: our guests have no Group 0; ignored.
+            skip_instruction(esr);
+        }
         Exit::SysReg(s) => {
             vm.complain(
                 vcpu,
@@ -88,6 +98,16 @@ extern "C" fn handle_lower_sync(frame: &mut TrapFrame) {
             inject(Kind::Undefined);
         }
     }
+}
+
+/// ICC_SGI1R_EL1 is S3_0_C12_C11_5.
+fn is_icc_sgi1r(s: &bulkhead_exit::SysRegAccess) -> bool {
+    !s.read && (s.op0, s.op1, s.crn, s.crm, s.op2) == (3, 0, 12, 11, 5)
+}
+
+/// ICC_ASGI1R_EL1 (S3_0_C12_C11_6) and ICC_SGI0R_EL1 (S3_0_C12_C11_7).
+fn is_icc_other_sgi(s: &bulkhead_exit::SysRegAccess) -> bool {
+    (s.op0, s.op1, s.crn, s.crm) == (3, 0, 12, 11) && (s.op2 == 6 || s.op2 == 7)
 }
 
 fn smccc(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame) {
@@ -144,12 +164,32 @@ fn smccc(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame) {
     }
 }
 
+/// Which emulated device an IPA falls in, and the offset inside it.
+enum Mmio {
+    Uart(u64),
+    Gicd(u64),
+    Gicr(u64),
+}
+
+fn mmio_target(vm: &Vm, ipa: u64) -> Option<Mmio> {
+    let gicr_size = bulkhead_vgic::GICR_FRAME_SIZE * vm.n_vcpus() as u64;
+    if (VUART_IPA..VUART_IPA + pl011::SIZE).contains(&ipa) {
+        Some(Mmio::Uart(ipa - VUART_IPA))
+    } else if (VGICD_IPA..VGICD_IPA + bulkhead_vgic::GICD_SIZE).contains(&ipa) {
+        Some(Mmio::Gicd(ipa - VGICD_IPA))
+    } else if (VGICR_IPA..VGICR_IPA + gicr_size).contains(&ipa) {
+        Some(Mmio::Gicr(ipa - VGICR_IPA))
+    } else {
+        None
+    }
+}
+
 fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da: DataAbort) {
     let ipa = bulkhead_exit::fault_ipa(regs::hpfar_el2(), regs::far_el2()).0;
     let far = regs::far_el2();
-    let in_uart = (VUART_IPA..VUART_IPA + pl011::SIZE).contains(&ipa);
-    let (true, Some(access)) = (in_uart, da.access) else {
-        let why = if in_uart {
+    let target = mmio_target(vm, ipa);
+    let (Some(target), Some(access)) = (&target, da.access) else {
+        let why = if target.is_some() {
             "an access the syndrome cannot describe"
         } else {
             "unmapped"
@@ -165,41 +205,86 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
         return;
     };
     vm.stats.mmio.fetch_add(1, Ordering::Relaxed);
-    let offset = ipa - VUART_IPA;
-    let result = if access.write {
+    let size = access.size;
+    let ok = if access.write {
         let value = access.store_value(frame.reg(access.reg));
-        let mut emit = |line: &[u8]| console::guest_line(&vm.name, line);
-        vm.uart.lock().write(offset, access.size, value, &mut emit)
-    } else {
-        vm.uart
-            .lock()
-            .read(offset, access.size)
-            .map(|v| frame.set_reg(access.reg, access.load_value(v)))
-    };
-    match result {
-        Ok(()) => skip_instruction(esr),
-        Err(e) => {
-            vm.complain(
-                vcpu,
-                format_args!(
-                    "UART access at offset {offset:#x} refused ({e:?}): data abort injected"
-                ),
-            );
-            inject(Kind::DataAbort { far });
+        match *target {
+            Mmio::Uart(off) => {
+                let mut emit = |line: &[u8]| console::guest_line(&vm.name, line);
+                let r = vm.uart.lock().write(off, size, value, &mut emit).is_ok();
+                vm.update_uart_line(Some(vcpu));
+                r
+            }
+            Mmio::Gicd(off) => {
+                // The lock is released before the kicks: a flush takes it again.
+                let r = vm.vgic.lock().dist_write(off, size, value);
+                r.map(|k| vm.apply_kicks(k, Some(vcpu))).is_ok()
+            }
+            Mmio::Gicr(off) => {
+                let r = vm.vgic.lock().redist_write(off, size, value);
+                r.map(|k| vm.apply_kicks(k, Some(vcpu))).is_ok()
+            }
         }
+    } else {
+        let v = match *target {
+            Mmio::Uart(off) => {
+                let r = vm.uart.lock().read(off, size).ok();
+                vm.update_uart_line(Some(vcpu));
+                r
+            }
+            Mmio::Gicd(off) => vm.vgic.lock().dist_read(off, size).ok(),
+            Mmio::Gicr(off) => vm.vgic.lock().redist_read(off, size).ok(),
+        };
+        v.map(|v| frame.set_reg(access.reg, access.load_value(v)))
+            .is_some()
+    };
+    if ok {
+        skip_instruction(esr);
+    } else {
+        vm.complain(
+            vcpu,
+            format_args!(
+                "MMIO access of {size} bytes at IPA {ipa:#x} refused: data abort injected"
+            ),
+        );
+        inject(Kind::DataAbort { far });
     }
 }
 
-/// A physical interrupt while a guest ran: today only kicks, which ask this
-/// pCPU to re-examine its vCPU (its VM may be stopping).
+/// A physical interrupt while a guest ran: the virtual timer (injected
+/// hardware-backed), the GIC maintenance interrupt (refill list
+/// registers), console input, or a kick from another pCPU (re-examine the
+/// vCPU's state and its pending virtual interrupts).
 #[unsafe(no_mangle)]
 extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
-    if !gic::drain() {
+    let Some((vm, vcpu)) = system::current() else {
+        gic::drain();
+        return;
+    };
+    let mut kicked = false;
+    while let Some(intid) = gic::ack() {
+        gic::eoi(intid);
+        if intid == VTIMER_INTID {
+            // Stays active until the guest deactivates the virtual one (HW bit).
+            let kicks = vm.vgic.lock().set_pending(vcpu.0, VTIMER_INTID);
+            vm.apply_kicks(kicks, Some(vcpu));
+            continue;
+        }
+        gic::deactivate(intid);
+        if intid == gic::KICK_SGI {
+            kicked = true;
+            vm.flush_lrs(vcpu);
+        } else if Some(intid) == system::maintenance_intid() {
+            vm.flush_lrs(vcpu);
+        } else if Some(intid) == console::rx_intid() {
+            system::console_input();
+        } else {
+            log::warn!("unexpected physical interrupt {intid}");
+        }
+    }
+    if !kicked {
         return;
     }
-    let Some((vm, vcpu)) = system::current() else {
-        no_vcpu("IRQ")
-    };
     let st = vm.state.lock();
     let off = !matches!(st.power.state(vcpu), Some(bulkhead_psci::VcpuPower::On));
     if st.lifecycle != Lifecycle::Running || off {

@@ -1,7 +1,7 @@
 //! Virtual machines: their memory, stage-2 table, image, devices and
 //! lifecycle (running, stopping for off or reset, stopped).
 
-use crate::arch::{self, cache, gic, mmu::IdentityTables, regs};
+use crate::arch::{self, cache, gic, ich, mmu::IdentityTables, regs};
 use crate::{percpu, system};
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -10,11 +10,24 @@ use bulkhead_devices::pl011::Pl011;
 use bulkhead_pagetable::{Attrs, MemType, PageTable, Regime};
 use bulkhead_psci::{GuestRam, PowerState};
 use bulkhead_types::{PcpuId, PhysAddr, VcpuId, VmId};
+use bulkhead_vgic::{Kicks, VGic};
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use spin::Mutex;
 
-/// QEMU virt's PL011, where every VM finds its virtual UART.
+/// QEMU virt's layout, which every VM sees (so kernels built for `virt`
+/// run unchanged): the GICv3 distributor and redistributors, and the PL011.
+pub const VGICD_IPA: u64 = 0x0800_0000;
+pub const VGICR_IPA: u64 = 0x080A_0000;
 pub const VUART_IPA: u64 = 0x0900_0000;
+/// The PL011's interrupt: SPI 1.
+pub const VUART_SPI: u32 = 1;
+pub const VUART_INTID: u32 = 32 + VUART_SPI;
+/// The EL1 virtual timer's PPI (INTID 27), injected hardware-backed.
+pub const VTIMER_INTID: u32 = 27;
+/// SPIs each VM's distributor implements (INTIDs 32..128).
+pub const NR_SPIS: u32 = 96;
+/// Room kept at the top of RAM for the generated device tree.
+pub const DTB_SPACE: u64 = 64 << 10;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Lifecycle {
@@ -51,8 +64,11 @@ pub struct Vm {
     pub vtcr: u64,
     pub stage2: PageTable<IdentityTables>,
     image: &'static [u8],
+    initramfs: Option<&'static [u8]>,
+    cmdline: String,
     load_offset: u64,
     pub state: Mutex<VmState>,
+    pub vgic: Mutex<VGic>,
     pub uart: Mutex<Pl011>,
     pub restarts: AtomicU64,
     /// CNTVOFF_EL2 for every vCPU: the counter when the VM last started.
@@ -61,50 +77,37 @@ pub struct Vm {
     pub stats: VmStats,
 }
 
-/// Where an image goes in RAM: an arm64 `Image` honours its header's
-/// text_offset (Linux booting.rst); anything else is loaded at the start.
-pub fn load_offset(image: &[u8]) -> u64 {
-    let magic = image.get(0x38..0x3c);
-    if magic != Some(b"ARM\x64".as_slice()) {
-        return 0;
-    }
-    let mut t = [0u8; 8];
-    if let Some(b) = image.get(8..16) {
-        t.copy_from_slice(b);
-    }
-    let text_offset = u64::from_le_bytes(t);
-    let mut s = [0u8; 8];
-    if let Some(b) = image.get(16..24) {
-        s.copy_from_slice(b);
-    }
-    // image_size 0 marks a pre-3.17 kernel whose text_offset is 0x80000.
-    if u64::from_le_bytes(s) == 0 {
-        0x8_0000
-    } else {
-        text_offset
-    }
-}
-
 impl Vm {
     /// Builds a VM: stage-2 table over `ram`, image checked against its size.
     pub fn new(
         id: VmId,
         cfg: &VmConfig,
         image: &'static [u8],
+        initramfs: Option<&'static [u8]>,
         ram: PhysAddr,
         ipa_bits: u8,
         pa_range: u8,
     ) -> Result<Vm, String> {
-        let load_offset = load_offset(image);
-        let need = load_offset
-            .checked_add(image.len() as u64)
+        // An arm64 Image honours its header's text_offset (Linux
+        // booting.rst); a raw image goes where an old Image would, 0x80000.
+        let info = bulkhead_config::ImageInfo::of(image);
+        let load_offset = info.load_offset;
+        let kernel_end = load_offset
+            .checked_add(info.len.max(info.mem_size))
             .ok_or("image size overflows")?;
+        let initrd_len = initramfs.map_or(0, |i| i.len() as u64);
+        let need = kernel_end
+            .saturating_add(initrd_len)
+            .saturating_add(DTB_SPACE);
         if need > cfg.memory {
             return Err(alloc::format!(
-                "image needs {need:#x} bytes (load offset {load_offset:#x}) but the VM has {:#x}",
+                "image ends at {kernel_end:#x}, initramfs {initrd_len:#x} and device tree {DTB_SPACE:#x} bytes: {need:#x} > the VM's {:#x}",
                 cfg.memory
             ));
         }
+        let n_vcpus = cfg.pcpus.len() as u16;
+        let mut vgic = VGic::new(n_vcpus, NR_SPIS);
+        vgic.set_hw(VTIMER_INTID, VTIMER_INTID);
         let mut stage2 = PageTable::new(IdentityTables, Regime::Stage2, ipa_bits)
             .map_err(|e| alloc::format!("stage-2 table: {e:?}"))?;
         stage2
@@ -131,7 +134,10 @@ impl Vm {
             vtcr: bulkhead_pagetable::vtcr_el2(ipa_bits, stage2.start_level(), pa_range),
             stage2,
             image,
+            initramfs,
+            cmdline: cfg.cmdline.clone(),
             load_offset,
+            vgic: Mutex::new(vgic),
             state: Mutex::new(VmState {
                 lifecycle: Lifecycle::Stopped,
                 power: PowerState::new(cfg.pcpus.len() as u16),
@@ -160,31 +166,108 @@ impl Vm {
         RAM_IPA + self.load_offset
     }
 
-    /// Scrubs the VM's memory and copies a fresh image in. No vCPU of this
-    /// VM may be running.
-    fn load_image(&self) {
+    /// Scrubs the VM's memory, copies a fresh image (and initramfs) in and
+    /// writes its device tree at the top of RAM. Returns the device tree's
+    /// IPA, for x0. No vCPU of this VM may be running.
+    fn load_image(&self) -> u64 {
         let base = self.ram.0 as usize;
+        let size = self.ram_size as usize;
         // SAFETY: [ram, ram+ram_size) was allocated to this VM alone, is
         // identity-mapped in EL2, and no vCPU of the VM runs (caller), so
         // nobody else reads or writes it while we do.
-        let mem =
-            unsafe { core::slice::from_raw_parts_mut(base as *mut u8, self.ram_size as usize) };
+        let mem = unsafe { core::slice::from_raw_parts_mut(base as *mut u8, size) };
         mem.fill(0);
-        let off = self.load_offset as usize;
-        if let Some(dst) = mem.get_mut(off..off + self.image.len()) {
-            dst.copy_from_slice(self.image);
+        let put = |mem: &mut [u8], at: u64, bytes: &[u8]| {
+            let at = at as usize;
+            if let Some(dst) = at
+                .checked_add(bytes.len())
+                .and_then(|end| mem.get_mut(at..end))
+            {
+                dst.copy_from_slice(bytes);
+            }
+        };
+        put(mem, self.load_offset, self.image);
+        let dtb_off = (self.ram_size - DTB_SPACE) & !0xfff;
+        let initrd = self.initramfs.map(|i| {
+            let start = (dtb_off - i.len() as u64) & !0xfff;
+            put(mem, start, i);
+            (RAM_IPA + start, RAM_IPA + start + i.len() as u64)
+        });
+        let restarts = self.restarts.load(Ordering::Relaxed);
+        let bootargs = alloc::format!("{} bulkhead.restarts={restarts}", self.cmdline);
+        let dt = bulkhead_guest_fdt::GuestDt {
+            mem_base: RAM_IPA,
+            mem_size: self.ram_size,
+            n_vcpus: self.n_vcpus(),
+            gicd: (VGICD_IPA, bulkhead_vgic::GICD_SIZE),
+            gicr: (
+                VGICR_IPA,
+                bulkhead_vgic::GICR_FRAME_SIZE * self.n_vcpus() as u64,
+            ),
+            uart: (VUART_IPA, bulkhead_devices::pl011::SIZE, VUART_SPI),
+            timer: bulkhead_guest_fdt::Timer::default(),
+            bootargs: &bootargs,
+            initrd,
+        };
+        match bulkhead_guest_fdt::build(&dt) {
+            Ok(blob) if blob.len() as u64 <= DTB_SPACE => put(mem, dtb_off, &blob),
+            Ok(blob) => log::error!(
+                "{}: device tree of {} bytes does not fit",
+                self.name,
+                blob.len()
+            ),
+            Err(e) => log::error!("{}: device tree not generated: {e:?}", self.name),
         }
-        cache::clean_invalidate_for_guest(base, self.ram_size as usize);
+        cache::clean_invalidate_for_guest(base, size);
+        RAM_IPA + dtb_off
     }
 
     /// (Re)starts the VM from a fresh image with vCPU 0 pending. Called with
     /// the state lock held and no vCPU running.
     pub fn boot(&self, st: &mut VmState) {
-        self.load_image();
+        let dtb = self.load_image();
+        self.vgic.lock().reset();
         self.cntvoff.store(regs::cntpct_el0(), Ordering::Relaxed);
-        st.power.boot(self.entry_ipa(), 0);
+        st.power.boot(self.entry_ipa(), dtb);
         st.lifecycle = Lifecycle::Running;
         self.kick_vcpu(VcpuId(0));
+    }
+
+    /// Acts on a vGIC change: flush this pCPU's own vCPU now, kick the
+    /// others' pCPUs so they flush theirs.
+    /// `me` is the vCPU of this VM running on this pCPU, if any.
+    pub fn apply_kicks(&self, kicks: Kicks, me: Option<VcpuId>) {
+        for v in 0..self.n_vcpus() {
+            if kicks.0 & (1 << v) == 0 {
+                continue;
+            }
+            match me {
+                Some(me) if me.0 == v => self.flush_lrs(me),
+                _ => self.kick_vcpu(VcpuId(v)),
+            }
+        }
+    }
+
+    /// Runs the list-register cycle for `vcpu`, which runs on this pCPU.
+    pub fn flush_lrs(&self, vcpu: VcpuId) {
+        let n = ich::num_lrs();
+        let mut lrs = [0u64; ich::MAX_LRS];
+        let lrs = &mut lrs[..n];
+        ich::read_lrs(lrs);
+        let f = self.vgic.lock().flush(vcpu.0, lrs);
+        ich::write_lrs(lrs);
+        ich::set_hcr(ich::HCR_EN | if f.underflow { ich::HCR_UIE } else { 0 });
+        // An SPI that left this vCPU's list registers may now be another's.
+        for v in f.kicks.iter().filter(|&v| v != vcpu.0) {
+            self.kick_vcpu(VcpuId(v));
+        }
+    }
+
+    /// The virtual UART's interrupt line follows the model's level.
+    pub fn update_uart_line(&self, me: Option<VcpuId>) {
+        let level = self.uart.lock().irq_level();
+        let kicks = self.vgic.lock().set_line(0, VUART_INTID, level);
+        self.apply_kicks(kicks, me);
     }
 
     /// Makes the pCPU of `vcpu` look at its state again.
@@ -299,7 +382,15 @@ pub fn enter_fresh_vcpu(vm: &Vm, vcpu: VcpuId, entry: u64, x0: u64) -> ! {
     regs::set_vpidr_el2(regs::midr_el1());
     regs::set_vmpidr_el2((1 << 31) | bulkhead_psci::vcpu_mpidr(vcpu.0));
     regs::set_cntvoff_el2(vm.cntvoff.load(Ordering::Relaxed));
-    let cpu = percpu::this().index.load(Ordering::Relaxed);
+    let this = percpu::this();
+    let gicr = this.gicr.load(Ordering::Relaxed);
+    if gicr != 0 {
+        // A previous vCPU may have left the timer's physical PPI active.
+        gic::clear_active_ppi(gicr, VTIMER_INTID);
+    }
+    ich::reset_for_fresh_vcpu();
+    vm.flush_lrs(vcpu);
+    let cpu = this.index.load(Ordering::Relaxed);
     let ge = arch::GuestEntry {
         x0,
         pc: entry,

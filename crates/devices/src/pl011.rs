@@ -1,10 +1,17 @@
-//! An emulated Arm PrimeCell UART (PL011), transmit side only.
+//! An emulated Arm PrimeCell UART (PL011).
 //!
 //! Register map and reset values from the PL011 TRM (Arm DDI 0183G, 3.2
 //! "Summary of registers"). The transmit FIFO drains instantly, so the
-//! guest always sees it empty and ready; the receive FIFO is always empty.
-//! Output is assembled into lines and handed to an `emit` callback, after
-//! filtering control characters so a guest cannot drive the host terminal.
+//! guest always sees it empty and ready. Output is assembled into lines and
+//! handed to an `emit` callback, after filtering control characters so a
+//! guest cannot drive the host terminal.
+//!
+//! Input is queued by the hypervisor with [`Pl011::push_rx`] into a
+//! [`RX_FIFO_DEPTH`]-byte receive FIFO that guest reads of UARTDR drain.
+//! The interrupt output is a level ([`Pl011::irq_level`]): the hypervisor
+//! drives the vGIC SPI from it after every access and every `push_rx`, which
+//! is what Linux's amba-pl011 driver (ttyAMA0) needs for interrupt-driven
+//! receive.
 
 /// Size of the register frame.
 pub const SIZE: u64 = 0x1000;
@@ -44,13 +51,23 @@ const PERIPH_ID: [u32; 4] = [0x11, 0x10, 0x14, 0x00];
 /// UARTPCellID0..3 (TRM 3.3.15): the PrimeCell identification.
 const PCELL_ID: [u32; 4] = [0x0d, 0xf0, 0x05, 0xb1];
 
-/// UARTFR (TRM 3.3.3): TXFE (bit 7) and RXFE (bit 4) set, TXFF (bit 5) and
-/// BUSY (bit 3) clear: the transmitter is always idle and ready.
-const FR_VALUE: u32 = (1 << 7) | (1 << 4);
+/// Receive FIFO depth: 32 entries in PL011 r1p5 (TRM 2.4.3 "FIFO").
+pub const RX_FIFO_DEPTH: usize = 32;
 
+/// UARTFR bits (TRM 3.3.3). TXFE is always set and TXFF and BUSY always
+/// clear: the transmitter is idle and ready at every read.
+const FR_TXFE: u32 = 1 << 7;
+const FR_RXFF: u32 = 1 << 6;
+const FR_RXFE: u32 = 1 << 4;
+
+/// UARTRIS.RXRIS (TRM 3.3.11): receive FIFO at or above its trigger level.
+const RXRIS: u32 = 1 << 4;
 /// UARTRIS.TXRIS (TRM 3.3.11): transmit FIFO at or below its trigger level,
 /// always true here because the FIFO drains at once.
 const TXRIS: u32 = 1 << 5;
+/// UARTRIS.RTRIS (TRM 3.3.11): receive timeout, data in the FIFO and the
+/// line idle for 32 bit periods.
+const RTRIS: u32 = 1 << 6;
 
 // Register widths (TRM 3.3): the implemented bits of each writable register.
 const ILPR_MASK: u32 = 0xff;
@@ -77,8 +94,15 @@ pub struct Pl011 {
     cr: u32,
     ifls: u32,
     imsc: u32,
+    /// Latched (edge-like) interrupt bits: only TXRIS, which UARTICR clears
+    /// until the next transmit. The receive bits are computed from the FIFO
+    /// level in [`Pl011::ris`].
     ris: u32,
     dmacr: u32,
+    /// Receive FIFO ring: `rx_len` bytes starting at `rx_head`.
+    rx: [u8; RX_FIFO_DEPTH],
+    rx_head: usize,
+    rx_len: usize,
     line: [u8; LINE_MAX],
     len: usize,
 }
@@ -108,15 +132,72 @@ impl Pl011 {
             imsc: 0,
             ris: TXRIS,
             dmacr: 0,
+            rx: [0; RX_FIFO_DEPTH],
+            rx_head: 0,
+            rx_len: 0,
             line: [0; LINE_MAX],
             len: 0,
         }
     }
 
-    /// Back to the reset state. A partial line is discarded: call
-    /// [`Pl011::flush`] first to keep it.
+    /// Back to the reset state, with an empty receive FIFO. A partial line
+    /// is discarded: call [`Pl011::flush`] first to keep it.
     pub fn reset(&mut self) {
         *self = Self::new();
+    }
+
+    /// Queue one received byte. Returns `false` (and drops the byte) when the
+    /// FIFO is full; hardware would flag an overrun in UARTRSR.OE (TRM
+    /// 3.3.2), which this model does not report.
+    ///
+    /// Bytes are accepted whatever UARTCR.UARTEN/RXE and UARTLCR_H.FEN say:
+    /// input typed before the driver enables the UART is kept rather than
+    /// lost, and the FIFO stays 32 deep even in character mode.
+    pub fn push_rx(&mut self, byte: u8) -> bool {
+        if self.rx_len >= RX_FIFO_DEPTH {
+            return false;
+        }
+        let tail = (self.rx_head + self.rx_len) % RX_FIFO_DEPTH;
+        match self.rx.get_mut(tail) {
+            Some(slot) => *slot = byte,
+            None => return false,
+        }
+        self.rx_len += 1;
+        true
+    }
+
+    /// Oldest received byte, removed from the FIFO.
+    fn pop_rx(&mut self) -> Option<u8> {
+        if self.rx_len == 0 {
+            return None;
+        }
+        let byte = self.rx.get(self.rx_head).copied();
+        self.rx_head = (self.rx_head + 1) % RX_FIFO_DEPTH;
+        self.rx_len -= 1;
+        byte
+    }
+
+    /// UARTRIS as the guest reads it.
+    ///
+    /// Receive interrupts are level conditions of the FIFO: RXRIS and RTRIS
+    /// are both set exactly while it holds data. The UARTIFLS trigger level
+    /// is deliberately ignored (RXRIS as if the trigger were one byte):
+    /// input arrives one byte at a time from an interactive console, and
+    /// waiting for a trigger level would only defer it to the receive
+    /// timeout. RTRIS is set too, so a driver that unmasked only RTIM (or
+    /// only RXIM) still runs its receive path; Linux's pl011_int handles
+    /// both by draining until UARTFR.RXFE. Neither can be cleared through
+    /// UARTICR while data remains, as on hardware, where the conditions
+    /// re-assert while they hold; reading the FIFO empty clears them.
+    fn ris(&self) -> u32 {
+        let rx = if self.rx_len > 0 { RXRIS | RTRIS } else { 0 };
+        self.ris | rx
+    }
+
+    /// The UARTINTR combined interrupt output (TRM 2.8.2): any raw
+    /// interrupt that UARTIMSC unmasks, i.e. UARTMIS != 0.
+    pub fn irq_level(&self) -> bool {
+        self.ris() & self.imsc != 0
     }
 
     /// Check size and range; return the end offset of the access.
@@ -131,15 +212,22 @@ impl Pl011 {
     }
 
     /// Read `size` bytes at `offset`. Accesses are split into the 32-bit
-    /// registers they cover, so byte and halfword reads (and 64-bit reads
-    /// spanning two registers) see the same bytes a 32-bit read would.
+    /// registers they cover, each read once, so byte and halfword reads (and
+    /// 64-bit reads spanning two registers) see the same bytes a 32-bit
+    /// read would. A read covering UARTDR[7:0] pops the receive FIFO.
     pub fn read(&mut self, offset: u64, size: u8) -> Result<u64, DeviceError> {
         let end = Self::check(offset, size)?;
         let mut value = 0u64;
-        for (i, addr) in (offset..end).enumerate() {
-            let word = self.read_reg(addr & !3);
-            let byte = (word >> ((addr & 3) * 8)) & 0xff;
-            value |= u64::from(byte) << (i * 8);
+        let mut reg = offset & !3;
+        while reg < end {
+            let first = offset.max(reg);
+            let last = end.min(reg + 4);
+            let word = self.read_reg(reg, first == reg);
+            for addr in first..last {
+                let byte = (word >> ((addr & 3) * 8)) & 0xff;
+                value |= u64::from(byte) << ((addr - offset) * 8);
+            }
+            reg += 4;
         }
         Ok(value)
     }
@@ -179,11 +267,18 @@ impl Pl011 {
         }
     }
 
-    fn read_reg(&self, reg: u64) -> u32 {
+    /// One register's value. `low_lane` says the access covers bits [7:0],
+    /// the only lane whose read of UARTDR consumes a character (mirroring
+    /// writes, where only DR[7:0] transmits).
+    fn read_reg(&mut self, reg: u64, low_lane: bool) -> u32 {
         match reg {
-            // No input yet: DR reads 0, RSR reports no errors.
-            DR | RSR_ECR => 0,
-            FR => FR_VALUE,
+            // TRM 3.3.1: reading UARTDR pops the oldest character; the error
+            // flags in [11:8] are always clear. An empty FIFO reads 0.
+            DR if low_lane => self.pop_rx().map_or(0, u32::from),
+            DR => 0,
+            // No framing, parity, break or overrun errors are reported.
+            RSR_ECR => 0,
+            FR => self.flags(),
             ILPR => self.ilpr,
             IBRD => self.ibrd,
             FBRD => self.fbrd,
@@ -191,9 +286,9 @@ impl Pl011 {
             CR => self.cr,
             IFLS => self.ifls,
             IMSC => self.imsc,
-            RIS => self.ris,
+            RIS => self.ris(),
             // TRM 3.3.12: UARTMIS = UARTRIS & UARTIMSC.
-            MIS => self.ris & self.imsc,
+            MIS => self.ris() & self.imsc,
             DMACR => self.dmacr,
             PERIPH_ID0..=0xfef => PERIPH_ID
                 .get(((reg - PERIPH_ID0) / 4) as usize)
@@ -206,6 +301,19 @@ impl Pl011 {
             // ICR is write-only; everything else is reserved: reads as 0.
             _ => 0,
         }
+    }
+
+    /// UARTFR (TRM 3.3.3): transmit side always empty; RXFE and RXFF follow
+    /// the receive FIFO.
+    fn flags(&self) -> u32 {
+        let mut fr = FR_TXFE;
+        if self.rx_len == 0 {
+            fr |= FR_RXFE;
+        }
+        if self.rx_len >= RX_FIFO_DEPTH {
+            fr |= FR_RXFF;
+        }
+        fr
     }
 
     fn write_reg(&mut self, reg: u64, value: u32, lanes: u32, emit: &mut dyn FnMut(&[u8])) {
@@ -224,6 +332,8 @@ impl Pl011 {
             IFLS => self.ifls = merge(self.ifls, value, lanes, IFLS_MASK),
             IMSC => self.imsc = merge(self.imsc, value, lanes, INT_MASK),
             // TRM 3.3.13: writing 1 to a UARTICR bit clears that interrupt.
+            // Only the latched TXRIS stays clear; receive bits are level
+            // conditions recomputed on every read (see `ris`).
             ICR => self.ris &= !(value & lanes & INT_MASK),
             DMACR => self.dmacr = merge(self.dmacr, value, lanes, DMACR_MASK),
             // ECR (clears receive errors; there are none), read-only and
@@ -474,5 +584,169 @@ mod tests {
         u.reset();
         assert_eq!(u.read(CR, 4).unwrap(), 0x300);
         u.flush(&mut no_emit);
+    }
+
+    fn fr(u: &mut Pl011) -> u32 {
+        u.read(FR, 4).unwrap() as u32
+    }
+
+    fn ris(u: &mut Pl011) -> u32 {
+        u.read(RIS, 4).unwrap() as u32
+    }
+
+    #[test]
+    fn received_bytes_are_read_in_order() {
+        let mut u = Pl011::new();
+        for &b in b"abc" {
+            assert!(u.push_rx(b));
+        }
+        assert_eq!(u.read(DR, 4).unwrap(), u64::from(b'a'));
+        assert!(u.push_rx(b'd'));
+        let rest: Vec<u64> = (0..3).map(|_| u.read(DR, 4).unwrap()).collect();
+        assert_eq!(rest, [b'b', b'c', b'd'].map(u64::from));
+    }
+
+    #[test]
+    fn empty_fifo_reads_zero() {
+        let mut u = Pl011::new();
+        assert_eq!(u.read(DR, 4).unwrap(), 0);
+        u.push_rx(b'q');
+        assert_eq!(u.read(DR, 4).unwrap(), u64::from(b'q'));
+        assert_eq!(u.read(DR, 4).unwrap(), 0);
+    }
+
+    #[test]
+    fn fifo_wraps_around_its_ring() {
+        let mut u = Pl011::new();
+        for round in 0..3u8 {
+            for i in 0..RX_FIFO_DEPTH as u8 {
+                assert!(u.push_rx(round.wrapping_mul(100).wrapping_add(i)));
+            }
+            for i in 0..RX_FIFO_DEPTH as u8 {
+                let want = round.wrapping_mul(100).wrapping_add(i);
+                assert_eq!(u.read(DR, 4).unwrap(), u64::from(want));
+            }
+        }
+        assert_ne!(fr(&mut u) & FR_RXFE, 0);
+    }
+
+    #[test]
+    fn full_fifo_drops_the_new_byte() {
+        let mut u = Pl011::new();
+        for i in 0..RX_FIFO_DEPTH as u8 {
+            assert!(u.push_rx(i));
+        }
+        assert!(!u.push_rx(0xee));
+        for i in 0..RX_FIFO_DEPTH as u8 {
+            assert_eq!(u.read(DR, 4).unwrap(), u64::from(i));
+        }
+        assert_eq!(u.read(DR, 4).unwrap(), 0, "the dropped byte never appears");
+        assert!(u.push_rx(0x55), "room again once drained");
+    }
+
+    #[test]
+    fn rxfe_and_rxff_follow_fifo_level() {
+        let mut u = Pl011::new();
+        assert_eq!(fr(&mut u) & (FR_RXFE | FR_RXFF), FR_RXFE);
+        u.push_rx(1);
+        assert_eq!(fr(&mut u) & (FR_RXFE | FR_RXFF), 0);
+        for i in 1..RX_FIFO_DEPTH as u8 {
+            u.push_rx(i);
+        }
+        assert_eq!(fr(&mut u) & (FR_RXFE | FR_RXFF), FR_RXFF);
+        u.read(DR, 4).unwrap();
+        assert_eq!(fr(&mut u) & (FR_RXFE | FR_RXFF), 0);
+        assert_ne!(fr(&mut u) & FR_TXFE, 0, "TX side still empty");
+    }
+
+    #[test]
+    fn only_reads_covering_dr_low_byte_pop() {
+        let mut u = Pl011::new();
+        u.push_rx(b'x');
+        u.push_rx(b'y');
+        // Upper DR lanes and RSR: no character consumed.
+        assert_eq!(u.read(DR + 1, 1).unwrap(), 0);
+        assert_eq!(u.read(DR + 2, 2).unwrap(), 0);
+        assert_eq!(u.read(RSR_ECR, 4).unwrap(), 0);
+        // A byte read and a 64-bit read each pop exactly one.
+        assert_eq!(u.read(DR, 1).unwrap(), u64::from(b'x'));
+        assert_eq!(u.read(DR, 8).unwrap(), u64::from(b'y'));
+        assert_eq!(fr(&mut u) & FR_RXFE, FR_RXFE);
+    }
+
+    #[test]
+    fn rx_data_raises_rxris_and_rtris_until_drained() {
+        let mut u = Pl011::new();
+        assert_eq!(ris(&mut u), TXRIS);
+        u.push_rx(b'a');
+        u.push_rx(b'b');
+        assert_eq!(ris(&mut u), TXRIS | RXRIS | RTRIS);
+        u.read(DR, 4).unwrap();
+        assert_eq!(ris(&mut u), TXRIS | RXRIS | RTRIS, "one byte left");
+        u.read(DR, 4).unwrap();
+        assert_eq!(ris(&mut u), TXRIS);
+    }
+
+    #[test]
+    fn irq_level_follows_imsc_and_rx_data() {
+        let mut u = Pl011::new();
+        assert!(!u.irq_level(), "all masked at reset");
+        u.write(IMSC, 4, u64::from(RXRIS | RTRIS), &mut no_emit)
+            .unwrap();
+        assert!(!u.irq_level(), "TXRIS is masked, no data");
+        u.push_rx(b'k');
+        assert!(u.irq_level());
+        assert_eq!(u.read(MIS, 4).unwrap(), u64::from(RXRIS | RTRIS));
+        u.write(IMSC, 4, 0, &mut no_emit).unwrap();
+        assert!(!u.irq_level(), "masking drops the line");
+        u.write(IMSC, 4, u64::from(RTRIS), &mut no_emit).unwrap();
+        assert!(u.irq_level(), "timeout alone is enough");
+        u.read(DR, 4).unwrap();
+        assert!(!u.irq_level(), "draining drops the line");
+    }
+
+    #[test]
+    fn irq_level_follows_tx_interrupt() {
+        let mut u = Pl011::new();
+        u.write(IMSC, 4, TXRIS.into(), &mut no_emit).unwrap();
+        assert!(u.irq_level());
+        u.write(ICR, 4, TXRIS.into(), &mut no_emit).unwrap();
+        assert!(!u.irq_level());
+        u.write(DR, 4, u64::from(b'a'), &mut no_emit).unwrap();
+        assert!(u.irq_level(), "transmit re-raises TXRIS");
+    }
+
+    #[test]
+    fn icr_cannot_clear_rx_interrupts_while_data_remains() {
+        let mut u = Pl011::new();
+        u.write(IMSC, 4, u64::from(RXRIS | RTRIS | TXRIS), &mut no_emit)
+            .unwrap();
+        u.push_rx(b'z');
+        u.write(ICR, 4, 0x7ff, &mut no_emit).unwrap();
+        // TX stays cleared (latched); RX re-asserts because data is present.
+        assert_eq!(ris(&mut u), RXRIS | RTRIS);
+        assert!(u.irq_level());
+        u.read(DR, 4).unwrap();
+        assert_eq!(ris(&mut u), 0);
+        assert!(!u.irq_level());
+        // New data raises RX again without any ICR interaction.
+        u.push_rx(b'w');
+        assert_eq!(ris(&mut u), RXRIS | RTRIS);
+    }
+
+    #[test]
+    fn reset_empties_rx_fifo() {
+        let mut u = Pl011::new();
+        for i in 0..RX_FIFO_DEPTH as u8 {
+            u.push_rx(i);
+        }
+        u.write(IMSC, 4, u64::from(RXRIS), &mut no_emit).unwrap();
+        u.reset();
+        assert_eq!(fr(&mut u) & (FR_RXFE | FR_RXFF), FR_RXFE);
+        assert_eq!(u.read(DR, 4).unwrap(), 0);
+        assert_eq!(ris(&mut u), TXRIS);
+        assert!(!u.irq_level());
+        assert!(u.push_rx(7));
+        assert_eq!(u.read(DR, 4).unwrap(), 7);
     }
 }

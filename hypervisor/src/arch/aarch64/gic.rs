@@ -15,6 +15,10 @@ const GICD_CTLR: usize = 0x0000;
 const GICD_CTLR_RWP: u32 = 1 << 31;
 const GICD_CTLR_ARE: u32 = 1 << 4;
 const GICD_CTLR_ENABLE_G1: u32 = 1 << 1;
+const GICD_IGROUPR: usize = 0x0080;
+const GICD_ISENABLER: usize = 0x0100;
+const GICD_IPRIORITYR: usize = 0x0400;
+const GICD_IROUTER: usize = 0x6000;
 // Redistributor registers (GICv3 12.10/12.11).
 const GICR_TYPER: usize = 0x0008;
 const GICR_WAKER: usize = 0x0014;
@@ -23,6 +27,7 @@ const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
 const GICR_SGI_BASE: usize = 0x1_0000;
 const GICR_IGROUPR0: usize = GICR_SGI_BASE + 0x0080;
 const GICR_ISENABLER0: usize = GICR_SGI_BASE + 0x0100;
+const GICR_ICACTIVER0: usize = GICR_SGI_BASE + 0x0380;
 const GICR_IPRIORITYR: usize = GICR_SGI_BASE + 0x0400;
 const GICR_TYPER_LAST: u64 = 1 << 4;
 
@@ -79,19 +84,22 @@ pub fn init_cpu(gicr: usize) {
     );
     wr32(gicr + GICR_ISENABLER0, 1 << KICK_SGI);
     // SAFETY: ICC_SRE_EL2: SRE (system registers), DFB, DIB, Enable (lets
-    // EL1 use ICC_SRE_EL1). Then unmask all priorities and enable Group 1.
+    // EL1 use ICC_SRE_EL1). Then unmask all priorities, EOImode 1 (priority
+    // drop and deactivation split, so a hardware-backed interrupt stays
+    // active until the guest deactivates it), and enable Group 1.
     unsafe {
         core::arch::asm!(
             "msr icc_sre_el2, {sre}",
             "isb",
             "msr icc_pmr_el1, {pmr}",
             "msr icc_bpr1_el1, xzr",
-            "msr icc_ctlr_el1, xzr",
+            "msr icc_ctlr_el1, {eoimode}",
             "msr icc_igrpen1_el1, {one}",
             "isb",
             sre = in(reg) 0xfu64,
             pmr = in(reg) 0xffu64,
             one = in(reg) 1u64,
+            eoimode = in(reg) 2u64,
             options(nomem, nostack)
         )
     };
@@ -118,27 +126,84 @@ pub fn kick(mpidr: u64) {
     };
 }
 
-/// Acknowledges and completes every pending physical interrupt; returns true
-/// if a kick was among them.
+/// Acknowledges the highest-priority pending Group 1 interrupt; `None` if
+/// nothing (or only a spurious INTID) is pending.
+pub fn ack() -> Option<u32> {
+    let iar: u64;
+    // SAFETY: reading ICC_IAR1_EL1 acknowledges an interrupt; every caller
+    // completes it with `eoi` (and `deactivate` unless a guest will).
+    unsafe { core::arch::asm!("mrs {}, icc_iar1_el1", out(reg) iar, options(nomem, nostack)) };
+    let intid = (iar & 0xff_ffff) as u32;
+    (intid < 1020).then_some(intid)
+}
+
+/// Priority drop (EOImode = 1: deactivation is separate).
+pub fn eoi(intid: u32) {
+    // SAFETY: completes the priority drop of an interrupt we acknowledged.
+    unsafe {
+        core::arch::asm!("msr icc_eoir1_el1, {}", "isb", in(reg) intid as u64, options(nomem, nostack))
+    };
+}
+
+/// Deactivation, for interrupts the hypervisor itself handled.
+pub fn deactivate(intid: u32) {
+    // SAFETY: deactivates an interrupt we acknowledged.
+    unsafe {
+        core::arch::asm!("msr icc_dir_el1, {}", "isb", in(reg) intid as u64, options(nomem, nostack))
+    };
+}
+
+/// Acknowledges and completes every pending physical interrupt the
+/// hypervisor handles itself; returns true if a kick was among them.
 pub fn drain() -> bool {
     let mut kicked = false;
-    loop {
-        let iar: u64;
-        // SAFETY: reading ICC_IAR1_EL1 acknowledges the highest pending
-        // Group 1 interrupt; we complete it immediately below.
-        unsafe { core::arch::asm!("mrs {}, icc_iar1_el1", out(reg) iar, options(nomem, nostack)) };
-        let intid = (iar & 0xff_ffff) as u32;
-        if intid >= 1020 {
-            return kicked;
-        }
+    while let Some(intid) = ack() {
+        eoi(intid);
+        deactivate(intid);
         if intid == KICK_SGI {
             kicked = true;
-        } else {
-            log::warn!("unexpected physical interrupt {intid}");
         }
-        // SAFETY: EOI of the interrupt we just acknowledged.
-        unsafe {
-            core::arch::asm!("msr icc_eoir1_el1, {}", "isb", in(reg) iar, options(nomem, nostack))
-        };
     }
+    kicked
+}
+
+/// Enables PPI `intid` on the redistributor at `gicr` (Group 1, priority 0xa0).
+pub fn enable_ppi(gicr: usize, intid: u32) {
+    if intid >= 32 {
+        return;
+    }
+    let prio = gicr + GICR_IPRIORITYR + (intid as usize);
+    // SAFETY: byte access to IPRIORITYR is architected (GICv3 12.11.22).
+    unsafe { write_volatile(prio as *mut u8, 0xa0) };
+    wr32(gicr + GICR_ISENABLER0, 1 << intid);
+}
+
+/// Clears the active state of PPI `intid` (a vCPU that owned a
+/// hardware-backed interrupt is gone and will never deactivate it).
+pub fn clear_active_ppi(gicr: usize, intid: u32) {
+    if intid < 32 {
+        wr32(gicr + GICR_ICACTIVER0, 1 << intid);
+    }
+}
+
+/// Routes SPI `intid` to the CPU with affinity `mpidr` and enables it
+/// (Group 1, priority 0xa0, level-sensitive).
+pub fn enable_spi(intid: u32, mpidr: u64) {
+    let gicd = GICD.load(Ordering::Relaxed);
+    if gicd == 0 || !(32..1020).contains(&intid) {
+        return;
+    }
+    let n = intid as usize;
+    let aff = (mpidr & 0xff_ffff) | ((mpidr >> 32) & 0xff) << 32;
+    // SAFETY: GICD_IROUTER<n> is a 64-bit register of the distributor frame.
+    unsafe { write_volatile((gicd + GICD_IROUTER + 8 * n) as *mut u64, aff) };
+    let word = 4 * (n / 32);
+    let bit = 1u32 << (n % 32);
+    wr32(
+        gicd + GICD_IGROUPR + word,
+        rd32(gicd + GICD_IGROUPR + word) | bit,
+    );
+    // SAFETY: byte access to IPRIORITYR is architected.
+    unsafe { write_volatile((gicd + GICD_IPRIORITYR + n) as *mut u8, 0xa0) };
+    wr32(gicd + GICD_ISENABLER + word, bit);
 }

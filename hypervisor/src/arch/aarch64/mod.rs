@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod firmware;
 pub mod gic;
+pub mod ich;
 pub mod mmu;
 pub mod regs;
 

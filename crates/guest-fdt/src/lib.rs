@@ -1,0 +1,294 @@
+//! The flattened device tree a Bulkhead VM boots with.
+//!
+//! Linux arm64 expects the DTB address in x0 at entry (Linux
+//! Documentation/arch/arm64/booting.rst, "Setup the device tree"). The node
+//! names, compatibles and interrupt specifiers follow what QEMU's `virt`
+//! board generates (hw/arm/virt.c), so a stock kernel (and its defconfig
+//! drivers: GICv3, arch timer, amba-pl011, PSCI) boots unchanged.
+//!
+//! The tree is written with `vm-fdt`; nothing here touches guest memory, the
+//! caller copies the returned blob into the VM.
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use vm_fdt::FdtWriter;
+
+/// Phandle of the GIC node (the root's `interrupt-parent`). Any unique
+/// non-zero value works (Devicetree Specification v0.4, 2.3.3 phandle).
+pub const GIC_PHANDLE: u32 = 1;
+/// Phandle of the fixed 24 MHz clock feeding the PL011.
+pub const CLK_PHANDLE: u32 = 2;
+
+/// Interrupt specifier cells for "arm,gic-v3" (Linux
+/// Documentation/devicetree/bindings/interrupt-controller/arm,gic-v3.yaml):
+/// cell 0 is the type, cell 1 the number within the type, cell 2 the flags.
+const GIC_SPI: u32 = 0;
+const GIC_PPI: u32 = 1;
+/// IRQ_TYPE_LEVEL_HIGH (include/dt-bindings/interrupt-controller/irq.h).
+/// GICv3 has no CPU mask in bits [15:8], unlike GICv2 PPIs.
+const IRQ_LEVEL_HIGH: u32 = 4;
+
+/// Frequency of QEMU virt's "apb-pclk" fixed clock (hw/arm/virt.c
+/// create_clock), which the amba-pl011 driver reads as UARTCLK.
+const APB_PCLK_HZ: u32 = 24_000_000;
+
+/// MPIDR affinity levels used for vCPUs: Aff0 0..16, Aff1 0..256
+/// (`bulkhead_psci::vcpu_mpidr`), so at most 4096 vCPUs have a distinct
+/// 32-bit `reg` in a `/cpus` node with #address-cells = 1.
+pub const MAX_VCPUS: u16 = 16 * 256;
+
+/// Architected timer PPIs (INTID - 16), in the order the "arm,armv8-timer"
+/// binding lists its interrupts (Linux bindings/timer/arm,arch_timer.yaml):
+/// secure physical, non-secure physical, virtual, hypervisor physical.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timer {
+    pub ppis: [u32; 4],
+}
+
+impl Default for Timer {
+    /// INTIDs 29, 30, 27, 26: the Arm BSA recommendation QEMU virt uses
+    /// (ARCH_TIMER_S_EL1_IRQ 13, NS_EL1 14, VIRT 11, NS_EL2 10).
+    fn default() -> Self {
+        Self {
+            ppis: [13, 14, 11, 10],
+        }
+    }
+}
+
+/// What the generated tree describes. Addresses are IPAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestDt<'a> {
+    /// Guest RAM.
+    pub mem_base: u64,
+    pub mem_size: u64,
+    /// vCPUs `cpu@0 .. cpu@{n-1}`, all started through PSCI CPU_ON.
+    pub n_vcpus: u16,
+    /// GIC distributor frame (base, size), e.g. (0x0800_0000, 0x1_0000).
+    pub gicd: (u64, u64),
+    /// One contiguous redistributor region (base, size), e.g.
+    /// (0x080A_0000, 0x2_0000 * n_vcpus).
+    pub gicr: (u64, u64),
+    /// PL011 (base, size, SPI number), e.g. (0x0900_0000, 0x1000, 1).
+    pub uart: (u64, u64, u32),
+    pub timer: Timer,
+    /// Kernel command line.
+    pub bootargs: &'a str,
+    /// Initial ramdisk (start, end) IPAs, end exclusive.
+    pub initrd: Option<(u64, u64)>,
+}
+
+/// Why no tree could be built.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Error {
+    /// `n_vcpus` is 0.
+    NoVcpus,
+    /// `n_vcpus` exceeds [`MAX_VCPUS`].
+    TooManyVcpus,
+    /// The memory range is empty or wraps past the end of the address space.
+    BadMemory,
+    /// The initrd range ends before it starts.
+    BadInitrd,
+    /// The writer refused (e.g. a NUL byte in `bootargs`).
+    Fdt(vm_fdt::Error),
+}
+
+impl From<vm_fdt::Error> for Error {
+    fn from(e: vm_fdt::Error) -> Self {
+        Error::Fdt(e)
+    }
+}
+
+impl core::fmt::Display for Error {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Error::NoVcpus => f.write_str("a VM needs at least one vCPU"),
+            Error::TooManyVcpus => write!(f, "more than {MAX_VCPUS} vCPUs"),
+            Error::BadMemory => f.write_str("memory range is empty or wraps"),
+            Error::BadInitrd => f.write_str("initrd ends before it starts"),
+            Error::Fdt(e) => write!(f, "device tree writer: {e}"),
+        }
+    }
+}
+
+/// Name of the UART node; `/chosen/stdout-path` points at it.
+fn uart_node_name(base: u64) -> String {
+    format!("pl011@{base:x}")
+}
+
+/// Build the DTB for `dt`.
+pub fn build(dt: &GuestDt) -> Result<Vec<u8>, Error> {
+    check(dt)?;
+    let mut w = FdtWriter::new()?;
+
+    let root = w.begin_node("")?;
+    // Two cells for addresses and sizes: RAM and devices may lie above 4 GiB.
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    // The compatible QEMU virt uses; Linux needs no board code for it.
+    w.property_string("compatible", "linux,dummy-virt")?;
+    w.property_string("model", "Bulkhead VM")?;
+    w.property_u32("interrupt-parent", GIC_PHANDLE)?;
+
+    memory(&mut w, dt)?;
+    cpus(&mut w, dt)?;
+    psci(&mut w)?;
+    gic(&mut w, dt)?;
+    timer(&mut w, dt)?;
+    clock(&mut w)?;
+    uart(&mut w, dt)?;
+    chosen(&mut w, dt)?;
+
+    w.end_node(root)?;
+    Ok(w.finish()?)
+}
+
+fn check(dt: &GuestDt) -> Result<(), Error> {
+    if dt.n_vcpus == 0 {
+        return Err(Error::NoVcpus);
+    }
+    if dt.n_vcpus > MAX_VCPUS {
+        return Err(Error::TooManyVcpus);
+    }
+    if dt.mem_size == 0 || dt.mem_base.checked_add(dt.mem_size - 1).is_none() {
+        return Err(Error::BadMemory);
+    }
+    if let Some((start, end)) = dt.initrd {
+        if end < start {
+            return Err(Error::BadInitrd);
+        }
+    }
+    Ok(())
+}
+
+/// Devicetree Specification v0.4, 3.4: /memory node.
+fn memory(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
+    let node = w.begin_node(&format!("memory@{:x}", dt.mem_base))?;
+    w.property_string("device_type", "memory")?;
+    w.property_array_u64("reg", &[dt.mem_base, dt.mem_size])?;
+    w.end_node(node)?;
+    Ok(())
+}
+
+/// Devicetree Specification v0.4, 3.7/3.8: /cpus and cpu nodes. On Arm the
+/// `reg` of a cpu node is its MPIDR affinity (Linux
+/// bindings/arm/cpus.yaml); Aff2/Aff3 are 0 so one cell suffices.
+fn cpus(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
+    let node = w.begin_node("cpus")?;
+    w.property_u32("#address-cells", 1)?;
+    w.property_u32("#size-cells", 0)?;
+    for i in 0..dt.n_vcpus {
+        // Fits in 32 bits: Aff0 < 16 and Aff1 < 256 since i < MAX_VCPUS.
+        let mpidr = bulkhead_psci::vcpu_mpidr(i) as u32;
+        let cpu = w.begin_node(&format!("cpu@{mpidr:x}"))?;
+        w.property_string("device_type", "cpu")?;
+        w.property_string("compatible", "arm,armv8")?;
+        // Secondaries (and the boot CPU's siblings) come up via CPU_ON
+        // (Linux bindings/arm/cpus.yaml enable-method, booting.rst 5).
+        w.property_string("enable-method", "psci")?;
+        w.property_u32("reg", mpidr)?;
+        w.end_node(cpu)?;
+    }
+    w.end_node(node)?;
+    Ok(())
+}
+
+/// Linux bindings/arm/psci.yaml: PSCI 1.0+ firmware, called with HVC
+/// because the hypervisor is the "firmware" of the VM.
+fn psci(w: &mut FdtWriter) -> Result<(), Error> {
+    let node = w.begin_node("psci")?;
+    w.property_string_list(
+        "compatible",
+        vec!["arm,psci-1.0".to_string(), "arm,psci-0.2".to_string()],
+    )?;
+    w.property_string("method", "hvc")?;
+    w.end_node(node)?;
+    Ok(())
+}
+
+/// Linux bindings/interrupt-controller/arm,gic-v3.yaml: reg is the
+/// distributor followed by `#redistributor-regions` redistributor regions.
+/// No ITS child: the VM gets no MSI controller.
+fn gic(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
+    let node = w.begin_node(&format!("intc@{:x}", dt.gicd.0))?;
+    w.property_string("compatible", "arm,gic-v3")?;
+    w.property_u32("#interrupt-cells", 3)?;
+    w.property_null("interrupt-controller")?;
+    w.property_u32("#redistributor-regions", 1)?;
+    w.property_array_u64("reg", &[dt.gicd.0, dt.gicd.1, dt.gicr.0, dt.gicr.1])?;
+    w.property_phandle(GIC_PHANDLE)?;
+    w.end_node(node)?;
+    Ok(())
+}
+
+/// Linux bindings/timer/arm,arch_timer.yaml. `always-on`: the timer keeps
+/// counting while a vCPU idles, so Linux need not fall back to a broadcast
+/// timer.
+fn timer(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
+    let node = w.begin_node("timer")?;
+    w.property_string("compatible", "arm,armv8-timer")?;
+    w.property_null("always-on")?;
+    let mut cells = [0u32; 12];
+    for (triple, &ppi) in cells.chunks_exact_mut(3).zip(dt.timer.ppis.iter()) {
+        triple.copy_from_slice(&[GIC_PPI, ppi, IRQ_LEVEL_HIGH]);
+    }
+    w.property_array_u32("interrupts", &cells)?;
+    w.end_node(node)?;
+    Ok(())
+}
+
+/// Linux bindings/clock/fixed-clock.yaml; the PL011 needs a clock for both
+/// its "uartclk" and "apb_pclk" inputs (bindings/serial/pl011.yaml).
+fn clock(w: &mut FdtWriter) -> Result<(), Error> {
+    let node = w.begin_node("apb-pclk")?;
+    w.property_string("compatible", "fixed-clock")?;
+    w.property_u32("#clock-cells", 0)?;
+    w.property_u32("clock-frequency", APB_PCLK_HZ)?;
+    w.property_string("clock-output-names", "clk24mhz")?;
+    w.property_phandle(CLK_PHANDLE)?;
+    w.end_node(node)?;
+    Ok(())
+}
+
+/// Linux bindings/serial/pl011.yaml. "arm,primecell" makes the AMBA bus
+/// probe it by its peripheral ID registers.
+fn uart(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
+    let (base, size, spi) = dt.uart;
+    let node = w.begin_node(&uart_node_name(base))?;
+    w.property_string_list(
+        "compatible",
+        vec!["arm,pl011".to_string(), "arm,primecell".to_string()],
+    )?;
+    w.property_array_u64("reg", &[base, size])?;
+    w.property_array_u32("interrupts", &[GIC_SPI, spi, IRQ_LEVEL_HIGH])?;
+    w.property_array_u32("clocks", &[CLK_PHANDLE, CLK_PHANDLE])?;
+    w.property_string_list(
+        "clock-names",
+        vec!["uartclk".to_string(), "apb_pclk".to_string()],
+    )?;
+    w.end_node(node)?;
+    Ok(())
+}
+
+/// Devicetree Specification v0.4, 3.6 /chosen; initrd properties from Linux
+/// bindings (dt-schema chosen.yaml): 64-bit values, end exclusive.
+fn chosen(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
+    let node = w.begin_node("chosen")?;
+    w.property_string("bootargs", dt.bootargs)?;
+    w.property_string("stdout-path", &format!("/{}", uart_node_name(dt.uart.0)))?;
+    if let Some((start, end)) = dt.initrd {
+        w.property_u64("linux,initrd-start", start)?;
+        w.property_u64("linux,initrd-end", end)?;
+    }
+    w.end_node(node)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

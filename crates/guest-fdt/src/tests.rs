@@ -1,0 +1,262 @@
+extern crate std;
+
+use super::*;
+use fdt::node::FdtNode;
+use fdt::Fdt;
+use std::vec::Vec;
+
+const MEM_BASE: u64 = 0x4000_0000;
+const MEM_SIZE: u64 = 0x1_0000_0000; // 4 GiB: needs the 64-bit size cell.
+const BOOTARGS: &str = "console=ttyAMA0 earlycon root=/dev/ram0";
+
+fn virt(n_vcpus: u16, initrd: Option<(u64, u64)>) -> GuestDt<'static> {
+    GuestDt {
+        mem_base: MEM_BASE,
+        mem_size: MEM_SIZE,
+        n_vcpus,
+        gicd: (0x0800_0000, 0x1_0000),
+        gicr: (0x080A_0000, 0x2_0000 * u64::from(n_vcpus)),
+        uart: (0x0900_0000, 0x1000, 1),
+        timer: Timer::default(),
+        bootargs: BOOTARGS,
+        initrd,
+    }
+}
+
+/// Big-endian 32-bit cells of a property.
+fn cells(node: FdtNode, name: &str) -> Vec<u32> {
+    let prop = node
+        .property(name)
+        .unwrap_or_else(|| panic!("no {name} in {}", node.name));
+    assert_eq!(prop.value.len() % 4, 0, "{name} is not whole cells");
+    prop.value
+        .chunks_exact(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn u64_prop(node: FdtNode, name: &str) -> Option<u64> {
+    let v = node.property(name)?.value;
+    Some(u64::from_be_bytes(v.try_into().expect("8-byte value")))
+}
+
+fn strings<'a>(node: FdtNode<'_, 'a>, name: &str) -> Vec<&'a str> {
+    let v = node.property(name).expect("property").value;
+    let v = v.strip_suffix(&[0]).expect("NUL-terminated");
+    v.split(|&b| b == 0)
+        .map(|s| core::str::from_utf8(s).expect("utf-8"))
+        .collect()
+}
+
+fn regs(node: FdtNode) -> Vec<(u64, u64)> {
+    node.reg()
+        .expect("reg")
+        .map(|r| (r.starting_address as u64, r.size.expect("size") as u64))
+        .collect()
+}
+
+fn check_virt_tree(n: u16) {
+    let initrd = (0x4800_0000, 0x4812_3456);
+    let blob = build(&virt(n, Some(initrd))).expect("build");
+    let dt = Fdt::new(&blob).expect("parses");
+
+    let root = dt.find_node("/").expect("root");
+    assert_eq!(cells(root, "#address-cells"), [2]);
+    assert_eq!(cells(root, "#size-cells"), [2]);
+    assert_eq!(dt.root().compatible().first(), "linux,dummy-virt");
+    assert_eq!(dt.root().model(), "Bulkhead VM");
+
+    // Memory.
+    let mem = dt.find_node("/memory@40000000").expect("memory node");
+    assert_eq!(strings(mem, "device_type"), ["memory"]);
+    let regions: Vec<_> = dt.memory().regions().collect();
+    assert_eq!(regions.len(), 1);
+    assert_eq!(regions[0].starting_address as u64, MEM_BASE);
+    assert_eq!(regions[0].size, Some(MEM_SIZE as usize));
+
+    // CPUs: reg = MPIDR affinity, as the hypervisor reports in MPIDR_EL1.
+    let cpus_node = dt.find_node("/cpus").expect("cpus");
+    assert_eq!(cells(cpus_node, "#address-cells"), [1]);
+    assert_eq!(cells(cpus_node, "#size-cells"), [0]);
+    let ids: Vec<usize> = dt.cpus().map(|c| c.ids().first()).collect();
+    let want: Vec<usize> = (0..n)
+        .map(|i| bulkhead_psci::vcpu_mpidr(i) as usize)
+        .collect();
+    assert_eq!(ids, want);
+    for cpu in cpus_node.children() {
+        assert_eq!(strings(cpu, "device_type"), ["cpu"]);
+        assert_eq!(strings(cpu, "compatible"), ["arm,armv8"]);
+        assert_eq!(strings(cpu, "enable-method"), ["psci"]);
+    }
+
+    // PSCI over HVC.
+    let psci = dt.find_node("/psci").expect("psci");
+    assert_eq!(strings(psci, "method"), ["hvc"]);
+    assert_eq!(
+        strings(psci, "compatible"),
+        ["arm,psci-1.0", "arm,psci-0.2"]
+    );
+
+    // GICv3: distributor then one redistributor region; root points at it.
+    let gic = dt.find_node("/intc@8000000").expect("gic");
+    assert_eq!(strings(gic, "compatible"), ["arm,gic-v3"]);
+    assert!(gic.property("interrupt-controller").is_some());
+    assert_eq!(gic.interrupt_cells(), Some(3));
+    assert_eq!(cells(gic, "#redistributor-regions"), [1]);
+    assert_eq!(
+        regs(gic),
+        [
+            (0x0800_0000, 0x1_0000),
+            (0x080A_0000, 0x2_0000 * u64::from(n))
+        ]
+    );
+    assert_eq!(
+        root.interrupt_parent().map(|p| p.name),
+        Some("intc@8000000")
+    );
+    assert!(gic.children().next().is_none(), "no ITS child");
+    assert!(dt.all_nodes().all(|n| !n.name.starts_with("its")));
+    assert!(dt.find_compatible(&["arm,gic-v3-its"]).is_none());
+    assert!(dt
+        .all_nodes()
+        .all(|n| n.property("msi-controller").is_none()));
+
+    // Architected timer: four PPI, level-high triples in binding order.
+    let timer = dt.find_node("/timer").expect("timer");
+    assert_eq!(strings(timer, "compatible"), ["arm,armv8-timer"]);
+    assert!(timer.property("always-on").is_some());
+    assert_eq!(
+        cells(timer, "interrupts"),
+        [1, 13, 4, 1, 14, 4, 1, 11, 4, 1, 10, 4]
+    );
+
+    // PL011: reg, SPI 1 level-high, both clocks are the 24 MHz clock.
+    let uart = dt.find_node("/pl011@9000000").expect("uart");
+    assert_eq!(strings(uart, "compatible"), ["arm,pl011", "arm,primecell"]);
+    assert_eq!(regs(uart), [(0x0900_0000, 0x1000)]);
+    assert_eq!(cells(uart, "interrupts"), [0, 1, 4]);
+    assert_eq!(strings(uart, "clock-names"), ["uartclk", "apb_pclk"]);
+    let clocks = cells(uart, "clocks");
+    assert_eq!(clocks.len(), 2);
+    for phandle in clocks {
+        let clk = dt.find_phandle(phandle).expect("clock phandle resolves");
+        assert_eq!(clk.name, "apb-pclk");
+        assert_eq!(strings(clk, "compatible"), ["fixed-clock"]);
+        assert_eq!(cells(clk, "#clock-cells"), [0]);
+        assert_eq!(cells(clk, "clock-frequency"), [24_000_000]);
+        assert_eq!(strings(clk, "clock-output-names"), ["clk24mhz"]);
+    }
+
+    // /chosen.
+    let chosen = dt.chosen();
+    assert_eq!(chosen.bootargs(), Some(BOOTARGS));
+    assert_eq!(chosen.stdout().map(|n| n.name), Some("pl011@9000000"));
+    let chosen_node = dt.find_node("/chosen").expect("chosen");
+    assert_eq!(strings(chosen_node, "stdout-path"), ["/pl011@9000000"]);
+    assert_eq!(u64_prop(chosen_node, "linux,initrd-start"), Some(initrd.0));
+    assert_eq!(u64_prop(chosen_node, "linux,initrd-end"), Some(initrd.1));
+}
+
+#[test]
+fn two_vcpu_tree_describes_the_virt_layout() {
+    check_virt_tree(2);
+}
+
+#[test]
+fn four_vcpu_tree_describes_the_virt_layout() {
+    check_virt_tree(4);
+}
+
+#[test]
+fn seventeenth_vcpu_is_in_the_second_aff1_cluster() {
+    let blob = build(&virt(17, None)).unwrap();
+    let dt = Fdt::new(&blob).unwrap();
+    let ids: Vec<usize> = dt.cpus().map(|c| c.ids().first()).collect();
+    assert_eq!(ids.len(), 17);
+    assert_eq!(ids[15], 0x00f);
+    assert_eq!(ids[16], 0x100);
+    assert!(dt.find_node("/cpus/cpu@100").is_some());
+}
+
+#[test]
+fn tree_without_initrd_has_no_initrd_properties() {
+    let blob = build(&virt(2, None)).unwrap();
+    let dt = Fdt::new(&blob).unwrap();
+    let chosen = dt.find_node("/chosen").unwrap();
+    assert!(chosen.property("linux,initrd-start").is_none());
+    assert!(chosen.property("linux,initrd-end").is_none());
+    assert_eq!(dt.chosen().bootargs(), Some(BOOTARGS));
+}
+
+#[test]
+fn eight_vcpu_tree_stays_below_64_kib() {
+    let blob = build(&virt(8, Some((0x4800_0000, 0x4900_0000)))).unwrap();
+    assert!(blob.len() < 64 * 1024, "{} bytes", blob.len());
+    let dt = Fdt::new(&blob).unwrap();
+    assert_eq!(dt.total_size(), blob.len());
+    assert_eq!(dt.cpus().count(), 8);
+}
+
+#[test]
+fn custom_timer_ppis_are_written_in_order() {
+    let mut cfg = virt(1, None);
+    cfg.timer = Timer { ppis: [1, 2, 3, 4] };
+    let blob = build(&cfg).unwrap();
+    let dt = Fdt::new(&blob).unwrap();
+    let timer = dt.find_node("/timer").unwrap();
+    assert_eq!(
+        cells(timer, "interrupts"),
+        [1, 1, 4, 1, 2, 4, 1, 3, 4, 1, 4, 4]
+    );
+}
+
+#[test]
+fn node_names_follow_configured_addresses() {
+    let mut cfg = virt(1, None);
+    cfg.mem_base = 0x8_0000_0000;
+    cfg.uart = (0x0a00_0000, 0x1000, 7);
+    let blob = build(&cfg).unwrap();
+    let dt = Fdt::new(&blob).unwrap();
+    assert!(dt.find_node("/memory@800000000").is_some());
+    let uart = dt.find_node("/pl011@a000000").unwrap();
+    assert_eq!(cells(uart, "interrupts"), [0, 7, 4]);
+    assert_eq!(dt.chosen().stdout().map(|n| n.name), Some("pl011@a000000"));
+}
+
+#[test]
+fn zero_vcpus_is_rejected() {
+    assert_eq!(build(&virt(0, None)), Err(Error::NoVcpus));
+}
+
+#[test]
+fn more_vcpus_than_mpidr_affinity_covers_is_rejected() {
+    assert!(build(&virt(MAX_VCPUS, None)).is_ok());
+    assert_eq!(build(&virt(MAX_VCPUS + 1, None)), Err(Error::TooManyVcpus));
+}
+
+#[test]
+fn empty_or_wrapping_memory_is_rejected() {
+    let mut cfg = virt(1, None);
+    cfg.mem_size = 0;
+    assert_eq!(build(&cfg), Err(Error::BadMemory));
+    cfg.mem_base = u64::MAX - 0xfff;
+    cfg.mem_size = 0x2000;
+    assert_eq!(build(&cfg), Err(Error::BadMemory));
+    cfg.mem_size = 0x1000;
+    assert!(build(&cfg).is_ok());
+}
+
+#[test]
+fn initrd_ending_before_it_starts_is_rejected() {
+    assert_eq!(
+        build(&virt(1, Some((0x4800_1000, 0x4800_0000)))),
+        Err(Error::BadInitrd)
+    );
+}
+
+#[test]
+fn nul_in_bootargs_is_an_error_not_a_panic() {
+    let mut cfg = virt(1, None);
+    cfg.bootargs = "console=ttyAMA0\0evil";
+    assert_eq!(build(&cfg), Err(Error::Fdt(vm_fdt::Error::InvalidString)));
+}

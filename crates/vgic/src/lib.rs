@@ -1,0 +1,1000 @@
+//! A pure model of a virtual GICv3 for one VM (GICv3 architecture
+//! specification, Arm IHI 0069): the emulated distributor (GICD), one
+//! emulated redistributor (GICR) per vCPU, SGI routing, device lines, and the
+//! list-register cycle that hands interrupts to the hardware virtual CPU
+//! interface.
+//!
+//! The hypervisor owns the hardware. It traps the guest's accesses to the
+//! GICD and GICR frames and calls [`VGic::dist_read`] and friends; it reads
+//! and writes `ICH_LR<n>_EL2` around [`VGic::flush`]; and it kicks the pCPUs
+//! named in the returned [`Kicks`].
+//!
+//! The model is a single security state GIC with affinity routing always on
+//! (GICD_CTLR.DS = 1, ARE = 1), no LPIs and no ITS, five priority bits.
+//!
+//! Ownership of an interrupt's state: while an interrupt sits in a list
+//! register, the LR is the truth for its pending/active state and the model
+//! only remembers which vCPU's LR holds it (`owner`). A pending event that
+//! arrives meanwhile is latched in the model and merged into the LR at the
+//! owner's next flush (active -> pending+active), so nothing is in the
+//! model's pending set and pending in an LR at once.
+#![no_std]
+#![deny(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::ops::{BitOr, BitOrAssign};
+
+mod gicd;
+mod gicr;
+pub mod lr;
+
+use lr::State;
+
+/// Size of the distributor frame (GICv3 spec 12.8: GICD is one 64 KiB frame).
+pub const GICD_SIZE: u64 = 0x1_0000;
+/// Size of one vCPU's redistributor: RD_base + SGI_base, no VLPI frames
+/// (GICv3 spec 12.10).
+pub const GICR_FRAME_SIZE: u64 = 0x2_0000;
+/// Most vCPUs a VM may have.
+pub const MAX_VCPUS: usize = 8;
+/// Most list registers an implementation has (ICH_VTR_EL2.ListRegs is 4 bits).
+pub const MAX_LRS: usize = 16;
+
+/// The largest number of SPIs: INTIDs 32..1019 (GICv3 spec 2.2, 1020-1023
+/// are special).
+pub const MAX_SPIS: u32 = 988;
+/// SGIs (0-15) and PPIs (16-31), banked per vCPU.
+const NR_PRIVATE: u32 = 32;
+/// First PPI.
+const FIRST_PPI: u32 = 16;
+/// Five implemented priority bits: the low three read as zero
+/// (GICv3 spec 4.8, GICD_IPRIORITYR "unimplemented bits are RAZ/WI").
+const PRIORITY_MASK: u8 = 0xf8;
+/// vCPUs per affinity-level-1 cluster; matches bulkhead-psci's `vcpu_mpidr`
+/// (Aff0 = index % 16, Aff1 = index / 16; GICD_TYPER.RSS = 0 allows Aff0
+/// 0-15).
+const CLUSTER: usize = 16;
+
+/// The ICC_SGI1R_EL1 / GICD_IROUTER field positions used here.
+const IROUTER_IRM: u64 = 1 << 31;
+
+/// An access the model cannot serve: the offset lies beyond the frame(s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VgicError {
+    /// The offset is beyond the distributor frame or the last redistributor.
+    OutOfRange,
+}
+
+/// Bitmask of vCPUs whose deliverable interrupts may have changed: the
+/// hypervisor runs [`VGic::flush`] for them (kicking their pCPU if remote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Kicks(pub u32);
+
+impl Kicks {
+    /// Nobody.
+    pub const NONE: Kicks = Kicks(0);
+
+    /// Just vCPU `vcpu`.
+    pub const fn vcpu(vcpu: u16) -> Kicks {
+        if vcpu < 32 {
+            Kicks(1 << vcpu)
+        } else {
+            Kicks(0)
+        }
+    }
+
+    /// Whether vCPU `vcpu` is named.
+    pub const fn contains(self, vcpu: u16) -> bool {
+        vcpu < 32 && self.0 & (1 << vcpu) != 0
+    }
+
+    /// Whether nobody is named.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The named vCPUs, lowest first.
+    pub fn iter(self) -> impl Iterator<Item = u16> {
+        (0..32u16).filter(move |&v| self.contains(v))
+    }
+
+    fn index(v: usize) -> Kicks {
+        u16::try_from(v).map_or(Kicks::NONE, Kicks::vcpu)
+    }
+}
+
+impl BitOr for Kicks {
+    type Output = Kicks;
+    fn bitor(self, rhs: Kicks) -> Kicks {
+        Kicks(self.0 | rhs.0)
+    }
+}
+
+impl BitOrAssign for Kicks {
+    fn bitor_assign(&mut self, rhs: Kicks) {
+        self.0 |= rhs.0;
+    }
+}
+
+/// What [`VGic::flush`] asks of the hypervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flush {
+    /// Some deliverable interrupts did not fit: set ICH_HCR_EL2.UIE to get a
+    /// maintenance interrupt when the LRs drain, then flush again.
+    pub underflow: bool,
+    /// Some LR has the EOI bit set: its deactivation raises a maintenance
+    /// interrupt (ICH_MISR_EL2.EOI), after which the hypervisor flushes.
+    pub eoi_maintenance: bool,
+    /// Other vCPUs that now have work (an SPI released here that is routed
+    /// elsewhere): flush them too.
+    pub kicks: Kicks,
+}
+
+/// The state of one INTID (one bank of it, for SGIs and PPIs).
+#[derive(Debug, Clone, Copy, Default)]
+struct Irq {
+    /// GICD_IPRIORITYR / GICR_IPRIORITYR, already masked to 5 bits.
+    priority: u8,
+    /// GICD_IGROUPR: Group 1 (true) or Group 0.
+    group1: bool,
+    /// GICD_ISENABLER.
+    enabled: bool,
+    /// GICD_ICFGR: edge-triggered (SGIs always).
+    edge: bool,
+    /// Pending latch: an edge, GICD_ISPENDR, or `set_pending`.
+    latch: bool,
+    /// The input level of a level-sensitive line. For a hardware-backed
+    /// interrupt the level is handed over with the interrupt (cleared when
+    /// put in an LR): the physical interrupt re-signals if still asserted.
+    line: bool,
+    /// Active while not in an LR (GICD_ISACTIVER). Such an interrupt is not
+    /// forwarded (GICv3 spec 4.1.2: only inactive pending interrupts are).
+    active: bool,
+    /// GICD_ICPENDR hit the interrupt while in an LR: the owner removes the
+    /// pending part at its next flush.
+    clear_pending: bool,
+    /// GICD_ICACTIVER hit the interrupt while in an LR.
+    clear_active: bool,
+    /// A level interrupt went into its LR (or merged into it) through the
+    /// latch, so it stays pending even if the line drops.
+    lr_latched: bool,
+    /// The vCPU whose list register holds this interrupt.
+    owner: Option<u8>,
+    /// Physical INTID backing this interrupt (`set_hw`); survives `reset`.
+    hw: Option<u16>,
+    /// GICD_IROUTER (SPIs only), masked to its defined fields.
+    route: u64,
+}
+
+impl Irq {
+    fn new(sgi: bool) -> Self {
+        Irq {
+            edge: sgi,
+            ..Irq::default()
+        }
+    }
+
+    /// Back to reset state, keeping the hypervisor's HW mapping.
+    fn reset(&mut self, sgi: bool) {
+        *self = Irq {
+            hw: self.hw,
+            ..Irq::new(sgi)
+        };
+    }
+
+    /// Pending as GICD_ISPENDR reads it, ignoring any LR.
+    fn pending(&self) -> bool {
+        self.latch || (!self.edge && self.line)
+    }
+
+    /// Pending in the model and free to go into an LR.
+    fn model_pending(&self) -> bool {
+        self.owner.is_none() && self.pending()
+    }
+}
+
+/// What the model put in one list register.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    intid: u32,
+    priority: u8,
+    /// The state as of the last flush.
+    state: State,
+}
+
+/// The seven one-bit-per-INTID register kinds (GICv3 spec 12.9.x).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BitReg {
+    Group,
+    SetEnable,
+    ClearEnable,
+    SetPending,
+    ClearPending,
+    SetActive,
+    ClearActive,
+}
+
+impl BitReg {
+    /// In the order the registers appear from 0x080 in steps of 0x80.
+    const ALL: [BitReg; 7] = [
+        BitReg::Group,
+        BitReg::SetEnable,
+        BitReg::ClearEnable,
+        BitReg::SetPending,
+        BitReg::ClearPending,
+        BitReg::SetActive,
+        BitReg::ClearActive,
+    ];
+}
+
+/// The virtual GICv3 of one VM.
+pub struct VGic {
+    n_vcpus: u16,
+    nr_spis: u32,
+    /// GICD_CTLR.EnableGrp0
+    grp0: bool,
+    /// GICD_CTLR.EnableGrp1
+    grp1: bool,
+    /// SGIs and PPIs, banked per vCPU.
+    private: [[Irq; NR_PRIVATE as usize]; MAX_VCPUS],
+    /// SPI `32 + i` at index `i`.
+    spis: Vec<Irq>,
+    /// GICR_WAKER.ProcessorSleep per vCPU.
+    asleep: [bool; MAX_VCPUS],
+    /// What each vCPU's list registers hold, as of its last flush.
+    slots: [[Option<Slot>; MAX_LRS]; MAX_VCPUS],
+}
+
+impl VGic {
+    /// A GIC for `n_vcpus` vCPUs (clamped to 1..=[`MAX_VCPUS`]) with
+    /// `nr_spis` SPIs, rounded up to a multiple of 32 and clamped to
+    /// [`MAX_SPIS`] (INTIDs 32..32+nr_spis).
+    pub fn new(n_vcpus: u16, nr_spis: u32) -> Self {
+        let n = n_vcpus.clamp(1, MAX_VCPUS as u16);
+        let nr = nr_spis
+            .min(MAX_SPIS)
+            .div_ceil(32)
+            .saturating_mul(32)
+            .min(MAX_SPIS);
+        let mut bank = [Irq::default(); NR_PRIVATE as usize];
+        for (i, irq) in bank.iter_mut().enumerate() {
+            *irq = Irq::new(i < FIRST_PPI as usize);
+        }
+        VGic {
+            n_vcpus: n,
+            nr_spis: nr,
+            grp0: false,
+            grp1: false,
+            private: [bank; MAX_VCPUS],
+            spis: vec![Irq::new(false); nr as usize],
+            asleep: [true; MAX_VCPUS],
+            slots: [[None; MAX_LRS]; MAX_VCPUS],
+        }
+    }
+
+    /// Everything back to reset state (VM restart). The hypervisor's
+    /// [`VGic::set_hw`] declarations are kept. Stale hardware LRs are
+    /// cleared by the next [`VGic::flush`] (an LR the model did not fill is
+    /// zeroed).
+    pub fn reset(&mut self) {
+        self.grp0 = false;
+        self.grp1 = false;
+        for bank in self.private.iter_mut() {
+            for (i, irq) in bank.iter_mut().enumerate() {
+                irq.reset(i < FIRST_PPI as usize);
+            }
+        }
+        for irq in self.spis.iter_mut() {
+            irq.reset(false);
+        }
+        self.asleep = [true; MAX_VCPUS];
+        self.slots = [[None; MAX_LRS]; MAX_VCPUS];
+    }
+
+    /// Number of vCPUs.
+    pub fn n_vcpus(&self) -> u16 {
+        self.n_vcpus
+    }
+
+    /// Number of SPIs (a multiple of 32, or 988).
+    pub fn nr_spis(&self) -> u32 {
+        self.nr_spis
+    }
+
+    /// Size of the whole redistributor region: one frame per vCPU.
+    pub fn redist_size(&self) -> u64 {
+        u64::from(self.n_vcpus) * GICR_FRAME_SIZE
+    }
+
+    /// The affinity (MPIDR Aff3.Aff2.Aff1.Aff0 packed as in GICR_TYPER
+    /// \[63:32\], i.e. Aff0 in bits \[7:0\]) of vCPU `index`.
+    pub fn affinity(index: u16) -> u32 {
+        let i = usize::from(index);
+        ((i / CLUSTER) << 8 | (i % CLUSTER)) as u32
+    }
+
+    /// The vCPU whose list registers hold `intid` of bank `vcpu`, as of the
+    /// last flushes (for inspection and tests).
+    pub fn lr_owner(&self, vcpu: u16, intid: u32) -> Option<u16> {
+        let v = self.vcpu_index(vcpu)?;
+        self.irq(v, intid)?.owner.map(u16::from)
+    }
+
+    fn vcpu_index(&self, vcpu: u16) -> Option<usize> {
+        (vcpu < self.n_vcpus).then_some(usize::from(vcpu))
+    }
+
+    /// The state of `intid`: bank `v` for SGIs/PPIs, the shared SPI otherwise.
+    fn irq(&self, v: usize, intid: u32) -> Option<&Irq> {
+        if intid < NR_PRIVATE {
+            if v >= usize::from(self.n_vcpus) {
+                return None;
+            }
+            self.private.get(v)?.get(intid as usize)
+        } else {
+            self.spis.get(usize::try_from(intid - NR_PRIVATE).ok()?)
+        }
+    }
+
+    fn irq_mut(&mut self, v: usize, intid: u32) -> Option<&mut Irq> {
+        if intid < NR_PRIVATE {
+            if v >= usize::from(self.n_vcpus) {
+                return None;
+            }
+            self.private.get_mut(v)?.get_mut(intid as usize)
+        } else {
+            self.spis.get_mut(usize::try_from(intid - NR_PRIVATE).ok()?)
+        }
+    }
+
+    /// The vCPU a GICD_IROUTER value delivers to (GICv3 spec 12.9.22): IRM=1
+    /// ("any PE") is implemented as vCPU 0; an affinity that names no vCPU
+    /// delivers nowhere.
+    fn route_target(&self, route: u64) -> Option<usize> {
+        if route & IROUTER_IRM != 0 {
+            return Some(0);
+        }
+        let aff = |shift: u32| ((route >> shift) & 0xff) as usize;
+        let (aff0, aff1, aff2, aff3) = (aff(0), aff(8), aff(16), aff(32));
+        if aff2 != 0 || aff3 != 0 || aff0 >= CLUSTER {
+            return None;
+        }
+        let index = aff1 * CLUSTER + aff0;
+        (index < usize::from(self.n_vcpus)).then_some(index)
+    }
+
+    /// The vCPU `intid` (bank `v`) is delivered to.
+    fn target(&self, v: usize, intid: u32, irq: &Irq) -> Option<usize> {
+        if intid < NR_PRIVATE {
+            Some(v)
+        } else {
+            self.route_target(irq.route)
+        }
+    }
+
+    fn group_enabled(&self, irq: &Irq) -> bool {
+        if irq.group1 {
+            self.grp1
+        } else {
+            self.grp0
+        }
+    }
+
+    /// Enabled, in an enabled group, and routed to `v`.
+    fn deliverable_to(&self, v: usize, intid: u32, irq: &Irq) -> bool {
+        irq.enabled && self.group_enabled(irq) && self.target(v, intid, irq) == Some(v)
+    }
+
+    /// The priority of `intid` if it may go into one of `v`'s LRs now.
+    fn candidate(&self, v: usize, intid: u32) -> Option<u8> {
+        let irq = self.irq(v, intid)?;
+        (irq.model_pending() && !irq.active && self.deliverable_to(v, intid, irq))
+            .then_some(irq.priority)
+    }
+
+    /// The vCPUs that must look at `intid` (bank `v`) after it changed: the
+    /// one it is routed to and the one whose LR holds it.
+    fn kick_for(&self, v: usize, intid: u32) -> Kicks {
+        let Some(irq) = self.irq(v, intid) else {
+            return Kicks::NONE;
+        };
+        let mut k = self.target(v, intid, irq).map_or(Kicks::NONE, Kicks::index);
+        if let Some(o) = irq.owner {
+            k |= Kicks::index(usize::from(o));
+        }
+        k
+    }
+
+    /// The bank to use for `intid` raised "on" `vcpu`: SPIs ignore the vCPU.
+    fn bank(&self, vcpu: u16, intid: u32) -> Option<usize> {
+        if intid < NR_PRIVATE {
+            self.vcpu_index(vcpu)
+        } else {
+            Some(0)
+        }
+    }
+
+    /// The guest wrote ICC_SGI1R_EL1 (trapped to EL2; Arm ARM D19 ICC_SGI1R_EL1:
+    /// TargetList \[15:0\], Aff1 \[23:16\], INTID \[27:24\], Aff2 \[39:32\], IRM
+    /// bit 40, RS \[47:44\], Aff3 \[55:48\]). Marks the SGI pending on each
+    /// target vCPU (by affinity + target list, or IRM=1: all but the sender).
+    /// Targets that do not exist are ignored.
+    pub fn sgi(&mut self, sender: u16, icc_sgi1r: u64) -> Kicks {
+        let field = |shift: u32, mask: u64| ((icc_sgi1r >> shift) & mask) as usize;
+        let intid = field(24, 0xf);
+        let irm = icc_sgi1r & (1 << 40) != 0;
+        let (targets, aff1, aff2, rs, aff3) = (
+            field(0, 0xffff),
+            field(16, 0xff),
+            field(32, 0xff),
+            field(44, 0xf),
+            field(48, 0xff),
+        );
+        let mut kicks = Kicks::NONE;
+        for t in 0..usize::from(self.n_vcpus) {
+            let hit = if irm {
+                t != usize::from(sender)
+            } else {
+                // Target Aff0 = RS * 16 + bit; our Aff0 is below 16, so RS
+                // must be 0 (GICv3 spec 12.11 "Range Selector").
+                aff3 == 0
+                    && aff2 == 0
+                    && rs == 0
+                    && aff1 == t / CLUSTER
+                    && targets & (1 << (t % CLUSTER)) != 0
+            };
+            if !hit {
+                continue;
+            }
+            if let Some(irq) = self.private.get_mut(t).and_then(|b| b.get_mut(intid)) {
+                irq.latch = true;
+                kicks |= Kicks::index(t);
+            }
+        }
+        kicks
+    }
+
+    /// A level-sensitive line (a device SPI, or a PPI of `vcpu`) changed
+    /// level. On an interrupt configured as edge-triggered a rising level is
+    /// an edge (GICv3 spec 4.1.1).
+    pub fn set_line(&mut self, vcpu: u16, intid: u32, level: bool) -> Kicks {
+        if intid < FIRST_PPI {
+            return Kicks::NONE;
+        }
+        let Some(v) = self.bank(vcpu, intid) else {
+            return Kicks::NONE;
+        };
+        let Some(irq) = self.irq_mut(v, intid) else {
+            return Kicks::NONE;
+        };
+        let was = irq.line;
+        if irq.edge && level && !was {
+            irq.latch = true;
+        }
+        irq.line = level;
+        if was == level {
+            return Kicks::NONE;
+        }
+        self.kick_for(v, intid)
+    }
+
+    /// An edge: make `intid` pending (PPI/SGI on `vcpu`, or SPI).
+    pub fn set_pending(&mut self, vcpu: u16, intid: u32) -> Kicks {
+        let Some(v) = self.bank(vcpu, intid) else {
+            return Kicks::NONE;
+        };
+        let Some(irq) = self.irq_mut(v, intid) else {
+            return Kicks::NONE;
+        };
+        irq.latch = true;
+        self.kick_for(v, intid)
+    }
+
+    /// Declare PPI or SPI `intid` hardware-backed by physical `pintid` (the
+    /// virtual timer: 27 -> 27): it is put in LRs with HW=1, so the guest's
+    /// deactivation deactivates the physical interrupt, and the model does
+    /// not track its active state once handed over. SGIs, and physical
+    /// INTIDs outside 16..1020, are ignored.
+    pub fn set_hw(&mut self, intid: u32, pintid: u32) {
+        let Ok(p) = u16::try_from(pintid) else {
+            return;
+        };
+        if !(FIRST_PPI..1020).contains(&pintid) || intid < FIRST_PPI {
+            return;
+        }
+        if intid < NR_PRIVATE {
+            for bank in self.private.iter_mut() {
+                if let Some(irq) = bank.get_mut(intid as usize) {
+                    irq.hw = Some(p);
+                }
+            }
+        } else if let Some(irq) = self.irq_mut(0, intid) {
+            irq.hw = Some(p);
+        }
+    }
+
+    /// Any interrupt deliverable to `vcpu` (pending + enabled + routed, in the
+    /// model, or pending in an LR as of the last flush)?
+    pub fn has_deliverable(&self, vcpu: u16) -> bool {
+        let Some(v) = self.vcpu_index(vcpu) else {
+            return false;
+        };
+        let in_lr = self
+            .slots
+            .get(v)
+            .is_some_and(|slots| slots.iter().flatten().any(|s| s.state.is_pending()));
+        in_lr
+            || self
+                .intids()
+                .any(|intid| self.candidate(v, intid).is_some())
+    }
+
+    /// Every implemented INTID: SGIs, PPIs, then SPIs.
+    fn intids(&self) -> impl Iterator<Item = u32> {
+        0..NR_PRIVATE + self.nr_spis
+    }
+
+    /// The LR cycle for `vcpu`, run on its own pCPU with the guest stopped.
+    /// `lrs` holds the current `ICH_LR<n>_EL2` values (one per implemented LR;
+    /// at most [`MAX_LRS`] are used) and receives the new ones.
+    ///
+    /// 1. Sync back what the guest did: an LR that became invalid is finished
+    ///    (edge: done; level without HW: the line is re-sampled, so it is
+    ///    pending again if still high; HW: the physical interrupt re-signals).
+    ///    Requests from GICD_ICPENDR/ICACTIVER are applied; a pending-only LR
+    ///    whose interrupt is no longer deliverable here (disabled, group off,
+    ///    re-routed, level line dropped) goes back to the model; an edge
+    ///    latched meanwhile merges into its LR (active -> pending+active).
+    /// 2. Fill: pending, enabled, group-enabled interrupts routed to `vcpu`
+    ///    and in no LR go into free LRs, highest priority (lowest value,
+    ///    then lowest INTID) first. With no free LR, a pending-only LR of
+    ///    strictly lower priority is evicted back to the model.
+    ///
+    /// An event latched while its interrupt sits in an LR takes effect at
+    /// the owner's next flush, so the hypervisor should act on [`Kicks`]
+    /// promptly: if the guest acknowledges the pending LR before that flush,
+    /// the edge is (correctly, as for an edge after the acknowledge)
+    /// delivered a second time.
+    pub fn flush(&mut self, vcpu: u16, lrs: &mut [u64]) -> Flush {
+        let mut out = Flush::default();
+        let Some(v) = self.vcpu_index(vcpu) else {
+            return out;
+        };
+        let n = lrs.len().min(MAX_LRS);
+        let lrs = lrs.get_mut(..n).unwrap_or_default();
+
+        // The caller passed fewer LRs than we filled last time: whatever we
+        // put beyond them goes back to the model.
+        for i in n..MAX_LRS {
+            out.kicks |= self.retract(v, i);
+        }
+        for (i, word) in lrs.iter_mut().enumerate() {
+            out.kicks |= self.sync_lr(v, i, word);
+        }
+
+        // Fill. Installs never exceed `n` (a newly installed interrupt is
+        // never evicted by a later, no more urgent one), so the n+1 best
+        // candidates decide everything, including whether some are left over.
+        let mut best = [u32::MAX; MAX_LRS + 1];
+        let k = n + 1;
+        for intid in self.intids() {
+            if let Some(prio) = self.candidate(v, intid) {
+                insert_sorted(&mut best[..k], u32::from(prio) << 16 | intid);
+            }
+        }
+        let mut evicted = false;
+        for &key in best.iter().take(k).take_while(|&&key| key != u32::MAX) {
+            let (intid, prio) = (key & 0xffff, (key >> 16) as u8);
+            let free = self.slots_of(v).iter().take(n).position(Option::is_none);
+            let i = match free {
+                Some(i) => i,
+                None => match self.victim(v, n, prio) {
+                    Some(i) => {
+                        out.kicks |= self.retract(v, i);
+                        evicted = true;
+                        i
+                    }
+                    None => {
+                        out.underflow = true;
+                        break;
+                    }
+                },
+            };
+            if let Some(word) = lrs.get_mut(i) {
+                self.install(v, i, intid, word);
+            }
+        }
+        out.underflow |= evicted;
+        out.eoi_maintenance = lrs.iter().any(|&w| {
+            let l = lr::decode(w);
+            l.eoi && l.state != State::Invalid
+        });
+        out.kicks = Kicks(out.kicks.0 & !Kicks::index(v).0);
+        out
+    }
+
+    fn slots_of(&self, v: usize) -> &[Option<Slot>; MAX_LRS] {
+        // `v` is always a checked vCPU index below MAX_VCPUS.
+        static EMPTY: [Option<Slot>; MAX_LRS] = [None; MAX_LRS];
+        self.slots.get(v).unwrap_or(&EMPTY)
+    }
+
+    fn slot(&self, v: usize, i: usize) -> Option<Slot> {
+        self.slots.get(v)?.get(i).copied().flatten()
+    }
+
+    fn set_slot(&mut self, v: usize, i: usize, slot: Option<Slot>) {
+        if let Some(s) = self.slots.get_mut(v).and_then(|s| s.get_mut(i)) {
+            *s = slot;
+        }
+    }
+
+    /// Step 1 of the LR cycle for LR `i` of vCPU `v`.
+    fn sync_lr(&mut self, v: usize, i: usize, word: &mut u64) -> Kicks {
+        let cur = lr::decode(*word);
+        let Some(slot) = self.slot(v, i) else {
+            // Not filled by the model (stale after `reset`): drop it.
+            *word = 0;
+            return Kicks::NONE;
+        };
+        if cur.state == State::Invalid {
+            *word = 0;
+            return self.finish(v, i);
+        }
+        let intid = slot.intid;
+        let Some(mut irq) = self.irq(v, intid).copied() else {
+            *word = 0;
+            self.set_slot(v, i, None);
+            return Kicks::NONE;
+        };
+        let mut state = cur.state;
+        // The hardware owns the active state of a HW interrupt (and its
+        // pending state, which it cannot reassert while active); dropping
+        // such an LR would leave the physical interrupt active forever.
+        if irq.hw.is_none() {
+            if irq.clear_pending {
+                state = state.without_pending();
+                irq.lr_latched = false;
+            }
+            if irq.clear_active {
+                state = state.without_active();
+            }
+        }
+        irq.clear_pending = false;
+        irq.clear_active = false;
+        if state == State::Invalid {
+            // Removed by the guest's ICPENDR/ICACTIVER, not delivered.
+            irq.owner = None;
+            irq.lr_latched = false;
+            self.store(v, intid, irq);
+            self.set_slot(v, i, None);
+            *word = 0;
+            return self.kick_if_elsewhere(v, intid);
+        }
+        self.store(v, intid, irq);
+
+        let level_dropped = !irq.edge && irq.hw.is_none() && !irq.line && !irq.lr_latched;
+        if state == State::Pending && (!self.deliverable_to(v, intid, &irq) || level_dropped) {
+            *word = 0;
+            return self.retract(v, i);
+        }
+
+        // An edge (or ISPENDR) that came while the interrupt sat in this LR.
+        // An LR that is already pending holds the one pending state the GIC
+        // has per interrupt: the edge coalesces into it. An active LR becomes
+        // pending+active if the interrupt may be forwarded now; otherwise the
+        // latch waits in the model until the LR drains.
+        let merge = match state {
+            State::Pending | State::PendingActive => true,
+            State::Active => irq.hw.is_none() && self.deliverable_to(v, intid, &irq),
+            State::Invalid => false,
+        };
+        if irq.latch && merge {
+            if state == State::Active {
+                state = State::PendingActive;
+            }
+            irq.latch = false;
+            if !irq.edge && irq.hw.is_none() {
+                irq.lr_latched = true;
+            }
+            self.store(v, intid, irq);
+        }
+        // Level interrupts are re-sampled on deactivation; a latch that could
+        // not merge is looked at when the LR drains.
+        let eoi = irq.hw.is_none() && (!irq.edge || irq.latch);
+        *word = lr::encode(&lr::Lr {
+            vintid: intid,
+            state,
+            eoi,
+            ..cur
+        });
+        self.set_slot(v, i, Some(Slot { state, ..slot }));
+        Kicks::NONE
+    }
+
+    fn store(&mut self, v: usize, intid: u32, irq: Irq) {
+        if let Some(slot) = self.irq_mut(v, intid) {
+            *slot = irq;
+        }
+    }
+
+    /// The guest finished with LR `i` of `v` (it became invalid).
+    fn finish(&mut self, v: usize, i: usize) -> Kicks {
+        let Some(slot) = self.slot(v, i) else {
+            return Kicks::NONE;
+        };
+        self.set_slot(v, i, None);
+        let intid = slot.intid;
+        if let Some(irq) = self.irq_mut(v, intid) {
+            irq.owner = None;
+            irq.lr_latched = false;
+            irq.clear_pending = false;
+            irq.clear_active = false;
+            // A HW interrupt's level was handed over at install; a raise seen
+            // since then is a new physical firing (it cannot fire again while
+            // active), so it is kept.
+        }
+        self.kick_if_elsewhere(v, intid)
+    }
+
+    /// Takes whatever the model put in LR `i` of `v` back into the model,
+    /// still pending. The caller clears the hardware LR.
+    fn retract(&mut self, v: usize, i: usize) -> Kicks {
+        let Some(slot) = self.slot(v, i) else {
+            return Kicks::NONE;
+        };
+        self.set_slot(v, i, None);
+        let intid = slot.intid;
+        if let Some(irq) = self.irq_mut(v, intid) {
+            irq.owner = None;
+            // A level interrupt pended by its line is re-derived from the line.
+            if irq.edge || irq.hw.is_some() || irq.lr_latched {
+                irq.latch = true;
+            }
+            irq.lr_latched = false;
+            irq.clear_pending = false;
+            irq.clear_active = false;
+        }
+        self.kick_if_elsewhere(v, intid)
+    }
+
+    /// `intid` just left `v`'s LRs: if it is pending and routed to another
+    /// vCPU, that vCPU has work.
+    fn kick_if_elsewhere(&self, v: usize, intid: u32) -> Kicks {
+        let Some(irq) = self.irq(v, intid) else {
+            return Kicks::NONE;
+        };
+        match self.target(v, intid, irq) {
+            Some(t) if t != v && irq.model_pending() => Kicks::index(t),
+            _ => Kicks::NONE,
+        }
+    }
+
+    /// The pending-only LR of `v` (among the first `n`) with the least urgent
+    /// interrupt, if that is strictly less urgent than `prio`.
+    fn victim(&self, v: usize, n: usize, prio: u8) -> Option<usize> {
+        self.slots_of(v)
+            .iter()
+            .take(n)
+            .enumerate()
+            .filter_map(|(i, s)| s.map(|s| (i, s)))
+            .filter(|(_, s)| s.state == State::Pending && s.priority > prio)
+            .max_by_key(|(_, s)| (s.priority, s.intid))
+            .map(|(i, _)| i)
+    }
+
+    /// Puts `intid` in LR `i` of `v`, pending.
+    fn install(&mut self, v: usize, i: usize, intid: u32, word: &mut u64) {
+        let Some(irq) = self.irq_mut(v, intid) else {
+            return;
+        };
+        irq.owner = u8::try_from(v).ok();
+        irq.lr_latched = irq.latch && !irq.edge && irq.hw.is_none();
+        irq.latch = false;
+        if irq.hw.is_some() {
+            irq.line = false;
+        }
+        let l = lr::Lr {
+            vintid: intid,
+            pintid: irq.hw.map(u32::from),
+            // Level interrupts without HW: deactivation raises a maintenance
+            // interrupt so the next flush re-samples the line.
+            eoi: irq.hw.is_none() && !irq.edge,
+            priority: irq.priority,
+            group1: irq.group1,
+            state: State::Pending,
+        };
+        let priority = irq.priority;
+        *word = lr::encode(&l);
+        self.set_slot(
+            v,
+            i,
+            Some(Slot {
+                intid,
+                priority,
+                state: State::Pending,
+            }),
+        );
+    }
+
+    /// The LR state of `intid` (bank `v`) as of its owner's last flush.
+    fn lr_state(&self, irq: &Irq, intid: u32) -> State {
+        let Some(o) = irq.owner else {
+            return State::Invalid;
+        };
+        self.slots_of(usize::from(o))
+            .iter()
+            .flatten()
+            .find(|s| s.intid == intid)
+            .map_or(State::Invalid, |s| s.state)
+    }
+
+    // ---- Register helpers shared by GICD and GICR ------------------------
+
+    /// One 32-bit word of a one-bit-per-INTID register covering INTIDs
+    /// `first..first+32` (bank `v` for SGIs/PPIs). Unimplemented INTIDs are
+    /// RAZ.
+    fn read_bits(&self, v: usize, reg: BitReg, first: u32) -> u32 {
+        let mut word = 0;
+        for bit in 0..32 {
+            let intid = first + bit;
+            let Some(irq) = self.irq(v, intid) else {
+                continue;
+            };
+            let set = match reg {
+                BitReg::Group => irq.group1,
+                BitReg::SetEnable | BitReg::ClearEnable => irq.enabled,
+                BitReg::SetPending | BitReg::ClearPending => {
+                    irq.pending() || self.lr_state(irq, intid).is_pending()
+                }
+                BitReg::SetActive | BitReg::ClearActive => {
+                    irq.active || self.lr_state(irq, intid).is_active()
+                }
+            };
+            if set {
+                word |= 1 << bit;
+            }
+        }
+        word
+    }
+
+    /// Writes one word of a one-bit-per-INTID register. Unimplemented INTIDs
+    /// are WI.
+    fn write_bits(&mut self, v: usize, reg: BitReg, first: u32, value: u32) -> Kicks {
+        let mut kicks = Kicks::NONE;
+        for bit in 0..32 {
+            let intid = first + bit;
+            let one = value & (1 << bit) != 0;
+            if !one && reg != BitReg::Group {
+                continue;
+            }
+            let Some(irq) = self.irq_mut(v, intid) else {
+                continue;
+            };
+            let changed = match reg {
+                BitReg::Group => core::mem::replace(&mut irq.group1, one) != one,
+                BitReg::SetEnable => !core::mem::replace(&mut irq.enabled, true),
+                BitReg::ClearEnable => core::mem::replace(&mut irq.enabled, false),
+                BitReg::SetPending => {
+                    irq.latch = true;
+                    true
+                }
+                BitReg::ClearPending => {
+                    // A level interrupt whose line is asserted stays pending
+                    // (GICv3 spec 4.1.1, GICD_ICPENDR).
+                    irq.latch = false;
+                    if irq.owner.is_some() {
+                        irq.clear_pending = true;
+                    }
+                    true
+                }
+                BitReg::SetActive => {
+                    // In an LR the hardware holds the active state; setting it
+                    // there is not modelled.
+                    if irq.owner.is_none() && irq.hw.is_none() {
+                        irq.active = true;
+                    }
+                    true
+                }
+                BitReg::ClearActive => {
+                    irq.active = false;
+                    if irq.owner.is_some() {
+                        irq.clear_active = true;
+                    }
+                    true
+                }
+            };
+            if changed {
+                kicks |= self.kick_for(v, intid);
+            }
+        }
+        kicks
+    }
+
+    fn read_priority(&self, v: usize, intid: u32) -> u8 {
+        self.irq(v, intid).map_or(0, |irq| irq.priority)
+    }
+
+    fn write_priority(&mut self, v: usize, intid: u32, value: u8) -> Kicks {
+        match self.irq_mut(v, intid) {
+            Some(irq) => {
+                irq.priority = value & PRIORITY_MASK;
+                self.kick_for(v, intid)
+            }
+            None => Kicks::NONE,
+        }
+    }
+
+    /// One ICFGR word covering INTIDs `first..first+16` (bit 2n+1 = edge;
+    /// GICv3 spec 12.9.8). SGIs read as edge and ignore writes.
+    fn read_cfg(&self, v: usize, first: u32) -> u32 {
+        let mut word = 0;
+        for n in 0..16 {
+            if self.irq(v, first + n).is_some_and(|irq| irq.edge) {
+                word |= 2 << (2 * n);
+            }
+        }
+        word
+    }
+
+    fn write_cfg(&mut self, v: usize, first: u32, value: u32) -> Kicks {
+        let mut kicks = Kicks::NONE;
+        for n in 0..16 {
+            let intid = first + n;
+            if intid < FIRST_PPI {
+                continue;
+            }
+            let edge = value & (2 << (2 * n)) != 0;
+            if let Some(irq) = self.irq_mut(v, intid) {
+                if core::mem::replace(&mut irq.edge, edge) != edge {
+                    kicks |= self.kick_for(v, intid);
+                }
+            }
+        }
+        kicks
+    }
+}
+
+/// Inserts `key` into the ascending array `best`, dropping the largest.
+fn insert_sorted(best: &mut [u32], key: u32) {
+    let Some(pos) = best.iter().position(|&b| key < b) else {
+        return;
+    };
+    let mut carry = key;
+    for slot in best.iter_mut().skip(pos) {
+        carry = core::mem::replace(slot, carry);
+    }
+}
+
+/// Accepted access: a power-of-two size of 1..8 bytes, naturally aligned.
+fn aligned(offset: u64, size: u8) -> bool {
+    matches!(size, 1 | 2 | 4 | 8) && offset.is_multiple_of(u64::from(size))
+}
+
+/// The CoreSight-style identification registers at 0xFFD0-0xFFFC of the
+/// GICD and GICR frames (GICv3 spec 12.1.13, 12.9.27 GICD_PIDR2: ArchRev
+/// \[7:4\] = 3 for GICv3; Linux checks it on every redistributor).
+fn id_register(offset: u64) -> Option<u32> {
+    Some(match offset {
+        0xffd0 => 0x04, // PIDR4
+        0xffd4..=0xffdc => 0,
+        0xffe0 => 0x92, // PIDR0
+        0xffe4 => 0xb4, // PIDR1
+        0xffe8 => 0x3b, // PIDR2: ArchRev 3, JEDEC, DES_1
+        0xffec => 0,    // PIDR3
+        0xfff0 => 0x0d, // CIDR0
+        0xfff4 => 0xf0, // CIDR1
+        0xfff8 => 0x05, // CIDR2
+        0xfffc => 0xb1, // CIDR3
+        _ => return None,
+    })
+}
+
+/// GICD_IIDR / GICR_IIDR (GICv3 spec 12.9.16): ProductID \[31:24\] = 0x42
+/// ('B' for Bulkhead), Variant/Revision 0, Implementer \[11:0\] = 0x43B (Arm's
+/// JEP106 code, as KVM's vGIC reports with its own product id 'K'). The
+/// product id keeps Linux's IIDR-keyed errata workarounds from matching.
+const IIDR: u32 = 0x4200_043b;
