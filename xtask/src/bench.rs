@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: the bench guest under Bulkhead and natively (the
 //! same flat image booted straight at EL1), each twice, under deterministic
-//! icount so the figures are instruction counts that repeat exactly.
+//! icount so the figures are instruction counts that repeat exactly; then
+//! a Linux boot (configs/bench-linux.toml: kernel start to `/init`) the same
+//! way, natively with the same kernel, initramfs, command line and vCPUs.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -25,6 +27,8 @@ pub struct Figure {
 
 /// How long one benchmark boot may take.
 const TIMEOUT: Duration = Duration::from_secs(600);
+/// How long one Linux boot may take (natively it takes seconds).
+const LINUX_TIMEOUT: Duration = Duration::from_secs(300);
 /// Deterministic execution (one instruction per ns, no sleeping), fixed DTB
 /// and RTC: two runs of the same image execute the same instructions.
 const ICOUNT: [&str; 4] = ["-icount", "shift=0,sleep=off", "-rtc", "clock=vm"];
@@ -130,16 +134,16 @@ pub fn differences(side: &str, first: &[Figure], second: &[Figure]) -> Vec<Strin
 
 /// Boots `args` and returns the figures; errors (with the log) when QEMU
 /// fails, times out or prints no figures.
-fn measure(side: &str, run: usize, args: &[String]) -> Result<Vec<Figure>> {
+fn measure(side: &str, run: usize, args: &[String], timeout: Duration) -> Result<Vec<Figure>> {
     println!(
         "booting {side} run {run}… (timeout {} s)",
-        TIMEOUT.as_secs()
+        timeout.as_secs()
     );
-    let outcome = qemu::run_captured(args, TIMEOUT)?;
+    let outcome = qemu::run_captured(args, timeout)?;
     if !outcome.succeeded() {
         bail!(
             "{side} run {run}: {}; log:\n{}",
-            outcome.ending(TIMEOUT),
+            outcome.ending(timeout),
             qemu::indent(&outcome.log)
         );
     }
@@ -198,14 +202,28 @@ pub fn run(quick: bool) -> Result<ExitCode> {
     native_args.extend(ICOUNT.map(String::from));
     native_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &guest));
 
-    let native = [
-        measure("native", 1, &native_args)?,
-        measure("native", 2, &native_args)?,
+    let mut native = [
+        measure("native", 1, &native_args, TIMEOUT)?,
+        measure("native", 2, &native_args, TIMEOUT)?,
     ];
-    let bulkhead = [
-        measure("bulkhead", 1, &bulkhead_args)?,
-        measure("bulkhead", 2, &bulkhead_args)?,
+    let mut bulkhead = [
+        measure("bulkhead", 1, &bulkhead_args, TIMEOUT)?,
+        measure("bulkhead", 2, &bulkhead_args, TIMEOUT)?,
     ];
+
+    // The Linux boot runs with --quick too: it is the figure that matters.
+    let linux_failed = match linux_boot() {
+        Ok((n, b)) => {
+            for (all, new) in native.iter_mut().zip(n) {
+                all.extend(new);
+            }
+            for (all, new) in bulkhead.iter_mut().zip(b) {
+                all.extend(new);
+            }
+            None
+        }
+        Err(e) => Some(e),
+    };
 
     let rows = rows(&native[0], &bulkhead[0]);
     println!();
@@ -229,7 +247,42 @@ pub fn run(quick: bool) -> Result<ExitCode> {
     std::fs::write(&path, text + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
+    if let Some(e) = linux_failed {
+        println!("\nthe Linux boot benchmark failed: {e:#}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The figures of two runs of one side.
+type TwoRuns = [Vec<Figure>; 2];
+
+/// The Linux config of the boot benchmark.
+const LINUX_CONFIG: &str = "configs/bench-linux.toml";
+
+/// Two native and two Bulkhead boots of configs/bench-linux.toml; returns
+/// the figures of each run, native first.
+fn linux_boot() -> Result<(TwoRuns, TwoRuns)> {
+    let config = Path::new(LINUX_CONFIG);
+    println!("building {}…", config.display());
+    let built = build::build(config, Output::Progress)?;
+    let linux = build::native_linux(config)?;
+
+    let mut bulkhead_args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
+    bulkhead_args.extend(ICOUNT.map(String::from));
+    bulkhead_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+    let mut native_args = qemu::native_linux_args(&linux, ",dtb-randomness=off", CAPTURED_CONSOLE);
+    native_args.extend(ICOUNT.map(String::from));
+
+    let native = [
+        measure("native linux", 1, &native_args, LINUX_TIMEOUT)?,
+        measure("native linux", 2, &native_args, LINUX_TIMEOUT)?,
+    ];
+    let bulkhead = [
+        measure("bulkhead linux", 1, &bulkhead_args, LINUX_TIMEOUT)?,
+        measure("bulkhead linux", 2, &bulkhead_args, LINUX_TIMEOUT)?,
+    ];
+    Ok((native, bulkhead))
 }
 
 /// The results as an aligned text table.

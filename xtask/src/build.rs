@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use bulkhead_config::toml::{Diagnostic, ImageSource, Parsed};
+use bulkhead_config::ImageInfo;
 
-use crate::{cargo, elf, image, repo_root, target_dir};
+use crate::{cargo, cpio, debian, elf, image, repo_root, target_dir};
 
 /// The target every EL2 and guest crate is built for: softfloat, so EL2 code
 /// never touches FP/SIMD registers (guests built for it do not either).
@@ -80,26 +81,22 @@ pub fn build(config: &Path, output: Output) -> Result<Built> {
     // `None` for guests, which are built below.
     let mut images: Vec<Option<(String, Vec<u8>)>> = Vec::new();
     for source in &parsed.images {
-        let ImageSource::File(path) = source else {
-            images.push(None);
-            continue;
-        };
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let stem = path
-                    .file_stem()
-                    .map_or("image".into(), |s| s.to_string_lossy());
-                images.push(Some((stem.into_owned(), bytes)));
-            }
-            Err(e) => {
+        match read_source(source, output) {
+            Ok(image) => images.push(image),
+            Err(SourceError::Unreadable { what, path, error }) => {
                 images.push(None);
-                problems.extend(vms_using(&parsed, source).into_iter().map(|vm| Diagnostic {
-                    file: file.clone(),
-                    line: key_line(&text, vm, "image"),
-                    field: format!("vm[{vm}].image"),
-                    message: format!("cannot read image file {}: {e}", path.display()),
-                }));
+                problems.extend(
+                    vms_using(&parsed, &text, source)
+                        .into_iter()
+                        .map(|(vm, key)| Diagnostic {
+                            file: file.clone(),
+                            line: key_line(&text, vm, key),
+                            field: format!("vm[{vm}].{key}"),
+                            message: format!("cannot read {what} {}: {error}", path.display()),
+                        }),
+                );
             }
+            Err(SourceError::Other(e)) => return Err(e.context(format!("in {file}"))),
         }
     }
     if !problems.is_empty() {
@@ -107,10 +104,13 @@ pub fn build(config: &Path, output: Output) -> Result<Built> {
     }
     // Check the rules before a long build; guests count as empty images
     // here, so only their size can still be wrong after the build.
-    let sizes = |images: &[Option<(String, Vec<u8>)>]| -> Vec<u64> {
+    let sizes = |images: &[Option<(String, Vec<u8>)>]| -> Vec<ImageInfo> {
         images
             .iter()
-            .map(|i| i.as_ref().map_or(0, |(_, b)| b.len() as u64))
+            .map(|i| {
+                i.as_ref()
+                    .map_or(ImageInfo::raw(0), |(_, b)| ImageInfo::of(b))
+            })
             .collect()
     };
     parsed.check(&sizes(&images)).map_err(|d| invalid(&d))?;
@@ -222,14 +222,167 @@ fn vm_guests(parsed: &Parsed) -> Vec<(usize, &str)> {
         .collect()
 }
 
-/// The indices of the VMs whose image comes from `source`.
-fn vms_using(parsed: &Parsed, source: &ImageSource) -> Vec<usize> {
-    (0..parsed.config.vms.len())
-        .filter(|&i| {
-            let image = parsed.config.vms.get(i).map(|vm| usize::from(vm.image));
-            image.and_then(|n| parsed.images.get(n)) == Some(source)
-        })
-        .collect()
+/// The VMs that use `source`, with the key that names it (`guest`, `image`,
+/// `kernel` or `init`).
+fn vms_using(parsed: &Parsed, text: &str, source: &ImageSource) -> Vec<(usize, &'static str)> {
+    let get = |n: u16| parsed.images.get(usize::from(n));
+    let mut out = Vec::new();
+    for (i, vm) in parsed.config.vms.iter().enumerate() {
+        if get(vm.image) == Some(source) {
+            // `image` or `kernel`, whichever the VM's table has.
+            let key = if find_key(text, i, "kernel").0.is_some() {
+                "kernel"
+            } else {
+                "image"
+            };
+            out.push((i, key));
+        }
+        if vm.initramfs.and_then(get) == Some(source) {
+            out.push((i, "init"));
+        }
+    }
+    out
+}
+
+/// Why an image source could not be turned into bytes.
+enum SourceError {
+    /// A file the config names cannot be read: reported as a config problem
+    /// on the VM's key.
+    Unreadable {
+        what: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// Anything else (a failed download, a broken package).
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for SourceError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Other(e)
+    }
+}
+
+/// The name and bytes of a non-guest image (`None` for a guest, which is
+/// built later): a file as is, a Debian kernel from the cache (fetched if
+/// needed), an initramfs generated around its init script (also written to
+/// `target/bulkhead/initramfs/<script>.cpio`).
+fn read_source(
+    source: &ImageSource,
+    output: Output,
+) -> Result<Option<(String, Vec<u8>)>, SourceError> {
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map_or("image".into(), |s| s.to_string_lossy().into_owned())
+    };
+    match source {
+        ImageSource::Guest(_) => Ok(None),
+        ImageSource::File(path) => match std::fs::read(path) {
+            Ok(bytes) => Ok(Some((stem(path), bytes))),
+            Err(error) => Err(SourceError::Unreadable {
+                what: "image file",
+                path: path.clone(),
+                error,
+            }),
+        },
+        ImageSource::Debian(kernel) => {
+            let path = debian::kernel_image(*kernel)?;
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(Some((format!("debian-{}", kernel.suite()), bytes)))
+        }
+        ImageSource::Initramfs(init) => {
+            let script = std::fs::read(init).map_err(|error| SourceError::Unreadable {
+                what: "init script",
+                path: init.clone(),
+                error,
+            })?;
+            let (path, bytes) = initramfs(init, &script)?;
+            if output == Output::Progress {
+                println!(
+                    "initramfs {} ({}) with /init = {}",
+                    path.display(),
+                    bulkhead_config::Size(bytes.len() as u64),
+                    init.display()
+                );
+            }
+            Ok(Some((format!("initramfs-{}", stem(init)), bytes)))
+        }
+    }
+}
+
+/// Builds the initramfs for the init script `init` (whose bytes are
+/// `script`) and writes it to `target/bulkhead/initramfs/<stem>.cpio`.
+fn initramfs(init: &Path, script: &[u8]) -> Result<(PathBuf, Vec<u8>)> {
+    let busybox_path = debian::busybox()?;
+    let busybox = std::fs::read(&busybox_path)
+        .with_context(|| format!("cannot read {}", busybox_path.display()))?;
+    let bytes = cpio::initramfs(&busybox, script);
+    let dir = target_dir().join("bulkhead/initramfs");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = init
+        .file_stem()
+        .map_or("init".into(), |s| s.to_string_lossy().into_owned());
+    let path = dir.join(format!("{name}.cpio"));
+    debian::write_atomically(&path, &bytes)?;
+    Ok((path, bytes))
+}
+
+/// What it takes to boot a config's first Linux VM straight on QEMU.
+pub struct NativeLinux {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initramfs: Option<PathBuf>,
+    pub cmdline: String,
+    pub vcpus: usize,
+    pub memory: u64,
+}
+
+/// The kernel, initramfs (written to target/), command line, vCPU count and
+/// memory of the first VM in `config` that boots Linux.
+pub fn native_linux(config: &Path) -> Result<NativeLinux> {
+    let parsed = bulkhead_config::toml::load(config)
+        .map_err(|d| diagnostics(&format!("{} is not a valid config:", config.display()), &d))?;
+    let Some((i, vm)) = parsed
+        .config
+        .vms
+        .iter()
+        .enumerate()
+        .find(|(_, vm)| vm.boots_linux())
+    else {
+        bail!(
+            "{} has no Linux VM (one with `kernel = ...`)",
+            config.display()
+        );
+    };
+    let source = |n: u16| {
+        parsed
+            .images
+            .get(usize::from(n))
+            .with_context(|| format!("vm[{i}] names image {n}, which does not exist"))
+    };
+    let kernel = match source(vm.image)? {
+        ImageSource::File(path) => path.clone(),
+        ImageSource::Debian(k) => debian::kernel_image(*k)?,
+        other => bail!("vm[{i}] '{}' is not a Linux kernel: {other:?}", vm.name),
+    };
+    let initramfs = match vm.initramfs.map(source).transpose()? {
+        Some(ImageSource::Initramfs(init)) => {
+            let script = std::fs::read(init)
+                .with_context(|| format!("cannot read init script {}", init.display()))?;
+            Some(initramfs(init, &script)?.0)
+        }
+        Some(other) => bail!("vm[{i}]'s initramfs is not generated: {other:?}"),
+        None => None,
+    };
+    Ok(NativeLinux {
+        name: vm.name.clone(),
+        kernel,
+        initramfs,
+        cmdline: vm.cmdline.clone(),
+        vcpus: vm.pcpus.len(),
+        memory: vm.memory,
+    })
 }
 
 /// Distinct guests the config names.
@@ -239,7 +392,7 @@ fn guest_names(parsed: &Parsed) -> Vec<String> {
         .iter()
         .filter_map(|s| match s {
             ImageSource::Guest(g) => Some(g.clone()),
-            ImageSource::File(_) => None,
+            _ => None,
         })
         .collect()
 }
@@ -248,6 +401,13 @@ fn guest_names(parsed: &Parsed) -> Vec<String> {
 /// file (or of that table's header, or 1), for problems the config crate
 /// cannot see: guests that do not exist and image files that cannot be read.
 pub fn key_line(text: &str, vm: usize, key: &str) -> usize {
+    let (key_line, header) = find_key(text, vm, key);
+    key_line.or(header).unwrap_or(1)
+}
+
+/// The 1-based lines of `key = ...` in the `vm`-th `[[vm]]` table and of
+/// that table's header, where they exist.
+fn find_key(text: &str, vm: usize, key: &str) -> (Option<usize>, Option<usize>) {
     let mut tables = 0usize;
     let mut header = None;
     for (n, line) in text.lines().enumerate() {
@@ -273,10 +433,10 @@ pub fn key_line(text: &str, vm: usize, key: &str) -> usize {
             .strip_prefix(key)
             .is_some_and(|rest| rest.trim_start().starts_with('='));
         if header.is_some() && is_key {
-            return n + 1;
+            return (Some(n + 1), header);
         }
     }
-    header.unwrap_or(1)
+    (None, header)
 }
 
 /// Guests that can be named: the directories under guests/ with a

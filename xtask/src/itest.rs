@@ -34,6 +34,32 @@ pub struct Case {
 /// Forbidden in every case's output.
 pub const FORBID: &[&str] = &["PANIC", "FAIL", "LEAK", "unexpected exception"];
 
+/// Forbidden in the Linux cases: the kernel's own reports of trouble.
+const LINUX_FORBID: &[&str] = &[
+    "Kernel panic",
+    "BUG:",
+    "Oops",
+    "WARNING: CPU",
+    "sleep-wrong",
+    "workload-wrong",
+];
+
+/// What configs/linux/init-test.sh prints with `cpus` vCPUs, tagged by the
+/// hypervisor with the VM name `linux`, then the hypervisor's last line.
+macro_rules! linux_test_expect {
+    ($cpus:literal) => {
+        &[
+            concat!("[linux] BULKHEAD-TEST cpus=", $cpus),
+            concat!("[linux] BULKHEAD-TEST cpuinfo=", $cpus),
+            "[linux] BULKHEAD-TEST sleep-ok",
+            concat!("[linux] BULKHEAD-TEST workload-ok (", $cpus, " workers)"),
+            "[linux] BULKHEAD-TEST ipi IPI0:",
+            "[linux] BULKHEAD-TEST done",
+            "all VMs stopped, powering off",
+        ]
+    };
+}
+
 /// The integration tests, run in this order.
 pub const CASES: &[Case] = &[
     Case {
@@ -102,6 +128,49 @@ pub const CASES: &[Case] = &[
         ],
         contains: &[],
         forbid: &[],
+        exit: 0,
+    },
+    // Debian's arm64 kernels (xtask/debian.lock) with a busybox initramfs.
+    Case {
+        name: "linux_2cpu",
+        config: "configs/test-linux-2.toml",
+        timeout_s: 240,
+        expect: linux_test_expect!("2"),
+        contains: &[],
+        forbid: LINUX_FORBID,
+        exit: 0,
+    },
+    Case {
+        name: "linux_4cpu",
+        config: "configs/test-linux-4.toml",
+        timeout_s: 240,
+        expect: linux_test_expect!("4"),
+        contains: &[],
+        forbid: LINUX_FORBID,
+        exit: 0,
+    },
+    Case {
+        name: "linux_612",
+        config: "configs/test-linux-612.toml",
+        timeout_s: 240,
+        expect: linux_test_expect!("2"),
+        contains: &[],
+        forbid: LINUX_FORBID,
+        exit: 0,
+    },
+    Case {
+        name: "linux_reboot",
+        config: "configs/test-linux-reboot.toml",
+        timeout_s: 240,
+        expect: &[
+            "[linux] BULKHEAD-TEST boot",
+            "[linux] BULKHEAD-TEST rebooting",
+            "[linux] BULKHEAD-TEST boot",
+            "[linux] BULKHEAD-TEST second boot",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[],
+        forbid: LINUX_FORBID,
         exit: 0,
     },
 ];
@@ -336,6 +405,15 @@ fn rejection_cases() -> Result<Vec<Rejection>> {
     std::fs::write(gen_dir.join("big.bin"), vec![0u8; 3 << 20])?;
     let config = gen_dir.join("image-too-big.toml");
     std::fs::write(&config, IMAGE_TOO_BIG)?;
+    for (name, text, expect) in LINUX_REJECTIONS {
+        let config = gen_dir.join(format!("{name}.toml"));
+        std::fs::write(&config, text)?;
+        cases.push(Rejection {
+            name: (*name).to_owned(),
+            config,
+            expect: format!("{name}.toml:{expect}"),
+        });
+    }
     cases.push(Rejection {
         name: "image-too-big".to_owned(),
         expect: format!(
@@ -345,6 +423,29 @@ fn rejection_cases() -> Result<Vec<Rejection>> {
     });
     Ok(cases)
 }
+
+/// Linux keys used wrongly: (name, config text, expected `line: field:
+/// message` start). Generated at test time next to image-too-big.toml.
+const LINUX_REJECTIONS: &[(&str, &str, &str)] = &[
+    (
+        "unknown-debian-suite",
+        "[board]\ncpus = 2\nmemory = \"1G\"\n\n[[vm]]\nname = \"l\"\n\
+         kernel = \"debian:sid\"\nmemory = \"512M\"\npcpus = [0]\n",
+        "7: vm[0].kernel: unknown Debian suite \"sid\"",
+    ),
+    (
+        "init-without-kernel",
+        "[board]\ncpus = 2\nmemory = \"1G\"\n\n[[vm]]\nname = \"l\"\n\
+         guest = \"hello\"\ninit = \"init.sh\"\nmemory = \"16M\"\npcpus = [0]\n",
+        "8: vm[0].init: `init` needs `kernel`",
+    ),
+    (
+        "kernel-and-guest",
+        "[board]\ncpus = 2\nmemory = \"1G\"\n\n[[vm]]\nname = \"l\"\n\
+         guest = \"hello\"\nkernel = \"debian:bookworm\"\nmemory = \"512M\"\npcpus = [0]\n",
+        "8: vm[0].kernel: set exactly one of `guest`, `image` or `kernel`",
+    ),
+];
 
 /// A 3 MiB image in a 2 MiB VM.
 const IMAGE_TOO_BIG: &str = "\
@@ -465,6 +566,54 @@ mod tests {
             .nth(IMAGE_TOO_BIG_MEMORY_LINE - 1)
             .unwrap();
         assert!(line.starts_with("memory"), "{line}");
+    }
+
+    #[test]
+    fn linux_rejection_lines_point_at_the_offending_key() {
+        for (name, text, expect) in LINUX_REJECTIONS {
+            let (line, rest) = expect.split_once(": ").unwrap();
+            let key = rest.split('.').nth(1).unwrap().split(':').next().unwrap();
+            let at: usize = line.parse().unwrap();
+            let text_line = text.lines().nth(at - 1).unwrap();
+            assert!(
+                text_line.starts_with(key),
+                "{name}: line {at} is {text_line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn linux_cases_expect_their_cpu_count_and_forbid_kernel_trouble() {
+        let case = CASES.iter().find(|c| c.name == "linux_4cpu").unwrap();
+        assert_eq!(case.expect[0], "[linux] BULKHEAD-TEST cpus=4");
+        assert!(case
+            .expect
+            .contains(&"[linux] BULKHEAD-TEST workload-ok (4 workers)"));
+        assert_eq!(
+            *case.expect.last().unwrap(),
+            "all VMs stopped, powering off"
+        );
+        assert!(case.forbid.contains(&"Kernel panic"));
+    }
+
+    #[test]
+    fn every_case_config_and_linux_config_parses_and_init_scripts_exist() {
+        let root = crate::repo_root();
+        let extra = ["configs/bench-linux.toml", "configs/linux-shell.toml"];
+        for config in CASES.iter().map(|c| c.config).chain(extra) {
+            let parsed = bulkhead_config::toml::load(&root.join(config))
+                .unwrap_or_else(|d| panic!("{config}: {d:#?}"));
+            for source in &parsed.images {
+                if let bulkhead_config::toml::ImageSource::Initramfs(init) = source {
+                    let script = std::fs::read_to_string(init).unwrap();
+                    assert!(
+                        script.starts_with("#!/bin/busybox sh\n"),
+                        "{}",
+                        init.display()
+                    );
+                }
+            }
+        }
     }
 
     #[test]

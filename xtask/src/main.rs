@@ -6,9 +6,13 @@
 //! - `test`: host unit tests, a cross build of every EL2/guest crate, config
 //!   rejection cases and the QEMU integration tests ([`itest`]).
 //! - `bench`: the benchmark guest under Bulkhead and natively, side by side.
+//! - `run-native`: boot a config's first Linux VM straight on QEMU, without
+//!   the hypervisor, to check the kernel, initramfs and init script alone.
 
 mod bench;
 mod build;
+mod cpio;
+mod debian;
 mod elf;
 mod image;
 mod itest;
@@ -23,6 +27,8 @@ use clap::{Parser, Subcommand};
 
 /// The config `build` and `run` use when none is given.
 const DEFAULT_CONFIG: &str = "configs/default.toml";
+/// The config `run-native` uses when none is given.
+const DEFAULT_NATIVE_CONFIG: &str = "configs/linux-shell.toml";
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +51,13 @@ enum Verb {
     /// Build, then boot the image in QEMU on this terminal.
     Run {
         /// System config (TOML) [default: configs/default.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Boot the config's first Linux VM directly on QEMU, without Bulkhead
+    /// (same kernel, initramfs, command line, vCPUs and memory).
+    RunNative {
+        /// System config (TOML) [default: configs/linux-shell.toml].
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -81,8 +94,8 @@ fn dispatch(verb: Verb) -> Result<ExitCode> {
     let cwd = std::env::current_dir()?;
     // Paths given on the command line are relative to where the user is;
     // everything else is relative to the repository root.
-    let config_path = |config: Option<PathBuf>| match config {
-        None => PathBuf::from(DEFAULT_CONFIG),
+    let config_or = |config: Option<PathBuf>, default: &str| match config {
+        None => PathBuf::from(default),
         Some(path) => {
             let path = normalize(&cwd.join(path));
             path.strip_prefix(&root)
@@ -90,6 +103,7 @@ fn dispatch(verb: Verb) -> Result<ExitCode> {
                 .unwrap_or(path)
         }
     };
+    let config_path = |config: Option<PathBuf>| config_or(config, DEFAULT_CONFIG);
     std::env::set_current_dir(&root)?;
     match verb {
         Verb::Build { config } => {
@@ -107,6 +121,11 @@ fn dispatch(verb: Verb) -> Result<ExitCode> {
             prereq::ensure()?;
             let built = build::build(&config_path(config), build::Output::Progress)?;
             qemu::run_interactive(&built)
+        }
+        Verb::RunNative { config } => {
+            prereq::ensure()?;
+            let native = build::native_linux(&config_or(config, DEFAULT_NATIVE_CONFIG))?;
+            qemu::run_native_linux(&native)
         }
         Verb::Test { filter, no_unit } => {
             prereq::ensure()?;

@@ -98,7 +98,7 @@ fn ensure_qemu() -> Result<()> {
     }
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -117,24 +117,8 @@ fn install_qemu() -> Result<()> {
     let codename = os_codename(&read("/etc/os-release"))
         .context("cannot find VERSION_CODENAME in /etc/os-release")?;
     let backports = format!("{codename}-backports");
-
-    let mut sources = vec![read("/etc/apt/sources.list")];
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        for entry in dir.flatten() {
-            sources.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
-        }
-    }
-    if sources.iter().any(|s| mentions_suite(s, &backports)) {
+    if !add_backports_source(&codename)? {
         println!("{backports} is already in apt's sources");
-    } else {
-        let mirror = main_mirror(
-            &read("/etc/apt/sources.list.d/debian.sources"),
-            &read("/etc/apt/sources.list"),
-            &codename,
-        );
-        println!("adding {backports} from {mirror} to {BACKPORTS_SOURCES}");
-        std::fs::write(BACKPORTS_SOURCES, backports_stanza(&mirror, &codename))
-            .with_context(|| format!("cannot write {BACKPORTS_SOURCES}"))?;
     }
 
     apt(&["update"])?;
@@ -146,8 +130,43 @@ fn install_qemu() -> Result<()> {
     Ok(())
 }
 
+/// Whether apt's sources (sources.list and sources.list.d) name `suite`.
+pub fn apt_has_suite(suite: &str) -> bool {
+    let mut sources = vec![read("/etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        for entry in dir.flatten() {
+            sources.push(std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    sources.iter().any(|s| mentions_suite(s, suite))
+}
+
+/// Adds `<codename>-backports` to apt's sources from the mirror the main
+/// suite uses, unless it is there already; returns whether it added it.
+/// Does not run `apt-get update`.
+pub fn add_backports_source(codename: &str) -> Result<bool> {
+    let backports = format!("{codename}-backports");
+    if apt_has_suite(&backports) {
+        return Ok(false);
+    }
+    let mirror = main_mirror(
+        &read("/etc/apt/sources.list.d/debian.sources"),
+        &read("/etc/apt/sources.list"),
+        codename,
+    );
+    println!("adding {backports} from {mirror} to {BACKPORTS_SOURCES}");
+    std::fs::write(BACKPORTS_SOURCES, backports_stanza(&mirror, codename))
+        .with_context(|| format!("cannot write {BACKPORTS_SOURCES}"))?;
+    Ok(true)
+}
+
+/// The running system's Debian codename, from /etc/os-release.
+pub fn codename() -> Option<String> {
+    os_codename(&read("/etc/os-release"))
+}
+
 /// Runs apt-get with its output on our terminal, so progress is visible.
-fn apt(args: &[&str]) -> Result<()> {
+pub fn apt(args: &[&str]) -> Result<()> {
     println!("+ apt-get {}", args.join(" "));
     let status = Command::new("apt-get")
         .args(args)

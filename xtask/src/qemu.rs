@@ -1,7 +1,7 @@
 //! Starting QEMU: on the terminal (`run`) or captured with a timeout
 //! (`test`, `bench`).
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::build::Built;
+use crate::build::{Built, NativeLinux};
 
 pub const QEMU: &str = "qemu-system-aarch64";
 
@@ -57,6 +57,62 @@ pub fn run_interactive(built: &Built) -> Result<ExitCode> {
     );
     let status = Command::new(QEMU)
         .args(&args)
+        .status()
+        .with_context(|| format!("cannot start {QEMU}"))?;
+    Ok(exit_code(status))
+}
+
+/// QEMU arguments that boot `linux` directly (no hypervisor): `virt` with
+/// a GICv3 and no EL2, so the kernel starts at EL1 as it would in a VM;
+/// `extra_machine` appends machine options such as `,dtb-randomness=off`.
+pub fn native_linux_args(
+    linux: &NativeLinux,
+    extra_machine: &str,
+    console: &[&str],
+) -> Vec<String> {
+    let mut args = vec![
+        "-machine".to_owned(),
+        format!("virt,gic-version=3{extra_machine}"),
+        "-cpu".to_owned(),
+        CPU.to_owned(),
+        "-smp".to_owned(),
+        linux.vcpus.to_string(),
+        "-m".to_owned(),
+        format!("{}M", linux.memory >> 20),
+    ];
+    args.extend(console_and_kernel(console, &linux.kernel));
+    if let Some(initrd) = &linux.initramfs {
+        args.push("-initrd".to_owned());
+        args.push(initrd.display().to_string());
+    }
+    args.push("-append".to_owned());
+    args.push(linux.cmdline.clone());
+    args
+}
+
+/// `cargo xtask run-native`: the Linux VM straight on QEMU on this
+/// terminal; with stdin not a terminal (CI, scripts) stdin is closed so the
+/// run cannot wait for input.
+pub fn run_native_linux(linux: &NativeLinux) -> Result<ExitCode> {
+    let args = native_linux_args(linux, "", &["-nographic"]);
+    let interactive = std::io::stdin().is_terminal();
+    println!(
+        "Booting VM '{}' natively: {} {}{}",
+        linux.name,
+        QEMU,
+        args.join(" "),
+        if interactive {
+            "\npress Ctrl-A then X to quit."
+        } else {
+            ""
+        }
+    );
+    let mut cmd = Command::new(QEMU);
+    cmd.args(&args);
+    if !interactive {
+        cmd.stdin(Stdio::null());
+    }
+    let status = cmd
         .status()
         .with_context(|| format!("cannot start {QEMU}"))?;
     Ok(exit_code(status))

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic     [u8; 8] = "BHCFG001"
-//! version   u32     = 1
+//! version   u32     = 2
 //! board     cpus u16, ram_base u64, ram_size u64
 //! vm_count  u32
 //! vm_count times:
@@ -13,7 +13,11 @@
 //!   has_host_address u8 (0 or 1), host_address u64 (only if 1)
 //!   pcpu_count u32, pcpus [u16; pcpu_count]
 //!   restart u8 (0 never, 1 on-crash, 2 always)
+//!   has_initramfs u8 (0 or 1), initramfs u16 (only if 1)
+//!   cmdline_len u32, cmdline [u8; cmdline_len] (UTF-8)
 //! ```
+//!
+//! Version 2 added the initramfs and the command line.
 //!
 //! Nothing may follow the last VM. [`decode`] reads the bytes from the image,
 //! so every length is checked against what is left before it is used, and no
@@ -28,7 +32,7 @@ use crate::{Board, RestartPolicy, SystemConfig, VmConfig};
 /// First eight bytes of an encoded config.
 pub const MAGIC: [u8; 8] = *b"BHCFG001";
 /// Encoding version written by [`encode`] and accepted by [`decode`].
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// Why [`decode`] refused its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,10 +45,12 @@ pub enum DecodeError {
     Truncated(usize),
     /// A VM name is not UTF-8.
     BadName,
-    /// The host-address presence byte is neither 0 nor 1.
+    /// A presence byte (host address, initramfs) is neither 0 nor 1.
     BadOptionTag(u8),
     /// The restart byte is not a known policy.
     BadRestartPolicy(u8),
+    /// A command line is not UTF-8.
+    BadCmdline,
     /// Bytes are left after the last VM, starting at this offset.
     TrailingBytes(usize),
 }
@@ -61,7 +67,8 @@ impl fmt::Display for DecodeError {
             }
             Self::Truncated(at) => write!(f, "config is truncated at byte {at}"),
             Self::BadName => write!(f, "a VM name is not UTF-8"),
-            Self::BadOptionTag(t) => write!(f, "bad host-address tag {t}"),
+            Self::BadOptionTag(t) => write!(f, "bad option tag {t} (expected 0 or 1)"),
+            Self::BadCmdline => write!(f, "a command line is not UTF-8"),
             Self::BadRestartPolicy(t) => write!(f, "bad restart policy {t}"),
             Self::TrailingBytes(at) => write!(f, "unexpected bytes after the config at byte {at}"),
         }
@@ -102,6 +109,15 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
             RestartPolicy::OnCrash => 1,
             RestartPolicy::Always => 2,
         });
+        match vm.initramfs {
+            Some(index) => {
+                out.push(1);
+                out.extend_from_slice(&index.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        put_len(&mut out, vm.cmdline.len());
+        out.extend_from_slice(vm.cmdline.as_bytes());
     }
     out
 }
@@ -217,6 +233,14 @@ impl<'a> Reader<'a> {
             2 => RestartPolicy::Always,
             t => return Err(DecodeError::BadRestartPolicy(t)),
         };
+        let initramfs = match self.u8()? {
+            0 => None,
+            1 => Some(self.u16()?),
+            t => return Err(DecodeError::BadOptionTag(t)),
+        };
+        let cmdline_len = self.len()?;
+        let cmdline =
+            core::str::from_utf8(self.take(cmdline_len)?).map_err(|_| DecodeError::BadCmdline)?;
         Ok(VmConfig {
             name,
             image,
@@ -224,6 +248,8 @@ impl<'a> Reader<'a> {
             host_address,
             pcpus,
             restart,
+            initramfs,
+            cmdline: String::from(cmdline),
         })
     }
 }
@@ -248,6 +274,8 @@ mod tests {
                     host_address: Some(0x5000_0000),
                     pcpus: vec![0],
                     restart: RestartPolicy::Never,
+                    initramfs: None,
+                    cmdline: "console=ttyAMA0".into(),
                 },
                 VmConfig {
                     name: "infotainment".into(),
@@ -256,6 +284,8 @@ mod tests {
                     host_address: None,
                     pcpus: vec![1, 2, 3],
                     restart: RestartPolicy::OnCrash,
+                    initramfs: Some(2),
+                    cmdline: "console=ttyAMA0 rdinit=/init quiet".into(),
                 },
                 VmConfig {
                     name: "w".into(),
@@ -264,6 +294,8 @@ mod tests {
                     host_address: None,
                     pcpus: vec![],
                     restart: RestartPolicy::Always,
+                    initramfs: Some(u16::MAX),
+                    cmdline: String::new(),
                 },
             ],
         }
@@ -325,12 +357,17 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(decode(&b), Err(DecodeError::BadMagic));
         let mut b = bytes.clone();
-        b[8] = 2;
-        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(2)));
-        // The last byte is the last VM's restart policy.
+        b[8] = 3;
+        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(3)));
+        // The last VM ends with restart u8, initramfs tag u8 + u16, and an
+        // empty command line (length u32).
+        let n = bytes.len();
         let mut b = bytes.clone();
-        *b.last_mut().unwrap() = 9;
+        b[n - 4 - 3 - 1] = 9;
         assert_eq!(decode(&b), Err(DecodeError::BadRestartPolicy(9)));
+        let mut b = bytes.clone();
+        b[n - 4 - 3] = 2;
+        assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(2)));
         // First VM's host-address tag: header 12 + board 18 + count 4 +
         // name 4+6 + image 2 + memory 8.
         let mut b = bytes;
@@ -353,8 +390,10 @@ mod tests {
         cfg.vms.truncate(1);
         cfg.vms[0].pcpus.clear();
         cfg.vms[0].restart = RestartPolicy::Never;
+        cfg.vms[0].cmdline.clear();
         let mut bytes = encode(&cfg);
-        let at = bytes.len() - 1 - 4;
+        // pcpu count, restart, initramfs tag, empty command line.
+        let at = bytes.len() - 4 - 1 - 1 - 4;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(at + 4)));
     }
@@ -379,6 +418,45 @@ mod tests {
             b.extend((0..len).map(|_| (next() % 4) as u8));
             let _ = decode(&b);
         }
+    }
+
+    #[test]
+    fn initramfs_and_cmdline_round_trip() {
+        let cfg = sample();
+        let back = decode(&encode(&cfg)).unwrap();
+        assert_eq!(back.vms[0].initramfs, None);
+        assert_eq!(back.vms[1].initramfs, Some(2));
+        assert_eq!(back.vms[1].cmdline, "console=ttyAMA0 rdinit=/init quiet");
+        assert_eq!(back.vms[2].initramfs, Some(u16::MAX));
+        assert_eq!(back.vms[2].cmdline, "");
+    }
+
+    #[test]
+    fn huge_cmdline_length_is_truncation() {
+        let mut cfg = sample();
+        cfg.vms.truncate(1);
+        cfg.vms[0].cmdline.clear();
+        let mut bytes = encode(&cfg);
+        let n = bytes.len();
+        bytes[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::Truncated(n)));
+    }
+
+    #[test]
+    fn non_utf8_cmdline_is_refused() {
+        let mut cfg = sample();
+        cfg.vms.truncate(1);
+        cfg.vms[0].cmdline = "ab".into();
+        let mut bytes = encode(&cfg);
+        *bytes.last_mut().unwrap() = 0xff;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadCmdline));
+    }
+
+    #[test]
+    fn version_1_configs_are_refused() {
+        let mut bytes = encode(&sample());
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(1)));
     }
 
     #[test]

@@ -17,6 +17,7 @@ extern crate alloc;
 extern crate std;
 
 mod encoding;
+mod image;
 pub mod payload;
 #[cfg(feature = "toml")]
 pub mod toml;
@@ -27,6 +28,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 pub use encoding::{decode, encode, DecodeError, MAGIC, VERSION};
+pub use image::{ImageInfo, ARM64_MAGIC};
 pub use validate::validate;
 
 /// Every VM's RAM starts at this guest-physical address. QEMU's `virt`
@@ -48,6 +50,22 @@ pub const IMAGE_LOAD_OFFSET: u64 = 0x80000;
 pub const BLOCK_SIZE: u64 = 2 << 20;
 /// Longest VM name, in bytes.
 pub const MAX_NAME_LEN: usize = 31;
+/// The command line of a bare-metal guest (and the start of every other).
+pub const DEFAULT_CMDLINE: &str = "console=ttyAMA0";
+/// The command line a Linux kernel VM starts with: the console on the
+/// virtual PL011, and the initramfs's `/init` as the first process.
+pub const LINUX_CMDLINE: &str = "console=ttyAMA0 rdinit=/init";
+/// Longest command line, in bytes. Linux arm64 takes up to 2047 bytes
+/// (`COMMAND_LINE_SIZE` 2048, arch/arm64/include/uapi/asm/setup.h); half of
+/// that leaves room for what the hypervisor appends.
+pub const MAX_CMDLINE_LEN: usize = 1024;
+/// RAM reserved for the guest device tree the hypervisor writes.
+pub const DTB_RESERVE: u64 = 64 << 10;
+/// Extra RAM a Linux VM needs beyond its kernel, initramfs and device tree:
+/// the kernel places itself and the device tree on 2 MiB boundaries
+/// (booting.rst, "Setup the device tree": the DTB must not cross a 2 MiB
+/// boundary), so up to one block is lost to alignment.
+pub const LINUX_SLACK: u64 = 2 << 20;
 
 /// What happens when a VM stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -106,6 +124,20 @@ pub struct VmConfig {
     pub pcpus: Vec<u16>,
     /// What happens when the VM stops.
     pub restart: RestartPolicy,
+    /// Index into the payload's images of the initramfs, if any.
+    pub initramfs: Option<u16>,
+    /// The full kernel command line ([`DEFAULT_CMDLINE`] for bare-metal
+    /// guests).
+    pub cmdline: String,
+}
+
+impl VmConfig {
+    /// Whether the VM boots with Linux's boot protocol: it has an initramfs
+    /// or a command line other than the bare-metal default. Such a VM needs
+    /// room for its device tree and [`LINUX_SLACK`] besides its kernel.
+    pub fn boots_linux(&self) -> bool {
+        self.initramfs.is_some() || self.cmdline != DEFAULT_CMDLINE
+    }
 }
 
 /// A whole system: the board and its VMs.

@@ -15,7 +15,10 @@
 //! [[vm]]
 //! name = "safety"         # 1 to 31 of a-z 0-9 _ -, unique
 //! guest = "hello"         # a bare-metal guest built from guests/ ...
-//! # image = "linux/Image" # ... or a raw / arm64 Image file, relative to this file
+//! # image = "linux/Image" # ... or a raw / arm64 Image file, relative to this file ...
+//! # kernel = "debian:bookworm"  # ... or a Linux kernel (see below)
+//! # init = "linux/init.sh"      # kernel/image only: /init of a generated initramfs
+//! # cmdline = "quiet"           # kernel/image only: appended to the default command line
 //! memory = "16M"          # multiple of 2 MiB; must hold the image + 0x80000
 //! host_address = 0x5000_0000   # optional: fixed host-physical address of its RAM
 //! pcpus = [0]             # vCPU i runs on physical CPU pcpus[i]; 1 to 8 vCPUs
@@ -26,9 +29,20 @@
 //!   `0x100_0000` is fine), or a string: `"<n>"` bytes, `"<n>K"`, `"<n>M"`,
 //!   `"<n>G"`, or `"<n>KiB"`, `"<n>MiB"`, `"<n>GiB"` (all powers of 1024).
 //! - **Each VM names exactly one of** `guest` (the name of a bare-metal guest
-//!   crate under `guests/`, which the host tool builds) or `image` (a path to
-//!   a kernel image, relative to the directory of the config file). VMs that
-//!   name the same guest or file share one copy in the payload.
+//!   crate under `guests/`, which the host tool builds), `image` (a path to
+//!   a kernel image, relative to the directory of the config file) or
+//!   `kernel` (a Linux kernel: `"debian:bookworm"` for Debian bookworm's
+//!   cloud arm64 kernel, `"debian:bookworm-backports"` for the 6.12 one from
+//!   bookworm-backports, which the host tool downloads, or else a path to an
+//!   arm64 `Image` like `image`). VMs that name the same guest or file share
+//!   one copy in the payload.
+//! - **`init`** (with `kernel` or `image` only): a script, relative to the
+//!   config file, that becomes `/init` of an initramfs the host tool
+//!   generates (with Debian's static busybox). Without it there is no
+//!   initramfs.
+//! - **`cmdline`** (with `kernel` or `image` only) is appended to the
+//!   default command line: `console=ttyAMA0 rdinit=/init` for a `kernel` or
+//!   a VM with `init`, `console=ttyAMA0` otherwise.
 //! - **Unknown keys are errors**, so a misspelt key cannot be silently
 //!   ignored.
 //! - **Rules** checked by [`Parsed::check`] (see [`validate`]): the hypervisor
@@ -54,7 +68,10 @@ use ::toml::Spanned;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
-use crate::{validate, Board, Field, RestartPolicy, SystemConfig, VmConfig, RAM_IPA};
+use crate::{
+    validate, Board, Field, ImageInfo, RestartPolicy, SystemConfig, VmConfig, DEFAULT_CMDLINE,
+    LINUX_CMDLINE, RAM_IPA,
+};
 
 /// Where a VM's image comes from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -64,7 +81,42 @@ pub enum ImageSource {
     /// A kernel image file, already resolved relative to the config file's
     /// directory.
     File(PathBuf),
+    /// A Debian arm64 kernel package, fetched by the host tool.
+    Debian(DebianKernel),
+    /// An initramfs the host tool generates around this `/init` script
+    /// (resolved relative to the config file's directory).
+    Initramfs(PathBuf),
 }
+
+/// The Debian kernels `kernel = "debian:<suite>"` can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DebianKernel {
+    /// Debian 12 bookworm's cloud arm64 kernel (Linux 6.1).
+    Bookworm,
+    /// The cloud arm64 kernel from bookworm-backports (Linux 6.12).
+    BookwormBackports,
+}
+
+impl DebianKernel {
+    /// Every kernel, in the order they are listed in messages.
+    pub const ALL: [Self; 2] = [Self::Bookworm, Self::BookwormBackports];
+
+    /// The suite name as written after `debian:`.
+    pub const fn suite(self) -> &'static str {
+        match self {
+            Self::Bookworm => "bookworm",
+            Self::BookwormBackports => "bookworm-backports",
+        }
+    }
+
+    /// The kernel for `suite`, if it is one we know.
+    pub fn from_suite(suite: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.suite() == suite)
+    }
+}
+
+/// The `kernel = "debian:<suite>"` prefix.
+pub const DEBIAN_PREFIX: &str = "debian:";
 
 /// One problem in a config file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,10 +177,10 @@ impl Table {
 }
 
 impl Parsed {
-    /// Runs [`validate`] with the sizes of `images` (same order) and reports
-    /// each problem at the line of its key in the file.
-    pub fn check(&self, image_sizes: &[u64]) -> Result<(), Vec<Diagnostic>> {
-        let diags: Vec<Diagnostic> = validate(&self.config, image_sizes)
+    /// Runs [`validate`] with what is known of `images` (same order) and
+    /// reports each problem at the line of its key in the file.
+    pub fn check(&self, images: &[ImageInfo]) -> Result<(), Vec<Diagnostic>> {
+        let diags: Vec<Diagnostic> = validate(&self.config, images)
             .into_iter()
             .map(|p| {
                 let (line, field) = self.locate(p.field);
@@ -259,58 +311,133 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
             0
         });
 
-        let source = match (&v.guest, &v.image) {
-            (Some(g), None) => {
-                t.add("image", "guest", at(g.span()));
-                if g.get_ref().is_empty() {
-                    diags.push(diag(
-                        Some(g.span().start),
-                        format!("vm[{i}].guest"),
-                        "guest name is empty".into(),
-                    ));
-                }
-                Some(ImageSource::Guest(g.get_ref().clone()))
-            }
-            (None, Some(p)) => {
-                t.add("image", "image", at(p.span()));
-                if p.get_ref().is_empty() {
-                    diags.push(diag(
-                        Some(p.span().start),
-                        format!("vm[{i}].image"),
-                        "image path is empty".into(),
-                    ));
-                }
-                Some(ImageSource::File(base_dir.join(p.get_ref())))
-            }
-            (Some(_), Some(p)) => {
-                diags.push(diag(
-                    Some(p.span().start),
-                    format!("vm[{i}].image"),
-                    "set either `guest` or `image`, not both".into(),
-                ));
-                None
-            }
-            (None, None) => {
+        let sources = [
+            ("guest", &v.guest),
+            ("image", &v.image),
+            ("kernel", &v.kernel),
+        ];
+        let mut set: Vec<(&str, &Spanned<String>)> = sources
+            .iter()
+            .filter_map(|(key, value)| value.as_ref().map(|v| (*key, v)))
+            .collect();
+        // Report on the key written last, naming the one written first.
+        set.sort_by_key(|(_, v)| v.span().start);
+        let source = match set.as_slice() {
+            [] => {
                 diags.push(diag(
                     Some(header.start),
                     format!("vm[{i}]"),
-                    "needs `guest = \"<guest name>\"` or `image = \"<path>\"`".into(),
+                    "needs `guest = \"<guest name>\"`, `image = \"<path>\"` or `kernel = \"<debian:suite or path>\"`".into(),
+                ));
+                None
+            }
+            [(key, value)] => {
+                t.add("image", key, at(value.span()));
+                let text = value.get_ref();
+                let empty = |what: &str| {
+                    diag(
+                        Some(value.span().start),
+                        format!("vm[{i}].{key}"),
+                        format!("{what} is empty"),
+                    )
+                };
+                match *key {
+                    "guest" => {
+                        if text.is_empty() {
+                            diags.push(empty("guest name"));
+                        }
+                        Some(ImageSource::Guest(text.clone()))
+                    }
+                    "kernel" => match text.strip_prefix(DEBIAN_PREFIX) {
+                        Some(suite) => match DebianKernel::from_suite(suite) {
+                            Some(k) => Some(ImageSource::Debian(k)),
+                            None => {
+                                let known: Vec<String> = DebianKernel::ALL
+                                    .iter()
+                                    .map(|k| format!("\"{DEBIAN_PREFIX}{}\"", k.suite()))
+                                    .collect();
+                                diags.push(diag(
+                                    Some(value.span().start),
+                                    format!("vm[{i}].kernel"),
+                                    format!(
+                                        "unknown Debian suite \"{suite}\"; known: {}",
+                                        known.join(", ")
+                                    ),
+                                ));
+                                None
+                            }
+                        },
+                        None => {
+                            if text.is_empty() {
+                                diags.push(empty("kernel path"));
+                            }
+                            Some(ImageSource::File(base_dir.join(text)))
+                        }
+                    },
+                    _ => {
+                        if text.is_empty() {
+                            diags.push(empty("image path"));
+                        }
+                        Some(ImageSource::File(base_dir.join(text)))
+                    }
+                }
+            }
+            [(first, _), .., (key, value)] => {
+                let all: Vec<String> = set.iter().map(|(k, _)| format!("`{k}`")).collect();
+                diags.push(diag(
+                    Some(value.span().start),
+                    format!("vm[{i}].{key}"),
+                    format!(
+                        "set exactly one of `guest`, `image` or `kernel`, not both `{first}` and `{key}`{}",
+                        if all.len() > 2 {
+                            format!(" (this VM sets {})", all.join(", "))
+                        } else {
+                            String::new()
+                        }
+                    ),
                 ));
                 None
             }
         };
-        let image = match source {
-            Some(s) => {
-                let idx = images.iter().position(|o| *o == s).unwrap_or_else(|| {
-                    images.push(s);
-                    images.len() - 1
-                });
-                // More than 65536 distinct images cannot be indexed; the
-                // payload could never hold them anyway.
-                u16::try_from(idx).unwrap_or(u16::MAX)
+        let is_kernel = v.kernel.is_some();
+        // Only a kernel boots with an initramfs and a command line; with
+        // neither `kernel` nor `image` the missing source is reported above.
+        let bare_guest = v.guest.is_some() && !is_kernel && v.image.is_none();
+        for (key, value) in [("init", &v.init), ("cmdline", &v.cmdline)] {
+            if let (Some(value), true) = (value, bare_guest) {
+                diags.push(diag(
+                    Some(value.span().start),
+                    format!("vm[{i}].{key}"),
+                    format!("`{key}` needs `kernel` (or `image`): a bare-metal `guest` has no initramfs or command line"),
+                ));
             }
-            None => 0,
-        };
+        }
+        let initramfs_source = v.init.as_ref().map(|init| {
+            t.add("initramfs", "init", at(init.span()));
+            if init.get_ref().is_empty() {
+                diags.push(diag(
+                    Some(init.span().start),
+                    format!("vm[{i}].init"),
+                    "init script path is empty".into(),
+                ));
+            }
+            ImageSource::Initramfs(base_dir.join(init.get_ref()))
+        });
+        let mut cmdline = String::from(if is_kernel || v.init.is_some() {
+            LINUX_CMDLINE
+        } else {
+            DEFAULT_CMDLINE
+        });
+        if let Some(extra) = &v.cmdline {
+            t.add("cmdline", "cmdline", at(extra.span()));
+            let extra = extra.get_ref().trim();
+            if !extra.is_empty() {
+                cmdline.push(' ');
+                cmdline.push_str(extra);
+            }
+        }
+        let image = source.map_or(0, |s| intern(&mut images, s));
+        let initramfs = initramfs_source.map(|s| intern(&mut images, s));
         lines.vms.push(t);
         vms.push(VmConfig {
             name: v.name.into_inner(),
@@ -321,6 +448,8 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
             restart: v
                 .restart
                 .map_or(RestartPolicy::Never, |r| r.into_inner().into()),
+            initramfs,
+            cmdline,
         });
     }
 
@@ -334,6 +463,16 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
     } else {
         Err(diags)
     }
+}
+
+/// The index of `source` in `images`, added if it is new. More than 65536
+/// distinct images cannot be indexed; the payload could never hold them.
+fn intern(images: &mut Vec<ImageSource>, source: ImageSource) -> u16 {
+    let idx = images.iter().position(|o| *o == source).unwrap_or_else(|| {
+        images.push(source);
+        images.len() - 1
+    });
+    u16::try_from(idx).unwrap_or(u16::MAX)
 }
 
 /// 1-based line of byte `offset` in `text`.
@@ -447,6 +586,9 @@ struct RawVm {
     name: Spanned<String>,
     guest: Option<Spanned<String>>,
     image: Option<Spanned<String>>,
+    kernel: Option<Spanned<String>>,
+    init: Option<Spanned<String>>,
+    cmdline: Option<Spanned<String>>,
     memory: Spanned<SizeValue>,
     host_address: Option<Spanned<u64>>,
     pcpus: Spanned<Vec<u16>>,

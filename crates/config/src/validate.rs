@@ -4,17 +4,17 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use crate::{
-    Field, Problem, Size, SystemConfig, VmConfig, BLOCK_SIZE, HYP_RESERVE, IMAGE_LOAD_OFFSET,
-    MAX_NAME_LEN, MAX_PCPUS, MAX_VCPUS,
+    Field, ImageInfo, Problem, Size, SystemConfig, VmConfig, BLOCK_SIZE, DTB_RESERVE, HYP_RESERVE,
+    LINUX_SLACK, MAX_CMDLINE_LEN, MAX_NAME_LEN, MAX_PCPUS, MAX_VCPUS,
 };
 
 /// Checks `cfg` against every rule and returns what is wrong; empty means
-/// valid. `image_sizes[i]` is the size in bytes of payload image `i`.
+/// valid. `images[i]` describes payload image `i` ([`ImageInfo::of`]).
 ///
 /// Each [`Problem`] names the most specific field. A rule between two VMs
 /// (duplicate name, overlapping region, shared pCPU) is reported on the later
 /// VM and names the earlier one.
-pub fn validate(cfg: &SystemConfig, image_sizes: &[u64]) -> Vec<Problem> {
+pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
     let mut v = Validator {
         cfg,
         problems: Vec::new(),
@@ -25,7 +25,8 @@ pub fn validate(cfg: &SystemConfig, image_sizes: &[u64]) -> Vec<Problem> {
         v.memory(i, vm);
         v.host_address(i, vm);
         v.pcpus(i, vm);
-        v.image(i, vm, image_sizes);
+        v.image(i, vm, images);
+        v.cmdline(i, vm);
     }
     v.total_memory();
     v.problems
@@ -223,29 +224,96 @@ impl Validator<'_> {
         }
     }
 
-    fn image(&mut self, i: usize, vm: &VmConfig, image_sizes: &[u64]) {
-        let Some(&size) = image_sizes.get(usize::from(vm.image)) else {
-            self.report(
-                Field::Vm(i, "image"),
-                format!(
-                    "image {} does not exist; the payload has {} images",
-                    vm.image,
-                    image_sizes.len()
-                ),
-            );
+    fn image(&mut self, i: usize, vm: &VmConfig, images: &[ImageInfo]) {
+        let Some(kernel) = self.image_info(i, "image", vm.image, images) else {
             return;
         };
-        // The image is copied to RAM_IPA + IMAGE_LOAD_OFFSET, so it must
-        // fit in the rest of the VM's memory.
-        if size.saturating_add(IMAGE_LOAD_OFFSET) > vm.memory {
+        let initramfs = match vm.initramfs {
+            Some(index) => match self.image_info(i, "initramfs", index, images) {
+                Some(info) => info.len,
+                None => return,
+            },
+            None => 0,
+        };
+        let image_end = kernel.load_offset.saturating_add(kernel.mem_size);
+        if !vm.boots_linux() {
+            // A bare-metal image is copied to RAM_IPA + its load offset and
+            // must fit in the rest of the VM's memory.
+            if image_end > vm.memory {
+                self.report(
+                    Field::Vm(i, "memory"),
+                    format!(
+                        "image is larger than its VM: memory {:#x} ({}) is smaller than its image ({} + load offset {:#x})",
+                        vm.memory,
+                        Size(vm.memory),
+                        Size(kernel.mem_size),
+                        kernel.load_offset
+                    ),
+                );
+            }
+            return;
+        }
+        // A Linux VM holds its kernel (image_size from the header, which
+        // covers the BSS), the initramfs, the device tree and alignment slack.
+        let need = image_end
+            .saturating_add(initramfs)
+            .saturating_add(DTB_RESERVE)
+            .saturating_add(LINUX_SLACK);
+        if need > vm.memory {
             self.report(
                 Field::Vm(i, "memory"),
                 format!(
-                    "image is larger than its VM: memory {:#x} ({}) is smaller than its image ({} + load offset {IMAGE_LOAD_OFFSET:#x})",
+                    "image is larger than its VM: memory {:#x} ({}) is smaller than kernel {} + load offset {:#x} + initramfs {} + device tree {} + slack {} = {}",
                     vm.memory,
                     Size(vm.memory),
-                    Size(size)
+                    Size(kernel.mem_size),
+                    kernel.load_offset,
+                    Size(initramfs),
+                    Size(DTB_RESERVE),
+                    Size(LINUX_SLACK),
+                    Size(need)
                 ),
+            );
+        }
+    }
+
+    /// The image `index` refers to, or a problem on `field` if there is none.
+    fn image_info(
+        &mut self,
+        i: usize,
+        field: &'static str,
+        index: u16,
+        images: &[ImageInfo],
+    ) -> Option<ImageInfo> {
+        let info = images.get(usize::from(index)).copied();
+        if info.is_none() {
+            self.report(
+                Field::Vm(i, field),
+                format!(
+                    "image {index} does not exist; the payload has {} images",
+                    images.len()
+                ),
+            );
+        }
+        info
+    }
+
+    fn cmdline(&mut self, i: usize, vm: &VmConfig) {
+        let len = vm.cmdline.len();
+        if len > MAX_CMDLINE_LEN {
+            self.report(
+                Field::Vm(i, "cmdline"),
+                format!(
+                    "the command line is {len} bytes long; it may be at most {MAX_CMDLINE_LEN}"
+                ),
+            );
+        }
+        // The device tree stores it as a NUL-terminated string (Devicetree
+        // Specification 0.4, 2.2.4 "<string>").
+        if vm.cmdline.contains('\0') {
+            self.report(
+                Field::Vm(i, "cmdline"),
+                "the command line contains a NUL byte".into(),
             );
         }
     }
@@ -281,7 +349,7 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Board, RestartPolicy};
+    use crate::{Board, RestartPolicy, DEFAULT_CMDLINE, IMAGE_LOAD_OFFSET, LINUX_CMDLINE};
     use alloc::string::String;
     use alloc::vec;
 
@@ -295,6 +363,8 @@ mod tests {
             host_address: host,
             pcpus: pcpus.into(),
             restart: RestartPolicy::Never,
+            initramfs: None,
+            cmdline: DEFAULT_CMDLINE.into(),
         }
     }
 
@@ -313,7 +383,7 @@ mod tests {
         }
     }
 
-    const IMAGES: &[u64] = &[64 * 1024];
+    const IMAGES: &[ImageInfo] = &[ImageInfo::raw(64 * 1024)];
 
     /// The problems for `cfg`, as `(field, message)`.
     fn problems(cfg: &SystemConfig) -> Vec<(String, String)> {
@@ -557,14 +627,112 @@ mod tests {
         c.vms[0].memory = 2 * MIB;
         c.vms[0].host_address = None;
         // Exactly fits.
-        assert_eq!(validate(&c, &[2 * MIB - IMAGE_LOAD_OFFSET]), vec![]);
-        let p = validate(&c, &[2 * MIB - IMAGE_LOAD_OFFSET + 1]);
+        let raw = |len| [ImageInfo::raw(len)];
+        assert_eq!(validate(&c, &raw(2 * MIB - IMAGE_LOAD_OFFSET)), vec![]);
+        let p = validate(&c, &raw(2 * MIB - IMAGE_LOAD_OFFSET + 1));
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].field, Field::Vm(0, "memory"));
-        let p = validate(&c, &[(2 * MIB) + 300 * 1024 + 100 * 1024]);
+        let p = validate(&c, &raw((2 * MIB) + 300 * 1024 + 100 * 1024));
         assert_eq!(
             p[0].message,
             "image is larger than its VM: memory 0x200000 (2 MiB) is smaller than its image (2.3 MiB + load offset 0x80000)"
         );
+    }
+
+    /// A Linux VM: kernel image 0, initramfs image 1, 64 MiB.
+    fn linux() -> SystemConfig {
+        let mut c = good();
+        c.vms.truncate(1);
+        c.vms[0].memory = 64 * MIB;
+        c.vms[0].initramfs = Some(1);
+        c.vms[0].cmdline = LINUX_CMDLINE.into();
+        c
+    }
+
+    /// A kernel whose header says text_offset 0 and `mem_size` bytes.
+    fn kernel(len: u64, mem_size: u64) -> ImageInfo {
+        ImageInfo {
+            len,
+            load_offset: 0,
+            mem_size,
+        }
+    }
+
+    #[test]
+    fn linux_vm_must_hold_kernel_initramfs_device_tree_and_slack() {
+        let c = linux();
+        // 40 + 22 MiB - 64 KiB + 64 KiB + 2 MiB = 64 MiB: exactly fits.
+        let fits = [
+            kernel(30 * MIB, 40 * MIB),
+            ImageInfo::raw(22 * MIB - DTB_RESERVE),
+        ];
+        assert_eq!(validate(&c, &fits), vec![]);
+        let over = [fits[0], ImageInfo::raw(22 * MIB - DTB_RESERVE + 1)];
+        let p = validate(&c, &over);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, Field::Vm(0, "memory"));
+    }
+
+    #[test]
+    fn linux_vm_message_adds_up_the_parts() {
+        let c = linux();
+        let p = validate(&c, &[kernel(30 * MIB, 40 * MIB), ImageInfo::raw(30 * MIB)]);
+        assert_eq!(
+            p[0].message,
+            "image is larger than its VM: memory 0x4000000 (64 MiB) is smaller than kernel 40 MiB + load offset 0x0 + initramfs 30 MiB + device tree 64 KiB + slack 2 MiB = 72.0 MiB"
+        );
+    }
+
+    #[test]
+    fn kernel_image_size_counts_not_just_the_file() {
+        let mut c = linux();
+        c.vms[0].initramfs = None;
+        // The file is small but the header claims 63 MiB (BSS included).
+        let p = validate(&c, &[kernel(MIB, 63 * MIB)]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("kernel 63 MiB"), "{}", p[0].message);
+    }
+
+    #[test]
+    fn custom_cmdline_makes_an_image_vm_linux() {
+        let mut c = linux();
+        c.vms[0].initramfs = None;
+        let image = [ImageInfo::raw(63 * MIB)];
+        assert_eq!(problems_with(&c, &image, "memory").len(), 1);
+        c.vms[0].cmdline = DEFAULT_CMDLINE.into();
+        assert!(!c.vms[0].boots_linux());
+        // 63 MiB + 0x80000 fits 64 MiB without the Linux extras.
+        assert_eq!(validate(&c, &image), vec![]);
+    }
+
+    fn problems_with(c: &SystemConfig, images: &[ImageInfo], field: &str) -> Vec<Problem> {
+        validate(c, images)
+            .into_iter()
+            .filter(|p| matches!(p.field, Field::Vm(_, f) if f == field))
+            .collect()
+    }
+
+    #[test]
+    fn initramfs_index_must_exist() {
+        let c = linux();
+        let p = validate(&c, &[kernel(MIB, MIB)]);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, Field::Vm(0, "initramfs"));
+        assert!(p[0].message.contains("image 1 does not exist"));
+    }
+
+    #[test]
+    fn cmdline_must_be_short_and_without_nul() {
+        let mut c = linux();
+        let images = [kernel(MIB, MIB), ImageInfo::raw(MIB)];
+        c.vms[0].cmdline = "x".repeat(MAX_CMDLINE_LEN);
+        assert_eq!(validate(&c, &images), vec![]);
+        c.vms[0].cmdline.push('x');
+        let p = problems_with(&c, &images, "cmdline");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].message.contains("1025 bytes long"));
+        c.vms[0].cmdline = "a\0b".into();
+        let p = problems_with(&c, &images, "cmdline");
+        assert!(p[0].message.contains("NUL"), "{p:?}");
     }
 }

@@ -4,13 +4,13 @@
 
 use std::path::{Path, PathBuf};
 
-use bulkhead_config::toml::{load, parse, Diagnostic, ImageSource, Parsed};
-use bulkhead_config::{RestartPolicy, IMAGE_LOAD_OFFSET};
+use bulkhead_config::toml::{load, parse, DebianKernel, Diagnostic, ImageSource, Parsed};
+use bulkhead_config::{ImageInfo, RestartPolicy, DEFAULT_CMDLINE, IMAGE_LOAD_OFFSET};
 
 const CAR: &str = include_str!("data/car.toml");
 const FILE: &str = "configs/car.toml";
 /// Small enough to fit every VM in car.toml.
-const SIZES: &[u64] = &[64 << 10, 8 << 20];
+const SIZES: &[ImageInfo] = &[ImageInfo::raw(64 << 10), ImageInfo::raw(8 << 20)];
 
 /// 1-based line of the first occurrence of `needle` in `text`.
 fn line(text: &str, needle: &str) -> usize {
@@ -30,7 +30,7 @@ fn only(diags: Vec<Diagnostic>) -> Diagnostic {
 }
 
 /// The single diagnostic of `check` on `text`.
-fn check_fails(text: &str, sizes: &[u64]) -> Diagnostic {
+fn check_fails(text: &str, sizes: &[ImageInfo]) -> Diagnostic {
     only(parse_ok(text).check(sizes).unwrap_err())
 }
 
@@ -250,7 +250,7 @@ fn pcpu_used_twice_names_its_first_owner() {
 fn image_larger_than_its_vm_is_reported_on_memory() {
     // The `hello` guest is used by safety (16 MiB) and logger (4 MiB).
     let big = (4 << 20) - IMAGE_LOAD_OFFSET + 1;
-    let d = check_fails(CAR, &[big, 8 << 20]);
+    let d = check_fails(CAR, &[ImageInfo::raw(big), ImageInfo::raw(8 << 20)]);
     assert_eq!(d.line, line(CAR, "memory = 0x40_0000"));
     assert_eq!(d.field, "vm[2].memory");
     assert!(
@@ -291,6 +291,162 @@ fn config_without_vms_is_reported_at_line_1() {
 #[test]
 fn encoded_example_decodes_to_the_same_config() {
     let p = parse_ok(CAR);
+    let bytes = bulkhead_config::encode(&p.config);
+    assert_eq!(bulkhead_config::decode(&bytes), Ok(p.config));
+}
+
+/// One Linux VM on a 4-CPU, 1 GiB board; `vm` is the body of its table.
+fn linux_config(vm: &str) -> String {
+    format!(
+        "[board]\ncpus = 4\nmemory = \"1G\"\n\n[[vm]]\nname = \"linux\"\n{vm}memory = \"512M\"\npcpus = [0, 1]\n"
+    )
+}
+
+#[test]
+fn debian_kernel_with_init_gets_an_initramfs_and_the_linux_cmdline() {
+    let text = linux_config(
+        "kernel = \"debian:bookworm\"\ninit = \"linux/init-test.sh\"\ncmdline = \"quiet\"\n",
+    );
+    let p = parse_ok(&text);
+    assert_eq!(
+        p.images,
+        vec![
+            ImageSource::Debian(DebianKernel::Bookworm),
+            ImageSource::Initramfs(PathBuf::from("configs/linux/init-test.sh")),
+        ]
+    );
+    let vm = &p.config.vms[0];
+    assert_eq!((vm.image, vm.initramfs), (0, Some(1)));
+    assert_eq!(vm.cmdline, "console=ttyAMA0 rdinit=/init quiet");
+    assert!(vm.boots_linux());
+}
+
+#[test]
+fn backports_kernel_without_init_has_no_initramfs() {
+    let p = parse_ok(&linux_config("kernel = \"debian:bookworm-backports\"\n"));
+    assert_eq!(
+        p.images,
+        vec![ImageSource::Debian(DebianKernel::BookwormBackports)]
+    );
+    assert_eq!(p.config.vms[0].initramfs, None);
+    assert_eq!(p.config.vms[0].cmdline, "console=ttyAMA0 rdinit=/init");
+}
+
+#[test]
+fn kernel_path_resolves_beside_the_config() {
+    let p = parse_ok(&linux_config("kernel = \"linux/Image\"\n"));
+    assert_eq!(
+        p.images,
+        vec![ImageSource::File(PathBuf::from("configs/linux/Image"))]
+    );
+}
+
+#[test]
+fn bare_metal_guest_gets_the_default_cmdline() {
+    let p = parse_ok(CAR);
+    assert!(p.config.vms.iter().all(|vm| vm.cmdline == DEFAULT_CMDLINE));
+    assert!(p.config.vms.iter().all(|vm| vm.initramfs.is_none()));
+}
+
+#[test]
+fn image_may_take_init_and_cmdline() {
+    let p = parse_ok(&linux_config(
+        "image = \"Image\"\ninit = \"i.sh\"\ncmdline = \"  loglevel=3 \"\n",
+    ));
+    let vm = &p.config.vms[0];
+    assert_eq!(vm.initramfs, Some(1));
+    assert_eq!(vm.cmdline, "console=ttyAMA0 rdinit=/init loglevel=3");
+    let p = parse_ok(&linux_config("image = \"Image\"\ncmdline = \"x\"\n"));
+    assert_eq!(p.config.vms[0].cmdline, "console=ttyAMA0 x");
+}
+
+#[test]
+fn kernel_and_guest_both_set_is_refused_on_the_later_line() {
+    let text = linux_config("guest = \"hello\"\nkernel = \"debian:bookworm\"\n");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "kernel ="));
+    assert_eq!(d.field, "vm[0].kernel");
+    assert!(
+        d.message.contains("not both `guest` and `kernel`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn all_three_sources_set_is_one_error_listing_them() {
+    let text = linux_config("kernel = \"K\"\nimage = \"I\"\nguest = \"hello\"\n");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "guest ="));
+    assert!(
+        d.message.contains("`kernel`, `image`, `guest`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn init_without_kernel_is_refused_on_its_line() {
+    let text = linux_config("guest = \"hello\"\ninit = \"linux/init-test.sh\"\n");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "init ="));
+    assert_eq!(d.field, "vm[0].init");
+    assert!(d.message.contains("needs `kernel`"), "{}", d.message);
+}
+
+#[test]
+fn cmdline_without_kernel_is_refused_on_its_line() {
+    let text = linux_config("guest = \"hello\"\ncmdline = \"quiet\"\n");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "cmdline ="));
+    assert_eq!(d.field, "vm[0].cmdline");
+}
+
+#[test]
+fn unknown_debian_suite_is_refused_naming_the_known_ones() {
+    let text = linux_config("kernel = \"debian:sid\"\n");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "kernel ="));
+    assert_eq!(d.field, "vm[0].kernel");
+    assert_eq!(
+        d.message,
+        "unknown Debian suite \"sid\"; known: \"debian:bookworm\", \"debian:bookworm-backports\""
+    );
+}
+
+#[test]
+fn linux_vm_too_small_for_kernel_and_initramfs_is_reported_on_memory() {
+    let text =
+        linux_config("kernel = \"debian:bookworm\"\ninit = \"i.sh\"\n").replace("512M", "32M");
+    let kernel = ImageInfo {
+        len: 27 << 20,
+        load_offset: 0,
+        mem_size: 28 << 20,
+    };
+    let d = check_fails(&text, &[kernel, ImageInfo::raw(2 << 20)]);
+    assert_eq!(d.line, line(&text, "memory = \"32M\""));
+    assert_eq!(d.field, "vm[0].memory");
+    assert!(
+        d.message
+            .contains("kernel 28 MiB + load offset 0x0 + initramfs 2 MiB + device tree 64 KiB + slack 2 MiB = 32.0 MiB"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn missing_initramfs_image_is_reported_on_init() {
+    let text = linux_config("kernel = \"debian:bookworm\"\ninit = \"i.sh\"\n");
+    let d = check_fails(&text, &[ImageInfo::raw(1 << 20)]);
+    assert_eq!(d.line, line(&text, "init ="));
+    assert_eq!(d.field, "vm[0].init");
+}
+
+#[test]
+fn encoded_linux_config_decodes_to_the_same_config() {
+    let p = parse_ok(&linux_config(
+        "kernel = \"debian:bookworm\"\ninit = \"i.sh\"\ncmdline = \"quiet\"\n",
+    ));
     let bytes = bulkhead_config::encode(&p.config);
     assert_eq!(bulkhead_config::decode(&bytes), Ok(p.config));
 }

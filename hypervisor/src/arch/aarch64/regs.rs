@@ -31,6 +31,7 @@ read_fn!(current_el, "CurrentEL");
 read_fn!(mpidr_el1, "mpidr_el1");
 read_fn!(midr_el1, "midr_el1");
 read_fn!(id_aa64mmfr0_el1, "id_aa64mmfr0_el1");
+read_fn!(id_aa64mmfr1_el1, "id_aa64mmfr1_el1");
 read_fn!(esr_el2, "esr_el2");
 read_fn!(far_el2, "far_el2");
 read_fn!(hpfar_el2, "hpfar_el2");
@@ -148,6 +149,12 @@ pub const CPTR_EL2_GUEST: u64 = 0x33ff;
 /// timer (bare-metal guests measure with CNTPCT).
 pub const CNTHCTL_EL2_GUEST: u64 = 0b11;
 
+/// HCRX_EL2 (FEAT_HCX, Arm ARM D24.2.50): MSCEn (bit 11) lets EL1 and EL0
+/// use the FEAT_MOPS memory-copy instructions. Without it they are
+/// UNDEFINED once EL2 exists, while Linux (6.3+) still advertises them to
+/// user space, whose memcpy then dies with SIGILL.
+pub const HCRX_EL2_GUEST: u64 = 1 << 11;
+
 /// Programs the EL2 controls that do not depend on the VM.
 ///
 /// # Safety
@@ -166,6 +173,14 @@ pub unsafe fn init_el2_controls() {
             options(nomem, nostack)
         )
     };
+    // ID_AA64MMFR1_EL1.HCX, bits [43:40].
+    if (id_aa64mmfr1_el1() >> 40) & 0xf != 0 {
+        // SAFETY: HCRX_EL2 (S3_4_C1_C2_2) exists (checked above) and only
+        // enables EL1/EL0 features for guests.
+        unsafe {
+            core::arch::asm!("msr s3_4_c1_c2_2, {}", "isb", in(reg) HCRX_EL2_GUEST, options(nomem, nostack))
+        };
+    }
 }
 
 /// # Safety
