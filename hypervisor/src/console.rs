@@ -80,18 +80,55 @@ impl Write for Uart {
 /// Writes preformatted text as one unit.
 pub fn write_fmt(args: fmt::Arguments) {
     let _g = LOCK.lock();
+    if OPEN_LINE.swap(0, Ordering::Relaxed) != 0 {
+        let _ = Uart.write_str("\n");
+    }
     let _ = Uart.write_fmt(args);
 }
 
-/// One line of a guest's console output, tagged with its VM's name.
-pub fn guest_line(vm: &str, line: &[u8]) {
+/// The VM whose output line is open on the console (printed without its
+/// newline yet), as VM index + 1; 0 when the cursor is at a line start.
+/// Only changed with LOCK held.
+static OPEN_LINE: AtomicUsize = AtomicUsize::new(0);
+
+/// Starts output for VM `id`: closes another VM's open line, and prints the
+/// tag unless this VM's line is already open.
+fn begin_guest_output(u: &mut Uart, id: usize, vm: &str) {
+    let open = OPEN_LINE.load(Ordering::Relaxed);
+    if open == id + 1 {
+        return;
+    }
+    if open != 0 {
+        let _ = u.write_str("\n");
+    }
+    let _ = write!(u, "[{vm}] ");
+}
+
+/// One complete line of a guest's console output, tagged with its VM.
+pub fn guest_line(id: usize, vm: &str, line: &[u8]) {
     let _g = LOCK.lock();
     let mut u = Uart;
-    let _ = write!(u, "[{vm}] ");
+    begin_guest_output(&mut u, id, vm);
     for &b in line {
         u.putc(b);
     }
     let _ = u.write_str("\n");
+    OPEN_LINE.store(0, Ordering::Relaxed);
+}
+
+/// The start of a line a guest has not finished (a shell prompt, typed
+/// characters echoed back): printed now so an interactive user sees it.
+pub fn guest_partial(id: usize, vm: &str, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    let _g = LOCK.lock();
+    let mut u = Uart;
+    begin_guest_output(&mut u, id, vm);
+    for &b in bytes {
+        u.putc(b);
+    }
+    OPEN_LINE.store(id + 1, Ordering::Relaxed);
 }
 
 /// Makes the console usable from a fatal path: if the lock stays held (the

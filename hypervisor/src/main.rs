@@ -161,6 +161,12 @@ extern "C" fn primary_main(dtb: usize) -> ! {
 
     let sys = build_system(plat, &payload, &mut free, pa_range, pa_bits.min(39));
     let sys = system::install(sys);
+    let focus = cfg_focus(sys);
+    system::set_input_focus(focus);
+    match focus.and_then(|i| sys.vms.get(i)) {
+        Some(vm) => log::info!("console input goes to {}", vm.name),
+        None => log::info!("no VM boots Linux: console input is ignored"),
+    }
     if sys.vms.is_empty() {
         log::error!("no VM could be created");
         system::vm_stopped();
@@ -230,6 +236,11 @@ extern "C" fn secondary_main(index: usize) -> ! {
 }
 
 static PLATFORM: spin::Once<platform::Platform> = spin::Once::new();
+
+/// The first VM that boots Linux gets console input.
+fn cfg_focus(sys: &system::System) -> Option<usize> {
+    sys.vms.iter().position(|vm| vm.boots_linux)
+}
 
 fn init_this_cpu(plat: &platform::Platform, index: usize) {
     // SAFETY: called once per CPU before it enters any guest.

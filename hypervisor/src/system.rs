@@ -30,11 +30,29 @@ pub fn maintenance_intid() -> Option<u32> {
     MAINTENANCE.get().copied()
 }
 
+/// The VM that receives console input: the first VM that boots Linux (the
+/// one with a shell); none when every VM is bare-metal. The console
+/// multiplexer will make this switchable.
+static FOCUS: Once<Option<usize>> = Once::new();
+
+pub fn set_input_focus(vm: Option<usize>) {
+    FOCUS.call_once(|| vm);
+}
+
+fn focus() -> Option<&'static Vm> {
+    let idx = (*FOCUS.get()?)?;
+    SYSTEM.get()?.vms.get(idx)
+}
+
+/// True for the VM that receives console input.
+pub fn has_input_focus(vm: &Vm) -> bool {
+    focus().is_some_and(|f| f.id == vm.id)
+}
+
 /// Console input: every byte waiting in the physical UART goes to the VM
-/// with input focus (the first VM today; the console multiplexer will
-/// switch it).
+/// with input focus, or is dropped when no VM has it.
 pub fn console_input() {
-    let Some(vm) = SYSTEM.get().and_then(|s| s.vms.first()) else {
+    let Some(vm) = focus() else {
         while crate::console::read_byte().is_some() {}
         return;
     };

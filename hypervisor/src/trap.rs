@@ -210,8 +210,15 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
         let value = access.store_value(frame.reg(access.reg));
         match *target {
             Mmio::Uart(off) => {
-                let mut emit = |line: &[u8]| console::guest_line(&vm.name, line);
-                let r = vm.uart.lock().write(off, size, value, &mut emit).is_ok();
+                let id = vm.id.index();
+                let mut emit = |line: &[u8]| console::guest_line(id, &vm.name, line);
+                let mut uart = vm.uart.lock();
+                let r = uart.write(off, size, value, &mut emit).is_ok();
+                if system::has_input_focus(vm) {
+                    // Interactive: show prompts and echoed keys at once.
+                    uart.flush(&mut |part: &[u8]| console::guest_partial(id, &vm.name, part));
+                }
+                drop(uart);
                 vm.update_uart_line(Some(vcpu));
                 r
             }

@@ -75,6 +75,8 @@ pub struct Vm {
     pub cntvoff: AtomicU64,
     pub complaints: AtomicU32,
     pub stats: VmStats,
+    /// Boots Linux (an initramfs or a kernel command line): gets input focus.
+    pub boots_linux: bool,
 }
 
 impl Vm {
@@ -148,6 +150,7 @@ impl Vm {
             cntvoff: AtomicU64::new(0),
             complaints: AtomicU32::new(0),
             stats: VmStats::default(),
+            boots_linux: cfg.boots_linux(),
         })
     }
 
@@ -309,7 +312,8 @@ impl Vm {
 
     /// Called when the last vCPU has parked.
     pub fn finish_stop(&self, st: &mut VmState) {
-        let mut flush = |line: &[u8]| crate::console::guest_line(&self.name, line);
+        let mut flush =
+            |line: &[u8]| crate::console::guest_partial(self.id.index(), &self.name, line);
         self.uart.lock().flush(&mut flush);
         match st.lifecycle {
             Lifecycle::Stopping { reset: true } => {

@@ -105,6 +105,18 @@ pub struct Pl011 {
     rx_len: usize,
     line: [u8; LINE_MAX],
     len: usize,
+    /// Where we are in a terminal escape sequence the guest sent.
+    esc: Escape,
+}
+
+/// Escape-sequence filter state (see `transmit`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Escape {
+    None,
+    /// After ESC.
+    Start,
+    /// Inside "ESC [" until the final byte.
+    Csi,
 }
 
 impl Default for Pl011 {
@@ -137,6 +149,7 @@ impl Pl011 {
             rx_len: 0,
             line: [0; LINE_MAX],
             len: 0,
+            esc: Escape::None,
         }
     }
 
@@ -348,10 +361,33 @@ impl Pl011 {
             self.emit_line(emit);
             return;
         }
-        // Anything that could start a terminal escape sequence (ESC, other
-        // C0 controls, DEL, 8-bit bytes) becomes '.'.
+        // Terminal control is the host's, not the guest's: escape
+        // sequences (ESC, and a CSI "ESC [ params final") are dropped whole,
+        // '\r' is dropped (it could move the cursor back over another VM's
+        // tag), other C0 controls, DEL and 8-bit bytes become '.'.
+        match (self.esc, byte) {
+            (Escape::None, 0x1b) => {
+                self.esc = Escape::Start;
+                return;
+            }
+            (Escape::Start, b'[') => {
+                self.esc = Escape::Csi;
+                return;
+            }
+            (Escape::Start, _) => {
+                self.esc = Escape::None;
+                return;
+            }
+            (Escape::Csi, 0x20..=0x3f) => return,
+            (Escape::Csi, _) => {
+                self.esc = Escape::None;
+                return;
+            }
+            (Escape::None, b'\r') => return,
+            (Escape::None, _) => {}
+        }
         let byte = match byte {
-            b'\r' | b'\t' | 0x20..=0x7e => byte,
+            b'\t' | 0x20..=0x7e => byte,
             _ => b'.',
         };
         if let Some(slot) = self.line.get_mut(self.len) {
@@ -446,7 +482,15 @@ mod tests {
         let mut u = Pl011::new();
         let mut s = Sink::default();
         s.put(&mut u, b"\x1b[2Ja\tb\x07\x7f\xff\x00\n");
-        assert_eq!(s.0, [b".[2Ja\tb....".to_vec()]);
+        assert_eq!(s.0, [b"a\tb....".to_vec()]);
+    }
+
+    #[test]
+    fn carriage_return_cannot_rewrite_the_line() {
+        let mut u = Pl011::new();
+        let mut s = Sink::default();
+        s.put(&mut u, b"[other] fake\rreal\x1b7x\n");
+        assert_eq!(s.0, [b"[other] fakerealx".to_vec()]);
     }
 
     #[test]

@@ -18,8 +18,8 @@ const TARGETS: &[(&str, usize)] = &[
     ("victim RAM (host PA 0x50000000)", 0x5000_0000),
     ("victim pattern buffer", 0x5010_0000),
     ("top of board RAM", 0x7fff_f000),
-    ("physical GIC distributor", 0x0800_0000),
-    ("physical GIC redistributor", 0x080a_0000),
+    ("GIC ITS (not emulated)", 0x0808_0000),
+    ("another CPU's GIC redistributor", 0x080c_0000),
     ("past the virtual UART", 0x0900_1000),
     ("PCIe ECAM window", 0x3f00_0000),
     ("flash", 0x0000_0000),
@@ -60,6 +60,19 @@ fn attacker() -> ! {
                 Ok(()) => leak(what, how),
             }
         }
+    }
+    // The GIC at 0x0800_0000 is this VM's own emulated one: its IIDR is
+    // Bulkhead's, and disabling it (and every SPI) touches nothing physical
+    // (the victim keeps running).
+    let iidr = guest_rt::mmio_read32(0x0800_0008);
+    if iidr != 0x4200_043b {
+        println!("FAIL GICD_IIDR {iidr:#x}: not Bulkhead's virtual distributor");
+    } else {
+        println!("GIC distributor at 0x8000000 is the virtual one (IIDR {iidr:#x}); disabling it and all SPIs");
+    }
+    guest_rt::mmio_write32(0x0800_0000, 0);
+    for word in 1..32 {
+        guest_rt::mmio_write32(0x0800_0180 + 4 * word, 0xffff_ffff);
     }
     // An access the syndrome cannot describe: a load pair from the UART.
     attempts += 1;

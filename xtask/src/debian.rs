@@ -1,0 +1,567 @@
+//! Debian parts of Linux guests: the pinned arm64 kernel and busybox
+//! packages of `xtask/debian.lock`, fetched with `apt-get download`, checked
+//! against their SHA256, unpacked with `dpkg-deb -x` and kept in a cache
+//! outside the repository (`$XDG_CACHE_HOME/bulkhead/debian`, else
+//! `~/.cache/bulkhead/debian`).
+//!
+//! Cache layout:
+//!
+//! ```text
+//! debs/<package>_<version>_arm64.deb   the verified package
+//! <package>_<version>/                 its contents (dpkg-deb -x), then
+//!   Image                              for a kernel: the raw arm64 Image
+//!   .complete                          written last: the directory is whole
+//! ```
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use bulkhead_config::toml::DebianKernel;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::prereq;
+
+/// The lock file, as committed.
+const LOCK_TEXT: &str = include_str!("../debian.lock");
+/// How messages name the lock file.
+const LOCK_PATH: &str = "xtask/debian.lock";
+/// Every package is for the guest's architecture.
+const ARCH: &str = "arm64";
+/// Offset and value of the arm64 `Image` magic (Linux booting.rst).
+const IMAGE_MAGIC_AT: usize = 0x38;
+/// gzip's magic (RFC 1952 2.3.1, ID1 ID2).
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// One pinned package.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Pin {
+    pub package: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+impl Pin {
+    /// `package version (arm64)`, for messages.
+    fn describe(&self) -> String {
+        format!("{} {} ({ARCH})", self.package, self.version)
+    }
+
+    /// A file-system safe `<package>_<version>` (epochs have a `:`).
+    fn stem(&self) -> String {
+        format!("{}_{}", self.package, self.version.replace(':', "%3a"))
+    }
+}
+
+/// The lock file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    /// Kernels by suite: `bookworm`, `bookworm-backports`.
+    pub kernel: std::collections::BTreeMap<String, Pin>,
+    pub busybox: Pin,
+}
+
+impl Lock {
+    /// Parses lock-file text and checks every kernel the config front-end
+    /// knows is pinned and every SHA256 is 64 hex digits.
+    pub fn parse(text: &str) -> Result<Self> {
+        let lock: Self = toml::from_str(text).with_context(|| format!("{LOCK_PATH} is broken"))?;
+        for k in DebianKernel::ALL {
+            if !lock.kernel.contains_key(k.suite()) {
+                bail!("{LOCK_PATH} pins no kernel for [kernel.{}]", k.suite());
+            }
+        }
+        for pin in lock.kernel.values().chain([&lock.busybox]) {
+            let hex = pin.sha256.len() == 64 && pin.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !hex {
+                bail!(
+                    "{LOCK_PATH}: the sha256 of {} is not 64 hex digits",
+                    pin.package
+                );
+            }
+        }
+        Ok(lock)
+    }
+
+    /// The committed lock file.
+    pub fn load() -> Result<Self> {
+        Self::parse(LOCK_TEXT)
+    }
+
+    /// The pin of `kernel`.
+    pub fn kernel(&self, kernel: DebianKernel) -> Result<&Pin> {
+        self.kernel
+            .get(kernel.suite())
+            .with_context(|| format!("{LOCK_PATH} pins no kernel for {}", kernel.suite()))
+    }
+}
+
+/// Where downloaded and unpacked packages are kept.
+pub fn cache_dir() -> PathBuf {
+    cache_dir_from(
+        std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from),
+        std::env::var_os("HOME").map(PathBuf::from),
+    )
+}
+
+/// `$XDG_CACHE_HOME/bulkhead/debian` when set and absolute (XDG Base
+/// Directory Specification: relative values are to be ignored), else
+/// `$HOME/.cache/bulkhead/debian`, else `/tmp/bulkhead/debian`.
+pub fn cache_dir_from(xdg: Option<PathBuf>, home: Option<PathBuf>) -> PathBuf {
+    let base = match (xdg, home) {
+        (Some(x), _) if x.is_absolute() => x,
+        (_, Some(h)) if !h.as_os_str().is_empty() => h.join(".cache"),
+        _ => PathBuf::from("/tmp"),
+    };
+    base.join("bulkhead").join("debian")
+}
+
+/// The raw arm64 `Image` of the pinned Debian `kernel`, fetched and
+/// unpacked if it is not cached yet.
+pub fn kernel_image(kernel: DebianKernel) -> Result<PathBuf> {
+    let lock = Lock::load()?;
+    let pin = lock.kernel(kernel)?;
+    let dir = unpacked(pin, Some(kernel.suite()))?;
+    let image = dir.join("Image");
+    if image.is_file() {
+        return Ok(image);
+    }
+    let vmlinuz = find_vmlinuz(&dir.join("boot"))
+        .with_context(|| format!("{} has no /boot/vmlinuz-*", pin.describe()))?;
+    let bytes =
+        std::fs::read(&vmlinuz).with_context(|| format!("cannot read {}", vmlinuz.display()))?;
+    let raw = raw_image(&bytes).with_context(|| format!("in {}", vmlinuz.display()))?;
+    write_atomically(&image, &raw)?;
+    Ok(image)
+}
+
+/// Debian's static busybox for arm64, fetched and unpacked if needed.
+pub fn busybox() -> Result<PathBuf> {
+    let lock = Lock::load()?;
+    let dir = unpacked(&lock.busybox, None)?;
+    let path = dir.join("bin/busybox");
+    if !path.is_file() {
+        bail!("{} has no /bin/busybox", lock.busybox.describe());
+    }
+    Ok(path)
+}
+
+/// The only `vmlinuz-*` in `boot`.
+fn find_vmlinuz(boot: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(boot)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("vmlinuz-"))
+        })
+        .collect();
+    (found.len() == 1).then(|| found.remove(0))
+}
+
+/// Whether `bytes` is a raw arm64 `Image`: "ARM\x64" at 0x38.
+pub fn is_arm64_image(bytes: &[u8]) -> bool {
+    bytes.get(IMAGE_MAGIC_AT..IMAGE_MAGIC_AT + 4) == Some(&bulkhead_config::ARM64_MAGIC[..])
+}
+
+/// A kernel as a raw arm64 `Image`: as is, or gunzipped (Debian ships
+/// `vmlinuz` either way, depending on the release).
+pub fn raw_image(bytes: &[u8]) -> Result<Vec<u8>> {
+    if is_arm64_image(bytes) {
+        return Ok(bytes.to_vec());
+    }
+    if bytes.starts_with(&GZIP_MAGIC) {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(bytes)
+            .read_to_end(&mut out)
+            .context("the kernel looks gzip-compressed but does not gunzip")?;
+        if is_arm64_image(&out) {
+            return Ok(out);
+        }
+        bail!("the gunzipped kernel is not an arm64 Image (no \"ARM\\x64\" magic at 0x38)");
+    }
+    bail!("the kernel is neither an arm64 Image (\"ARM\\x64\" at 0x38) nor gzip-compressed")
+}
+
+/// The unpacked contents of `pin`, downloading and unpacking as needed.
+/// `suite` is the suite it comes from when that is not the main one.
+fn unpacked(pin: &Pin, suite: Option<&str>) -> Result<PathBuf> {
+    let cache = cache_dir();
+    let dir = cache.join(pin.stem());
+    if dir.join(".complete").is_file() {
+        return Ok(dir);
+    }
+    let deb = downloaded(pin, suite, &cache)?;
+    println!("unpacking {} into {}", pin.describe(), dir.display());
+    let tmp = cache.join(format!("{}.partial", pin.stem()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let out = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&tmp)
+        .output()
+        .context("cannot run dpkg-deb (Debian's dpkg package)")?;
+    if !out.status.success() {
+        bail!(
+            "dpkg-deb -x {} failed ({}): {}",
+            deb.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    std::fs::write(tmp.join(".complete"), pin.describe())?;
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), dir.display()))?;
+    Ok(dir)
+}
+
+/// The verified `.deb` of `pin` in the cache, downloaded if needed.
+fn downloaded(pin: &Pin, suite: Option<&str>, cache: &Path) -> Result<PathBuf> {
+    let debs = cache.join("debs");
+    let deb = debs.join(format!("{}_{ARCH}.deb", pin.stem()));
+    if deb.is_file() {
+        match sha256_file(&deb) {
+            Ok(sum) if sum == pin.sha256 => return Ok(deb),
+            Ok(sum) => println!(
+                "{} in the cache has SHA256 {sum}, not the pinned {}: downloading it again",
+                deb.display(),
+                pin.sha256
+            ),
+            Err(e) => println!("cannot read {}: {e:#}; downloading it again", deb.display()),
+        }
+        let _ = std::fs::remove_file(&deb);
+    }
+    ensure_apt(pin)?;
+    ensure_index(pin, suite)?;
+
+    println!(
+        "downloading {} with apt-get download into {}",
+        pin.describe(),
+        debs.display()
+    );
+    let tmp = debs.join(format!("{}.partial", pin.stem()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let spec = format!("{}:{ARCH}={}", pin.package, pin.version);
+    // The sandbox user `_apt` may not be able to write into a home
+    // directory's cache; we run as root anyway (see `ensure_apt`).
+    let out = Command::new("apt-get")
+        .args(["download", "-q", "-o", "APT::Sandbox::User=root", &spec])
+        .current_dir(&tmp)
+        .output()
+        .context("cannot run apt-get")?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !archive_has(pin)? {
+            bail!(gone(pin));
+        }
+        bail!("apt-get download {spec} failed ({}): {stderr}", out.status);
+    }
+    let got: Vec<PathBuf> = std::fs::read_dir(&tmp)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    let [file] = got.as_slice() else {
+        let _ = std::fs::remove_dir_all(&tmp);
+        bail!(
+            "apt-get download {spec} left {} .deb files instead of one",
+            got.len()
+        );
+    };
+    let sum = sha256_file(file)?;
+    if let Some(problem) = sha_mismatch(pin, &sum) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        bail!(problem);
+    }
+    std::fs::rename(file, &deb)
+        .with_context(|| format!("cannot move {} to {}", file.display(), deb.display()))?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(deb)
+}
+
+/// The message for a download whose SHA256 is not the pinned one, if it
+/// is not.
+pub fn sha_mismatch(pin: &Pin, actual: &str) -> Option<String> {
+    (!actual.eq_ignore_ascii_case(&pin.sha256)).then(|| {
+        format!(
+            "the downloaded {} has SHA256 {actual}, but {LOCK_PATH} pins {}: the archive's \
+             package is not the one that was pinned; check it, then update {LOCK_PATH}",
+            pin.describe(),
+            pin.sha256
+        )
+    })
+}
+
+/// The message for a pinned version that the archive no longer has.
+pub fn gone(pin: &Pin) -> String {
+    format!(
+        "the pinned package {} is not in the archive any more: update {LOCK_PATH} \
+         (`apt-cache madison {}:{ARCH}` lists what there is)",
+        pin.describe(),
+        pin.package
+    )
+}
+
+/// Stops with what to install when packages cannot be fetched here.
+fn ensure_apt(pin: &Pin) -> Result<()> {
+    let apt = Path::new("/usr/bin/apt-get").exists();
+    let dpkg_deb = which("dpkg-deb");
+    if apt && dpkg_deb && prereq::is_root() {
+        return Ok(());
+    }
+    bail!(
+        "{} is not in the cache ({}), and fetching it needs a Debian system with apt-get and \
+         dpkg-deb (packages apt and dpkg) run as root; {}",
+        pin.describe(),
+        cache_dir().display(),
+        if !apt || !dpkg_deb {
+            "install apt and dpkg, or run on Debian"
+        } else {
+            "run `cargo xtask` as root once to fill the cache"
+        }
+    )
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
+}
+
+/// Makes apt know arm64 packages (and bookworm-backports for `suite`
+/// `*-backports`), running `dpkg --add-architecture arm64` and
+/// `apt-get update` when needed; then, if the pinned version is still
+/// unknown, one `apt-get update` in case the lists are old.
+fn ensure_index(pin: &Pin, suite: Option<&str>) -> Result<()> {
+    let mut update = false;
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .context("cannot run dpkg")?;
+    let native = Command::new("dpkg").arg("--print-architecture").output()?;
+    let has_arch = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .any(|a| a == ARCH)
+    };
+    if !has_arch(&foreign) && !has_arch(&native) {
+        println!("+ dpkg --add-architecture {ARCH}   (to download {ARCH} guest packages)");
+        let status = Command::new("dpkg")
+            .args(["--add-architecture", ARCH])
+            .status()?;
+        if !status.success() {
+            bail!("`dpkg --add-architecture {ARCH}` failed ({status})");
+        }
+        update = true;
+    }
+    if !has_arm64_lists() {
+        println!("apt has no {ARCH} package index yet");
+        update = true;
+    }
+    if suite.is_some_and(|s| s.ends_with("-backports")) {
+        let codename = prereq::codename().unwrap_or_else(|| "bookworm".to_owned());
+        if prereq::add_backports_source(&codename)? {
+            update = true;
+        }
+    }
+    if update {
+        prereq::apt(&["update"])?;
+    }
+    if !archive_has(pin)? && !update {
+        println!("apt does not know {}; refreshing its lists", pin.describe());
+        prereq::apt(&["update"])?;
+    }
+    if !archive_has(pin)? {
+        bail!(gone(pin));
+    }
+    Ok(())
+}
+
+/// Whether /var/lib/apt/lists has an arm64 `Packages` index.
+fn has_arm64_lists() -> bool {
+    std::fs::read_dir("/var/lib/apt/lists").is_ok_and(|dir| {
+        dir.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.contains(&format!("binary-{ARCH}_Packages")))
+        })
+    })
+}
+
+/// Whether `apt-cache madison` lists the pinned version.
+fn archive_has(pin: &Pin) -> Result<bool> {
+    let out = Command::new("apt-cache")
+        .args(["madison", &format!("{}:{ARCH}", pin.package)])
+        .output()
+        .context("cannot run apt-cache")?;
+    Ok(madison_lists(
+        &String::from_utf8_lossy(&out.stdout),
+        &pin.version,
+    ))
+}
+
+/// Whether `apt-cache madison` output (`pkg | version | source`) lists
+/// `version`.
+pub fn madison_lists(output: &str, version: &str) -> bool {
+    output
+        .lines()
+        .any(|l| l.split('|').nth(1).is_some_and(|v| v.trim() == version))
+}
+
+/// Lower-case hex SHA256 of a file.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(sha256_hex(&bytes))
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes `path` through a temporary file and a rename, so a half-written
+/// file is never taken for a cached one.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("partial");
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write as _;
+
+    #[test]
+    fn committed_lock_pins_every_kernel_and_busybox() {
+        let lock = Lock::load().unwrap();
+        for k in DebianKernel::ALL {
+            let pin = lock.kernel(k).unwrap();
+            assert!(pin.package.starts_with("linux-image-"), "{pin:?}");
+            assert!(pin.package.ends_with("-cloud-arm64"), "{pin:?}");
+        }
+        assert_eq!(lock.busybox.package, "busybox-static");
+        assert!(lock
+            .kernel(DebianKernel::BookwormBackports)
+            .unwrap()
+            .version
+            .contains("bpo12"));
+    }
+
+    const PIN: &str = "package = \"p\"\nversion = \"1\"\nsha256 = \"";
+
+    fn lock_text(sha: &str, suites: &[&str]) -> String {
+        let mut t = String::new();
+        for s in suites {
+            t.push_str(&format!("[kernel.{s}]\n{PIN}{sha}\"\n"));
+        }
+        t.push_str(&format!("[busybox]\n{PIN}{sha}\"\n"));
+        t
+    }
+
+    #[test]
+    fn lock_missing_a_kernel_or_with_a_bad_sha_is_refused() {
+        let sha = "ab".repeat(32);
+        assert!(Lock::parse(&lock_text(&sha, &["bookworm", "bookworm-backports"])).is_ok());
+        let e = Lock::parse(&lock_text(&sha, &["bookworm"])).unwrap_err();
+        assert!(e.to_string().contains("[kernel.bookworm-backports]"), "{e}");
+        let e = Lock::parse(&lock_text("abc", &["bookworm", "bookworm-backports"])).unwrap_err();
+        assert!(e.to_string().contains("not 64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn cache_dir_prefers_absolute_xdg_then_home() {
+        assert_eq!(
+            cache_dir_from(Some("/x".into()), Some("/home/u".into())),
+            Path::new("/x/bulkhead/debian")
+        );
+        assert_eq!(
+            cache_dir_from(Some("rel".into()), Some("/home/u".into())),
+            Path::new("/home/u/.cache/bulkhead/debian")
+        );
+        assert_eq!(
+            cache_dir_from(None, None),
+            Path::new("/tmp/bulkhead/debian")
+        );
+    }
+
+    #[test]
+    fn epoch_colon_is_escaped_in_cache_names() {
+        let pin = Pin {
+            package: "busybox-static".into(),
+            version: "1:1.35.0-4".into(),
+            sha256: String::new(),
+        };
+        assert_eq!(pin.stem(), "busybox-static_1%3a1.35.0-4");
+    }
+
+    #[test]
+    fn madison_output_is_matched_on_the_version_column() {
+        let out = "busybox-static:arm64 | 1:1.35.0-4+deb12u1+b1 | http://deb.debian.org/debian bookworm/main arm64 Packages\n";
+        assert!(madison_lists(out, "1:1.35.0-4+deb12u1+b1"));
+        assert!(!madison_lists(out, "1:1.35.0-4"));
+        assert!(!madison_lists("", "1"));
+    }
+
+    fn image(len: usize) -> Vec<u8> {
+        let mut b: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+        b[IMAGE_MAGIC_AT..IMAGE_MAGIC_AT + 4].copy_from_slice(b"ARM\x64");
+        b
+    }
+
+    #[test]
+    fn raw_image_is_kept_and_gzip_is_unpacked() {
+        let raw = image(4096);
+        assert_eq!(raw_image(&raw).unwrap(), raw);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&raw).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(!is_arm64_image(&gz));
+        assert_eq!(raw_image(&gz).unwrap(), raw);
+    }
+
+    #[test]
+    fn non_kernels_are_refused() {
+        let e = raw_image(&[0u8; 100]).unwrap_err();
+        assert!(e.to_string().contains("neither an arm64 Image"), "{e}");
+        let e = raw_image(&[0x1f, 0x8b, 0, 0]).unwrap_err();
+        assert!(e.to_string().contains("does not gunzip"), "{e}");
+    }
+
+    #[test]
+    fn sha_mismatch_names_both_sums_and_the_lock_file() {
+        let pin = Pin {
+            package: "p".into(),
+            version: "1".into(),
+            sha256: "aa".repeat(32),
+        };
+        assert_eq!(sha_mismatch(&pin, &"AA".repeat(32)), None);
+        let m = sha_mismatch(&pin, &"bb".repeat(32)).unwrap();
+        assert!(
+            m.contains(&"bb".repeat(32)) && m.contains(&"aa".repeat(32)),
+            "{m}"
+        );
+        assert!(m.contains("xtask/debian.lock"), "{m}");
+        assert!(gone(&pin).contains("is not in the archive any more: update xtask/debian.lock"));
+    }
+
+    #[test]
+    fn sha256_matches_a_known_vector() {
+        // FIPS 180-2 appendix B.1: SHA-256("abc").
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
