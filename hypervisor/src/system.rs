@@ -112,6 +112,19 @@ pub fn park(vm: &Vm, vcpu: VcpuId) -> ! {
     arch::restart_on_stack(arch::stack_top(cpu), idle)
 }
 
+/// Physical interrupts on a pCPU that runs no vCPU: kicks only wake it;
+/// console input is delivered from here too, since the UART's interrupt
+/// may be routed to an idle pCPU.
+pub fn service_interrupts_without_vcpu() {
+    while let Some(intid) = gic::ack() {
+        gic::eoi(intid);
+        gic::deactivate(intid);
+        if Some(intid) == crate::console::rx_intid() {
+            console_input();
+        }
+    }
+}
+
 /// A pCPU's home: start its vCPU when it is powered on, otherwise sleep
 /// until kicked.
 pub extern "C" fn idle() -> ! {
@@ -128,6 +141,6 @@ pub extern "C" fn idle() -> ! {
             }
         }
         arch::wait_for_interrupt();
-        gic::drain();
+        service_interrupts_without_vcpu();
     }
 }

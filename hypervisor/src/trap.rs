@@ -265,7 +265,7 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
 #[unsafe(no_mangle)]
 extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
     let Some((vm, vcpu)) = system::current() else {
-        gic::drain();
+        system::service_interrupts_without_vcpu();
         return;
     };
     let mut kicked = false;

@@ -11,7 +11,7 @@ use bulkhead_pagetable::{Attrs, MemType, PageTable, Regime};
 use bulkhead_psci::{GuestRam, PowerState};
 use bulkhead_types::{PcpuId, PhysAddr, VcpuId, VmId};
 use bulkhead_vgic::{Kicks, VGic};
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::Mutex;
 
 /// QEMU virt's layout, which every VM sees (so kernels built for `virt`
@@ -70,6 +70,9 @@ pub struct Vm {
     pub state: Mutex<VmState>,
     pub vgic: Mutex<VGic>,
     pub uart: Mutex<Pl011>,
+    /// The level last given to the vGIC for the UART's SPI (changed only
+    /// with the `uart` lock held).
+    uart_level: AtomicBool,
     pub restarts: AtomicU64,
     /// CNTVOFF_EL2 for every vCPU: the counter when the VM last started.
     pub cntvoff: AtomicU64,
@@ -146,6 +149,7 @@ impl Vm {
                 running: 0,
             }),
             uart: Mutex::new(Pl011::new()),
+            uart_level: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
             cntvoff: AtomicU64::new(0),
             complaints: AtomicU32::new(0),
@@ -230,6 +234,7 @@ impl Vm {
     pub fn boot(&self, st: &mut VmState) {
         let dtb = self.load_image();
         self.vgic.lock().reset();
+        self.uart_level.store(false, Ordering::Relaxed);
         self.cntvoff.store(regs::cntpct_el0(), Ordering::Relaxed);
         st.power.boot(self.entry_ipa(), dtb);
         st.lifecycle = Lifecycle::Running;
@@ -267,9 +272,16 @@ impl Vm {
     }
 
     /// The virtual UART's interrupt line follows the model's level.
+    /// Only a change of level reaches the vGIC, so a status read (the
+    /// common case) costs no vGIC work.
     pub fn update_uart_line(&self, me: Option<VcpuId>) {
-        let level = self.uart.lock().irq_level();
+        let uart = self.uart.lock();
+        let level = uart.irq_level();
+        if self.uart_level.swap(level, Ordering::Relaxed) == level {
+            return;
+        }
         let kicks = self.vgic.lock().set_line(0, VUART_INTID, level);
+        drop(uart);
         self.apply_kicks(kicks, me);
     }
 

@@ -29,6 +29,9 @@ pub struct Case {
     pub forbid: &'static [&'static str],
     /// QEMU's expected exit status.
     pub exit: i32,
+    /// Typed on the console: each `(wait_for, send)` sends `send` once
+    /// `wait_for` has appeared.
+    pub input: &'static [(&'static str, &'static str)],
 }
 
 /// Forbidden in every case's output.
@@ -63,8 +66,30 @@ macro_rules! linux_test_expect {
 /// The integration tests, run in this order.
 pub const CASES: &[Case] = &[
     Case {
-        name: "two_vms",
+        name: "default_demo",
         config: "configs/default.toml",
+        timeout_s: 240,
+        expect: &[
+            "console input goes to infotainment",
+            "[infotainment] busybox shell",
+            "[infotainment] answer=42",
+            "[infotainment] cpus=2",
+            "infotainment: stopping (guest called SYSTEM_OFF)",
+            "all VMs stopped, powering off",
+        ],
+        contains: &["[safety] PASS hello", "safety: stopped"],
+        forbid: &["Kernel panic", "Oops", "BUG:"],
+        exit: 0,
+        // A person at the console: the shell answers what they type.
+        input: &[
+            ("/ # ", "echo answer=$((6*7))\n"),
+            ("answer=42", "echo cpus=$(nproc)\n"),
+            ("cpus=2", "poweroff -f\n"),
+        ],
+    },
+    Case {
+        name: "two_vms",
+        config: "configs/test-two-vms.toml",
         timeout_s: 120,
         expect: &[
             "starting at EL2",
@@ -88,6 +113,7 @@ pub const CASES: &[Case] = &[
         ],
         forbid: &[],
         exit: 0,
+        input: &[],
     },
     Case {
         name: "isolation",
@@ -110,6 +136,7 @@ pub const CASES: &[Case] = &[
         ],
         forbid: &[],
         exit: 0,
+        input: &[],
     },
     Case {
         name: "smp_psci",
@@ -130,6 +157,7 @@ pub const CASES: &[Case] = &[
         contains: &[],
         forbid: &[],
         exit: 0,
+        input: &[],
     },
     // Debian's arm64 kernels (xtask/debian.lock) with a busybox initramfs.
     Case {
@@ -140,6 +168,7 @@ pub const CASES: &[Case] = &[
         contains: &[],
         forbid: LINUX_FORBID,
         exit: 0,
+        input: &[],
     },
     Case {
         name: "linux_4cpu",
@@ -149,6 +178,7 @@ pub const CASES: &[Case] = &[
         contains: &[],
         forbid: LINUX_FORBID,
         exit: 0,
+        input: &[],
     },
     Case {
         name: "linux_612",
@@ -158,6 +188,7 @@ pub const CASES: &[Case] = &[
         contains: &[],
         forbid: LINUX_FORBID,
         exit: 0,
+        input: &[],
     },
     Case {
         name: "linux_reboot",
@@ -173,6 +204,7 @@ pub const CASES: &[Case] = &[
         contains: &[],
         forbid: LINUX_FORBID,
         exit: 0,
+        input: &[],
     },
 ];
 
@@ -318,7 +350,7 @@ fn run_case(case: &Case) -> Result<()> {
     let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
     args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
     let timeout = Duration::from_secs(case.timeout_s);
-    let outcome = qemu::run_captured(&args, timeout)?;
+    let outcome = qemu::run_scripted(&args, timeout, case.input)?;
 
     let forbid: Vec<&str> = FORBID.iter().chain(case.forbid).copied().collect();
     let mut problems: Vec<String> = check_log(&outcome.log, case.expect, &forbid)

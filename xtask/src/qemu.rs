@@ -1,7 +1,7 @@
 //! Starting QEMU: on the terminal (`run`) or captured with a timeout
 //! (`test`, `bench`).
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -156,9 +156,24 @@ impl Outcome {
 /// Runs QEMU with `args`, stdin closed, stdout and stderr collected into one
 /// buffer as they arrive; kills it when `timeout` passes.
 pub fn run_captured(args: &[String], timeout: Duration) -> Result<Outcome> {
+    run_scripted(args, timeout, &[])
+}
+
+/// Like [`run_captured`], typing on QEMU's serial input: each `(wait_for,
+/// send)` pair sends `send` once `wait_for` has appeared in the output
+/// (after the previous pair's match), as a person at the console would.
+pub fn run_scripted(
+    args: &[String],
+    timeout: Duration,
+    script: &[(&str, &str)],
+) -> Result<Outcome> {
     let mut child = Command::new(QEMU)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(if script.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -190,9 +205,27 @@ pub fn run_captured(args: &[String], timeout: Duration) -> Result<Outcome> {
     .collect();
 
     let deadline = Instant::now() + timeout;
+    let mut stdin = child.stdin.take();
+    let (mut step, mut from) = (0, 0);
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break Some(status);
+        }
+        if let (Some((wait_for, send)), Some(input)) = (script.get(step), stdin.as_mut()) {
+            let seen = buffer.lock().ok().and_then(|b| {
+                let hay = b.get(from..).unwrap_or_default();
+                hay.windows(wait_for.len())
+                    .position(|w| w == wait_for.as_bytes())
+                    .map(|at| from + at + wait_for.len())
+            });
+            if let Some(end) = seen {
+                // QEMU may already be gone; the exit status tells.
+                let _ = input
+                    .write_all(send.as_bytes())
+                    .and_then(|()| input.flush());
+                step += 1;
+                from = end;
+            }
         }
         if Instant::now() >= deadline {
             // Ignore the error: QEMU may have exited in between.

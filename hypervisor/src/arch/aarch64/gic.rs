@@ -153,20 +153,6 @@ pub fn deactivate(intid: u32) {
     };
 }
 
-/// Acknowledges and completes every pending physical interrupt the
-/// hypervisor handles itself; returns true if a kick was among them.
-pub fn drain() -> bool {
-    let mut kicked = false;
-    while let Some(intid) = ack() {
-        eoi(intid);
-        deactivate(intid);
-        if intid == KICK_SGI {
-            kicked = true;
-        }
-    }
-    kicked
-}
-
 /// Enables PPI `intid` on the redistributor at `gicr` (Group 1, priority 0xa0).
 pub fn enable_ppi(gicr: usize, intid: u32) {
     if intid >= 32 {
