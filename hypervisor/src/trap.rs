@@ -236,7 +236,11 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
         let v = match *target {
             Mmio::Uart(off) => {
                 let r = vm.uart.lock().read(off, size).ok();
-                vm.update_uart_line(Some(vcpu));
+                // Of the reads, only popping the receive FIFO (DR) can
+                // change the interrupt level.
+                if off < 4 {
+                    vm.update_uart_line(Some(vcpu));
+                }
                 r
             }
             Mmio::Gicd(off) => vm.vgic.lock().dist_read(off, size).ok(),
