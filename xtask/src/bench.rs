@@ -147,6 +147,13 @@ fn measure(side: &str, run: usize, args: &[String], timeout: Duration) -> Result
             qemu::indent(&outcome.log)
         );
     }
+    if let Some(line) = outcome.log.lines().find(|l| l.contains("FAIL")) {
+        bail!(
+            "{side} run {run} failed: {}; log:\n{}",
+            line.trim(),
+            qemu::indent(&outcome.log)
+        );
+    }
     let figures = parse_log(&outcome.log);
     if figures.is_empty() {
         bail!(
@@ -201,6 +208,10 @@ pub fn run(quick: bool) -> Result<ExitCode> {
     .to_vec();
     native_args.extend(ICOUNT.map(String::from));
     native_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &guest));
+    if quick {
+        // The guest looks for this word in its device tree's bootargs.
+        native_args.extend(["-append".to_owned(), "bench.quick".to_owned()]);
+    }
 
     let mut native = [
         measure("native", 1, &native_args, TIMEOUT)?,

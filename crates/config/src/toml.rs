@@ -18,7 +18,7 @@
 //! # image = "linux/Image" # ... or a raw / arm64 Image file, relative to this file ...
 //! # kernel = "debian:bookworm"  # ... or a Linux kernel (see below)
 //! # init = "linux/init.sh"      # kernel/image only: /init of a generated initramfs
-//! # cmdline = "quiet"           # kernel/image only: appended to the default command line
+//! # cmdline = "quiet"           # appended to the default command line (in the guest's device tree)
 //! memory = "16M"          # multiple of 2 MiB; must hold the image + 0x80000
 //! host_address = 0x5000_0000   # optional: fixed host-physical address of its RAM
 //! pcpus = [0]             # vCPU i runs on physical CPU pcpus[i]; 1 to 8 vCPUs
@@ -40,7 +40,7 @@
 //!   config file, that becomes `/init` of an initramfs the host tool
 //!   generates (with Debian's static busybox). Without it there is no
 //!   initramfs.
-//! - **`cmdline`** (with `kernel` or `image` only) is appended to the
+//! - **`cmdline`** is appended to the
 //!   default command line: `console=ttyAMA0 rdinit=/init` for a `kernel` or
 //!   a VM with `init`, `console=ttyAMA0` otherwise.
 //! - **Unknown keys are errors**, so a misspelt key cannot be silently
@@ -400,17 +400,16 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
             }
         };
         let is_kernel = v.kernel.is_some();
-        // Only a kernel boots with an initramfs and a command line; with
-        // neither `kernel` nor `image` the missing source is reported above.
+        // Only a kernel boots with an initramfs; with neither `kernel` nor
+        // `image` the missing source is reported above. A bare-metal guest
+        // may take a command line: it is in the device tree it boots with.
         let bare_guest = v.guest.is_some() && !is_kernel && v.image.is_none();
-        for (key, value) in [("init", &v.init), ("cmdline", &v.cmdline)] {
-            if let (Some(value), true) = (value, bare_guest) {
-                diags.push(diag(
-                    Some(value.span().start),
-                    format!("vm[{i}].{key}"),
-                    format!("`{key}` needs `kernel` (or `image`): a bare-metal `guest` has no initramfs or command line"),
-                ));
-            }
+        if let (Some(value), true) = (&v.init, bare_guest) {
+            diags.push(diag(
+                Some(value.span().start),
+                format!("vm[{i}].init"),
+                "`init` needs `kernel` (or `image`): a bare-metal `guest` has no initramfs".into(),
+            ));
         }
         let initramfs_source = v.init.as_ref().map(|init| {
             t.add("initramfs", "init", at(init.span()));

@@ -395,11 +395,11 @@ fn init_without_kernel_is_refused_on_its_line() {
 }
 
 #[test]
-fn cmdline_without_kernel_is_refused_on_its_line() {
-    let text = linux_config("guest = \"hello\"\ncmdline = \"quiet\"\n");
-    let d = only(parse(&text, FILE).unwrap_err());
-    assert_eq!(d.line, line(&text, "cmdline ="));
-    assert_eq!(d.field, "vm[0].cmdline");
+fn bare_metal_guest_cmdline_is_appended_to_the_console_default() {
+    let text = linux_config("guest = \"hello\"\ncmdline = \"bench.quick\"\n");
+    let p = parse(&text, FILE).unwrap();
+    assert_eq!(p.config.vms[0].cmdline, "console=ttyAMA0 bench.quick");
+    assert_eq!(p.config.vms[0].initramfs, None);
 }
 
 #[test]

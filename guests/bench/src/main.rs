@@ -6,9 +6,177 @@
 #![no_std]
 #![no_main]
 
-use guest_rt::{counter, hvc, mmio_read32, println, probe, psci, read64, write64};
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use guest_rt::{counter, gic, hvc, mmio_read32, println, probe, psci, read64, vtimer, write64};
 
-const ITERS: u64 = 1000;
+/// Iterations per figure; `bench.quick` on the command line (the device
+/// tree's bootargs) makes every loop short, for the CI smoke run.
+fn iters() -> u64 {
+    static QUICK: AtomicUsize = AtomicUsize::new(2);
+    let q = match QUICK.load(Ordering::Relaxed) {
+        2 => {
+            let q = guest_rt::dtb_contains(b"bench.quick") as usize;
+            QUICK.store(q, Ordering::Relaxed);
+            q
+        }
+        q => q,
+    };
+    if q == 1 {
+        20
+    } else {
+        1000
+    }
+}
+
+const SGI_IPI: u32 = 1;
+const SGI_SELF: u32 = 2;
+const VTIMER_INTID: u32 = 27;
+
+/// Set by the IRQ handler: the counter when it ran, and how often.
+static STAMP: AtomicU64 = AtomicU64::new(0);
+static HITS: AtomicU64 = AtomicU64::new(0);
+/// Cost of acknowledge + EOI, measured inside the handler when set.
+static MEASURE_EOI: AtomicUsize = AtomicUsize::new(0);
+static EOI_TICKS: AtomicU64 = AtomicU64::new(0);
+/// What vCPU 1 does between interrupts: 0 spin, 1 wait in WFI.
+static MODE: AtomicUsize = AtomicUsize::new(0);
+static SECONDARY_UP: AtomicUsize = AtomicUsize::new(0);
+
+fn irq() {
+    if MEASURE_EOI.load(Ordering::Relaxed) == 1 {
+        let t0 = counter();
+        let id = gic::ack();
+        gic::eoi(id);
+        let t1 = counter();
+        EOI_TICKS.store(t1 - t0, Ordering::Relaxed);
+        HITS.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let t = counter();
+    let id = gic::ack();
+    if id == VTIMER_INTID {
+        vtimer::disarm();
+    }
+    if id < 1020 {
+        STAMP.store(t, Ordering::SeqCst);
+        gic::eoi(id);
+        HITS.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn secondary(index: usize) -> ! {
+    gic::init_cpu(index, 1 << SGI_IPI);
+    gic::enable_irqs();
+    SECONDARY_UP.store(1, Ordering::SeqCst);
+    loop {
+        if MODE.load(Ordering::Relaxed) == 1 {
+            // SAFETY: WFI has no memory effects.
+            unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
+        } else {
+            guest_rt::relax();
+        }
+    }
+}
+
+/// min / average / max of `f`'s latencies over `n` runs.
+fn latency(n: u64, mut f: impl FnMut() -> u64) -> (u64, u64, u64) {
+    let (mut min, mut max, mut sum) = (u64::MAX, 0, 0);
+    for _ in 0..n {
+        let l = f();
+        min = min.min(l);
+        max = max.max(l);
+        sum += l;
+    }
+    (min, sum / n.max(1), max)
+}
+
+fn report_latency(name: &str, (min, avg, max): (u64, u64, u64)) {
+    report(name, avg);
+    println!("BENCH {name}.min instructions {min}");
+    println!("BENCH {name}.max instructions {max}");
+}
+
+/// Waits until the IRQ handler has run once more than `before`.
+fn wait_hit(before: u64) {
+    while HITS.load(Ordering::SeqCst) == before {
+        guest_rt::relax();
+    }
+}
+
+fn interrupt_benchmarks() {
+    gic::init_distributor();
+    gic::init_cpu(0, (1 << SGI_SELF) | (1 << VTIMER_INTID));
+    guest_rt::set_irq_handler(irq);
+    guest_rt::set_secondary_main(secondary);
+    let r = hvc(psci::CPU_ON, 1, guest_rt::secondary_entry(), 1).0 as i64;
+    if r != psci::SUCCESS {
+        println!("FAIL CPU_ON(1) = {r}");
+        guest_rt::system_off();
+    }
+    while SECONDARY_UP.load(Ordering::SeqCst) == 0 {
+        guest_rt::relax();
+    }
+    gic::enable_irqs();
+    let n = iters();
+
+    // Acknowledge + EOI of a virtual interrupt, measured in the handler.
+    let floor = {
+        let t0 = counter();
+        counter() - t0
+    };
+    MEASURE_EOI.store(1, Ordering::SeqCst);
+    let (_, eoi, _) = latency(n, || {
+        let before = HITS.load(Ordering::SeqCst);
+        gic::send_sgi(0, SGI_SELF);
+        wait_hit(before);
+        EOI_TICKS.load(Ordering::SeqCst).saturating_sub(floor)
+    });
+    MEASURE_EOI.store(0, Ordering::SeqCst);
+    report("eoi", eoi);
+
+    // SGI to vCPU 1 (another pCPU), spinning, until its handler runs.
+    MODE.store(0, Ordering::SeqCst);
+    report_latency(
+        "ipi",
+        latency(n, || {
+            let before = HITS.load(Ordering::SeqCst);
+            let t0 = counter();
+            gic::send_sgi(1, SGI_IPI);
+            wait_hit(before);
+            STAMP.load(Ordering::SeqCst).saturating_sub(t0)
+        }),
+    );
+
+    // The same with vCPU 1 blocked in WFI.
+    MODE.store(1, Ordering::SeqCst);
+    report_latency(
+        "wfi_wake",
+        latency(n, || {
+            // Give vCPU 1 time to reach WFI.
+            let settle = counter() + 20_000;
+            while counter() < settle {}
+            let before = HITS.load(Ordering::SeqCst);
+            let t0 = counter();
+            gic::send_sgi(1, SGI_IPI);
+            wait_hit(before);
+            STAMP.load(Ordering::SeqCst).saturating_sub(t0)
+        }),
+    );
+    MODE.store(0, Ordering::SeqCst);
+
+    // Virtual timer programmed to fire at T: handler entry minus T.
+    report_latency(
+        "vtimer_latency",
+        latency(n, || {
+            let before = HITS.load(Ordering::SeqCst);
+            let t = counter() + 5_000;
+            vtimer::arm(t);
+            wait_hit(before);
+            STAMP.load(Ordering::SeqCst).saturating_sub(t)
+        }),
+    );
+    gic::disable_irqs();
+}
 
 /// Average ticks per iteration of `f`, minus the cost of an empty loop.
 fn measure(iters: u64, mut f: impl FnMut()) -> u64 {
@@ -87,17 +255,24 @@ extern "C" fn guest_main() -> ! {
         });
         report(
             "hvc_null",
-            measure(ITERS, || {
+            measure(iters(), || {
                 hvc(psci::BULKHEAD_NULL, 0, 0, 0);
             }),
         );
     }
     report(
         "mmio_uart_read",
-        measure(ITERS, || {
+        measure(iters(), || {
             mmio_read32(guest_rt::UART + 0x18);
         }),
     );
+    report(
+        "mmio_vgic_read",
+        measure(iters(), || {
+            mmio_read32(gic::GICD + 0x8);
+        }),
+    );
+    interrupt_benchmarks();
     report("mem_stream", mem_stream());
     report("pointer_chase", pointer_chase());
     println!("bench done");

@@ -15,13 +15,16 @@ _start:
     .long   0
 
 primary:
+    mov     x20, x0                     // device tree (arm64 boot protocol)
     ldr     x1, =__bss_start
     ldr     x2, =__bss_end
 1:  cmp     x1, x2
     b.hs    2f
     str     xzr, [x1], #8
     b       1b
-2:  mov     x0, #0
+2:  ldr     x1, =DTB_ADDR
+    str     x20, [x1]
+    mov     x0, #0
     b       common
 
 // PSCI CPU_ON entry: x0 = context id = our vCPU index.

@@ -43,6 +43,35 @@ pub fn secondary_entry() -> u64 {
 
 static SECONDARY: AtomicUsize = AtomicUsize::new(0);
 
+/// The device tree address the guest was entered with (x0).
+#[unsafe(no_mangle)]
+static DTB_ADDR: AtomicUsize = AtomicUsize::new(0);
+
+/// True if the device tree the guest booted with contains `needle` (e.g. a
+/// word of /chosen/bootargs). A crude byte search over the blob, bounded by
+/// its header's totalsize (at most 64 KiB).
+pub fn dtb_contains(needle: &[u8]) -> bool {
+    let dtb = DTB_ADDR.load(Ordering::SeqCst);
+    if dtb == 0 || needle.is_empty() || mmio_read32(dtb) != 0xedfe_0dd0 {
+        return false;
+    }
+    let total = (mmio_read32(dtb + 4).swap_bytes() as usize).min(64 << 10);
+    let byte = |i: usize| {
+        // SAFETY: inside the device tree blob, which is in our RAM.
+        unsafe { core::ptr::read_volatile((dtb + i) as *const u8) }
+    };
+    (0..total.saturating_sub(needle.len()))
+        .any(|i| needle.iter().enumerate().all(|(j, &b)| byte(i + j) == b))
+}
+
+static IRQ_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the function called for every IRQ taken at EL1 (it acknowledges
+/// and completes the interrupt itself).
+pub fn set_irq_handler(f: fn()) {
+    IRQ_HANDLER.store(f as usize, Ordering::SeqCst);
+}
+
 /// Sets what secondary vCPUs run (with their index) once started.
 pub fn set_secondary_main(f: fn(usize) -> !) {
     SECONDARY.store(f as usize, Ordering::SeqCst);
@@ -114,7 +143,7 @@ impl Write for Console {
 /// Prints one formatted line atomically with respect to other vCPUs.
 pub fn print_fmt(args: fmt::Arguments) {
     while CONSOLE.swap(true, Ordering::Acquire) {
-        core::hint::spin_loop();
+        relax();
     }
     let _ = Console.write_fmt(args);
     CONSOLE.store(false, Ordering::Release);
@@ -188,6 +217,15 @@ pub fn cpu_off() -> ! {
     halt()
 }
 
+/// A spin-wait step. `yield`, not `core::hint::spin_loop` (an `isb` on
+/// AArch64): under QEMU's round-robin (`-icount`) scheduling only `yield`
+/// hands the host thread to the other vCPUs, without it a waiting vCPU can
+/// spin through its whole time slice while the one it waits for never runs.
+pub fn relax() {
+    // SAFETY: YIELD is a hint with no architectural effect.
+    unsafe { asm!("yield", options(nomem, nostack)) };
+}
+
 pub fn halt() -> ! {
     loop {
         // SAFETY: WFE has no memory effects.
@@ -258,8 +296,108 @@ extern "C" fn rt_exception(kind: u64, esr: u64, far: u64, elr: u64) -> u64 {
         FAULTED.store(true, Ordering::SeqCst);
         return elr + 4;
     }
+    // IRQ from EL1 with SP_EL1 (vector 5).
+    if kind == 5 {
+        let f = IRQ_HANDLER.load(Ordering::SeqCst);
+        if f != 0 {
+            // SAFETY: IRQ_HANDLER only ever holds a `fn()` (set_irq_handler).
+            let f: fn() = unsafe { core::mem::transmute::<usize, fn()>(f) };
+            f();
+            return elr;
+        }
+    }
     println!("FAIL unexpected exception kind={kind} esr={esr:#x} far={far:#x} elr={elr:#x}");
     system_off()
+}
+
+/// The GICv3 as QEMU virt lays it out (natively the real one, under
+/// Bulkhead the VM's virtual one: the same code drives both).
+pub mod gic {
+    use super::{mmio_read32, mmio_write32};
+    use core::arch::asm;
+
+    pub const GICD: usize = 0x0800_0000;
+    pub const GICR: usize = 0x080A_0000;
+    const GICR_STRIDE: usize = 0x2_0000;
+    const SGI_BASE: usize = 0x1_0000;
+
+    /// Distributor on with affinity routing, Group 1 enabled.
+    pub fn init_distributor() {
+        mmio_write32(GICD, (1 << 4) | (1 << 1));
+        while mmio_read32(GICD) & (1 << 31) != 0 {}
+    }
+
+    /// This vCPU's redistributor awake, `ppis_sgis` (a mask of INTIDs 0-31)
+    /// enabled in Group 1 at priority 0x80; CPU interface on.
+    pub fn init_cpu(index: usize, ppis_sgis: u32) {
+        let rd = GICR + index * GICR_STRIDE;
+        let waker = mmio_read32(rd + 0x14);
+        mmio_write32(rd + 0x14, waker & !(1 << 1));
+        while mmio_read32(rd + 0x14) & (1 << 2) != 0 {}
+        mmio_write32(rd + SGI_BASE + 0x80, 0xffff_ffff);
+        for w in 0..8 {
+            mmio_write32(rd + SGI_BASE + 0x400 + 4 * w, 0x8080_8080);
+        }
+        mmio_write32(rd + SGI_BASE + 0x100, ppis_sgis);
+        // SAFETY: GIC CPU interface system registers of this vCPU.
+        unsafe {
+            asm!(
+                "mrs {t}, icc_sre_el1", "orr {t}, {t}, #1", "msr icc_sre_el1, {t}", "isb",
+                "msr icc_pmr_el1, {ff}", "msr icc_igrpen1_el1, {one}", "isb",
+                t = out(reg) _, ff = in(reg) 0xffu64, one = in(reg) 1u64, options(nostack)
+            )
+        };
+    }
+
+    /// SGI `intid` to the vCPU with index `target` (Aff0 = index % 16).
+    pub fn send_sgi(target: usize, intid: u32) {
+        let v = ((intid as u64) << 24) | (((target / 16) as u64) << 16) | (1u64 << (target % 16));
+        // SAFETY: generating an SGI.
+        unsafe { asm!("dsb ish", "msr icc_sgi1r_el1, {}", "isb", in(reg) v, options(nostack)) };
+    }
+
+    /// Acknowledge: the INTID (1023 when nothing is pending).
+    pub fn ack() -> u32 {
+        let v: u64;
+        // SAFETY: reading IAR acknowledges; callers EOI it.
+        unsafe { asm!("mrs {}, icc_iar1_el1", out(reg) v, options(nostack)) };
+        (v & 0xff_ffff) as u32
+    }
+
+    /// End of interrupt (priority drop and deactivation, EOImode 0).
+    pub fn eoi(intid: u32) {
+        // SAFETY: completes an interrupt we acknowledged.
+        unsafe { asm!("msr icc_eoir1_el1, {}", "isb", in(reg) intid as u64, options(nostack)) };
+    }
+
+    /// Unmask IRQs at EL1.
+    pub fn enable_irqs() {
+        // SAFETY: the IRQ vector is installed by the runtime.
+        unsafe { asm!("msr daifclr, #2", "isb", options(nostack)) };
+    }
+
+    pub fn disable_irqs() {
+        // SAFETY: masking IRQs has no memory effects.
+        unsafe { asm!("msr daifset, #2", "isb", options(nostack)) };
+    }
+}
+
+/// The EL1 virtual timer.
+pub mod vtimer {
+    use core::arch::asm;
+
+    /// Fire at virtual counter value `cval`.
+    pub fn arm(cval: u64) {
+        // SAFETY: this vCPU's own virtual timer.
+        unsafe {
+            asm!("msr cntv_cval_el0, {}", "msr cntv_ctl_el0, {}", "isb", in(reg) cval, in(reg) 1u64, options(nostack))
+        };
+    }
+
+    pub fn disarm() {
+        // SAFETY: as for `arm`.
+        unsafe { asm!("msr cntv_ctl_el0, xzr", "isb", options(nostack)) };
+    }
 }
 
 #[panic_handler]
