@@ -13,6 +13,11 @@ pub struct PerCpu {
     pub index: AtomicUsize,
     pub mpidr: AtomicU64,
     pub gicr: AtomicUsize,
+    /// The VM this pCPU hosts (its index + 1; 0 for none) and the vCPU,
+    /// cached here from the system's assignment so the trap path needs no
+    /// table lookup.
+    pub vm_plus_one: AtomicUsize,
+    pub vcpu: AtomicUsize,
 }
 
 impl PerCpu {
@@ -22,6 +27,8 @@ impl PerCpu {
             index: AtomicUsize::new(0),
             mpidr: AtomicU64::new(0),
             gicr: AtomicUsize::new(0),
+            vm_plus_one: AtomicUsize::new(0),
+            vcpu: AtomicUsize::new(0),
         }
     }
 

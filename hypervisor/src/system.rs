@@ -73,15 +73,22 @@ pub fn console_input() {
 static STOPPED: AtomicUsize = AtomicUsize::new(0);
 
 pub fn install(sys: System) -> &'static System {
-    SYSTEM.call_once(|| sys)
+    let sys = SYSTEM.call_once(|| sys);
+    for (cpu, slot) in sys.assignment.iter().enumerate() {
+        if let (Some((vm, vcpu)), Some(p)) = (slot, percpu::get(cpu)) {
+            p.vcpu.store(vcpu.index(), Ordering::Relaxed);
+            p.vm_plus_one.store(vm + 1, Ordering::Release);
+        }
+    }
+    sys
 }
 
 /// The VM and vCPU this pCPU hosts.
 pub fn current() -> Option<(&'static Vm, VcpuId)> {
-    let sys = SYSTEM.get()?;
-    let idx = percpu::this().index.load(Ordering::Relaxed);
-    let (vm, vcpu) = (*sys.assignment.get(idx)?)?;
-    Some((sys.vms.get(vm)?, vcpu))
+    let p = percpu::this();
+    let vm = p.vm_plus_one.load(Ordering::Acquire).checked_sub(1)?;
+    let vcpu = VcpuId(p.vcpu.load(Ordering::Relaxed) as u16);
+    Some((SYSTEM.get()?.vms.get(vm)?, vcpu))
 }
 
 /// One more VM has stopped; with all of them stopped the machine powers off.

@@ -259,11 +259,17 @@ impl Vm {
     /// Runs the list-register cycle for `vcpu`, which runs on this pCPU.
     pub fn flush_lrs(&self, vcpu: VcpuId) {
         let n = ich::num_lrs();
-        let mut lrs = [0u64; ich::MAX_LRS];
-        let lrs = &mut lrs[..n];
+        let mut buf = [0u64; ich::MAX_LRS];
+        let lrs = &mut buf[..n];
         ich::read_lrs(lrs);
-        let f = self.vgic.lock().flush(vcpu.0, lrs);
-        ich::write_lrs(lrs);
+        let before = buf;
+        let f = self.vgic.lock().flush(vcpu.0, &mut buf[..n]);
+        // Only list registers the model changed are written back.
+        for (i, (&new, &old)) in buf[..n].iter().zip(&before[..n]).enumerate() {
+            if new != old {
+                ich::write_lr(i, new);
+            }
+        }
         ich::set_hcr(ich::HCR_EN | if f.underflow { ich::HCR_UIE } else { 0 });
         // An SPI that left this vCPU's list registers may now be another's.
         for v in f.kicks.iter().filter(|&v| v != vcpu.0) {

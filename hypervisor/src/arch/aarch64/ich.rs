@@ -63,12 +63,6 @@ pub fn read_lrs(out: &mut [u64]) {
     }
 }
 
-pub fn write_lrs(lrs: &[u64]) {
-    for (i, &v) in lrs.iter().enumerate() {
-        write_lr(i, v);
-    }
-}
-
 pub fn set_hcr(v: u64) {
     // SAFETY: ICH_HCR_EL2 controls the virtual CPU interface of the guest
     // on this pCPU only.
