@@ -93,6 +93,32 @@ static OPEN_LINE: AtomicUsize = AtomicUsize::new(0);
 
 /// Starts output for VM `id`: closes another VM's open line, and prints the
 /// tag unless this VM's line is already open.
+/// OPEN_LINE's value while the shell's prompt line is open.
+const SHELL_LINE: usize = usize::MAX;
+
+/// Text for the shell's input line (prompt, echo), left open.
+pub fn shell_partial(bytes: &[u8]) {
+    let _g = LOCK.lock();
+    let mut u = Uart;
+    let open = OPEN_LINE.load(Ordering::Relaxed);
+    if open != 0 && open != SHELL_LINE {
+        let _ = u.write_str("\n");
+    }
+    for &b in bytes {
+        u.putc(b);
+    }
+    OPEN_LINE.store(SHELL_LINE, Ordering::Relaxed);
+}
+
+/// Plain text lines from the shell (no log prefix).
+pub fn shell_fmt(args: fmt::Arguments) {
+    let _g = LOCK.lock();
+    if OPEN_LINE.swap(0, Ordering::Relaxed) != 0 {
+        let _ = Uart.write_str("\n");
+    }
+    let _ = Uart.write_fmt(args);
+}
+
 fn begin_guest_output(u: &mut Uart, id: usize, vm: &str) {
     let open = OPEN_LINE.load(Ordering::Relaxed);
     if open == id + 1 {

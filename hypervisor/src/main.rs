@@ -10,6 +10,7 @@ mod arch;
 mod console;
 mod percpu;
 mod platform;
+mod shell;
 mod system;
 mod trap;
 mod vm;
@@ -164,8 +165,13 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     let focus = cfg_focus(sys);
     system::set_input_focus(focus);
     match focus.and_then(|i| sys.vms.get(i)) {
-        Some(vm) => log::info!("console input goes to {}", vm.name),
-        None => log::info!("no VM boots Linux: console input is ignored"),
+        Some(vm) => log::info!(
+            "console input goes to {} (Ctrl-] moves it to the next VM, then the shell)",
+            vm.name
+        ),
+        None => {
+            log::info!("console input goes to the hypervisor shell (Ctrl-] moves it to the VMs)")
+        }
     }
     if sys.vms.is_empty() {
         log::error!("no VM could be created");

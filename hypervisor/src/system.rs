@@ -30,17 +30,15 @@ pub fn maintenance_intid() -> Option<u32> {
     MAINTENANCE.get().copied()
 }
 
-/// The VM that receives console input: the first VM that boots Linux (the
-/// one with a shell); none when every VM is bare-metal. The console
-/// multiplexer will make this switchable.
-static FOCUS: Once<Option<usize>> = Once::new();
+/// Console input focus: 0 = the hypervisor shell, i + 1 = VM i.
+static FOCUS: AtomicUsize = AtomicUsize::new(0);
 
 pub fn set_input_focus(vm: Option<usize>) {
-    FOCUS.call_once(|| vm);
+    FOCUS.store(vm.map_or(0, |v| v + 1), Ordering::Relaxed);
 }
 
 fn focus() -> Option<&'static Vm> {
-    let idx = (*FOCUS.get()?)?;
+    let idx = FOCUS.load(Ordering::Relaxed).checked_sub(1)?;
     SYSTEM.get()?.vms.get(idx)
 }
 
@@ -49,27 +47,47 @@ pub fn has_input_focus(vm: &Vm) -> bool {
     focus().is_some_and(|f| f.id == vm.id)
 }
 
+/// Ctrl-]: focus moves to the next VM, after the last one to the shell,
+/// then back to the first VM.
+fn cycle_focus() {
+    let n = SYSTEM.get().map_or(0, |s| s.vms.len());
+    let next = (FOCUS.load(Ordering::Relaxed) + 1) % (n + 1);
+    FOCUS.store(next, Ordering::Relaxed);
+    match focus() {
+        Some(vm) => log::info!(
+            "console input now goes to {} (Ctrl-] for the next)",
+            vm.name
+        ),
+        None => crate::shell::enter(),
+    }
+}
+
 /// Console input: every byte waiting in the physical UART goes to the VM
-/// with input focus, or is dropped when no VM has it.
+/// with input focus or to the shell; Ctrl-] moves the focus.
 pub fn console_input() {
-    let Some(vm) = focus() else {
-        while crate::console::read_byte().is_some() {}
-        return;
-    };
-    let mut any = false;
+    let mut fed: Option<&'static Vm> = None;
     while let Some(b) = crate::console::read_byte() {
-        any = true;
+        if b == bulkhead_shell::FOCUS_KEY {
+            cycle_focus();
+            continue;
+        }
+        let Some(vm) = focus() else {
+            crate::shell::input(b);
+            continue;
+        };
         if !vm.uart.lock().push_rx(b) {
             log::warn!("{}: console input dropped (receive FIFO full)", vm.name);
         }
+        fed = Some(vm);
     }
-    if any {
+    if let Some(vm) = fed {
         let me = current()
             .filter(|(v, _)| v.id == vm.id)
             .map(|(_, vcpu)| vcpu);
         vm.update_uart_line(me);
     }
 }
+
 static STOPPED: AtomicUsize = AtomicUsize::new(0);
 
 pub fn install(sys: System) -> &'static System {
@@ -92,6 +110,16 @@ pub fn current() -> Option<(&'static Vm, VcpuId)> {
 }
 
 /// One more VM has stopped; with all of them stopped the machine powers off.
+/// A stopped VM is starting again (from the shell).
+pub fn vm_started() {
+    STOPPED.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// All VMs, for the shell.
+pub fn vms() -> &'static [Vm] {
+    SYSTEM.get().map_or(&[], |s| s.vms.as_slice())
+}
+
 pub fn vm_stopped() {
     let Some(sys) = SYSTEM.get() else { return };
     let n = STOPPED.fetch_add(1, Ordering::SeqCst) + 1;

@@ -5,7 +5,7 @@
 use crate::arch::{self, gic, regs, TrapFrame};
 use crate::console;
 use crate::system;
-use crate::vm::{Lifecycle, Vm, VGICD_IPA, VGICR_IPA, VTIMER_INTID, VUART_IPA};
+use crate::vm::{self, End, Lifecycle, Vm, VGICD_IPA, VGICR_IPA, VTIMER_INTID, VUART_IPA};
 use bulkhead_devices::pl011;
 use bulkhead_exit::inject::{self, Kind};
 use bulkhead_exit::{DataAbort, Exit};
@@ -117,7 +117,6 @@ fn smccc(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame) {
         frame.x[0] = 0;
         return;
     }
-    vm.stats.hypercalls.fetch_add(1, Ordering::Relaxed);
     let mut st = vm.state.lock();
     if st.lifecycle != Lifecycle::Running {
         drop(st);
@@ -152,12 +151,12 @@ fn smccc(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame) {
             system::park(vm, vcpu);
         }
         Action::SystemOff => {
-            vm.begin_stop(&mut st, false, "guest called SYSTEM_OFF");
+            vm.begin_stop(&mut st, End::Off, "guest called SYSTEM_OFF");
             drop(st);
             system::park(vm, vcpu);
         }
         Action::SystemReset => {
-            vm.begin_stop(&mut st, true, "guest called SYSTEM_RESET");
+            vm.begin_stop(&mut st, End::Reset, "guest called SYSTEM_RESET");
             drop(st);
             system::park(vm, vcpu);
         }
@@ -204,7 +203,6 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
         inject(Kind::DataAbort { far });
         return;
     };
-    vm.stats.mmio.fetch_add(1, Ordering::Relaxed);
     let size = access.size;
     let ok = if access.write {
         let value = access.store_value(frame.reg(access.reg));
@@ -272,6 +270,9 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
         system::service_interrupts_without_vcpu();
         return;
     };
+    if let Some(c) = vm.vcpu_stats(vcpu) {
+        vm::bump(&c.irq);
+    }
     let mut kicked = false;
     while let Some(intid) = gic::ack() {
         gic::eoi(intid);
@@ -321,7 +322,7 @@ fn stop_vm_from_trap(why: &str) -> ! {
         regs::elr_el2()
     );
     let mut st = vm.state.lock();
-    vm.begin_stop(&mut st, false, why);
+    vm.begin_stop(&mut st, End::Crash, why);
     drop(st);
     system::park(vm, vcpu)
 }

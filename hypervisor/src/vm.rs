@@ -5,7 +5,7 @@ use crate::arch::{self, cache, gic, ich, mmu::IdentityTables, regs};
 use crate::{percpu, system};
 use alloc::string::String;
 use alloc::vec::Vec;
-use bulkhead_config::{VmConfig, RAM_IPA};
+use bulkhead_config::{RestartPolicy, VmConfig, RAM_IPA};
 use bulkhead_devices::pl011::Pl011;
 use bulkhead_pagetable::{Attrs, MemType, PageTable, Regime};
 use bulkhead_psci::{GuestRam, PowerState};
@@ -32,11 +32,36 @@ pub const DTB_SPACE: u64 = 64 << 10;
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Lifecycle {
     Running,
-    /// Waiting for every running vCPU to leave; then off, or reset.
-    Stopping {
-        reset: bool,
-    },
+    /// Waiting for every running vCPU to leave; then stopped or restarted.
+    Stopping(End),
     Stopped,
+}
+
+/// Why a VM is ending; with its restart policy this decides what follows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum End {
+    /// The guest called SYSTEM_OFF.
+    Off,
+    /// The guest called SYSTEM_RESET (a reboot, or Linux's `panic=-1`).
+    Reset,
+    /// The hypervisor found it unable to continue (SError, AArch32, ...).
+    Crash,
+    /// `stop` in the console shell.
+    ShellStop,
+    /// `restart` in the console shell.
+    ShellRestart,
+}
+
+impl End {
+    /// Restart after this end under `policy`?
+    pub fn restarts(self, policy: RestartPolicy) -> bool {
+        match self {
+            End::ShellRestart => true,
+            End::ShellStop => false,
+            End::Reset | End::Crash => policy != RestartPolicy::Never,
+            End::Off => policy == RestartPolicy::Always,
+        }
+    }
 }
 
 pub struct VmState {
@@ -49,9 +74,26 @@ pub struct VmState {
 /// Counters for `stats` and the logs.
 #[derive(Default)]
 pub struct VmStats {
-    pub hypercalls: AtomicU64,
-    pub mmio: AtomicU64,
+    pub vcpus: [VcpuStats; bulkhead_psci::MAX_VCPUS],
     pub refused: AtomicU64,
+}
+
+/// Exits of one vCPU by reason, and virtual interrupts put in its list
+/// registers. Written only by the pCPU that runs the vCPU.
+#[derive(Default)]
+pub struct VcpuStats {
+    pub smccc: AtomicU64,
+    pub mmio: AtomicU64,
+    pub sysreg: AtomicU64,
+    pub irq: AtomicU64,
+    pub other: AtomicU64,
+    pub injected: AtomicU64,
+}
+
+/// One more event in a counter with a single writer (no atomic
+/// read-modify-write needed on the trap path).
+pub fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
 }
 
 pub struct Vm {
@@ -80,6 +122,7 @@ pub struct Vm {
     pub stats: VmStats,
     /// Boots Linux (an initramfs or a kernel command line): gets input focus.
     pub boots_linux: bool,
+    pub restart: RestartPolicy,
 }
 
 impl Vm {
@@ -155,6 +198,7 @@ impl Vm {
             complaints: AtomicU32::new(0),
             stats: VmStats::default(),
             boots_linux: cfg.boots_linux(),
+            restart: cfg.restart,
         })
     }
 
@@ -256,6 +300,14 @@ impl Vm {
         }
     }
 
+    pub fn vcpu_stats(&self, vcpu: VcpuId) -> Option<&VcpuStats> {
+        self.stats.vcpus.get(vcpu.index())
+    }
+
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
     /// Runs the list-register cycle for `vcpu`, which runs on this pCPU.
     pub fn flush_lrs(&self, vcpu: VcpuId) {
         let n = ich::num_lrs();
@@ -265,10 +317,21 @@ impl Vm {
         let before = buf;
         let f = self.vgic.lock().flush(vcpu.0, &mut buf[..n]);
         // Only list registers the model changed are written back.
+        let mut injected = 0;
         for (i, (&new, &old)) in buf[..n].iter().zip(&before[..n]).enumerate() {
             if new != old {
                 ich::write_lr(i, new);
+                // A different interrupt now pending in this LR.
+                if new >> 62 == 1 && (new as u32 != old as u32 || old >> 62 == 0) {
+                    injected += 1;
+                }
             }
+        }
+        if let Some(c) = self.vcpu_stats(vcpu) {
+            c.injected.store(
+                c.injected.load(Ordering::Relaxed) + injected,
+                Ordering::Relaxed,
+            );
         }
         ich::set_hcr(ich::HCR_EN | if f.underflow { ich::HCR_UIE } else { 0 });
         // An SPI that left this vCPU's list registers may now be another's.
@@ -306,17 +369,21 @@ impl Vm {
 
     /// Starts stopping the VM: every running vCPU is kicked and parks
     /// itself; the last one to park finishes the transition.
-    pub fn begin_stop(&self, st: &mut VmState, reset: bool, why: &str) {
+    pub fn begin_stop(&self, st: &mut VmState, end: End, why: &str) {
         if st.lifecycle != Lifecycle::Running {
             return;
         }
+        let verb = if end.restarts(self.restart) {
+            "restarting"
+        } else {
+            "stopping"
+        };
         log::info!(
-            "{}: {} ({})",
+            "{}: {verb} ({why}; restart policy {})",
             self.name,
-            if reset { "restarting" } else { "stopping" },
-            why
+            self.restart
         );
-        st.lifecycle = Lifecycle::Stopping { reset };
+        st.lifecycle = Lifecycle::Stopping(end);
         st.power.stop_all();
         for v in 0..self.n_vcpus() {
             if st.running & (1 << v) != 0 {
@@ -334,13 +401,13 @@ impl Vm {
             |line: &[u8]| crate::console::guest_partial(self.id.index(), &self.name, line);
         self.uart.lock().flush(&mut flush);
         match st.lifecycle {
-            Lifecycle::Stopping { reset: true } => {
+            Lifecycle::Stopping(end) if end.restarts(self.restart) => {
                 let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
                 log::info!("{}: restart {n}: fresh image loaded", self.name);
                 self.uart.lock().reset();
                 self.boot(st);
             }
-            Lifecycle::Stopping { reset: false } => {
+            Lifecycle::Stopping(_) => {
                 st.lifecycle = Lifecycle::Stopped;
                 log::info!("{}: stopped", self.name);
                 system::vm_stopped();

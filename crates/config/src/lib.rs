@@ -53,8 +53,9 @@ pub const MAX_NAME_LEN: usize = 31;
 /// The command line of a bare-metal guest (and the start of every other).
 pub const DEFAULT_CMDLINE: &str = "console=ttyAMA0";
 /// The command line a Linux kernel VM starts with: the console on the
-/// virtual PL011, and the initramfs's `/init` as the first process.
-pub const LINUX_CMDLINE: &str = "console=ttyAMA0 rdinit=/init";
+/// virtual PL011, the initramfs's `/init` as the first process, and a
+/// reboot on kernel panic, which the restart policy then handles.
+pub const LINUX_CMDLINE: &str = "console=ttyAMA0 rdinit=/init panic=-1";
 /// Longest command line, in bytes. Linux arm64 takes up to 2047 bytes
 /// (`COMMAND_LINE_SIZE` 2048, arch/arm64/include/uapi/asm/setup.h); half of
 /// that leaves room for what the hypervisor appends.
@@ -67,16 +68,19 @@ pub const DTB_RESERVE: u64 = 64 << 10;
 /// boundary), so up to one block is lost to alignment.
 pub const LINUX_SLACK: u64 = 2 << 20;
 
-/// What happens when a VM stops.
+/// What happens when a VM ends. A guest's SYSTEM_RESET (a reboot, and how
+/// a Linux guest reports a kernel panic with `panic=-1`) and a crash the
+/// hypervisor detects (SError, an exception it cannot handle) both count
+/// as "crashed or asked to restart"; SYSTEM_OFF is a clean end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum RestartPolicy {
-    /// Stay stopped.
-    #[default]
+    /// Stay stopped, however it ended.
     Never,
-    /// Restart from a clean image if it crashed (fault, watchdog), not if it
-    /// powered itself off.
+    /// Restart from a clean image after a reset or crash, not after
+    /// SYSTEM_OFF. The default.
+    #[default]
     OnCrash,
-    /// Restart from a clean image whenever it stops.
+    /// Restart from a clean image whenever it ends.
     Always,
 }
 
@@ -231,6 +235,6 @@ mod tests {
     #[test]
     fn restart_policy_spells_like_the_config_file() {
         assert_eq!(RestartPolicy::OnCrash.as_str(), "on-crash");
-        assert_eq!(RestartPolicy::default(), RestartPolicy::Never);
+        assert_eq!(RestartPolicy::default(), RestartPolicy::OnCrash);
     }
 }

@@ -22,7 +22,7 @@
 //! memory = "16M"          # multiple of 2 MiB; must hold the image + 0x80000
 //! host_address = 0x5000_0000   # optional: fixed host-physical address of its RAM
 //! pcpus = [0]             # vCPU i runs on physical CPU pcpus[i]; 1 to 8 vCPUs
-//! restart = "never"       # never | on-crash | always; default never
+//! restart = "on-crash"    # never | on-crash | always; default on-crash
 //! ```
 //!
 //! - **Sizes** (`memory`): an integer number of bytes (TOML hex like
@@ -446,7 +446,7 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
             pcpus: v.pcpus.into_inner(),
             restart: v
                 .restart
-                .map_or(RestartPolicy::Never, |r| r.into_inner().into()),
+                .map_or(RestartPolicy::default(), |r| r.into_inner().into()),
             initramfs,
             cmdline,
         });

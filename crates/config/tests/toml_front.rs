@@ -51,7 +51,7 @@ fn example_parses_into_the_expected_config() {
     assert_eq!(c.vms[1].host_address, None);
     assert_eq!(c.vms[1].restart, RestartPolicy::OnCrash);
     assert_eq!(c.vms[2].memory, 0x40_0000, "hex integer size");
-    assert_eq!(c.vms[2].restart, RestartPolicy::Never, "default restart");
+    assert_eq!(c.vms[2].restart, RestartPolicy::OnCrash, "default restart");
     assert_eq!(p.check(SIZES), Ok(()));
 }
 
@@ -317,7 +317,7 @@ fn debian_kernel_with_init_gets_an_initramfs_and_the_linux_cmdline() {
     );
     let vm = &p.config.vms[0];
     assert_eq!((vm.image, vm.initramfs), (0, Some(1)));
-    assert_eq!(vm.cmdline, "console=ttyAMA0 rdinit=/init quiet");
+    assert_eq!(vm.cmdline, "console=ttyAMA0 rdinit=/init panic=-1 quiet");
     assert!(vm.boots_linux());
 }
 
@@ -329,7 +329,10 @@ fn backports_kernel_without_init_has_no_initramfs() {
         vec![ImageSource::Debian(DebianKernel::BookwormBackports)]
     );
     assert_eq!(p.config.vms[0].initramfs, None);
-    assert_eq!(p.config.vms[0].cmdline, "console=ttyAMA0 rdinit=/init");
+    assert_eq!(
+        p.config.vms[0].cmdline,
+        "console=ttyAMA0 rdinit=/init panic=-1"
+    );
 }
 
 #[test]
@@ -355,7 +358,10 @@ fn image_may_take_init_and_cmdline() {
     ));
     let vm = &p.config.vms[0];
     assert_eq!(vm.initramfs, Some(1));
-    assert_eq!(vm.cmdline, "console=ttyAMA0 rdinit=/init loglevel=3");
+    assert_eq!(
+        vm.cmdline,
+        "console=ttyAMA0 rdinit=/init panic=-1 loglevel=3"
+    );
     let p = parse_ok(&linux_config("image = \"Image\"\ncmdline = \"x\"\n"));
     assert_eq!(p.config.vms[0].cmdline, "console=ttyAMA0 x");
 }

@@ -1,0 +1,245 @@
+//! The hypervisor shell on the console (focus it with Ctrl-]): list, info,
+//! start, stop, restart and stats. Parsing and line editing are in the pure
+//! `bulkhead-shell` crate; this module acts on the VMs.
+
+use crate::console;
+use crate::system;
+use crate::vm::{End, Lifecycle, Vm};
+use bulkhead_shell::{Command, Key, LineEditor};
+use core::fmt::Write;
+use core::sync::atomic::Ordering;
+use spin::Mutex;
+
+static EDITOR: Mutex<LineEditor> = Mutex::new(LineEditor::new());
+const PROMPT: &[u8] = b"bulkhead> ";
+
+macro_rules! say {
+    ($($arg:tt)*) => { console::shell_fmt(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Focus arrived at the shell.
+pub fn enter() {
+    say!("bulkhead shell: 'help' lists the commands, Ctrl-] returns to the first VM");
+    console::shell_partial(PROMPT);
+}
+
+/// One byte typed while the shell has focus.
+pub fn input(b: u8) {
+    let mut ed = EDITOR.lock();
+    match ed.feed(b) {
+        Key::Echo(c) => console::shell_partial(&[c]),
+        Key::Erase => console::shell_partial(b"\x08 \x08"),
+        Key::None => {}
+        Key::Enter => {
+            let mut line = heapless_line();
+            let _ = line.write_str(ed.line());
+            ed.clear();
+            drop(ed);
+            // Ends the input line; the command's output starts below it.
+            console::shell_fmt(format_args!(""));
+            run(line.as_str());
+            console::shell_partial(PROMPT);
+        }
+    }
+}
+
+/// A copy of the typed line, so the editor lock is not held while the
+/// command runs.
+struct Line {
+    buf: [u8; bulkhead_shell::LINE_MAX],
+    len: usize,
+}
+
+fn heapless_line() -> Line {
+    Line {
+        buf: [0; bulkhead_shell::LINE_MAX],
+        len: 0,
+    }
+}
+
+impl Write for Line {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        for &b in s.as_bytes() {
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = b;
+                self.len += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Line {
+    fn as_str(&self) -> &str {
+        core::str::from_utf8(self.buf.get(..self.len).unwrap_or_default()).unwrap_or("")
+    }
+}
+
+fn find(name: &str) -> Option<&'static Vm> {
+    let vm = system::vms().iter().find(|v| v.name == name);
+    if vm.is_none() {
+        say!("no VM named '{name}' (see 'list')");
+    }
+    vm
+}
+
+fn state_name(l: Lifecycle) -> &'static str {
+    match l {
+        Lifecycle::Running => "running",
+        Lifecycle::Stopping(_) => "stopping",
+        Lifecycle::Stopped => "stopped",
+    }
+}
+
+fn run(line: &str) {
+    let cmd = match bulkhead_shell::parse(line) {
+        Ok(c) => c,
+        Err(bulkhead_shell::ParseError::Empty) => return,
+        Err(e) => {
+            say!("error: {e}");
+            return;
+        }
+    };
+    match cmd {
+        Command::Help => {
+            for l in bulkhead_shell::HELP {
+                say!("  {l}");
+            }
+        }
+        Command::List => {
+            say!(
+                "{:<16} {:<9} {:>5} {:<12} {:>8} {:>8} {}",
+                "VM",
+                "STATE",
+                "VCPUS",
+                "PCPUS",
+                "MEMORY",
+                "RESTARTS",
+                "POLICY"
+            );
+            for vm in system::vms() {
+                let st = vm.state.lock().lifecycle;
+                let mut pcpus = heapless_line();
+                for (i, p) in vm.pcpus.iter().enumerate() {
+                    let _ = write!(pcpus, "{}{}", if i > 0 { "," } else { "" }, p.0);
+                }
+                say!(
+                    "{:<16} {:<9} {:>5} {:<12} {:>6}Mi {:>8} {}",
+                    vm.name,
+                    state_name(st),
+                    vm.n_vcpus(),
+                    pcpus.as_str(),
+                    vm.ram_size >> 20,
+                    vm.restarts.load(Ordering::Relaxed),
+                    vm.restart
+                );
+            }
+        }
+        Command::Info(name) => {
+            let Some(vm) = find(name) else { return };
+            let st = vm.state.lock().lifecycle;
+            say!(
+                "{}: {}, restart policy {}, restarted {} time(s)",
+                vm.name,
+                state_name(st),
+                vm.restart,
+                vm.restarts.load(Ordering::Relaxed)
+            );
+            say!(
+                "  RAM {:#x}..{:#x} (host) at IPA {:#x}, VMID {}",
+                vm.ram.0,
+                vm.ram.0 + vm.ram_size,
+                bulkhead_config::RAM_IPA,
+                vm.id.0 + 1
+            );
+            say!(
+                "  entry {:#x}, {} vCPU(s) on pCPUs {:?}",
+                vm.entry_ipa(),
+                vm.n_vcpus(),
+                vm.pcpus.iter().map(|p| p.0).collect::<alloc::vec::Vec<_>>()
+            );
+            say!("  command line: {}", vm.cmdline());
+        }
+        Command::Start(name) => {
+            let Some(vm) = find(name) else { return };
+            let mut st = vm.state.lock();
+            if st.lifecycle != Lifecycle::Stopped {
+                say!("error: {} is {}", vm.name, state_name(st.lifecycle));
+                return;
+            }
+            system::vm_started();
+            log::info!("{}: started from the shell", vm.name);
+            vm.boot(&mut st);
+        }
+        Command::Stop(name) => {
+            let Some(vm) = find(name) else { return };
+            let mut st = vm.state.lock();
+            if st.lifecycle != Lifecycle::Running {
+                say!("error: {} is {}", vm.name, state_name(st.lifecycle));
+                return;
+            }
+            vm.begin_stop(&mut st, End::ShellStop, "stopped from the shell");
+        }
+        Command::Restart(name) => {
+            let Some(vm) = find(name) else { return };
+            let mut st = vm.state.lock();
+            match st.lifecycle {
+                Lifecycle::Running => {
+                    vm.begin_stop(&mut st, End::ShellRestart, "restarted from the shell")
+                }
+                Lifecycle::Stopped => {
+                    system::vm_started();
+                    vm.restarts.fetch_add(1, Ordering::Relaxed);
+                    log::info!("{}: started from the shell", vm.name);
+                    vm.boot(&mut st);
+                }
+                Lifecycle::Stopping(_) => say!("error: {} is stopping", vm.name),
+            }
+        }
+        Command::Stats(which) => {
+            if let Some(name) = which {
+                if find(name).is_none() {
+                    return;
+                }
+            }
+            say!(
+                "{:<16} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                "VM",
+                "VCPU",
+                "HVC/SMC",
+                "MMIO",
+                "SYSREG",
+                "IRQ",
+                "OTHER",
+                "INJECTED"
+            );
+            for vm in system::vms()
+                .iter()
+                .filter(|v| which.is_none_or(|n| v.name == n))
+            {
+                for v in 0..vm.n_vcpus() as usize {
+                    let Some(c) = vm.stats.vcpus.get(v) else {
+                        continue;
+                    };
+                    let g = |a: &core::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                    say!(
+                        "{:<16} {:>5} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+                        vm.name,
+                        v,
+                        g(&c.smccc),
+                        g(&c.mmio),
+                        g(&c.sysreg),
+                        g(&c.irq),
+                        g(&c.other),
+                        g(&c.injected)
+                    );
+                }
+                say!(
+                    "{:<16} refused guest actions: {}",
+                    vm.name,
+                    vm.stats.refused.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+}
