@@ -178,7 +178,7 @@ impl VGic {
         Ok(kicks)
     }
 
-    fn all_vcpus(&self) -> Kicks {
+    pub(crate) fn all_vcpus(&self) -> Kicks {
         Kicks((1u32 << self.n_vcpus) - 1)
     }
 
@@ -193,9 +193,7 @@ impl VGic {
     fn set_route(&mut self, intid: u32, route: u64) -> Kicks {
         // Both the old and the new target must look again.
         let before = self.kick_for(0, intid);
-        if let Some(irq) = self.irq_mut(0, intid) {
-            irq.route = route;
-        }
+        self.update(0, intid, |irq| irq.route = route);
         before | self.kick_for(0, intid)
     }
 }

@@ -48,6 +48,8 @@ pub const MAX_LRS: usize = 16;
 pub const MAX_SPIS: u32 = 988;
 /// SGIs (0-15) and PPIs (16-31), banked per vCPU.
 const NR_PRIVATE: u32 = 32;
+/// 32-bit words in a one-bit-per-SPI bitmap.
+const SPI_WORDS: usize = MAX_SPIS.div_ceil(32) as usize;
 /// First PPI.
 const FIRST_PPI: u32 = 16;
 /// Five implemented priority bits: the low three read as zero
@@ -96,9 +98,13 @@ impl Kicks {
         self.0 == 0
     }
 
-    /// The named vCPUs, lowest first.
+    /// The named vCPUs, lowest first (one step per named vCPU).
     pub fn iter(self) -> impl Iterator<Item = u16> {
-        (0..32u16).filter(move |&v| self.contains(v))
+        Bits {
+            base: 0,
+            word: self.0,
+        }
+        .map(|v| v as u16)
     }
 
     fn index(v: usize) -> Kicks {
@@ -194,6 +200,31 @@ impl Irq {
     fn model_pending(&self) -> bool {
         self.owner.is_none() && self.pending()
     }
+
+    /// What this interrupt's own state says about going into an LR: pending
+    /// in the model, inactive, enabled. The group enables and the routing
+    /// are checked at [`VGic::flush`]. The ready bitmaps track this.
+    fn ready(&self) -> bool {
+        self.model_pending() && !self.active && self.enabled
+    }
+}
+
+/// The set bits of `word`, lowest first, each plus `base`.
+struct Bits {
+    base: u32,
+    word: u32,
+}
+
+impl Iterator for Bits {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        if self.word == 0 {
+            return None;
+        }
+        let bit = self.word.trailing_zeros();
+        self.word &= self.word - 1;
+        Some(self.base + bit)
+    }
 }
 
 /// What the model put in one list register.
@@ -203,6 +234,8 @@ struct Slot {
     priority: u8,
     /// The state as of the last flush.
     state: State,
+    /// The EOI maintenance bit as written (HW = 0 only).
+    eoi: bool,
 }
 
 /// The seven one-bit-per-INTID register kinds (GICv3 spec 12.9.x).
@@ -246,6 +279,18 @@ pub struct VGic {
     asleep: [bool; MAX_VCPUS],
     /// What each vCPU's list registers hold, as of its last flush.
     slots: [[Option<Slot>; MAX_LRS]; MAX_VCPUS],
+    /// Per vCPU, bit `i` set iff `slots[v][i]` is `Some`.
+    used: [u32; MAX_VCPUS],
+    /// Per vCPU, bit `i` set iff `slots[v][i]` has the EOI bit.
+    eoi_lrs: [u32; MAX_VCPUS],
+    /// Per vCPU, bit `i` set iff SGI/PPI `i` of that bank is [`Irq::ready`].
+    /// With the two below, `flush` looks only at ready interrupts instead of
+    /// scanning every INTID.
+    ready_private: [u32; MAX_VCPUS],
+    /// Bit `i % 32` of word `i / 32` set iff SPI `32 + i` is ready.
+    ready_spi: [u32; SPI_WORDS],
+    /// Bit `w` set iff `ready_spi[w]` is non-zero.
+    ready_spi_words: u32,
 }
 
 impl VGic {
@@ -272,6 +317,11 @@ impl VGic {
             spis: vec![Irq::new(false); nr as usize],
             asleep: [true; MAX_VCPUS],
             slots: [[None; MAX_LRS]; MAX_VCPUS],
+            used: [0; MAX_VCPUS],
+            eoi_lrs: [0; MAX_VCPUS],
+            ready_private: [0; MAX_VCPUS],
+            ready_spi: [0; SPI_WORDS],
+            ready_spi_words: 0,
         }
     }
 
@@ -292,6 +342,12 @@ impl VGic {
         }
         self.asleep = [true; MAX_VCPUS];
         self.slots = [[None; MAX_LRS]; MAX_VCPUS];
+        self.used = [0; MAX_VCPUS];
+        self.eoi_lrs = [0; MAX_VCPUS];
+        // Nothing is pending after a reset.
+        self.ready_private = [0; MAX_VCPUS];
+        self.ready_spi = [0; SPI_WORDS];
+        self.ready_spi_words = 0;
     }
 
     /// Number of vCPUs.
@@ -339,6 +395,8 @@ impl VGic {
         }
     }
 
+    /// Only [`VGic::update`] mutates an interrupt, so that the ready
+    /// bitmaps follow every change.
     fn irq_mut(&mut self, v: usize, intid: u32) -> Option<&mut Irq> {
         if intid < NR_PRIVATE {
             if v >= usize::from(self.n_vcpus) {
@@ -348,6 +406,60 @@ impl VGic {
         } else {
             self.spis.get_mut(usize::try_from(intid - NR_PRIVATE).ok()?)
         }
+    }
+
+    /// Applies `f` to `intid` (bank `v`) and brings its ready bit up to date.
+    /// `None` if there is no such interrupt.
+    fn update<R>(&mut self, v: usize, intid: u32, f: impl FnOnce(&mut Irq) -> R) -> Option<R> {
+        let irq = self.irq_mut(v, intid)?;
+        let r = f(irq);
+        let ready = irq.ready();
+        self.mark_ready(v, intid, ready);
+        Some(r)
+    }
+
+    fn mark_ready(&mut self, v: usize, intid: u32, ready: bool) {
+        let set = |word: &mut u32, bit: u32| {
+            if ready {
+                *word |= 1 << bit;
+            } else {
+                *word &= !(1 << bit);
+            }
+        };
+        if intid < NR_PRIVATE {
+            if let Some(word) = self.ready_private.get_mut(v) {
+                set(word, intid);
+            }
+            return;
+        }
+        let i = intid - NR_PRIVATE;
+        let w = i / 32;
+        if let Some(word) = self.ready_spi.get_mut(w as usize) {
+            set(word, i % 32);
+            if *word != 0 {
+                self.ready_spi_words |= 1 << w;
+            } else {
+                self.ready_spi_words &= !(1 << w);
+            }
+        }
+    }
+
+    /// The ready INTIDs a flush of `v` looks at: `v`'s SGIs and PPIs and
+    /// every ready SPI, ascending.
+    fn ready_intids(&self, v: usize) -> impl Iterator<Item = u32> + '_ {
+        let private = Bits {
+            base: 0,
+            word: self.ready_private.get(v).copied().unwrap_or(0),
+        };
+        let spis = Bits {
+            base: 0,
+            word: self.ready_spi_words,
+        }
+        .flat_map(move |w| Bits {
+            base: NR_PRIVATE + 32 * w,
+            word: self.ready_spi.get(w as usize).copied().unwrap_or(0),
+        });
+        private.chain(spis)
     }
 
     /// The vCPU a GICD_IROUTER value delivers to (GICv3 spec 12.9.22): IRM=1
@@ -433,24 +545,24 @@ impl VGic {
             field(44, 0xf),
             field(48, 0xff),
         );
+        // vCPU `t` is bit `t`: Aff1 = t / 16, Aff0 = t % 16.
+        let all = self.all_vcpus().0;
+        let hit = if irm {
+            all & !1u32.checked_shl(u32::from(sender)).unwrap_or(0)
+        } else if aff3 == 0 && aff2 == 0 && rs == 0 && aff1 * CLUSTER < 32 {
+            // Target Aff0 = RS * 16 + bit; our Aff0 is below 16, so RS
+            // must be 0 (GICv3 spec 12.11 "Range Selector").
+            ((targets as u32) << (aff1 * CLUSTER)) & all
+        } else {
+            0
+        };
         let mut kicks = Kicks::NONE;
-        for t in 0..usize::from(self.n_vcpus) {
-            let hit = if irm {
-                t != usize::from(sender)
-            } else {
-                // Target Aff0 = RS * 16 + bit; our Aff0 is below 16, so RS
-                // must be 0 (GICv3 spec 12.11 "Range Selector").
-                aff3 == 0
-                    && aff2 == 0
-                    && rs == 0
-                    && aff1 == t / CLUSTER
-                    && targets & (1 << (t % CLUSTER)) != 0
-            };
-            if !hit {
-                continue;
-            }
-            if let Some(irq) = self.private.get_mut(t).and_then(|b| b.get_mut(intid)) {
-                irq.latch = true;
+        for t in (Bits { base: 0, word: hit }) {
+            let t = t as usize;
+            if self
+                .update(t, intid as u32, |irq| irq.latch = true)
+                .is_some()
+            {
                 kicks |= Kicks::index(t);
             }
         }
@@ -467,15 +579,15 @@ impl VGic {
         let Some(v) = self.bank(vcpu, intid) else {
             return Kicks::NONE;
         };
-        let Some(irq) = self.irq_mut(v, intid) else {
-            return Kicks::NONE;
-        };
-        let was = irq.line;
-        if irq.edge && level && !was {
-            irq.latch = true;
-        }
-        irq.line = level;
-        if was == level {
+        let changed = self.update(v, intid, |irq| {
+            let was = irq.line;
+            if irq.edge && level && !was {
+                irq.latch = true;
+            }
+            irq.line = level;
+            was != level
+        });
+        if changed != Some(true) {
             return Kicks::NONE;
         }
         self.kick_for(v, intid)
@@ -486,10 +598,9 @@ impl VGic {
         let Some(v) = self.bank(vcpu, intid) else {
             return Kicks::NONE;
         };
-        let Some(irq) = self.irq_mut(v, intid) else {
+        if self.update(v, intid, |irq| irq.latch = true).is_none() {
             return Kicks::NONE;
-        };
-        irq.latch = true;
+        }
         self.kick_for(v, intid)
     }
 
@@ -505,6 +616,7 @@ impl VGic {
         if !(FIRST_PPI..1020).contains(&pintid) || intid < FIRST_PPI {
             return;
         }
+        // The HW mapping plays no part in readiness: no bitmap to update.
         if intid < NR_PRIVATE {
             for bank in self.private.iter_mut() {
                 if let Some(irq) = bank.get_mut(intid as usize) {
@@ -528,13 +640,75 @@ impl VGic {
             .is_some_and(|slots| slots.iter().flatten().any(|s| s.state.is_pending()));
         in_lr
             || self
-                .intids()
+                .ready_intids(v)
                 .any(|intid| self.candidate(v, intid).is_some())
     }
 
-    /// Every implemented INTID: SGIs, PPIs, then SPIs.
-    fn intids(&self) -> impl Iterator<Item = u32> {
-        0..NR_PRIVATE + self.nr_spis
+    /// Test support: checks the flush bookkeeping against the definitions it
+    /// caches, by scanning every INTID of every bank as `flush` once did.
+    /// Returns the first disagreement as (vCPU, INTID), with INTID
+    /// `u32::MAX` for the LR occupancy of that vCPU or the SPI summary word;
+    /// `None` if consistent.
+    #[doc(hidden)]
+    pub fn bookkeeping_mismatch(&self) -> Option<(u16, u32)> {
+        const WORDS: usize = 1 + SPI_WORDS;
+        let implemented = NR_PRIVATE + self.nr_spis;
+        for v in 0..MAX_VCPUS {
+            let vcpu = v as u16;
+            let used = (0..MAX_LRS).filter(|&i| self.slot(v, i).is_some());
+            let eoi = (0..MAX_LRS).filter(|&i| self.slot(v, i).is_some_and(|s| s.eoi));
+            if used.fold(0, |m, i| m | 1 << i) != self.used_of(v)
+                || eoi.fold(0, |m, i| m | 1 << i) != self.eoi_lrs.get(v).copied().unwrap_or(0)
+            {
+                return Some((vcpu, u32::MAX));
+            }
+            // What the bitmaps say, one bit per INTID.
+            let mut ready = [0u32; WORDS];
+            for intid in self.ready_intids(v) {
+                if let Some(w) = ready.get_mut((intid / 32) as usize) {
+                    *w |= 1 << (intid % 32);
+                }
+            }
+            let bit = |intid: u32| {
+                ready
+                    .get((intid / 32) as usize)
+                    .is_some_and(|w| w & 1 << (intid % 32) != 0)
+            };
+            // Absent interrupts (beyond the SPIs, banks of absent vCPUs) are
+            // never ready.
+            let present = |w: usize| match w {
+                0 if v >= usize::from(self.n_vcpus) => 0,
+                _ => {
+                    let first = w as u32 * 32;
+                    let n = implemented.saturating_sub(first).min(32);
+                    u32::MAX.checked_shr(32 - n).unwrap_or(0)
+                }
+            };
+            if let Some(w) = (0..WORDS).find(|&w| ready[w] & !present(w) != 0) {
+                return Some((
+                    vcpu,
+                    w as u32 * 32 + (ready[w] & !present(w)).trailing_zeros(),
+                ));
+            }
+            if v >= usize::from(self.n_vcpus) {
+                continue;
+            }
+            for intid in 0..implemented {
+                let Some(irq) = self.irq(v, intid) else {
+                    return Some((vcpu, intid));
+                };
+                let slow_candidate =
+                    irq.model_pending() && !irq.active && self.deliverable_to(v, intid, irq);
+                if bit(intid) != irq.ready() || (slow_candidate && !bit(intid)) {
+                    return Some((vcpu, intid));
+                }
+            }
+        }
+        let words = (0..SPI_WORDS).filter(|&w| self.ready_spi.get(w).is_some_and(|&x| x != 0));
+        if words.fold(0, |m, w| m | 1 << w) != self.ready_spi_words {
+            return Some((0, u32::MAX));
+        }
+        None
     }
 
     /// The LR cycle for `vcpu`, run on its own pCPU with the guest stopped.
@@ -553,6 +727,10 @@ impl VGic {
     ///    then lowest INTID) first. With no free LR, a pending-only LR of
     ///    strictly lower priority is evicted back to the model.
     ///
+    /// The cost follows the work: the model keeps bitmaps of the interrupts
+    /// that are ready to go into an LR and of the LRs it filled, so a flush
+    /// looks only at those, never at every INTID.
+    ///
     /// An event latched while its interrupt sits in an LR takes effect at
     /// the owner's next flush, so the hypervisor should act on [`Kicks`]
     /// promptly: if the guest acknowledges the pending LR before that flush,
@@ -565,33 +743,46 @@ impl VGic {
         };
         let n = lrs.len().min(MAX_LRS);
         let lrs = lrs.get_mut(..n).unwrap_or_default();
+        // The LRs that exist, one bit each.
+        let present = (1u32 << n) - 1;
+
+        // Nothing in the LRs and nothing ready: just clear stale LRs.
+        let ready_private = self.ready_private.get(v).copied().unwrap_or(0);
+        if self.used_of(v) == 0 && ready_private == 0 && self.ready_spi_words == 0 {
+            lrs.fill(0);
+            return out;
+        }
 
         // The caller passed fewer LRs than we filled last time: whatever we
         // put beyond them goes back to the model.
-        for i in n..MAX_LRS {
-            out.kicks |= self.retract(v, i);
+        for i in (Bits {
+            base: 0,
+            word: self.used_of(v) & !present,
+        }) {
+            out.kicks |= self.retract(v, i as usize);
         }
+        let used = self.used_of(v);
         for (i, word) in lrs.iter_mut().enumerate() {
-            out.kicks |= self.sync_lr(v, i, word);
+            if used & (1 << i) == 0 {
+                // Not filled by the model (stale after `reset`): drop it.
+                *word = 0;
+            } else {
+                out.kicks |= self.sync_lr(v, i, word);
+            }
         }
 
         // Fill. Installs never exceed `n` (a newly installed interrupt is
         // never evicted by a later, no more urgent one), so the n+1 best
         // candidates decide everything, including whether some are left over.
-        let mut best = [u32::MAX; MAX_LRS + 1];
-        let k = n + 1;
-        for intid in self.intids() {
-            if let Some(prio) = self.candidate(v, intid) {
-                insert_sorted(&mut best[..k], u32::from(prio) << 16 | intid);
-            }
-        }
+        let mut best = Best::new(n + 1);
+        self.best_candidates(v, &mut best);
         let mut evicted = false;
-        for &key in best.iter().take(k).take_while(|&&key| key != u32::MAX) {
-            let (intid, prio) = (key & 0xffff, (key >> 16) as u8);
-            let free = self.slots_of(v).iter().take(n).position(Option::is_none);
+        for &key in best.keys() {
+            let (prio, intid) = Best::unpack(key);
+            let free = !self.used_of(v) & present;
             let i = match free {
-                Some(i) => i,
-                None => match self.victim(v, n, prio) {
+                1.. => free.trailing_zeros() as usize,
+                0 => match self.victim(v, n, prio) {
                     Some(i) => {
                         out.kicks |= self.retract(v, i);
                         evicted = true;
@@ -608,12 +799,36 @@ impl VGic {
             }
         }
         out.underflow |= evicted;
-        out.eoi_maintenance = lrs.iter().any(|&w| {
-            let l = lr::decode(w);
-            l.eoi && l.state != State::Invalid
-        });
+        // Only LRs the model filled are valid now, and it knows which of
+        // them it gave the EOI bit.
+        out.eoi_maintenance = self.eoi_lrs.get(v).is_some_and(|&m| m != 0);
         out.kicks = Kicks(out.kicks.0 & !Kicks::index(v).0);
         out
+    }
+
+    /// Collects in `best` the interrupts that may go into `v`'s LRs now,
+    /// looking only at ready ones: `v`'s SGI/PPI word, then each non-empty
+    /// SPI word (plain loops: this is the hot path).
+    fn best_candidates(&self, v: usize, best: &mut Best) {
+        let mut first = 0;
+        let mut word = self.ready_private.get(v).copied().unwrap_or(0);
+        let mut spi_words = self.ready_spi_words;
+        loop {
+            while word != 0 {
+                let intid = first + word.trailing_zeros();
+                word &= word - 1;
+                if let Some(prio) = self.candidate(v, intid) {
+                    best.push(prio, intid);
+                }
+            }
+            if spi_words == 0 {
+                return;
+            }
+            let w = spi_words.trailing_zeros();
+            spi_words &= spi_words - 1;
+            first = NR_PRIVATE + 32 * w;
+            word = self.ready_spi.get(w as usize).copied().unwrap_or(0);
+        }
     }
 
     fn slots_of(&self, v: usize) -> &[Option<Slot>; MAX_LRS] {
@@ -629,7 +844,25 @@ impl VGic {
     fn set_slot(&mut self, v: usize, i: usize, slot: Option<Slot>) {
         if let Some(s) = self.slots.get_mut(v).and_then(|s| s.get_mut(i)) {
             *s = slot;
+            let set = |mask: &mut u32, on: bool| {
+                if on {
+                    *mask |= 1 << i;
+                } else {
+                    *mask &= !(1 << i);
+                }
+            };
+            if let Some(used) = self.used.get_mut(v) {
+                set(used, slot.is_some());
+            }
+            if let Some(eoi) = self.eoi_lrs.get_mut(v) {
+                set(eoi, slot.is_some_and(|s| s.eoi));
+            }
         }
+    }
+
+    /// Which of `v`'s LRs the model filled, one bit each.
+    fn used_of(&self, v: usize) -> u32 {
+        self.used.get(v).copied().unwrap_or(0)
     }
 
     /// Step 1 of the LR cycle for LR `i` of vCPU `v`.
@@ -711,14 +944,12 @@ impl VGic {
             eoi,
             ..cur
         });
-        self.set_slot(v, i, Some(Slot { state, ..slot }));
+        self.set_slot(v, i, Some(Slot { state, eoi, ..slot }));
         Kicks::NONE
     }
 
     fn store(&mut self, v: usize, intid: u32, irq: Irq) {
-        if let Some(slot) = self.irq_mut(v, intid) {
-            *slot = irq;
-        }
+        self.update(v, intid, |slot| *slot = irq);
     }
 
     /// The guest finished with LR `i` of `v` (it became invalid).
@@ -728,7 +959,7 @@ impl VGic {
         };
         self.set_slot(v, i, None);
         let intid = slot.intid;
-        if let Some(irq) = self.irq_mut(v, intid) {
+        self.update(v, intid, |irq| {
             irq.owner = None;
             irq.lr_latched = false;
             irq.clear_pending = false;
@@ -736,7 +967,7 @@ impl VGic {
             // A HW interrupt's level was handed over at install; a raise seen
             // since then is a new physical firing (it cannot fire again while
             // active), so it is kept.
-        }
+        });
         self.kick_if_elsewhere(v, intid)
     }
 
@@ -748,7 +979,7 @@ impl VGic {
         };
         self.set_slot(v, i, None);
         let intid = slot.intid;
-        if let Some(irq) = self.irq_mut(v, intid) {
+        self.update(v, intid, |irq| {
             irq.owner = None;
             // A level interrupt pended by its line is re-derived from the line.
             if irq.edge || irq.hw.is_some() || irq.lr_latched {
@@ -757,7 +988,7 @@ impl VGic {
             irq.lr_latched = false;
             irq.clear_pending = false;
             irq.clear_active = false;
-        }
+        });
         self.kick_if_elsewhere(v, intid)
     }
 
@@ -775,6 +1006,9 @@ impl VGic {
 
     /// The pending-only LR of `v` (among the first `n`) with the least urgent
     /// interrupt, if that is strictly less urgent than `prio`.
+    /// Only needed when the LRs are full; kept out of line so that the
+    /// common flush does not pay for its set-up.
+    #[inline(never)]
     fn victim(&self, v: usize, n: usize, prio: u8) -> Option<usize> {
         self.slots_of(v)
             .iter()
@@ -788,34 +1022,36 @@ impl VGic {
 
     /// Puts `intid` in LR `i` of `v`, pending.
     fn install(&mut self, v: usize, i: usize, intid: u32, word: &mut u64) {
-        let Some(irq) = self.irq_mut(v, intid) else {
+        let owner = u8::try_from(v).ok();
+        let Some(l) = self.update(v, intid, |irq| {
+            irq.owner = owner;
+            irq.lr_latched = irq.latch && !irq.edge && irq.hw.is_none();
+            irq.latch = false;
+            if irq.hw.is_some() {
+                irq.line = false;
+            }
+            lr::Lr {
+                vintid: intid,
+                pintid: irq.hw.map(u32::from),
+                // Level interrupts without HW: deactivation raises a
+                // maintenance interrupt so the next flush re-samples the line.
+                eoi: irq.hw.is_none() && !irq.edge,
+                priority: irq.priority,
+                group1: irq.group1,
+                state: State::Pending,
+            }
+        }) else {
             return;
         };
-        irq.owner = u8::try_from(v).ok();
-        irq.lr_latched = irq.latch && !irq.edge && irq.hw.is_none();
-        irq.latch = false;
-        if irq.hw.is_some() {
-            irq.line = false;
-        }
-        let l = lr::Lr {
-            vintid: intid,
-            pintid: irq.hw.map(u32::from),
-            // Level interrupts without HW: deactivation raises a maintenance
-            // interrupt so the next flush re-samples the line.
-            eoi: irq.hw.is_none() && !irq.edge,
-            priority: irq.priority,
-            group1: irq.group1,
-            state: State::Pending,
-        };
-        let priority = irq.priority;
         *word = lr::encode(&l);
         self.set_slot(
             v,
             i,
             Some(Slot {
                 intid,
-                priority,
+                priority: l.priority,
                 state: State::Pending,
+                eoi: l.eoi && l.pintid.is_none(),
             }),
         );
     }
@@ -871,10 +1107,7 @@ impl VGic {
             if !one && reg != BitReg::Group {
                 continue;
             }
-            let Some(irq) = self.irq_mut(v, intid) else {
-                continue;
-            };
-            let changed = match reg {
+            let Some(changed) = self.update(v, intid, |irq| match reg {
                 BitReg::Group => core::mem::replace(&mut irq.group1, one) != one,
                 BitReg::SetEnable => !core::mem::replace(&mut irq.enabled, true),
                 BitReg::ClearEnable => core::mem::replace(&mut irq.enabled, false),
@@ -906,6 +1139,8 @@ impl VGic {
                     }
                     true
                 }
+            }) else {
+                continue;
             };
             if changed {
                 kicks |= self.kick_for(v, intid);
@@ -919,11 +1154,8 @@ impl VGic {
     }
 
     fn write_priority(&mut self, v: usize, intid: u32, value: u8) -> Kicks {
-        match self.irq_mut(v, intid) {
-            Some(irq) => {
-                irq.priority = value & PRIORITY_MASK;
-                self.kick_for(v, intid)
-            }
+        match self.update(v, intid, |irq| irq.priority = value & PRIORITY_MASK) {
+            Some(()) => self.kick_for(v, intid),
             None => Kicks::NONE,
         }
     }
@@ -948,24 +1180,73 @@ impl VGic {
                 continue;
             }
             let edge = value & (2 << (2 * n)) != 0;
-            if let Some(irq) = self.irq_mut(v, intid) {
-                if core::mem::replace(&mut irq.edge, edge) != edge {
-                    kicks |= self.kick_for(v, intid);
-                }
+            let changed = self.update(v, intid, |irq| {
+                core::mem::replace(&mut irq.edge, edge) != edge
+            });
+            if changed == Some(true) {
+                kicks |= self.kick_for(v, intid);
             }
         }
         kicks
     }
 }
 
-/// Inserts `key` into the ascending array `best`, dropping the largest.
-fn insert_sorted(best: &mut [u32], key: u32) {
-    let Some(pos) = best.iter().position(|&b| key < b) else {
-        return;
-    };
-    let mut carry = key;
-    for slot in best.iter_mut().skip(pos) {
-        carry = core::mem::replace(slot, carry);
+/// The `cap` most urgent candidates pushed so far, most urgent first
+/// (insertion sort: a flush rarely sees more than a handful). A candidate is
+/// kept as a 15-bit key, priority then INTID: the priority's five
+/// implemented bits (the low three are zero, see [`PRIORITY_MASK`]) above
+/// the 10-bit INTID. Small keys keep the array cheap to set up.
+struct Best {
+    keys: [u16; MAX_LRS + 1],
+    len: usize,
+    cap: usize,
+}
+
+impl Best {
+    fn new(cap: usize) -> Self {
+        Best {
+            keys: [0; MAX_LRS + 1],
+            len: 0,
+            cap: cap.min(MAX_LRS + 1),
+        }
+    }
+
+    fn pack(prio: u8, intid: u32) -> u16 {
+        (u16::from(prio >> 3) << 10) | (intid & 0x3ff) as u16
+    }
+
+    fn unpack(key: u16) -> (u8, u32) {
+        (((key >> 10) << 3) as u8, u32::from(key & 0x3ff))
+    }
+
+    fn push(&mut self, prio: u8, intid: u32) {
+        let key = Self::pack(prio, intid);
+        let mut i = self.len;
+        if i < self.cap {
+            self.len += 1;
+        } else {
+            // Full: `key` replaces the least urgent if it is more urgent.
+            match self.keys.get(i.wrapping_sub(1)) {
+                Some(&last) if key < last => i -= 1,
+                _ => return,
+            }
+        }
+        while let Some(&prev) = i.checked_sub(1).and_then(|j| self.keys.get(j)) {
+            if prev < key {
+                break;
+            }
+            if let Some(k) = self.keys.get_mut(i) {
+                *k = prev;
+            }
+            i -= 1;
+        }
+        if let Some(k) = self.keys.get_mut(i) {
+            *k = key;
+        }
+    }
+
+    fn keys(&self) -> &[u16] {
+        self.keys.get(..self.len).unwrap_or_default()
     }
 }
 

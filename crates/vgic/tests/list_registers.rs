@@ -440,3 +440,74 @@ fn more_than_sixteen_lrs_and_fewer_than_before_are_handled() {
     got.sort();
     assert_eq!(got, (32..60).collect::<Vec<_>>());
 }
+
+#[test]
+fn spis_across_every_bitmap_word_are_delivered_in_priority_order() {
+    let mut g = linux_like(2, 988);
+    // One SPI in the first, a middle and the last word of the SPI bitmap,
+    // plus an SGI and a PPI.
+    let spis = [32, 500, 1019];
+    for (intid, prio) in [(32, 0x80), (500, 0x20), (1019, 0x40)] {
+        enable(&mut g, 0, intid);
+        make_edge(&mut g, intid);
+        set_priority(&mut g, 0, intid, prio);
+        route(&mut g, intid, 0);
+    }
+    for intid in [3, 20] {
+        enable(&mut g, 0, intid);
+        set_priority(&mut g, 0, intid, 0x60);
+    }
+    // PPI 20 edge-triggered (GICR_ICFGR1 covers INTIDs 16-31).
+    g.redist_write(sgi_reg(0, 0xc04), 4, 2 << (2 * (20 - 16)))
+        .unwrap();
+    for intid in spis {
+        assert!(g.set_pending(1, intid).contains(0));
+    }
+    g.set_pending(0, 20);
+    g.sgi(1, 3 << 24 | 1);
+    // vCPU 1 sees nothing: the SPIs are routed to vCPU 0.
+    let mut other = Cpu::new(1, 4);
+    other.flush(&mut g);
+    assert!(other.valid().is_empty());
+    assert!(!g.has_deliverable(1));
+    assert_eq!(g.bookkeeping_mismatch(), None);
+
+    let mut cpu = Cpu::new(0, 2);
+    let order = cpu.drain(&mut g, |g, _| {
+        assert_eq!(g.bookkeeping_mismatch(), None);
+    });
+    assert_eq!(order, vec![500, 1019, 3, 20, 32]);
+    assert!(!g.has_deliverable(0));
+    assert_eq!(g.bookkeeping_mismatch(), None);
+}
+
+#[test]
+fn bookkeeping_follows_enable_activate_and_reset() {
+    let mut g = linux_like(2, 64);
+    for intid in [5, 21, 40, 90] {
+        enable(&mut g, 1, intid);
+        g.set_pending(1, intid);
+    }
+    assert!(g.has_deliverable(1));
+    assert_eq!(g.bookkeeping_mismatch(), None);
+    // Disabled or active interrupts are not ready; re-enabling restores it.
+    disable(&mut g, 1, 40);
+    g.dist_write(GICD_ISACTIVER + 8, 4, 1 << (90 - 64)).unwrap();
+    assert_eq!(g.bookkeeping_mismatch(), None);
+    let mut cpu = Cpu::new(1, 4);
+    cpu.flush(&mut g);
+    let mut got = cpu.vintids();
+    got.sort();
+    assert_eq!(got, vec![5, 21]);
+    assert_eq!(g.bookkeeping_mismatch(), None);
+    // Fewer LRs than last time: the one beyond goes back to the model.
+    let mut short = Cpu::new(1, 1);
+    short.lrs[0] = cpu.lrs[0];
+    let f = short.flush(&mut g);
+    assert_eq!(short.vintids().len(), 1);
+    assert!(f.underflow);
+    assert_eq!(g.bookkeeping_mismatch(), None);
+    g.reset();
+    assert_eq!(g.bookkeeping_mismatch(), None);
+    assert!(!g.has_deliverable(1));
+}

@@ -315,6 +315,7 @@ fn random_mix_never_loses_or_duplicates_an_interrupt() {
         let mut w = World::new();
         for _ in 0..5000 {
             w.step(&mut rng);
+            assert_eq!(w.g.bookkeeping_mismatch(), None, "seed {seed}");
         }
         w.drain();
         total_acks += w.acks;

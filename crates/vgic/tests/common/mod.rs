@@ -35,7 +35,7 @@ pub fn bit_word(base: u64, intid: u32) -> (u64, u32) {
 pub fn linux_like(n_vcpus: u16, nr_spis: u32) -> VGic {
     let mut g = VGic::new(n_vcpus, nr_spis);
     g.dist_write(GICD_CTLR, 4, GRP1).unwrap();
-    for w in 1..=(nr_spis / 32) {
+    for w in 1..=nr_spis.div_ceil(32) {
         g.dist_write(GICD_IGROUPR + u64::from(w) * 4, 4, u64::from(u32::MAX))
             .unwrap();
     }
@@ -103,6 +103,9 @@ impl Cpu {
     pub fn flush(&mut self, g: &mut VGic) -> Flush {
         let f = g.flush(self.vcpu, &mut self.lrs);
         self.check_no_duplicates();
+        // The flag matches the LRs it describes.
+        let eoi = self.valid().iter().any(|l| l.eoi && l.pintid.is_none());
+        assert_eq!(f.eoi_maintenance, eoi, "eoi_maintenance vs {:x?}", self.lrs);
         f
     }
 
