@@ -243,6 +243,41 @@ extern "C" fn secondary_main(index: usize) -> ! {
 
 static PLATFORM: spin::Once<platform::Platform> = spin::Once::new();
 
+/// A passthrough range that touches RAM or what the hypervisor owns on this
+/// machine (GIC frames, its UART), from the host device tree.
+fn passthrough_conflict(
+    plat: &platform::Platform,
+    vc: &bulkhead_config::VmConfig,
+) -> Option<String> {
+    let uart = plat.uart.unwrap_or(console::FALLBACK_UART as u64);
+    let mut owned = alloc::vec![
+        (plat.gicd, 0x1_0000, "the GIC distributor"),
+        (plat.gicr.0, plat.gicr.1, "the GIC redistributors"),
+        (uart, 0x1000, "the hypervisor's UART")
+    ];
+    for &(base, size) in &plat.memory {
+        owned.push((base, size, "RAM"));
+    }
+    for d in &vc.passthrough {
+        let Some(end) = d.base.checked_add(d.size) else {
+            return Some(alloc::format!(
+                "passthrough '{}' wraps around the address space",
+                d.name
+            ));
+        };
+        for &(b, s, what) in &owned {
+            if d.base < b.saturating_add(s) && b < end {
+                return Some(alloc::format!(
+                    "passthrough '{}' at {:#x} overlaps {what}",
+                    d.name,
+                    d.base
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// The first VM that boots Linux gets console input.
 fn cfg_focus(sys: &system::System) -> Option<usize> {
     sys.vms.iter().position(|vm| vm.boots_linux)
@@ -425,6 +460,12 @@ fn build_system(
             failed += 1;
             continue;
         };
+        if let Some(why) = passthrough_conflict(plat, vc) {
+            refuse(why);
+            free.free(ram);
+            failed += 1;
+            continue;
+        }
         match vm::Vm::new(
             id,
             vc,
@@ -447,10 +488,35 @@ fn build_system(
             }
         }
     }
+    // Each passed-through SPI goes to the pCPU of its VM's vCPU 0.
+    let mut spi_owner = Vec::new();
+    for (i, vm) in vms.iter().enumerate() {
+        let mpidr = vm
+            .pcpus
+            .first()
+            .and_then(|p| plat.cpus.get(p.index()))
+            .copied()
+            .unwrap_or(0);
+        for d in &vm.passthrough {
+            for &irq in &d.irqs {
+                gic::enable_spi(irq, mpidr);
+                spi_owner.push((irq, i));
+            }
+            log::info!(
+                "{}: passthrough '{}' {:#x}+{:#x}, irqs {:?}",
+                vm.name,
+                d.name,
+                d.base,
+                d.size,
+                d.irqs
+            );
+        }
+    }
     system::System {
         vms,
         assignment,
         failed,
+        spi_owner,
     }
 }
 

@@ -16,6 +16,31 @@ pub struct System {
     pub assignment: Vec<Option<(usize, VcpuId)>>,
     /// VMs that could not be created count as stopped from the start.
     pub failed: usize,
+    /// Physical SPIs passed through, and the VM (index) that owns each.
+    pub spi_owner: Vec<(u32, usize)>,
+}
+
+/// The VM a passed-through physical SPI belongs to.
+pub fn spi_owner(intid: u32) -> Option<&'static Vm> {
+    let sys = SYSTEM.get()?;
+    let &(_, vm) = sys.spi_owner.iter().find(|(i, _)| *i == intid)?;
+    sys.vms.get(vm)
+}
+
+/// A passed-through interrupt fired: it stays active on the physical GIC
+/// (priority dropped only) until its VM deactivates the virtual one, which
+/// carries the HW bit. A VM that is not running gets nothing, and the
+/// interrupt is deactivated here.
+pub fn passthrough_irq(vm: &'static Vm, intid: u32) {
+    if vm.state.lock().lifecycle != Lifecycle::Running {
+        gic::deactivate(intid);
+        return;
+    }
+    let kicks = vm.vgic.lock().set_pending(0, intid);
+    let me = current()
+        .filter(|(v, _)| v.id == vm.id)
+        .map(|(_, vcpu)| vcpu);
+    vm.apply_kicks(kicks, me);
 }
 
 static SYSTEM: Once<System> = Once::new();
@@ -153,6 +178,10 @@ pub fn park(vm: &Vm, vcpu: VcpuId) -> ! {
 pub fn service_interrupts_without_vcpu() {
     while let Some(intid) = gic::ack() {
         gic::eoi(intid);
+        if let Some(vm) = spi_owner(intid) {
+            passthrough_irq(vm, intid);
+            continue;
+        }
         gic::deactivate(intid);
         if Some(intid) == crate::console::rx_intid() {
             console_input();

@@ -282,6 +282,10 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
             vm.apply_kicks(kicks, Some(vcpu));
             continue;
         }
+        if let Some(owner) = system::spi_owner(intid) {
+            system::passthrough_irq(owner, intid);
+            continue;
+        }
         gic::deactivate(intid);
         if intid == gic::KICK_SGI {
             kicked = true;

@@ -108,6 +108,7 @@ pub struct Vm {
     image: &'static [u8],
     initramfs: Option<&'static [u8]>,
     cmdline: String,
+    pub passthrough: Vec<bulkhead_config::Passthrough>,
     load_offset: u64,
     pub state: Mutex<VmState>,
     pub vgic: Mutex<VGic>,
@@ -156,6 +157,13 @@ impl Vm {
         let n_vcpus = cfg.pcpus.len() as u16;
         let mut vgic = VGic::new(n_vcpus, NR_SPIS);
         vgic.set_hw(VTIMER_INTID, VTIMER_INTID);
+        // Passthrough interrupts are hardware-backed too: the guest's
+        // deactivation reaches the physical GIC.
+        for d in &cfg.passthrough {
+            for &irq in &d.irqs {
+                vgic.set_hw(irq, irq);
+            }
+        }
         let mut stage2 = PageTable::new(IdentityTables, Regime::Stage2, ipa_bits)
             .map_err(|e| alloc::format!("stage-2 table: {e:?}"))?;
         stage2
@@ -171,6 +179,19 @@ impl Vm {
                 },
             )
             .map_err(|e| alloc::format!("stage-2 map of RAM: {e:?}"))?;
+        // Passthrough MMIO, at the same address as on the host, device
+        // memory, never executable.
+        for d in &cfg.passthrough {
+            let dev = Attrs {
+                mem: MemType::Device,
+                read: true,
+                write: true,
+                exec: false,
+            };
+            stage2
+                .map(d.base, d.base, d.size, dev)
+                .map_err(|e| alloc::format!("stage-2 map of passthrough '{}': {e:?}", d.name))?;
+        }
         let vmid = id.0 + 1;
         Ok(Vm {
             id,
@@ -184,6 +205,7 @@ impl Vm {
             image,
             initramfs,
             cmdline: cfg.cmdline.clone(),
+            passthrough: cfg.passthrough.clone(),
             load_offset,
             vgic: Mutex::new(vgic),
             state: Mutex::new(VmState {
@@ -246,7 +268,25 @@ impl Vm {
         });
         let restarts = self.restarts.load(Ordering::Relaxed);
         let bootargs = alloc::format!("{} bulkhead.restarts={restarts}", self.cmdline);
+        let compat: Vec<Vec<&str>> = self
+            .passthrough
+            .iter()
+            .map(|d| d.compatible.iter().map(String::as_str).collect())
+            .collect();
+        let devices: Vec<bulkhead_guest_fdt::Device> = self
+            .passthrough
+            .iter()
+            .zip(&compat)
+            .map(|(d, c)| bulkhead_guest_fdt::Device {
+                name: &d.name,
+                base: d.base,
+                size: d.size,
+                compatible: c,
+                spis: &d.irqs,
+            })
+            .collect();
         let dt = bulkhead_guest_fdt::GuestDt {
+            devices: &devices,
             mem_base: RAM_IPA,
             mem_size: self.ram_size,
             n_vcpus: self.n_vcpus(),
@@ -397,6 +437,12 @@ impl Vm {
 
     /// Called when the last vCPU has parked.
     pub fn finish_stop(&self, st: &mut VmState) {
+        // Its passthrough interrupts go back: nobody will deactivate them.
+        for d in &self.passthrough {
+            for &irq in &d.irqs {
+                gic::clear_active_spi(irq);
+            }
+        }
         let mut flush =
             |line: &[u8]| crate::console::guest_partial(self.id.index(), &self.name, line);
         self.uart.lock().flush(&mut flush);

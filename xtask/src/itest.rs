@@ -162,6 +162,26 @@ pub const CASES: &[Case] = &[
         input: &[("[infotainment] / # ", "echo c > /proc/sysrq-trigger\n")],
     },
     Case {
+        name: "passthrough",
+        config: "configs/test-passthrough.toml",
+        timeout_s: 240,
+        expect: &[
+            "infotainment: passthrough 'rtc' 0x9010000+0x1000, irqs [34]",
+            "[infotainment] BULKHEAD-TEST rtc=rtc-pl031 9010000.pl031",
+            "[infotainment] BULKHEAD-TEST hwclock-ok",
+            "[infotainment] BULKHEAD-TEST rtc-alarm-interrupts=1",
+            "[infotainment] BULKHEAD-TEST done",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[
+            "[safety] the RTC at 0x9010000 is not ours: refused",
+            "safety vcpu0: read of IPA 0x9010000 (unmapped) refused: data abort injected",
+        ],
+        forbid: &["Kernel panic", "Oops", "BUG:", "hwclock-wrong"],
+        exit: 0,
+        input: &[],
+    },
+    Case {
         name: "two_vms",
         config: "configs/test-two-vms.toml",
         timeout_s: 120,
@@ -386,6 +406,10 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
         println!("booting test {}… (timeout {} s)", case.name, case.timeout_s);
         tally.record(case.name, run_case(case));
     }
+    if wanted("bench_quick") {
+        println!("running the benchmark harness (cargo xtask bench --quick)…");
+        tally.record("bench_quick", bench_quick());
+    }
 
     println!(
         "\n{} passed, {} failed",
@@ -400,6 +424,61 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Every figure the benchmark guest and the Linux boot must produce.
+const BENCH_NAMES: &[(&str, bool)] = &[
+    // (name, measured natively too)
+    ("hvc_null", false),
+    ("mmio_uart_read", true),
+    ("mmio_vgic_read", true),
+    ("eoi", true),
+    ("ipi", true),
+    ("wfi_wake", true),
+    ("vtimer_latency", true),
+    ("mem_stream", true),
+    ("pointer_chase", true),
+    ("linux_boot", true),
+];
+
+/// `cargo xtask bench --quick` as a test of the harness, not of speed: it
+/// must succeed, and results.json must parse and hold a number for every
+/// benchmark on each side that has it.
+fn bench_quick() -> Result<()> {
+    let code = crate::bench::run(true)?;
+    anyhow::ensure!(
+        code == ExitCode::SUCCESS,
+        "cargo xtask bench --quick failed"
+    );
+    let path = target_dir().join("bench/results.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let rows: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let rows = rows.as_array().context("results.json is not a list")?;
+    for &(name, native) in BENCH_NAMES {
+        let row = rows
+            .iter()
+            .find(|r| r["name"] == name)
+            .with_context(|| format!("results.json has no {name}"))?;
+        anyhow::ensure!(
+            row["unit"] == "instructions",
+            "{name}: unit {}",
+            row["unit"]
+        );
+        anyhow::ensure!(
+            row["bulkhead"].is_u64(),
+            "{name}: no Bulkhead figure ({})",
+            row["bulkhead"]
+        );
+        anyhow::ensure!(
+            row["native"].is_u64() == native,
+            "{name}: native figure {} (expected {})",
+            row["native"],
+            if native { "a number" } else { "null" }
+        );
+    }
+    Ok(())
 }
 
 /// `cargo test` for the default members (the pure crates and xtask): a

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic     [u8; 8] = "BHCFG001"
-//! version   u32     = 2
+//! version   u32     = 3
 //! board     cpus u16, ram_base u64, ram_size u64
 //! vm_count  u32
 //! vm_count times:
@@ -15,9 +15,17 @@
 //!   restart u8 (0 never, 1 on-crash, 2 always)
 //!   has_initramfs u8 (0 or 1), initramfs u16 (only if 1)
 //!   cmdline_len u32, cmdline [u8; cmdline_len] (UTF-8)
+//!   passthrough_count u32 (at most MAX_PASSTHROUGH)
+//!   passthrough_count times:
+//!     name_len u32, name [u8; name_len] (UTF-8)
+//!     base u64, size u64
+//!     irq_count u32 (at most MAX_PASSTHROUGH_IRQS), irqs [u32; irq_count]
+//!     compatible_count u32 (at most MAX_COMPATIBLE)
+//!     compatible_count times: len u32, string [u8; len] (UTF-8)
 //! ```
 //!
-//! Version 2 added the initramfs and the command line.
+//! Version 2 added the initramfs and the command line; version 3 the
+//! passthrough devices.
 //!
 //! Nothing may follow the last VM. [`decode`] reads the bytes from the image,
 //! so every length is checked against what is left before it is used, and no
@@ -27,12 +35,15 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::{Board, RestartPolicy, SystemConfig, VmConfig};
+use crate::{
+    Board, Passthrough, RestartPolicy, SystemConfig, VmConfig, MAX_COMPATIBLE, MAX_PASSTHROUGH,
+    MAX_PASSTHROUGH_IRQS,
+};
 
 /// First eight bytes of an encoded config.
 pub const MAGIC: [u8; 8] = *b"BHCFG001";
 /// Encoding version written by [`encode`] and accepted by [`decode`].
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// Why [`decode`] refused its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +62,11 @@ pub enum DecodeError {
     BadRestartPolicy(u8),
     /// A command line is not UTF-8.
     BadCmdline,
+    /// A passthrough device's name or compatible string is not UTF-8.
+    BadPassthroughText,
+    /// A passthrough list count (devices, irqs, compatibles) at this byte
+    /// offset is larger than any valid config has.
+    TooMany(usize),
     /// Bytes are left after the last VM, starting at this offset.
     TrailingBytes(usize),
 }
@@ -69,6 +85,10 @@ impl fmt::Display for DecodeError {
             Self::BadName => write!(f, "a VM name is not UTF-8"),
             Self::BadOptionTag(t) => write!(f, "bad option tag {t} (expected 0 or 1)"),
             Self::BadCmdline => write!(f, "a command line is not UTF-8"),
+            Self::BadPassthroughText => {
+                write!(f, "a passthrough device's name or compatible is not UTF-8")
+            }
+            Self::TooMany(at) => write!(f, "a passthrough list at byte {at} is too long"),
             Self::BadRestartPolicy(t) => write!(f, "bad restart policy {t}"),
             Self::TrailingBytes(at) => write!(f, "unexpected bytes after the config at byte {at}"),
         }
@@ -116,10 +136,28 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
             }
             None => out.push(0),
         }
-        put_len(&mut out, vm.cmdline.len());
-        out.extend_from_slice(vm.cmdline.as_bytes());
+        put_str(&mut out, &vm.cmdline);
+        put_len(&mut out, vm.passthrough.len());
+        for dev in &vm.passthrough {
+            put_str(&mut out, &dev.name);
+            out.extend_from_slice(&dev.base.to_le_bytes());
+            out.extend_from_slice(&dev.size.to_le_bytes());
+            put_len(&mut out, dev.irqs.len());
+            for irq in &dev.irqs {
+                out.extend_from_slice(&irq.to_le_bytes());
+            }
+            put_len(&mut out, dev.compatible.len());
+            for c in &dev.compatible {
+                put_str(&mut out, c);
+            }
+        }
     }
     out
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_len(out, s.len());
+    out.extend_from_slice(s.as_bytes());
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) {
@@ -241,6 +279,11 @@ impl<'a> Reader<'a> {
         let cmdline_len = self.len()?;
         let cmdline =
             core::str::from_utf8(self.take(cmdline_len)?).map_err(|_| DecodeError::BadCmdline)?;
+        let count = self.count(MAX_PASSTHROUGH)?;
+        let mut passthrough = Vec::new();
+        for _ in 0..count {
+            passthrough.push(self.passthrough()?);
+        }
         Ok(VmConfig {
             name,
             image,
@@ -250,6 +293,49 @@ impl<'a> Reader<'a> {
             restart,
             initramfs,
             cmdline: String::from(cmdline),
+            passthrough,
+        })
+    }
+
+    /// A list count of at most `max`; anything more is no valid config
+    /// (see [`validate`](crate::validate)), so it is refused before any
+    /// work is done for it.
+    fn count(&mut self, max: usize) -> Result<usize, DecodeError> {
+        let at = self.pos;
+        let n = self.len()?;
+        if n > max {
+            return Err(DecodeError::TooMany(at));
+        }
+        Ok(n)
+    }
+
+    fn text(&mut self) -> Result<String, DecodeError> {
+        let len = self.len()?;
+        let s =
+            core::str::from_utf8(self.take(len)?).map_err(|_| DecodeError::BadPassthroughText)?;
+        Ok(String::from(s))
+    }
+
+    fn passthrough(&mut self) -> Result<Passthrough, DecodeError> {
+        let name = self.text()?;
+        let base = self.u64()?;
+        let size = self.u64()?;
+        let irq_count = self.count(MAX_PASSTHROUGH_IRQS)?;
+        let mut irqs = Vec::new();
+        for _ in 0..irq_count {
+            irqs.push(self.u32()?);
+        }
+        let compatible_count = self.count(MAX_COMPATIBLE)?;
+        let mut compatible = Vec::new();
+        for _ in 0..compatible_count {
+            compatible.push(self.text()?);
+        }
+        Ok(Passthrough {
+            name,
+            base,
+            size,
+            irqs,
+            compatible,
         })
     }
 }
@@ -276,6 +362,22 @@ mod tests {
                     restart: RestartPolicy::Never,
                     initramfs: None,
                     cmdline: "console=ttyAMA0".into(),
+                    passthrough: vec![
+                        Passthrough {
+                            name: "rtc".into(),
+                            base: 0x0901_0000,
+                            size: 0x1000,
+                            irqs: vec![34],
+                            compatible: vec!["arm,pl031".into(), "arm,primecell".into()],
+                        },
+                        Passthrough {
+                            name: "gpio".into(),
+                            base: 0x1_0000_0000,
+                            size: 0x2000,
+                            irqs: vec![40, 41, 127],
+                            compatible: vec!["arm,pl061".into()],
+                        },
+                    ],
                 },
                 VmConfig {
                     name: "infotainment".into(),
@@ -286,6 +388,13 @@ mod tests {
                     restart: RestartPolicy::OnCrash,
                     initramfs: Some(2),
                     cmdline: "console=ttyAMA0 rdinit=/init quiet".into(),
+                    passthrough: vec![Passthrough {
+                        name: "bare".into(),
+                        base: 0x0a00_0000,
+                        size: 0x1000,
+                        irqs: vec![],
+                        compatible: vec![],
+                    }],
                 },
                 VmConfig {
                     name: "w".into(),
@@ -296,6 +405,7 @@ mod tests {
                     restart: RestartPolicy::Always,
                     initramfs: Some(u16::MAX),
                     cmdline: String::new(),
+                    passthrough: vec![],
                 },
             ],
         }
@@ -357,16 +467,16 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(decode(&b), Err(DecodeError::BadMagic));
         let mut b = bytes.clone();
-        b[8] = 3;
-        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(3)));
-        // The last VM ends with restart u8, initramfs tag u8 + u16, and an
-        // empty command line (length u32).
+        b[8] = 4;
+        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(4)));
+        // The last VM ends with restart u8, initramfs tag u8 + u16, an
+        // empty command line (length u32) and no passthrough (count u32).
         let n = bytes.len();
         let mut b = bytes.clone();
-        b[n - 4 - 3 - 1] = 9;
+        b[n - 4 - 4 - 3 - 1] = 9;
         assert_eq!(decode(&b), Err(DecodeError::BadRestartPolicy(9)));
         let mut b = bytes.clone();
-        b[n - 4 - 3] = 2;
+        b[n - 4 - 4 - 3] = 2;
         assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(2)));
         // First VM's host-address tag: header 12 + board 18 + count 4 +
         // name 4+6 + image 2 + memory 8.
@@ -391,9 +501,11 @@ mod tests {
         cfg.vms[0].pcpus.clear();
         cfg.vms[0].restart = RestartPolicy::Never;
         cfg.vms[0].cmdline.clear();
+        cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        // pcpu count, restart, initramfs tag, empty command line.
-        let at = bytes.len() - 4 - 1 - 1 - 4;
+        // pcpu count, restart, initramfs tag, empty command line, no
+        // passthrough.
+        let at = bytes.len() - 4 - 1 - 1 - 4 - 4;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(at + 4)));
     }
@@ -436,9 +548,10 @@ mod tests {
         let mut cfg = sample();
         cfg.vms.truncate(1);
         cfg.vms[0].cmdline.clear();
+        cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        let n = bytes.len();
-        bytes[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let n = bytes.len() - 4;
+        bytes[n - 4..n].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(n)));
     }
 
@@ -447,16 +560,80 @@ mod tests {
         let mut cfg = sample();
         cfg.vms.truncate(1);
         cfg.vms[0].cmdline = "ab".into();
+        cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        *bytes.last_mut().unwrap() = 0xff;
+        let n = bytes.len();
+        bytes[n - 4 - 1] = 0xff;
         assert_eq!(decode(&bytes), Err(DecodeError::BadCmdline));
     }
 
     #[test]
-    fn version_1_configs_are_refused() {
-        let mut bytes = encode(&sample());
-        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-        assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(1)));
+    fn version_1_and_2_configs_are_refused() {
+        for old in [1u32, 2] {
+            let mut bytes = encode(&sample());
+            bytes[8..12].copy_from_slice(&old.to_le_bytes());
+            assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(old)));
+        }
+    }
+
+    #[test]
+    fn passthrough_devices_round_trip() {
+        let cfg = sample();
+        let back = decode(&encode(&cfg)).unwrap();
+        assert_eq!(back.vms[0].passthrough, cfg.vms[0].passthrough);
+        assert_eq!(back.vms[0].passthrough[1].base, 0x1_0000_0000);
+        assert_eq!(back.vms[0].passthrough[1].irqs, [40, 41, 127]);
+        assert_eq!(back.vms[1].passthrough[0].compatible, Vec::<String>::new());
+        assert!(back.vms[2].passthrough.is_empty());
+    }
+
+    /// A config with one VM whose last field is one passthrough device with
+    /// no compatible strings, and the encoding of it.
+    fn one_device() -> (SystemConfig, Vec<u8>) {
+        let mut cfg = sample();
+        cfg.vms.truncate(1);
+        cfg.vms[0].passthrough.truncate(1);
+        cfg.vms[0].passthrough[0].compatible.clear();
+        let bytes = encode(&cfg);
+        (cfg, bytes)
+    }
+
+    #[test]
+    fn passthrough_counts_above_the_limits_are_refused_before_reading() {
+        let (_, bytes) = one_device();
+        let n = bytes.len();
+        // Compatible count: the last 4 bytes.
+        let mut b = bytes.clone();
+        b[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::TooMany(n - 4)));
+        let mut b = bytes.clone();
+        b[n - 4..].copy_from_slice(&(MAX_COMPATIBLE as u32 + 1).to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::TooMany(n - 4)));
+        // At the limit, it is truncation instead: the strings are missing.
+        let mut b = bytes.clone();
+        b[n - 4..].copy_from_slice(&(MAX_COMPATIBLE as u32).to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::Truncated(n)));
+        // Irq count: before one irq (4) and the compatible count (4).
+        let at = n - 4 - 4 - 4;
+        let mut b = bytes.clone();
+        b[at..at + 4].copy_from_slice(&(MAX_PASSTHROUGH_IRQS as u32 + 1).to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::TooMany(at)));
+        // Device count: before the name (4 + 3), base, size, irq count and
+        // irq, and compatible count.
+        let at = n - 4 - 4 - 4 - 8 - 8 - 3 - 4 - 4;
+        let mut b = bytes;
+        assert_eq!(b[at..at + 4], 1u32.to_le_bytes());
+        b[at..at + 4].copy_from_slice(&(MAX_PASSTHROUGH as u32 + 1).to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::TooMany(at)));
+    }
+
+    #[test]
+    fn non_utf8_passthrough_text_is_refused() {
+        let (mut cfg, _) = one_device();
+        cfg.vms[0].passthrough[0].compatible = vec!["a".into()];
+        let mut bytes = encode(&cfg);
+        *bytes.last_mut().unwrap() = 0xff;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadPassthroughText));
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub struct VmConfig {
     /// The full kernel command line ([`DEFAULT_CMDLINE`] for bare-metal
     /// guests).
     pub cmdline: String,
+    /// Devices given to this VM alone.
+    pub passthrough: Vec<Passthrough>,
 }
 
 impl VmConfig {
@@ -141,6 +143,60 @@ impl VmConfig {
     /// room for its device tree and [`LINUX_SLACK`] besides its kernel.
     pub fn boots_linux(&self) -> bool {
         self.initramfs.is_some() || self.cmdline != DEFAULT_CMDLINE
+    }
+}
+
+/// Most passthrough devices one VM may own.
+pub const MAX_PASSTHROUGH: usize = 8;
+/// Most interrupts one passthrough device may have.
+pub const MAX_PASSTHROUGH_IRQS: usize = 8;
+/// Most `compatible` strings of a passthrough device.
+pub const MAX_COMPATIBLE: usize = 4;
+/// Longest `compatible` string, in bytes.
+pub const MAX_COMPATIBLE_LEN: usize = 63;
+/// Granule of passthrough ranges: the stage-2 page size (Arm ARM D8.2,
+/// 4 KiB translation granule), the smallest unit one VM can be given.
+pub const PAGE_SIZE: u64 = 4 << 10;
+/// First SPI INTID (GICv3 architecture specification, 2.2 "INTIDs":
+/// SPIs are 32..=1019).
+pub const FIRST_SPI: u32 = 32;
+/// Last SPI INTID a VM's virtual GIC implements: it has 96 SPIs
+/// (GICD_TYPER.ITLinesNumber = 3, i.e. INTIDs up to 32 * (3 + 1) - 1).
+pub const LAST_VM_SPI: u32 = 127;
+/// The SPI of every VM's virtual PL011 (QEMU virt's UART SPI 1), which the
+/// hypervisor emulates and so cannot give to a device.
+pub const UART_INTID: u32 = 33;
+/// Host-physical MMIO the hypervisor owns or emulates at the same guest
+/// address on the QEMU virt layout (hw/arm/virt.c `base_memmap`), as
+/// `(start, end exclusive, what)`. A passthrough range (mapped IPA == PA)
+/// may not overlap any of them.
+pub const HYP_OWNED_MMIO: &[(u64, u64, &str)] = &[
+    (0x0800_0000, 0x0900_0000, "GIC"),
+    (0x0900_0000, 0x0900_1000, "UART"),
+];
+
+/// A device given to exactly one VM: its MMIO range, mapped into the VM at
+/// the same address (IPA == PA), and its interrupts, routed to the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Passthrough {
+    /// Label, `[a-z0-9_-]{1,31}`, e.g. `"rtc"`.
+    pub name: String,
+    /// Host-physical start of the MMIO range, 4 KiB aligned.
+    pub base: u64,
+    /// Bytes of the range, a nonzero multiple of 4 KiB.
+    pub size: u64,
+    /// SPI INTIDs, [`FIRST_SPI`]`..=`[`LAST_VM_SPI`], never [`UART_INTID`].
+    pub irqs: Vec<u32>,
+    /// The device tree `compatible` list, most specific first, e.g.
+    /// `["arm,pl031", "arm,primecell"]`.
+    pub compatible: Vec<String>,
+}
+
+impl Passthrough {
+    /// End of the MMIO range (exclusive), saturating: an overflowing range
+    /// is reported by [`validate`] on its own.
+    pub const fn end(&self) -> u64 {
+        self.base.saturating_add(self.size)
     }
 }
 
@@ -161,6 +217,8 @@ pub enum Field {
     Board(&'static str),
     /// A field of VM `n`.
     Vm(usize, &'static str),
+    /// A field of passthrough device `d` of VM `n`.
+    Passthrough(usize, usize, &'static str),
 }
 
 impl fmt::Display for Field {
@@ -168,6 +226,7 @@ impl fmt::Display for Field {
         match self {
             Self::Board(name) => write!(f, "board.{name}"),
             Self::Vm(i, name) => write!(f, "vm[{i}].{name}"),
+            Self::Passthrough(i, d, name) => write!(f, "vm[{i}].passthrough[{d}].{name}"),
         }
     }
 }
@@ -220,6 +279,10 @@ mod tests {
     fn field_display_names_board_and_vm_fields() {
         assert_eq!(format!("{}", Field::Board("cpus")), "board.cpus");
         assert_eq!(format!("{}", Field::Vm(1, "memory")), "vm[1].memory");
+        assert_eq!(
+            format!("{}", Field::Passthrough(1, 2, "irqs")),
+            "vm[1].passthrough[2].irqs"
+        );
     }
 
     #[test]

@@ -23,6 +23,13 @@
 //! host_address = 0x5000_0000   # optional: fixed host-physical address of its RAM
 //! pcpus = [0]             # vCPU i runs on physical CPU pcpus[i]; 1 to 8 vCPUs
 //! restart = "on-crash"    # never | on-crash | always; default on-crash
+//!
+//! [[vm.passthrough]]      # optional, up to 8: a device only this VM may use
+//! name = "rtc"            # label, 1 to 31 of a-z 0-9 _ -
+//! base = 0x0901_0000      # host-physical MMIO, mapped at the same guest address
+//! size = 0x1000           # a size, like `memory`; multiple of 4 KiB
+//! irqs = [34]             # optional: SPI INTIDs, 32 to 127 but not 33 (the UART's); up to 8
+//! compatible = ["arm,pl031", "arm,primecell"]  # for the guest's device tree; 1 to 4
 //! ```
 //!
 //! - **Sizes** (`memory`): an integer number of bytes (TOML hex like
@@ -49,7 +56,9 @@
 //!   keeps the first 64 MiB of board RAM; VM memory in total must fit in the
 //!   rest; fixed `host_address` regions lie in board RAM, are 2 MiB aligned,
 //!   and do not overlap each other or the hypervisor's 64 MiB; each physical
-//!   CPU exists on the board and is given to at most one vCPU in the system.
+//!   CPU exists on the board and is given to at most one vCPU in the system;
+//!   a passthrough range is 4 KiB aligned, outside board RAM and the
+//!   hypervisor's GIC and UART, and given to one VM only, as is each irq.
 //!
 //! Every problem names the file, the line of the offending key (or of the
 //! `[[vm]]` header when the key is missing) and the field, e.g.
@@ -69,8 +78,8 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::{
-    validate, Board, Field, ImageInfo, RestartPolicy, SystemConfig, VmConfig, DEFAULT_CMDLINE,
-    LINUX_CMDLINE, RAM_IPA,
+    validate, Board, Field, ImageInfo, Passthrough, RestartPolicy, SystemConfig, VmConfig,
+    DEFAULT_CMDLINE, LINUX_CMDLINE, RAM_IPA,
 };
 
 /// Where a VM's image comes from.
@@ -168,6 +177,8 @@ struct Table {
     header: usize,
     /// (core field name, TOML key, line).
     keys: Vec<(&'static str, &'static str, usize)>,
+    /// A VM's `[[vm.passthrough]]` tables, in order.
+    devices: Vec<Table>,
 }
 
 impl Table {
@@ -206,6 +217,11 @@ impl Parsed {
             Field::Board("vms") => return (1, "vm".into()),
             Field::Board(name) => (Some(&self.lines.board), "board".to_string(), name),
             Field::Vm(i, name) => (self.lines.vms.get(i), format!("vm[{i}]"), name),
+            Field::Passthrough(i, d, name) => (
+                self.lines.vms.get(i).and_then(|t| t.devices.get(d)),
+                format!("vm[{i}].passthrough[{d}]"),
+                name,
+            ),
         };
         let Some(table) = table else {
             return (1, format!("{prefix}.{name}"));
@@ -291,7 +307,7 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
         let v = svm.into_inner();
         let mut t = Table {
             header: at(header.clone()),
-            keys: Vec::new(),
+            ..Table::default()
         };
         t.add("name", "name", at(v.name.span()));
         t.add("memory", "memory", at(v.memory.span()));
@@ -435,6 +451,43 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 cmdline.push_str(extra);
             }
         }
+        let mut passthrough = Vec::new();
+        for (d, sdev) in v.passthrough.into_iter().enumerate() {
+            let dev_header = sdev.span();
+            let p = sdev.into_inner();
+            let mut dt = Table {
+                header: at(dev_header),
+                ..Table::default()
+            };
+            dt.add("name", "name", at(p.name.span()));
+            dt.add("base", "base", at(p.base.span()));
+            dt.add("size", "size", at(p.size.span()));
+            if let Some(irqs) = &p.irqs {
+                dt.add("irqs", "irqs", at(irqs.span()));
+            }
+            dt.add("compatible", "compatible", at(p.compatible.span()));
+            if d == 0 {
+                // A problem with the list as a whole (too many devices)
+                // points at its first table.
+                t.add("passthrough", "passthrough", dt.header);
+            }
+            let size = size(&p.size).unwrap_or_else(|m| {
+                diags.push(diag(
+                    Some(p.size.span().start),
+                    format!("vm[{i}].passthrough[{d}].size"),
+                    m,
+                ));
+                0
+            });
+            t.devices.push(dt);
+            passthrough.push(Passthrough {
+                name: p.name.into_inner(),
+                base: p.base.into_inner(),
+                size,
+                irqs: p.irqs.map(Spanned::into_inner).unwrap_or_default(),
+                compatible: p.compatible.into_inner(),
+            });
+        }
         let image = source.map_or(0, |s| intern(&mut images, s));
         let initramfs = initramfs_source.map(|s| intern(&mut images, s));
         lines.vms.push(t);
@@ -449,6 +502,7 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 .map_or(RestartPolicy::default(), |r| r.into_inner().into()),
             initramfs,
             cmdline,
+            passthrough,
         });
     }
 
@@ -491,13 +545,22 @@ fn field_at(text: &str, offset: usize) -> String {
     let target = line_of(text, offset);
     let mut table = String::new();
     let mut vm_count = 0usize;
+    let mut dev_count = 0usize;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("[[") {
             let name = rest.split("]]").next().unwrap_or("").trim();
             table = if name == "vm" {
                 vm_count += 1;
+                dev_count = 0;
                 format!("vm[{}]", vm_count - 1)
+            } else if name == "vm.passthrough" {
+                dev_count += 1;
+                format!(
+                    "vm[{}].passthrough[{}]",
+                    vm_count.saturating_sub(1),
+                    dev_count - 1
+                )
             } else {
                 name.to_string()
             };
@@ -592,6 +655,18 @@ struct RawVm {
     host_address: Option<Spanned<u64>>,
     pcpus: Spanned<Vec<u16>>,
     restart: Option<Spanned<RawRestart>>,
+    #[serde(default)]
+    passthrough: Vec<Spanned<RawPassthrough>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPassthrough {
+    name: Spanned<String>,
+    base: Spanned<u64>,
+    size: Spanned<SizeValue>,
+    irqs: Option<Spanned<Vec<u32>>>,
+    compatible: Spanned<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -675,5 +750,14 @@ mod tests {
         assert_eq!(field_at(text, text.find("name").unwrap()), "vm[0].name");
         assert_eq!(field_at(text, text.find("memory").unwrap()), "vm[1].memory");
         assert_eq!(field_at(text, text.rfind("[[vm]]").unwrap()), "vm[1]");
+        let text = "[[vm]]\n[[vm.passthrough]]\n[[vm.passthrough]]\nbase = 1\n[[vm]]\n[[vm.passthrough]]\nsize = 2\n";
+        assert_eq!(
+            field_at(text, text.find("base").unwrap()),
+            "vm[0].passthrough[1].base"
+        );
+        assert_eq!(
+            field_at(text, text.find("size").unwrap()),
+            "vm[1].passthrough[0].size"
+        );
     }
 }

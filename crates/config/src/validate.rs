@@ -4,8 +4,10 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use crate::{
-    Field, ImageInfo, Problem, Size, SystemConfig, VmConfig, BLOCK_SIZE, DTB_RESERVE, HYP_RESERVE,
-    LINUX_SLACK, MAX_CMDLINE_LEN, MAX_NAME_LEN, MAX_PCPUS, MAX_VCPUS,
+    Field, ImageInfo, Passthrough, Problem, Size, SystemConfig, VmConfig, BLOCK_SIZE, DTB_RESERVE,
+    FIRST_SPI, HYP_OWNED_MMIO, HYP_RESERVE, LAST_VM_SPI, LINUX_SLACK, MAX_CMDLINE_LEN,
+    MAX_COMPATIBLE, MAX_COMPATIBLE_LEN, MAX_NAME_LEN, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS,
+    MAX_PCPUS, MAX_VCPUS, PAGE_SIZE, RAM_IPA, UART_INTID,
 };
 
 /// Checks `cfg` against every rule and returns what is wrong; empty means
@@ -27,6 +29,7 @@ pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
         v.pcpus(i, vm);
         v.image(i, vm, images);
         v.cmdline(i, vm);
+        v.passthrough(i, vm);
     }
     v.total_memory();
     v.problems
@@ -39,6 +42,30 @@ struct Validator<'a> {
 
 fn aligned(x: u64) -> bool {
     x.is_multiple_of(BLOCK_SIZE)
+}
+
+/// Is `name` 1 to [`MAX_NAME_LEN`] of `[a-z0-9_-]`?
+fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+}
+
+/// Devices given before device `d` of VM `i`, with their owner's name.
+fn earlier_devices(
+    cfg: &SystemConfig,
+    i: usize,
+    d: usize,
+) -> impl Iterator<Item = (&str, &Passthrough)> {
+    let vms = cfg.vms.get(..=i).unwrap_or(&[]);
+    vms.iter().enumerate().flat_map(move |(j, o)| {
+        let n = if j == i { d } else { o.passthrough.len() };
+        o.passthrough
+            .iter()
+            .take(n)
+            .map(move |p| (o.name.as_str(), p))
+    })
 }
 
 /// Do the half-open ranges `[a, a+alen)` and `[b, b+blen)` overlap?
@@ -318,6 +345,181 @@ impl Validator<'_> {
         }
     }
 
+    /// Passthrough devices of VM `i`: each range is page aligned and owned
+    /// by nobody else (board RAM, the hypervisor's MMIO, the VM's own RAM
+    /// in its IPA space, another device); each irq is a VM SPI owned by
+    /// nobody else. Clashes are reported on the later device and name the
+    /// earlier owner.
+    fn passthrough(&mut self, i: usize, vm: &VmConfig) {
+        if vm.passthrough.len() > MAX_PASSTHROUGH {
+            self.report(
+                Field::Vm(i, "passthrough"),
+                format!(
+                    "{} passthrough devices; a VM may have at most {MAX_PASSTHROUGH}",
+                    vm.passthrough.len()
+                ),
+            );
+        }
+        for (d, dev) in vm.passthrough.iter().enumerate() {
+            let field = |name| Field::Passthrough(i, d, name);
+            if !valid_name(&dev.name) {
+                self.report(
+                    field("name"),
+                    format!(
+                        "device name '{}' must be 1 to {MAX_NAME_LEN} of a-z, 0-9, '_' and '-'",
+                        dev.name
+                    ),
+                );
+            }
+            self.passthrough_range(i, vm, d, dev);
+            self.passthrough_irqs(i, d, dev);
+            self.compatible(field("compatible"), dev);
+        }
+    }
+
+    fn passthrough_range(&mut self, i: usize, vm: &VmConfig, d: usize, dev: &Passthrough) {
+        let base_field = Field::Passthrough(i, d, "base");
+        let size_field = Field::Passthrough(i, d, "size");
+        let (base, size) = (dev.base, dev.size);
+        if !base.is_multiple_of(PAGE_SIZE) {
+            self.report(base_field, format!("base {base:#x} is not 4 KiB aligned"));
+        }
+        if size == 0 {
+            self.report(size_field, "size is zero".into());
+            return;
+        }
+        if !size.is_multiple_of(PAGE_SIZE) {
+            self.report(
+                size_field,
+                format!("size {size:#x} is not a multiple of 4 KiB"),
+            );
+        }
+        let Some(end) = base.checked_add(size) else {
+            self.report(
+                size_field,
+                format!(
+                    "range at {base:#x} of size {size:#x} runs past the end of the address space"
+                ),
+            );
+            return;
+        };
+        let b = &self.cfg.board;
+        let ram_end = b.ram_base.saturating_add(b.ram_size);
+        if overlaps(base, size, b.ram_base, b.ram_size) {
+            self.report(
+                base_field,
+                format!(
+                    "range {base:#x}..{end:#x} overlaps board RAM {:#x}..{ram_end:#x}",
+                    b.ram_base
+                ),
+            );
+        }
+        // The VM's RAM occupies these IPAs, and the device is mapped at
+        // IPA == PA (only distinct from board RAM when the board's RAM
+        // lies elsewhere).
+        if overlaps(base, size, RAM_IPA, vm.memory) && !overlaps(base, size, b.ram_base, b.ram_size)
+        {
+            self.report(
+                base_field,
+                format!(
+                    "range {base:#x}..{end:#x} overlaps the VM's own RAM at {RAM_IPA:#x}..{:#x}",
+                    RAM_IPA.saturating_add(vm.memory)
+                ),
+            );
+        }
+        for &(start, stop, what) in HYP_OWNED_MMIO {
+            if overlaps(base, size, start, stop - start) {
+                self.report(
+                    base_field,
+                    format!(
+                        "range {base:#x}..{end:#x}: {start:#x}..{stop:#x} is the {what}, which the hypervisor owns"
+                    ),
+                );
+            }
+        }
+        let clash = earlier_devices(self.cfg, i, d)
+            .find(|(_, o)| overlaps(base, size, o.base, o.size))
+            .map(|(owner, o)| {
+                format!(
+                    "range {base:#x}..{end:#x}: {:#x}..{:#x} is already given to vm '{owner}' ({})",
+                    o.base,
+                    o.end(),
+                    o.name
+                )
+            });
+        if let Some(message) = clash {
+            self.report(base_field, message);
+        }
+    }
+
+    fn passthrough_irqs(&mut self, i: usize, d: usize, dev: &Passthrough) {
+        let field = Field::Passthrough(i, d, "irqs");
+        if dev.irqs.len() > MAX_PASSTHROUGH_IRQS {
+            self.report(
+                field,
+                format!(
+                    "{} irqs; a device may have at most {MAX_PASSTHROUGH_IRQS}",
+                    dev.irqs.len()
+                ),
+            );
+        }
+        for (k, &irq) in dev.irqs.iter().enumerate() {
+            if !(FIRST_SPI..=LAST_VM_SPI).contains(&irq) {
+                self.report(
+                    field,
+                    format!(
+                        "irq {irq} is not an SPI the VM's GIC has; it must be {FIRST_SPI} to {LAST_VM_SPI}"
+                    ),
+                );
+                continue;
+            }
+            if irq == UART_INTID {
+                self.report(
+                    field,
+                    format!("irq {irq} is the virtual UART's, which the hypervisor owns"),
+                );
+                continue;
+            }
+            let cfg = self.cfg;
+            let owner = earlier_devices(cfg, i, d)
+                .find(|(_, o)| o.irqs.contains(&irq))
+                .map(|(owner, _)| owner)
+                .or_else(|| {
+                    dev.irqs
+                        .iter()
+                        .take(k)
+                        .any(|&o| o == irq)
+                        .then(|| cfg.vms.get(i).map_or("", |v| v.name.as_str()))
+                });
+            if let Some(owner) = owner {
+                self.report(field, format!("irq {irq} is already given to vm '{owner}'"));
+            }
+        }
+    }
+
+    fn compatible(&mut self, field: Field, dev: &Passthrough) {
+        let n = dev.compatible.len();
+        if n == 0 || n > MAX_COMPATIBLE {
+            self.report(
+                field,
+                format!("{n} compatible strings; a device needs 1 to {MAX_COMPATIBLE}"),
+            );
+        }
+        // The device tree stores them as a NUL-separated string list
+        // (Devicetree Specification 0.4, 2.2.4 "<stringlist>").
+        for c in &dev.compatible {
+            let printable = c.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+            if c.is_empty() || c.len() > MAX_COMPATIBLE_LEN || !printable {
+                self.report(
+                    field,
+                    format!(
+                        "compatible {c:?} must be 1 to {MAX_COMPATIBLE_LEN} printable ASCII characters"
+                    ),
+                );
+            }
+        }
+    }
+
     /// All VM memory comes out of board RAM minus the hypervisor's reserve.
     /// Reported on the first VM that does not fit.
     fn total_memory(&mut self) {
@@ -365,6 +567,7 @@ mod tests {
             restart: RestartPolicy::Never,
             initramfs: None,
             cmdline: DEFAULT_CMDLINE.into(),
+            passthrough: vec![],
         }
     }
 
@@ -734,5 +937,265 @@ mod tests {
         c.vms[0].cmdline = "a\0b".into();
         let p = problems_with(&c, &images, "cmdline");
         assert!(p[0].message.contains("NUL"), "{p:?}");
+    }
+
+    fn device(name: &str, base: u64, size: u64, irqs: &[u32]) -> Passthrough {
+        Passthrough {
+            name: name.into(),
+            base,
+            size,
+            irqs: irqs.into(),
+            compatible: vec!["arm,pl031".into(), "arm,primecell".into()],
+        }
+    }
+
+    /// [`good`] with QEMU virt's PL031 RTC given to vm[0].
+    fn with_rtc() -> SystemConfig {
+        let mut c = good();
+        c.vms[0].passthrough = vec![device("rtc", 0x0901_0000, 0x1000, &[34])];
+        c
+    }
+
+    const RTC: &str = "vm[0].passthrough[0]";
+    const SECOND: &str = "vm[1].passthrough[0]";
+
+    #[test]
+    fn passthrough_device_outside_everything_owned_is_fine() {
+        assert_eq!(problems(&with_rtc()), vec![]);
+        let mut c = with_rtc();
+        // Above board RAM, several irqs, highest SPI.
+        c.vms[1].passthrough = vec![device("pcie", 0x1_0000_0000, 0x10_0000, &[35, 127])];
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_base_and_size_must_be_4k_aligned_and_nonzero() {
+        let mut c = with_rtc();
+        c.vms[0].passthrough[0].base = 0x0901_0800;
+        assert_one(
+            &c,
+            "vm[0].passthrough[0].base",
+            "0x9010800 is not 4 KiB aligned",
+        );
+        let mut c = with_rtc();
+        c.vms[0].passthrough[0].size = 0x1800;
+        assert_one(
+            &c,
+            "vm[0].passthrough[0].size",
+            "0x1800 is not a multiple of 4 KiB",
+        );
+        c.vms[0].passthrough[0].size = 0;
+        assert_one(&c, "vm[0].passthrough[0].size", "size is zero");
+    }
+
+    #[test]
+    fn passthrough_range_past_the_address_space_is_refused() {
+        let mut c = with_rtc();
+        c.vms[0].passthrough[0].base = 0u64.wrapping_sub(PAGE_SIZE);
+        c.vms[0].passthrough[0].size = 2 * PAGE_SIZE;
+        assert_one(&c, "vm[0].passthrough[0].size", "past the end");
+        // The last page of the address space is not past it, though.
+        c.vms[0].passthrough[0].base = 0u64.wrapping_sub(2 * PAGE_SIZE);
+        c.vms[0].passthrough[0].size = PAGE_SIZE;
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_range_must_not_overlap_board_ram() {
+        let mut c = with_rtc();
+        c.vms[0].passthrough[0].base = 0x3fff_f000;
+        c.vms[0].passthrough[0].size = 0x2000;
+        assert_one(
+            &c,
+            "vm[0].passthrough[0].base",
+            "range 0x3ffff000..0x40001000 overlaps board RAM 0x40000000..0x80000000",
+        );
+        // Adjacent below is fine.
+        c.vms[0].passthrough[0].size = 0x1000;
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_range_must_not_overlap_the_vms_own_ram_ipa() {
+        // Board RAM elsewhere: the VM's RAM is still at RAM_IPA in its IPA
+        // space, where an IPA == PA device would land.
+        let mut c = with_rtc();
+        c.board.ram_base = 0x8000_0000;
+        c.vms[0].host_address = Some(0x9000_0000);
+        c.vms[0].passthrough[0].base = RAM_IPA + 15 * MIB;
+        assert_one(
+            &c,
+            "vm[0].passthrough[0].base",
+            "overlaps the VM's own RAM at 0x40000000..0x41000000",
+        );
+        c.vms[0].passthrough[0].base = RAM_IPA + 16 * MIB;
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_range_must_not_touch_the_gic_or_uart() {
+        let mut c = with_rtc();
+        c.vms[0].passthrough[0].base = 0x080a_0000;
+        assert_one(
+            &c,
+            "vm[0].passthrough[0].base",
+            "0x8000000..0x9000000 is the GIC, which the hypervisor owns",
+        );
+        c.vms[0].passthrough[0].base = 0x0900_0000;
+        assert_one(
+            &c,
+            "vm[0].passthrough[0].base",
+            "0x9000000..0x9001000 is the UART, which the hypervisor owns",
+        );
+        // Spanning both: one problem each.
+        c.vms[0].passthrough[0].base = 0x08ff_f000;
+        c.vms[0].passthrough[0].size = 0x2000;
+        assert_eq!(problems(&c).len(), 2, "{:?}", problems(&c));
+        // The table is what the message names.
+        assert_eq!(HYP_OWNED_MMIO[0], (0x0800_0000, 0x0900_0000, "GIC"));
+        assert_eq!(HYP_OWNED_MMIO[1], (0x0900_0000, 0x0900_1000, "UART"));
+    }
+
+    #[test]
+    fn passthrough_range_is_given_to_one_vm_only() {
+        let mut c = with_rtc();
+        c.vms[1].passthrough = vec![device("clock", 0x0901_0000, 0x1000, &[35])];
+        assert_one(
+            &c,
+            &format!("{SECOND}.base"),
+            "range 0x9010000..0x9011000: 0x9010000..0x9011000 is already given to vm 'safety' (rtc)",
+        );
+        // A partial overlap counts; adjacent does not.
+        c.vms[1].passthrough[0].base = 0x0900_f000;
+        c.vms[1].passthrough[0].size = 0x2000;
+        assert_one(
+            &c,
+            &format!("{SECOND}.base"),
+            "already given to vm 'safety'",
+        );
+        c.vms[1].passthrough[0].size = 0x1000;
+        c.vms[1].passthrough[0].base = 0x0901_1000;
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_ranges_of_one_vm_must_not_overlap_each_other() {
+        let mut c = with_rtc();
+        c.vms[0]
+            .passthrough
+            .push(device("rtc2", 0x0901_0000, 0x1000, &[35]));
+        assert_one(
+            &c,
+            "vm[0].passthrough[1].base",
+            "is already given to vm 'safety' (rtc)",
+        );
+    }
+
+    #[test]
+    fn passthrough_irqs_must_be_vm_spis_other_than_the_uarts() {
+        for (irq, needle) in [
+            (
+                31,
+                "irq 31 is not an SPI the VM's GIC has; it must be 32 to 127",
+            ),
+            (128, "irq 128 is not an SPI"),
+            (1020, "irq 1020 is not an SPI"),
+            (33, "irq 33 is the virtual UART's"),
+        ] {
+            let mut c = with_rtc();
+            c.vms[0].passthrough[0].irqs = vec![irq];
+            assert_one(&c, &format!("{RTC}.irqs"), needle);
+        }
+        let mut c = with_rtc();
+        c.vms[0].passthrough[0].irqs = vec![32, 127];
+        assert_eq!(problems(&c), vec![]);
+        // No irq at all is fine: a device may only be polled.
+        c.vms[0].passthrough[0].irqs = vec![];
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_irq_is_given_once_in_the_system() {
+        let mut c = with_rtc();
+        c.vms[1].passthrough = vec![device("gpio", 0x0903_0000, 0x1000, &[34])];
+        assert_one(
+            &c,
+            &format!("{SECOND}.irqs"),
+            "irq 34 is already given to vm 'safety'",
+        );
+        // Twice in one device.
+        let mut c = with_rtc();
+        c.vms[0].passthrough[0].irqs = vec![34, 35, 34];
+        assert_one(
+            &c,
+            &format!("{RTC}.irqs"),
+            "irq 34 is already given to vm 'safety'",
+        );
+    }
+
+    #[test]
+    fn passthrough_counts_are_limited() {
+        let mut c = with_rtc();
+        c.vms[0].passthrough = (0..9u32)
+            .map(|k| {
+                device(
+                    "d",
+                    0x1_0000_0000 + u64::from(k) * 0x1000,
+                    0x1000,
+                    &[40 + k],
+                )
+            })
+            .collect();
+        assert_one(
+            &c,
+            "vm[0].passthrough",
+            "9 passthrough devices; a VM may have at most 8",
+        );
+        c.vms[0].passthrough.pop();
+        assert_eq!(problems(&c), vec![]);
+
+        let mut c = with_rtc();
+        c.vms[0].passthrough[0].irqs = (40..49).collect();
+        assert_one(
+            &c,
+            &format!("{RTC}.irqs"),
+            "9 irqs; a device may have at most 8",
+        );
+        c.vms[0].passthrough[0].irqs.pop();
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_name_follows_the_vm_name_rules() {
+        let mut c = with_rtc();
+        for bad in [String::new(), "RTC".into(), "r t c".into(), "a".repeat(32)] {
+            c.vms[0].passthrough[0].name = bad;
+            assert_one(&c, &format!("{RTC}.name"), "must be 1 to 31 of a-z");
+        }
+        c.vms[0].passthrough[0].name = "a".repeat(31);
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn compatible_needs_1_to_4_printable_strings() {
+        let mut c = with_rtc();
+        let field = format!("{RTC}.compatible");
+        c.vms[0].passthrough[0].compatible = vec![];
+        assert_one(&c, &field, "0 compatible strings; a device needs 1 to 4");
+        c.vms[0].passthrough[0].compatible = vec!["a,b".into(); 5];
+        assert_one(&c, &field, "5 compatible strings");
+        c.vms[0].passthrough[0].compatible = vec!["a,b".into(); 4];
+        assert_eq!(problems(&c), vec![]);
+        for bad in [
+            String::new(),
+            "x".repeat(64),
+            "a\0b".into(),
+            "caf\u{e9}".into(),
+        ] {
+            c.vms[0].passthrough[0].compatible = vec![bad];
+            assert_one(&c, &field, "must be 1 to 63 printable ASCII");
+        }
+        c.vms[0].passthrough[0].compatible = vec!["x".repeat(63)];
+        assert_eq!(problems(&c), vec![]);
     }
 }

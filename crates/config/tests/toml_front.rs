@@ -456,3 +456,136 @@ fn encoded_linux_config_decodes_to_the_same_config() {
     let bytes = bulkhead_config::encode(&p.config);
     assert_eq!(bulkhead_config::decode(&bytes), Ok(p.config));
 }
+
+/// Two bare-metal VMs on a 4-CPU, 1 GiB board; `first` and `second` are
+/// appended after each VM's table (e.g. `[[vm.passthrough]]` tables).
+fn passthrough_config(first: &str, second: &str) -> String {
+    format!(
+        "[board]\ncpus = 4\nmemory = \"1G\"\n\n\
+         [[vm]]\nname = \"safety\"\nguest = \"hello\"\nmemory = \"16M\"\npcpus = [0]\n{first}\n\
+         [[vm]]\nname = \"infotainment\"\nguest = \"hello\"\nmemory = \"16M\"\npcpus = [1]\n{second}"
+    )
+}
+
+const RTC: &str = "[[vm.passthrough]]\nname = \"rtc\"\nbase = 0x0901_0000\nsize = 0x1000\nirqs = [34]\ncompatible = [\"arm,pl031\", \"arm,primecell\"]\n";
+
+#[test]
+fn passthrough_tables_parse_into_the_vms_devices() {
+    let gpio = "[[vm.passthrough]]\nname = \"gpio\"\nbase = 0x0903_0000\nsize = \"4K\"\ncompatible = [\"arm,pl061\"]\n";
+    let text = passthrough_config(&format!("{RTC}\n{gpio}"), "");
+    let p = parse_ok(&text);
+    let devs = &p.config.vms[0].passthrough;
+    assert_eq!(devs.len(), 2);
+    assert_eq!(devs[0].name, "rtc");
+    assert_eq!(devs[0].base, 0x0901_0000);
+    assert_eq!(devs[0].size, 0x1000);
+    assert_eq!(devs[0].irqs, vec![34]);
+    assert_eq!(devs[0].compatible, vec!["arm,pl031", "arm,primecell"]);
+    assert_eq!(devs[1].size, 4096, "size strings work");
+    assert!(devs[1].irqs.is_empty(), "irqs default to none");
+    assert!(p.config.vms[1].passthrough.is_empty());
+    assert_eq!(p.check(&[ImageInfo::raw(64 << 10)]), Ok(()));
+    let bytes = bulkhead_config::encode(&p.config);
+    assert_eq!(bulkhead_config::decode(&bytes), Ok(p.config));
+}
+
+#[test]
+fn passthrough_range_given_twice_is_reported_on_the_later_base() {
+    let text = passthrough_config(RTC, &RTC.replace("[34]", "[35]"));
+    let d = check_fails(&text, &[ImageInfo::raw(64 << 10)]);
+    assert_eq!(d.field, "vm[1].passthrough[0].base");
+    assert_eq!(
+        d.line,
+        text.rfind("base = 0x0901_0000")
+            .map(|a| text[..a].matches('\n').count() + 1)
+            .unwrap()
+    );
+    assert!(
+        d.message
+            .contains("0x9010000..0x9011000 is already given to vm 'safety' (rtc)"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn passthrough_irq_given_twice_is_reported_on_the_later_irqs_line() {
+    let other = RTC
+        .replace("0x0901_0000", "0x0903_0000")
+        .replace("[34]", "[40, 34]");
+    let text = passthrough_config(RTC, &other);
+    let d = check_fails(&text, &[ImageInfo::raw(64 << 10)]);
+    assert_eq!(d.field, "vm[1].passthrough[0].irqs");
+    assert_eq!(d.line, line(&text, "[40, 34]"));
+    assert_eq!(d.message, "irq 34 is already given to vm 'safety'");
+}
+
+#[test]
+fn passthrough_inside_the_gic_is_reported_on_base() {
+    let text = passthrough_config(&RTC.replace("0x0901_0000", "0x0801_0000"), "");
+    let d = check_fails(&text, &[ImageInfo::raw(64 << 10)]);
+    assert_eq!(d.field, "vm[0].passthrough[0].base");
+    assert_eq!(d.line, line(&text, "0x0801_0000"));
+    assert!(d.message.contains("is the GIC, which the hypervisor owns"));
+}
+
+#[test]
+fn passthrough_problems_point_at_their_own_keys() {
+    let bad = RTC
+        .replace("size = 0x1000", "size = 0x1800")
+        .replace("\"rtc\"", "\"RTC\"")
+        .replace("[\"arm,pl031\", \"arm,primecell\"]", "[]");
+    let text = passthrough_config(&bad, "");
+    let diags = parse_ok(&text)
+        .check(&[ImageInfo::raw(64 << 10)])
+        .unwrap_err();
+    let got: Vec<(usize, &str)> = diags.iter().map(|d| (d.line, d.field.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (line(&text, "\"RTC\""), "vm[0].passthrough[0].name"),
+            (line(&text, "0x1800"), "vm[0].passthrough[0].size"),
+            (
+                line(&text, "compatible = []"),
+                "vm[0].passthrough[0].compatible"
+            ),
+        ]
+    );
+}
+
+#[test]
+fn too_many_passthrough_devices_points_at_the_first_table() {
+    let devices: String = (0..9)
+        .map(|k| {
+            format!(
+                "[[vm.passthrough]]\nname = \"d{k}\"\nbase = {:#x}\nsize = 0x1000\ncompatible = [\"x,y\"]\n",
+                0x1_0000_0000u64 + k * 0x1000
+            )
+        })
+        .collect();
+    let text = passthrough_config(&devices, "");
+    let d = check_fails(&text, &[ImageInfo::raw(64 << 10)]);
+    assert_eq!(d.field, "vm[0].passthrough");
+    assert_eq!(d.line, line(&text, "[[vm.passthrough]]"));
+}
+
+#[test]
+fn passthrough_missing_key_and_unknown_key_are_parse_errors() {
+    let text = passthrough_config(&RTC.replace("size = 0x1000\n", ""), "");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert!(d.message.contains("missing field `size`"), "{}", d.message);
+    assert_eq!(d.line, line(&text, "[[vm.passthrough]]"));
+
+    let text = passthrough_config(RTC, &RTC.replace("irqs", "irq"));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert!(d.message.contains("unknown field `irq`"), "{}", d.message);
+    assert_eq!(d.field, "vm[1].passthrough[0].irq");
+}
+
+#[test]
+fn bad_passthrough_size_string_is_a_parse_error_on_its_line() {
+    let text = passthrough_config(&RTC.replace("size = 0x1000", "size = \"4 KB\""), "");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.field, "vm[0].passthrough[0].size");
+    assert_eq!(d.line, line(&text, "4 KB"));
+}

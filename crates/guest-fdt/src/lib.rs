@@ -62,6 +62,50 @@ impl Default for Timer {
     }
 }
 
+/// Last SPI INTID a GICv3 can have (GICv3 architecture specification, 2.2
+/// "INTIDs": SPIs are 32..=1019).
+const LAST_SPI: u32 = 1019;
+/// First SPI INTID; the device tree numbers SPIs from here (cell 1 of an
+/// "arm,gic-v3" specifier is INTID - 32).
+const FIRST_SPI: u32 = 32;
+
+/// A device passed through to the VM: its MMIO range (at the same address
+/// as on the host) and its interrupts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device<'a> {
+    /// Label; names the node when `compatible` does not.
+    pub name: &'a str,
+    /// MMIO range (IPA).
+    pub base: u64,
+    pub size: u64,
+    /// `compatible` list, most specific first, e.g.
+    /// `["arm,pl031", "arm,primecell"]`.
+    pub compatible: &'a [&'a str],
+    /// Interrupts, as SPI INTIDs (32..=1019).
+    pub spis: &'a [u32],
+}
+
+impl Device<'_> {
+    /// Node name: the model part of the first compatible (after the
+    /// vendor's comma, Devicetree Specification v0.4, 2.3.1), else the
+    /// label; then the unit address, e.g. `pl031@9010000`.
+    fn node_name(&self) -> String {
+        let model = self
+            .compatible
+            .first()
+            .and_then(|c| c.split_once(',').map(|(_, model)| model))
+            .filter(|m| !m.is_empty())
+            .unwrap_or(self.name);
+        format!("{model}@{:x}", self.base)
+    }
+
+    /// Whether the Linux AMBA bus probes it ("arm,primecell", Linux
+    /// bindings/arm/primecell.yaml), which needs an `apb_pclk` clock.
+    fn is_primecell(&self) -> bool {
+        self.compatible.contains(&"arm,primecell")
+    }
+}
+
 /// What the generated tree describes. Addresses are IPAs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestDt<'a> {
@@ -82,6 +126,8 @@ pub struct GuestDt<'a> {
     pub bootargs: &'a str,
     /// Initial ramdisk (start, end) IPAs, end exclusive.
     pub initrd: Option<(u64, u64)>,
+    /// Passthrough devices, one node each.
+    pub devices: &'a [Device<'a>],
 }
 
 /// Why no tree could be built.
@@ -95,6 +141,10 @@ pub enum Error {
     BadMemory,
     /// The initrd range ends before it starts.
     BadInitrd,
+    /// This passthrough device's range is empty or wraps.
+    BadDeviceRange(u64),
+    /// This interrupt of a passthrough device is not an SPI INTID.
+    BadSpi(u32),
     /// The writer refused (e.g. a NUL byte in `bootargs`).
     Fdt(vm_fdt::Error),
 }
@@ -112,6 +162,10 @@ impl core::fmt::Display for Error {
             Error::TooManyVcpus => write!(f, "more than {MAX_VCPUS} vCPUs"),
             Error::BadMemory => f.write_str("memory range is empty or wraps"),
             Error::BadInitrd => f.write_str("initrd ends before it starts"),
+            Error::BadDeviceRange(base) => {
+                write!(f, "device range at {base:#x} is empty or wraps")
+            }
+            Error::BadSpi(intid) => write!(f, "interrupt {intid} is not an SPI"),
             Error::Fdt(e) => write!(f, "device tree writer: {e}"),
         }
     }
@@ -143,6 +197,9 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, Error> {
     timer(&mut w, dt)?;
     clock(&mut w)?;
     uart(&mut w, dt)?;
+    for dev in dt.devices {
+        device(&mut w, dev)?;
+    }
     chosen(&mut w, dt)?;
 
     w.end_node(root)?;
@@ -162,6 +219,18 @@ fn check(dt: &GuestDt) -> Result<(), Error> {
     if let Some((start, end)) = dt.initrd {
         if end < start {
             return Err(Error::BadInitrd);
+        }
+    }
+    for dev in dt.devices {
+        if dev.size == 0 || dev.base.checked_add(dev.size - 1).is_none() {
+            return Err(Error::BadDeviceRange(dev.base));
+        }
+        if let Some(&bad) = dev
+            .spis
+            .iter()
+            .find(|i| !(FIRST_SPI..=LAST_SPI).contains(*i))
+        {
+            return Err(Error::BadSpi(bad));
         }
     }
     Ok(())
@@ -272,6 +341,33 @@ fn uart(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
         "clock-names",
         vec!["uartclk".to_string(), "apb_pclk".to_string()],
     )?;
+    w.end_node(node)?;
+    Ok(())
+}
+
+/// A passthrough device: reg, one level-high SPI specifier per interrupt
+/// (arm,gic-v3.yaml: `<0 (INTID - 32) 4>`), and for a primecell the
+/// `apb_pclk` clock the AMBA bus enables before reading its ID registers
+/// (Linux bindings/arm/primecell.yaml; drivers/amba/bus.c).
+fn device(w: &mut FdtWriter, dev: &Device) -> Result<(), Error> {
+    let node = w.begin_node(&dev.node_name())?;
+    w.property_string_list(
+        "compatible",
+        dev.compatible.iter().map(|c| c.to_string()).collect(),
+    )?;
+    w.property_array_u64("reg", &[dev.base, dev.size])?;
+    if !dev.spis.is_empty() {
+        let cells: Vec<u32> = dev
+            .spis
+            .iter()
+            .flat_map(|&intid| [GIC_SPI, intid.saturating_sub(FIRST_SPI), IRQ_LEVEL_HIGH])
+            .collect();
+        w.property_array_u32("interrupts", &cells)?;
+    }
+    if dev.is_primecell() {
+        w.property_array_u32("clocks", &[CLK_PHANDLE])?;
+        w.property_string("clock-names", "apb_pclk")?;
+    }
     w.end_node(node)?;
     Ok(())
 }

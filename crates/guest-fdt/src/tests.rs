@@ -20,6 +20,7 @@ fn virt(n_vcpus: u16, initrd: Option<(u64, u64)>) -> GuestDt<'static> {
         timer: Timer::default(),
         bootargs: BOOTARGS,
         initrd,
+        devices: &[],
     }
 }
 
@@ -259,4 +260,156 @@ fn nul_in_bootargs_is_an_error_not_a_panic() {
     let mut cfg = virt(1, None);
     cfg.bootargs = "console=ttyAMA0\0evil";
     assert_eq!(build(&cfg), Err(Error::Fdt(vm_fdt::Error::InvalidString)));
+}
+
+const RTC: Device = Device {
+    name: "rtc",
+    base: 0x0901_0000,
+    size: 0x1000,
+    compatible: &["arm,pl031", "arm,primecell"],
+    spis: &[34],
+};
+
+const GPIO: Device = Device {
+    name: "gpio",
+    base: 0x1_0000_0000,
+    size: 0x2000,
+    compatible: &["vendor,gpio-x"],
+    spis: &[40, 41, 127],
+};
+
+fn with_devices<'a>(devices: &'a [Device<'a>]) -> Vec<u8> {
+    let mut cfg = virt(2, None);
+    cfg.devices = devices;
+    build(&cfg).expect("build")
+}
+
+#[test]
+fn primecell_device_gets_reg_spi_and_the_apb_clock() {
+    let blob = with_devices(&[RTC]);
+    let dt = Fdt::new(&blob).unwrap();
+    let rtc = dt.find_node("/pl031@9010000").expect("rtc node");
+    assert_eq!(strings(rtc, "compatible"), ["arm,pl031", "arm,primecell"]);
+    assert_eq!(regs(rtc), [(0x0901_0000, 0x1000)]);
+    // SPI, INTID 34 - 32, level-high.
+    assert_eq!(cells(rtc, "interrupts"), [0, 2, 4]);
+    assert_eq!(strings(rtc, "clock-names"), ["apb_pclk"]);
+    let clocks = cells(rtc, "clocks");
+    assert_eq!(clocks.len(), 1);
+    let clk = dt.find_phandle(clocks[0]).expect("clock phandle resolves");
+    assert_eq!(clk.name, "apb-pclk");
+    // No interrupt-parent of its own: it inherits the root's, the GIC
+    // (Devicetree Specification v0.4, 2.4.1).
+    assert!(rtc.property("interrupt-parent").is_none());
+    assert_eq!(
+        dt.find_compatible(&["arm,pl031"]).map(|n| n.name),
+        Some("pl031@9010000")
+    );
+}
+
+#[test]
+fn device_gets_one_spi_triple_per_interrupt_and_no_clock_unless_primecell() {
+    let blob = with_devices(&[RTC, GPIO]);
+    let dt = Fdt::new(&blob).unwrap();
+    let gpio = dt.find_node("/gpio-x@100000000").expect("gpio node");
+    assert_eq!(regs(gpio), [(0x1_0000_0000, 0x2000)]);
+    assert_eq!(cells(gpio, "interrupts"), [0, 8, 4, 0, 9, 4, 0, 95, 4]);
+    assert!(gpio.property("clocks").is_none());
+    assert!(gpio.property("clock-names").is_none());
+    assert!(dt.find_node("/pl031@9010000").is_some());
+}
+
+#[test]
+fn device_node_is_named_by_its_label_without_a_vendor_comma() {
+    let dev = Device {
+        compatible: &["simple-bus"],
+        spis: &[],
+        ..GPIO
+    };
+    let blob = with_devices(&[dev]);
+    let dt = Fdt::new(&blob).unwrap();
+    let node = dt.find_node("/gpio@100000000").expect("named by label");
+    assert!(
+        node.property("interrupts").is_none(),
+        "no SPIs, no property"
+    );
+    let dev = Device {
+        compatible: &[],
+        ..GPIO
+    };
+    let blob = with_devices(&[dev]);
+    assert!(Fdt::new(&blob)
+        .unwrap()
+        .find_node("/gpio@100000000")
+        .is_some());
+}
+
+#[test]
+fn no_devices_means_no_extra_nodes() {
+    let blob = build(&virt(2, None)).unwrap();
+    let dt = Fdt::new(&blob).unwrap();
+    let names: Vec<&str> = dt
+        .find_node("/")
+        .unwrap()
+        .children()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "memory@40000000",
+            "cpus",
+            "psci",
+            "intc@8000000",
+            "timer",
+            "apb-pclk",
+            "pl011@9000000",
+            "chosen"
+        ]
+    );
+    let with = with_devices(&[RTC]);
+    let dt = Fdt::new(&with).unwrap();
+    assert_eq!(
+        dt.find_node("/").unwrap().children().count(),
+        names.len() + 1
+    );
+}
+
+#[test]
+fn bad_device_range_or_spi_is_an_error_not_a_panic() {
+    let empty = Device { size: 0, ..RTC };
+    let mut cfg = virt(1, None);
+    let devices = [empty];
+    cfg.devices = &devices;
+    assert_eq!(build(&cfg), Err(Error::BadDeviceRange(0x0901_0000)));
+    let wraps = [Device {
+        base: u64::MAX - 0xfff,
+        size: 0x2000,
+        ..RTC
+    }];
+    cfg.devices = &wraps;
+    assert_eq!(build(&cfg), Err(Error::BadDeviceRange(u64::MAX - 0xfff)));
+    for intid in [0, 31, 1020, u32::MAX] {
+        let spis = [intid];
+        let bad = [Device { spis: &spis, ..RTC }];
+        let mut cfg = virt(1, None);
+        cfg.devices = &bad;
+        assert_eq!(build(&cfg), Err(Error::BadSpi(intid)));
+    }
+    let spis = [1019];
+    let last = [Device { spis: &spis, ..RTC }];
+    let mut cfg = virt(1, None);
+    cfg.devices = &last;
+    assert!(build(&cfg).is_ok());
+}
+
+#[test]
+fn nul_in_a_compatible_is_an_error_not_a_panic() {
+    let bad = [Device {
+        compatible: &["arm,pl031\0x"],
+        ..RTC
+    }];
+    let mut cfg = virt(1, None);
+    cfg.devices = &bad;
+    assert!(matches!(build(&cfg), Err(Error::Fdt(_))));
 }

@@ -27,6 +27,15 @@ extern "C" fn guest_main() -> ! {
             guest_rt::counter() - start
         );
     }
+    // QEMU virt's PL031 RTC: another VM's passthrough device, or nobody's.
+    // It is not in this VM's stage 2, so the access must fault.
+    match guest_rt::probe(|| guest_rt::mmio_read32(0x0901_0000)) {
+        Err(f) => println!(
+            "the RTC at 0x9010000 is not ours: refused (ESR {:#x})",
+            f.esr
+        ),
+        Ok(v) => println!("LEAK read the RTC at 0x9010000: {v:#x}"),
+    }
     println!("PASS hello");
     guest_rt::system_off()
 }

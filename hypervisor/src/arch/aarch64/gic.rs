@@ -17,6 +17,7 @@ const GICD_CTLR_ARE: u32 = 1 << 4;
 const GICD_CTLR_ENABLE_G1: u32 = 1 << 1;
 const GICD_IGROUPR: usize = 0x0080;
 const GICD_ISENABLER: usize = 0x0100;
+const GICD_ICACTIVER: usize = 0x0380;
 const GICD_IPRIORITYR: usize = 0x0400;
 const GICD_IROUTER: usize = 0x6000;
 // Redistributor registers (GICv3 12.10/12.11).
@@ -192,4 +193,15 @@ pub fn enable_spi(intid: u32, mpidr: u64) {
     // SAFETY: byte access to IPRIORITYR is architected.
     unsafe { write_volatile((gicd + GICD_IPRIORITYR + n) as *mut u8, 0xa0) };
     wr32(gicd + GICD_ISENABLER + word, bit);
+}
+
+/// Clears the active state of SPI `intid`: the VM that owned it (and would
+/// have deactivated it through the HW bit) has stopped.
+pub fn clear_active_spi(intid: u32) {
+    let gicd = GICD.load(Ordering::Relaxed);
+    if gicd == 0 || !(32..1020).contains(&intid) {
+        return;
+    }
+    let n = intid as usize;
+    wr32(gicd + GICD_ICACTIVER + 4 * (n / 32), 1 << (n % 32));
 }
