@@ -278,9 +278,9 @@ fn passthrough_conflict(
     None
 }
 
-/// The first VM that boots Linux gets console input.
+/// The first VM with an initramfs (a Linux userland) gets console input.
 fn cfg_focus(sys: &system::System) -> Option<usize> {
-    sys.vms.iter().position(|vm| vm.boots_linux)
+    sys.vms.iter().position(|vm| vm.has_initramfs)
 }
 
 fn init_this_cpu(plat: &platform::Platform, index: usize) {

@@ -121,8 +121,9 @@ pub struct Vm {
     pub cntvoff: AtomicU64,
     pub complaints: AtomicU32,
     pub stats: VmStats,
-    /// Boots Linux (an initramfs or a kernel command line): gets input focus.
-    pub boots_linux: bool,
+    /// Has an initramfs (a Linux userland, usually a shell): the first such
+    /// VM gets console input focus.
+    pub has_initramfs: bool,
     pub restart: RestartPolicy,
 }
 
@@ -219,7 +220,7 @@ impl Vm {
             cntvoff: AtomicU64::new(0),
             complaints: AtomicU32::new(0),
             stats: VmStats::default(),
-            boots_linux: cfg.boots_linux(),
+            has_initramfs: cfg.initramfs.is_some(),
             restart: cfg.restart,
         })
     }

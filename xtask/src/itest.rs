@@ -32,6 +32,9 @@ pub struct Case {
     /// Typed on the console: each `(wait_for, send)` sends `send` once
     /// `wait_for` has appeared.
     pub input: &'static [(&'static str, &'static str)],
+    /// More QEMU arguments (e.g. `-icount` for tests whose figures must not
+    /// depend on how the host schedules QEMU's threads).
+    pub qemu_extra: &'static [&'static str],
 }
 
 /// Forbidden in every case's output.
@@ -86,6 +89,7 @@ pub const CASES: &[Case] = &[
             ("answer=42", "echo cpus=$(nproc)\n"),
             ("cpus=2", "poweroff -f\n"),
         ],
+        qemu_extra: &[],
     },
     Case {
         name: "shell",
@@ -121,6 +125,7 @@ pub const CASES: &[Case] = &[
             ("[infotainment] busybox shell", "list\r"),
             ("1 on-crash", "stop infotainment\r"),
         ],
+        qemu_extra: &[],
     },
     Case {
         name: "crash_restart",
@@ -136,7 +141,7 @@ pub const CASES: &[Case] = &[
             "infotainment: stopped",
             "all VMs stopped, powering off",
         ],
-        contains: &["[safety] PASS hello"],
+        contains: &["[safety] PASS safety: 6000 periods, 0 deadline misses"],
         forbid: &[],
         exit: 0,
         input: &[
@@ -144,6 +149,9 @@ pub const CASES: &[Case] = &[
             ("restart 1: fresh image loaded", ""),
             ("[infotainment] / # ", "poweroff -f\n"),
         ],
+        // Virtual time, as in safety_stress: the safety VM's deadlines are
+        // judged in guest instructions.
+        qemu_extra: &["-icount", "shift=0,sleep=off"],
     },
     Case {
         name: "crash_never",
@@ -160,6 +168,7 @@ pub const CASES: &[Case] = &[
         forbid: &["restart 1"],
         exit: 0,
         input: &[("[infotainment] / # ", "echo c > /proc/sysrq-trigger\n")],
+        qemu_extra: &[],
     },
     Case {
         name: "passthrough",
@@ -180,6 +189,28 @@ pub const CASES: &[Case] = &[
         forbid: &["Kernel panic", "Oops", "BUG:", "hwclock-wrong"],
         exit: 0,
         input: &[],
+        qemu_extra: &[],
+    },
+    Case {
+        name: "safety_stress",
+        config: "configs/test-safety.toml",
+        timeout_s: 300,
+        expect: &[
+            "[safety] safety RTOS: 1 ms control task",
+            "[infotainment] BULKHEAD-TEST stress start cpus=2",
+            "[safety] t=3s periods=3000 misses=0",
+            "[safety] t=6s periods=6000 misses=0",
+            "[safety] PASS safety: 6000 periods, 0 deadline misses",
+            "[infotainment] BULKHEAD-TEST stress done",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[],
+        forbid: &["Kernel panic", "Oops", "BUG:"],
+        exit: 0,
+        input: &[],
+        // Virtual time: deadlines are judged in guest instructions, not in
+        // how a 2-core host schedules QEMU's vCPU threads.
+        qemu_extra: &["-icount", "shift=0,sleep=off"],
     },
     Case {
         name: "two_vms",
@@ -208,6 +239,7 @@ pub const CASES: &[Case] = &[
         forbid: &[],
         exit: 0,
         input: &[],
+        qemu_extra: &[],
     },
     Case {
         name: "isolation",
@@ -231,6 +263,7 @@ pub const CASES: &[Case] = &[
         forbid: &[],
         exit: 0,
         input: &[],
+        qemu_extra: &[],
     },
     Case {
         name: "smp_psci",
@@ -252,6 +285,7 @@ pub const CASES: &[Case] = &[
         forbid: &[],
         exit: 0,
         input: &[],
+        qemu_extra: &[],
     },
     // Debian's arm64 kernels (xtask/debian.lock) with a busybox initramfs.
     Case {
@@ -263,6 +297,7 @@ pub const CASES: &[Case] = &[
         forbid: LINUX_FORBID,
         exit: 0,
         input: &[],
+        qemu_extra: &[],
     },
     Case {
         name: "linux_4cpu",
@@ -273,6 +308,7 @@ pub const CASES: &[Case] = &[
         forbid: LINUX_FORBID,
         exit: 0,
         input: &[],
+        qemu_extra: &[],
     },
     Case {
         name: "linux_612",
@@ -283,6 +319,7 @@ pub const CASES: &[Case] = &[
         forbid: LINUX_FORBID,
         exit: 0,
         input: &[],
+        qemu_extra: &[],
     },
     Case {
         name: "linux_reboot",
@@ -299,6 +336,7 @@ pub const CASES: &[Case] = &[
         forbid: LINUX_FORBID,
         exit: 0,
         input: &[],
+        qemu_extra: &[],
     },
 ];
 
@@ -501,6 +539,7 @@ fn cross_build() -> Result<()> {
 fn run_case(case: &Case) -> Result<()> {
     let built = build::build(Path::new(case.config), Output::Quiet)?;
     let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
+    args.extend(case.qemu_extra.iter().map(|a| (*a).to_owned()));
     args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
     let timeout = Duration::from_secs(case.timeout_s);
     let outcome = qemu::run_scripted(&args, timeout, case.input)?;

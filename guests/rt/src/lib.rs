@@ -64,6 +64,33 @@ pub fn dtb_contains(needle: &[u8]) -> bool {
         .any(|i| needle.iter().enumerate().all(|(j, &b)| byte(i + j) == b))
 }
 
+/// The decimal value after `key` (e.g. `b"safety.seconds="`) in the
+/// device tree (the bootargs), if present.
+pub fn dtb_value(key: &[u8]) -> Option<u64> {
+    let dtb = DTB_ADDR.load(Ordering::SeqCst);
+    if dtb == 0 || key.is_empty() || mmio_read32(dtb) != 0xedfe_0dd0 {
+        return None;
+    }
+    let total = (mmio_read32(dtb + 4).swap_bytes() as usize).min(64 << 10);
+    let byte = |i: usize| {
+        // SAFETY: inside the device tree blob, which is in our RAM.
+        unsafe { core::ptr::read_volatile((dtb + i) as *const u8) }
+    };
+    let at = (0..total.saturating_sub(key.len()))
+        .find(|&i| key.iter().enumerate().all(|(j, &b)| byte(i + j) == b))?;
+    let mut v: u64 = 0;
+    let mut digits = 0;
+    for i in at + key.len()..total {
+        let b = byte(i);
+        if !b.is_ascii_digit() {
+            break;
+        }
+        v = v.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        digits += 1;
+    }
+    (digits > 0).then_some(v)
+}
+
 static IRQ_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
 /// Sets the function called for every IRQ taken at EL1 (it acknowledges
