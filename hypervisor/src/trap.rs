@@ -273,7 +273,7 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
     if let Some(c) = vm.vcpu_stats(vcpu) {
         vm::bump(&c.irq);
     }
-    let mut kicked = false;
+    let mut recheck = false;
     while let Some(intid) = gic::ack() {
         gic::eoi(intid);
         if intid == VTIMER_INTID {
@@ -288,17 +288,19 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
         }
         gic::deactivate(intid);
         if intid == gic::KICK_SGI {
-            kicked = true;
+            recheck = true;
             vm.flush_lrs(vcpu);
         } else if Some(intid) == system::maintenance_intid() {
             vm.flush_lrs(vcpu);
         } else if Some(intid) == console::rx_intid() {
             system::console_input();
+            // The shell may just have stopped this very VM.
+            recheck = true;
         } else {
             log::warn!("unexpected physical interrupt {intid}");
         }
     }
-    if !kicked {
+    if !recheck {
         return;
     }
     let st = vm.state.lock();

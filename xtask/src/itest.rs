@@ -78,9 +78,11 @@ pub const CASES: &[Case] = &[
             "[infotainment] answer=42",
             "[infotainment] cpus=2",
             "infotainment: stopping (guest called SYSTEM_OFF; restart policy on-crash)",
+            "bulkhead shell",
+            "safety: stopping (stopped from the shell",
             "all VMs stopped, powering off",
         ],
-        contains: &["[safety] PASS hello", "safety: stopped"],
+        contains: &["[safety] safety RTOS: 1 ms control task", "[safety] t=1s periods=1000", "safety: stopped"],
         forbid: &["Kernel panic", "Oops", "BUG:"],
         exit: 0,
         // A person at the console: the shell answers what they type.
@@ -88,6 +90,9 @@ pub const CASES: &[Case] = &[
             ("/ # ", "echo answer=$((6*7))\n"),
             ("answer=42", "echo cpus=$(nproc)\n"),
             ("cpus=2", "poweroff -f\n"),
+            // The safety VM runs until stopped: from the shell (Ctrl-]).
+            ("infotainment: stopped", "\x1d"),
+            ("bulkhead shell", "stop safety\r"),
         ],
         qemu_extra: &[],
     },
