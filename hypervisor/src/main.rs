@@ -436,9 +436,15 @@ fn build_system(
             failed += 1;
             continue;
         };
-        if let Some(&p) = vc.pcpus.iter().find(|&&p| p as usize >= assignment.len()) {
+        // The host tool refuses both, but the image may come from elsewhere.
+        // The host tool refuses these, but the image may come from elsewhere.
+        let taken = |i: usize, p: u16| {
+            assignment.get(p as usize).is_none_or(Option::is_some)
+                || vc.pcpus.get(..i).is_some_and(|before| before.contains(&p))
+        };
+        if let Some((_, &p)) = vc.pcpus.iter().enumerate().find(|&(i, &p)| taken(i, p)) {
             refuse(alloc::format!(
-                "pCPU {p} does not exist here ({} CPUs usable)",
+                "pCPU {p} does not exist here ({} CPUs usable) or already runs a vCPU",
                 assignment.len()
             ));
             failed += 1;
@@ -477,7 +483,9 @@ fn build_system(
         ) {
             Ok(vm) => {
                 for (v, &p) in vc.pcpus.iter().enumerate() {
-                    assignment[p as usize] = Some((vms.len(), VcpuId(v as u16)));
+                    if let Some(slot) = assignment.get_mut(p as usize) {
+                        *slot = Some((vms.len(), VcpuId(v as u16)));
+                    }
                 }
                 vms.push(vm);
             }
