@@ -155,15 +155,16 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     if let Some(m) = plat.maintenance_intid {
         system::set_maintenance_intid(m);
     }
-    if let Some(intid) = plat.uart_intid {
-        gic::enable_spi(intid, plat.cpus.first().copied().unwrap_or(0));
-        console::enable_rx(intid);
-    }
-
     let sys = build_system(plat, &payload, &mut free, pa_range, pa_bits.min(39));
     let sys = system::install(sys);
     let focus = cfg_focus(sys);
     system::set_input_focus(focus);
+    if let Some(intid) = plat.uart_intid {
+        let cpu = console_cpu(sys, focus);
+        log::info!("console input is taken on cpu{cpu}");
+        gic::enable_spi(intid, plat.cpus.get(cpu).copied().unwrap_or(0));
+        console::enable_rx(intid);
+    }
     match focus.and_then(|i| sys.vms.get(i)) {
         Some(vm) => log::info!(
             "console input goes to {} (Ctrl-] moves it to the next VM, then the shell)",
@@ -276,6 +277,23 @@ fn passthrough_conflict(
         }
     }
     None
+}
+
+/// The pCPU that takes console input (and so runs the shell, whose
+/// `start`/`restart` scrub and load a VM's memory): one that hosts no vCPU
+/// if there is one, else the focused VM's first pCPU, so typing never
+/// steals time from another VM's vCPU (the safety VM's, in the car demo).
+fn console_cpu(sys: &system::System, focus: Option<usize>) -> usize {
+    sys.assignment
+        .iter()
+        .position(Option::is_none)
+        .or_else(|| {
+            focus
+                .and_then(|f| sys.vms.get(f))
+                .and_then(|vm| vm.pcpus.first())
+                .map(|p| p.index())
+        })
+        .unwrap_or(0)
 }
 
 /// The first VM with an initramfs (a Linux userland) gets console input.
