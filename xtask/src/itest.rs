@@ -35,7 +35,13 @@ pub struct Case {
     /// More QEMU arguments (e.g. `-icount` for tests whose figures must not
     /// depend on how the host schedules QEMU's threads).
     pub qemu_extra: &'static [&'static str],
+    /// Boot through Debian's U-Boot (`booti`) instead of QEMU's `-kernel`.
+    pub uboot: bool,
 }
+
+/// Where the U-Boot test places the image for `booti` (above where booti
+/// moves it, RAM base + text_offset = 0x4020_0000).
+const UBOOT_LOAD_ADDR: &str = "0x44000000";
 
 /// Forbidden in every case's output.
 pub const FORBID: &[&str] = &["PANIC", "FAIL", "LEAK", "unexpected exception"];
@@ -82,7 +88,11 @@ pub const CASES: &[Case] = &[
             "safety: stopping (stopped from the shell",
             "all VMs stopped, powering off",
         ],
-        contains: &["[safety] safety RTOS: 1 ms control task", "[safety] t=1s periods=1000", "safety: stopped"],
+        contains: &[
+            "[safety] safety RTOS: 1 ms control task",
+            "[safety] t=1s periods=1000",
+            "safety: stopped",
+        ],
         forbid: &["Kernel panic", "Oops", "BUG:"],
         exit: 0,
         // A person at the console: the shell answers what they type.
@@ -95,6 +105,7 @@ pub const CASES: &[Case] = &[
             ("bulkhead shell", "stop safety\r"),
         ],
         qemu_extra: &[],
+        uboot: false,
     },
     Case {
         name: "shell",
@@ -131,6 +142,7 @@ pub const CASES: &[Case] = &[
             ("1 on-crash", "stop infotainment\r"),
         ],
         qemu_extra: &[],
+        uboot: false,
     },
     Case {
         name: "crash_restart",
@@ -157,6 +169,7 @@ pub const CASES: &[Case] = &[
         // Virtual time, as in safety_stress: the safety VM's deadlines are
         // judged in guest instructions.
         qemu_extra: &["-icount", "shift=0,sleep=off"],
+        uboot: false,
     },
     Case {
         name: "crash_never",
@@ -174,6 +187,7 @@ pub const CASES: &[Case] = &[
         exit: 0,
         input: &[("[infotainment] / # ", "echo c > /proc/sysrq-trigger\n")],
         qemu_extra: &[],
+        uboot: false,
     },
     Case {
         name: "passthrough",
@@ -195,6 +209,7 @@ pub const CASES: &[Case] = &[
         exit: 0,
         input: &[],
         qemu_extra: &[],
+        uboot: false,
     },
     Case {
         name: "safety_stress",
@@ -216,6 +231,33 @@ pub const CASES: &[Case] = &[
         // Virtual time: deadlines are judged in guest instructions, not in
         // how a 2-core host schedules QEMU's vCPU threads.
         qemu_extra: &["-icount", "shift=0,sleep=off"],
+        uboot: false,
+    },
+    Case {
+        name: "uboot_booti",
+        config: "configs/test-two-vms.toml",
+        timeout_s: 180,
+        expect: &[
+            "Hit any key to stop autoboot",
+            "Moving Image from 0x44000000 to 0x40200000",
+            "Starting kernel",
+            "Bulkhead 0.1.0 starting at EL2",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[
+            "[safety] PASS hello",
+            "[infotainment] PASS psci",
+            "[infotainment] PASS reset",
+        ],
+        forbid: &[],
+        exit: 0,
+        // Stop autoboot, then boot the image the way a board would.
+        input: &[
+            ("Hit any key to stop autoboot", "\n"),
+            ("=> ", "booti 0x44000000 - ${fdtcontroladdr}\n"),
+        ],
+        qemu_extra: &[],
+        uboot: true,
     },
     Case {
         name: "two_vms",
@@ -245,6 +287,7 @@ pub const CASES: &[Case] = &[
         exit: 0,
         input: &[],
         qemu_extra: &[],
+        uboot: false,
     },
     Case {
         name: "isolation",
@@ -269,6 +312,7 @@ pub const CASES: &[Case] = &[
         exit: 0,
         input: &[],
         qemu_extra: &[],
+        uboot: false,
     },
     Case {
         name: "smp_psci",
@@ -291,6 +335,7 @@ pub const CASES: &[Case] = &[
         exit: 0,
         input: &[],
         qemu_extra: &[],
+        uboot: false,
     },
     // Debian's arm64 kernels (xtask/debian.lock) with a busybox initramfs.
     Case {
@@ -303,6 +348,7 @@ pub const CASES: &[Case] = &[
         exit: 0,
         input: &[],
         qemu_extra: &[],
+        uboot: false,
     },
     Case {
         name: "linux_4cpu",
@@ -314,6 +360,7 @@ pub const CASES: &[Case] = &[
         exit: 0,
         input: &[],
         qemu_extra: &[],
+        uboot: false,
     },
     Case {
         name: "linux_612",
@@ -325,6 +372,7 @@ pub const CASES: &[Case] = &[
         exit: 0,
         input: &[],
         qemu_extra: &[],
+        uboot: false,
     },
     Case {
         name: "linux_reboot",
@@ -342,6 +390,7 @@ pub const CASES: &[Case] = &[
         exit: 0,
         input: &[],
         qemu_extra: &[],
+        uboot: false,
     },
 ];
 
@@ -545,7 +594,24 @@ fn run_case(case: &Case) -> Result<()> {
     let built = build::build(Path::new(case.config), Output::Quiet)?;
     let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
     args.extend(case.qemu_extra.iter().map(|a| (*a).to_owned()));
-    args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+    if case.uboot {
+        // U-Boot as the firmware, the image in RAM where `booti` finds it.
+        let uboot = crate::prereq::ensure_uboot()?;
+        args.extend(CAPTURED_CONSOLE.iter().map(|a| (*a).to_owned()));
+        args.extend([
+            "-nic".to_owned(),
+            "none".to_owned(),
+            "-bios".to_owned(),
+            uboot.display().to_string(),
+        ]);
+        args.push("-device".to_owned());
+        args.push(format!(
+            "loader,file={},addr={UBOOT_LOAD_ADDR},force-raw=on",
+            built.image.display()
+        ));
+    } else {
+        args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+    }
     let timeout = Duration::from_secs(case.timeout_s);
     let outcome = qemu::run_scripted(&args, timeout, case.input)?;
 

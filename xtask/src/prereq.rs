@@ -1,7 +1,7 @@
 //! Prerequisites every verb needs: the Rust bare-metal targets and QEMU
 //! (>= 7.2, installed from Debian bookworm-backports when missing).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
@@ -128,6 +128,31 @@ fn install_qemu() -> Result<()> {
         apt(&[&["install", "-y"][..], &packages].concat())?;
     }
     Ok(())
+}
+
+/// Debian's U-Boot for QEMU's arm64 `virt` machine (package `u-boot-qemu`),
+/// used to check that the image boots with `booti` as well as `-kernel`.
+pub const UBOOT: &str = "/usr/lib/u-boot/qemu_arm64/u-boot.bin";
+
+/// Makes sure [`UBOOT`] exists, installing `u-boot-qemu` when root and apt
+/// allow it.
+pub fn ensure_uboot() -> Result<PathBuf> {
+    let path = PathBuf::from(UBOOT);
+    if path.exists() {
+        return Ok(path);
+    }
+    if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
+        bail!("{UBOOT} not found: install Debian's u-boot-qemu");
+    }
+    println!("Installing Debian's U-Boot for QEMU (u-boot-qemu)…");
+    if apt(&["install", "-y", "u-boot-qemu"]).is_err() {
+        apt(&["update"])?;
+        apt(&["install", "-y", "u-boot-qemu"])?;
+    }
+    if !path.exists() {
+        bail!("u-boot-qemu is installed but {UBOOT} is missing");
+    }
+    Ok(path)
 }
 
 /// Whether apt's sources (sources.list and sources.list.d) name `suite`.
