@@ -212,16 +212,6 @@ extern "C" fn primary_main(dtb: usize) -> ! {
             vm.id.0 + 1,
             vm.entry_ipa()
         );
-        let (mut n, mut largest) = (0, 0);
-        vm.stage2.for_each_mapping(&mut |m| {
-            n += 1;
-            largest = largest.max(m.size);
-        });
-        log::info!(
-            "{}: stage 2 maps its RAM with {n} descriptor(s), largest block {} KiB",
-            vm.name,
-            largest >> 10
-        );
     }
     arch::restart_on_stack(arch::stack_top(0), system::idle)
 }
@@ -243,6 +233,39 @@ extern "C" fn secondary_main(index: usize) -> ! {
 }
 
 static PLATFORM: spin::Once<platform::Platform> = spin::Once::new();
+
+/// Walks the VM's stage-2 table: every leaf must translate into the VM's
+/// own RAM or one of its passthrough devices, so nothing of the hypervisor
+/// or of another VM is reachable (their RAM never overlaps this VM's: the
+/// allocator hands each range out once).
+fn stage2_confined(vm: &vm::Vm) -> Result<(), String> {
+    let own = |pa: u64, end: u64| {
+        (pa >= vm.ram.0 && end <= vm.ram.0 + vm.ram_size)
+            || vm
+                .passthrough
+                .iter()
+                .any(|d| pa >= d.base && end <= d.base.saturating_add(d.size))
+    };
+    let (mut n, mut largest, mut stray) = (0, 0, None);
+    vm.stage2.for_each_mapping(&mut |m| {
+        n += 1;
+        largest = largest.max(m.size);
+        if stray.is_none() && !own(m.pa, m.pa.saturating_add(m.size)) {
+            stray = Some(m.pa);
+        }
+    });
+    if let Some(pa) = stray {
+        return Err(alloc::format!(
+            "its stage 2 maps {pa:#x}, which is not its own"
+        ));
+    }
+    log::info!(
+        "{}: stage 2 maps its RAM with {n} descriptor(s), largest block {} KiB; every one is its own RAM or device",
+        vm.name,
+        largest >> 10
+    );
+    Ok(())
+}
 
 /// A passthrough range that touches RAM or what the hypervisor owns on this
 /// machine (GIC frames, its UART), from the host device tree.
@@ -500,6 +523,12 @@ fn build_system(
             pa_range,
         ) {
             Ok(vm) => {
+                if let Err(why) = stage2_confined(&vm) {
+                    refuse(why);
+                    free.free(ram);
+                    failed += 1;
+                    continue;
+                }
                 for (v, &p) in vc.pcpus.iter().enumerate() {
                     if let Some(slot) = assignment.get_mut(p as usize) {
                         *slot = Some((vms.len(), VcpuId(v as u16)));

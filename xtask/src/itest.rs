@@ -273,7 +273,7 @@ pub const CASES: &[Case] = &[
             "cpu2 (MPIDR 0x2) online at EL2",
             "cpu3 (MPIDR 0x3) online at EL2",
             "safety: stage 2 maps its RAM with 8 descriptor(s), largest block 2048 KiB",
-            "infotainment: stage 2 maps its RAM with 16 descriptor(s), largest block 2048 KiB",
+            "infotainment: stage 2 maps its RAM with 16 descriptor(s), largest block 2048 KiB; every one is its own RAM or device",
             "[safety] hello from a Bulkhead guest at EL1 (vcpu 0)",
             "[safety] heartbeat 5/5",
             "[safety] PASS hello",

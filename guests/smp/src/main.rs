@@ -12,6 +12,9 @@ static MARKER: AtomicU64 = AtomicU64::new(0x1234_5678);
 static STARTS: AtomicUsize = AtomicUsize::new(0);
 static SHARED: AtomicU64 = AtomicU64::new(0);
 static DONE: AtomicUsize = AtomicUsize::new(0);
+/// vCPU 1 holds here until vCPU 0 has checked that a second CPU_ON is
+/// refused, so it cannot be off again already.
+static GO: AtomicUsize = AtomicUsize::new(0);
 
 const ROUNDS: u64 = 20_000;
 
@@ -29,6 +32,9 @@ fn secondary(index: usize) -> ! {
         "vcpu {index} up (start {n}), MPIDR index {}",
         guest_rt::vcpu_index()
     );
+    while GO.load(Ordering::SeqCst) == 0 {
+        guest_rt::relax();
+    }
     for _ in 0..ROUNDS {
         SHARED.fetch_add(1, Ordering::SeqCst);
     }
@@ -111,6 +117,7 @@ extern "C" fn guest_main() -> ! {
         guest_rt::system_off();
     }
     println!("ok second CPU_ON(1) refused ({r})");
+    GO.store(1, Ordering::SeqCst);
     for _ in 0..ROUNDS {
         SHARED.fetch_add(1, Ordering::SeqCst);
     }
