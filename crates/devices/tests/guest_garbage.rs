@@ -15,7 +15,7 @@ fn random_accesses_never_panic_and_emit_only_printable_text() {
     let mut u = Pl011::new();
     for _ in 0..200_000 {
         let size = [1u8, 2, 4, 8, 0, 3, 16][(next() % 7) as usize];
-        let off = if next() % 8 == 0 {
+        let off = if next().is_multiple_of(8) {
             next()
         } else {
             next() % (SIZE + 16)

@@ -42,7 +42,7 @@ fn random_register_traffic_never_panics() {
                     // The guest also scribbles on its list registers' state
                     // through ICV accesses; model that with random states.
                     for lr in lrs.iter_mut() {
-                        if r.next() % 4 == 0 {
+                        if r.next().is_multiple_of(4) {
                             *lr = (*lr & !(3 << 62)) | ((r.next() % 4) << 62);
                         }
                     }
