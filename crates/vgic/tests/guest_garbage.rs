@@ -31,12 +31,24 @@ fn random_register_traffic_never_panics() {
             };
             let value = r.next() | (r.next() << 53);
             match r.next() % 7 {
-                0 => drop(g.dist_read(off, size)),
-                1 => drop(g.dist_write(off, size, value)),
-                2 => drop(g.redist_read(off % (redist + 0x100), size)),
-                3 => drop(g.redist_write(off % (redist + 0x100), size, value)),
-                4 => drop(g.sgi((r.next() % 9) as u16, value)),
-                5 => drop(g.set_pending((r.next() % 9) as u16, (r.next() % 1100) as u32)),
+                0 => {
+                    let _ = g.dist_read(off, size);
+                }
+                1 => {
+                    let _ = g.dist_write(off, size, value);
+                }
+                2 => {
+                    let _ = g.redist_read(off % (redist + 0x100), size);
+                }
+                3 => {
+                    let _ = g.redist_write(off % (redist + 0x100), size, value);
+                }
+                4 => {
+                    let _ = g.sgi((r.next() % 9) as u16, value);
+                }
+                5 => {
+                    let _ = g.set_pending((r.next() % 9) as u16, (r.next() % 1100) as u32);
+                }
                 _ => {
                     let v = (r.next() % 9) as u16;
                     // The guest also scribbles on its list registers' state
@@ -46,7 +58,7 @@ fn random_register_traffic_never_panics() {
                             *lr = (*lr & !(3 << 62)) | ((r.next() % 4) << 62);
                         }
                     }
-                    drop(g.flush(v, &mut lrs));
+                    let _ = g.flush(v, &mut lrs);
                 }
             }
         }
