@@ -294,8 +294,6 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
             vm.flush_lrs(vcpu);
         } else if Some(intid) == console::rx_intid() {
             system::console_input();
-            // The shell may just have stopped this very VM.
-            recheck = true;
         } else {
             log::warn!("unexpected physical interrupt {intid}");
         }

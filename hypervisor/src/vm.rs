@@ -400,9 +400,10 @@ impl Vm {
         let Some(&pcpu) = self.pcpus.get(vcpu.index()) else {
             return;
         };
-        if pcpu == percpu::this().id() {
-            return; // we will look ourselves before waiting
-        }
+        // Also when `pcpu` is this one: the caller may be a trap handler
+        // about to resume this very vCPU (the shell stopping its own VM),
+        // and a pending kick makes it look again right after. In the idle
+        // loop it only costs one extra pass.
         if let Some(p) = percpu::get(pcpu.index()) {
             gic::kick(p.mpidr.load(Ordering::Relaxed));
         }
