@@ -278,8 +278,7 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
         gic::eoi(intid);
         if intid == VTIMER_INTID {
             // Stays active until the guest deactivates the virtual one (HW bit).
-            let kicks = vm.vgic.lock().set_pending(vcpu.0, VTIMER_INTID);
-            vm.apply_kicks(kicks, Some(vcpu));
+            vm.raise_private_now(vcpu, VTIMER_INTID);
             continue;
         }
         if let Some(owner) = system::spi_owner(intid) {

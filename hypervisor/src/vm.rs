@@ -93,7 +93,14 @@ pub struct VcpuStats {
 /// One more event in a counter with a single writer (no atomic
 /// read-modify-write needed on the trap path).
 pub fn bump(c: &AtomicU64) {
-    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    bump_by(c, 1);
+}
+
+/// Adds `n` to a counter only this pCPU writes (a plain load and store).
+pub fn bump_by(c: &AtomicU64, n: u64) {
+    if n != 0 {
+        c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
 }
 
 pub struct Vm {
@@ -350,29 +357,38 @@ impl Vm {
     }
 
     /// Runs the list-register cycle for `vcpu`, which runs on this pCPU.
+    /// Every LR the model did not fill is empty: `start_vcpu` clears them
+    /// all and the model writes zero into each one it gives up, so only
+    /// the LRs in flight are read.
     pub fn flush_lrs(&self, vcpu: VcpuId) {
-        let n = ich::num_lrs();
-        let mut buf = [0u64; ich::MAX_LRS];
-        let lrs = &mut buf[..n];
-        ich::read_lrs(lrs);
-        let before = buf;
-        let f = self.vgic.lock().flush(vcpu.0, &mut buf[..n]);
-        // Only list registers the model changed are written back.
-        let mut injected = 0;
-        for (i, (&new, &old)) in buf[..n].iter().zip(&before[..n]).enumerate() {
-            if new != old {
-                ich::write_lr(i, new);
-                // A different interrupt now pending in this LR.
-                if new >> 62 == 1 && (new as u32 != old as u32 || old >> 62 == 0) {
-                    injected += 1;
-                }
-            }
-        }
+        let f = self.vgic.lock().flush_with(
+            vcpu.0,
+            ich::num_lrs(),
+            ich::elrsr(),
+            ich::read_lr,
+            ich::write_lr,
+        );
+        self.after_flush(vcpu, f);
+    }
+
+    /// A private interrupt of `vcpu`, which runs on this pCPU, fired (the
+    /// virtual timer): into its LRs at once, through the vGIC's shortcut
+    /// when nothing else is in flight.
+    pub fn raise_private_now(&self, vcpu: VcpuId, intid: u32) {
+        let f = self.vgic.lock().raise_private_now(
+            vcpu.0,
+            intid,
+            ich::num_lrs(),
+            ich::elrsr(),
+            ich::read_lr,
+            ich::write_lr,
+        );
+        self.after_flush(vcpu, f);
+    }
+
+    fn after_flush(&self, vcpu: VcpuId, f: bulkhead_vgic::Flush) {
         if let Some(c) = self.vcpu_stats(vcpu) {
-            c.injected.store(
-                c.injected.load(Ordering::Relaxed) + injected,
-                Ordering::Relaxed,
-            );
+            bump_by(&c.injected, u64::from(f.injected));
         }
         ich::set_hcr(ich::HCR_EN | if f.underflow { ich::HCR_UIE } else { 0 });
         // An SPI that left this vCPU's list registers may now be another's.

@@ -25,6 +25,7 @@ extern crate alloc;
 
 use alloc::vec;
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::ops::{BitOr, BitOrAssign};
 
 mod gicd;
@@ -137,6 +138,8 @@ pub struct Flush {
     /// Other vCPUs that now have work (an SPI released here that is routed
     /// elsewhere): flush them too.
     pub kicks: Kicks,
+    /// Interrupts newly put in an LR by this flush (for statistics).
+    pub injected: u32,
 }
 
 /// The state of one INTID (one bank of it, for SGIs and PPIs).
@@ -384,6 +387,7 @@ impl VGic {
     }
 
     /// The state of `intid`: bank `v` for SGIs/PPIs, the shared SPI otherwise.
+    #[inline(always)]
     fn irq(&self, v: usize, intid: u32) -> Option<&Irq> {
         if intid < NR_PRIVATE {
             if v >= usize::from(self.n_vcpus) {
@@ -397,6 +401,7 @@ impl VGic {
 
     /// Only [`VGic::update`] mutates an interrupt, so that the ready
     /// bitmaps follow every change.
+    #[inline(always)]
     fn irq_mut(&mut self, v: usize, intid: u32) -> Option<&mut Irq> {
         if intid < NR_PRIVATE {
             if v >= usize::from(self.n_vcpus) {
@@ -410,6 +415,7 @@ impl VGic {
 
     /// Applies `f` to `intid` (bank `v`) and brings its ready bit up to date.
     /// `None` if there is no such interrupt.
+    #[inline(always)]
     fn update<R>(&mut self, v: usize, intid: u32, f: impl FnOnce(&mut Irq) -> R) -> Option<R> {
         let irq = self.irq_mut(v, intid)?;
         let r = f(irq);
@@ -418,6 +424,7 @@ impl VGic {
         Some(r)
     }
 
+    #[inline(always)]
     fn mark_ready(&mut self, v: usize, intid: u32, ready: bool) {
         let set = |word: &mut u32, bit: u32| {
             if ready {
@@ -737,43 +744,233 @@ impl VGic {
     /// the edge is (correctly, as for an edge after the acknowledge)
     /// delivered a second time.
     pub fn flush(&mut self, vcpu: u16, lrs: &mut [u64]) -> Flush {
+        let n = lrs.len().min(MAX_LRS);
+        // Whatever the model did not fill is stale (after `reset`): drop it,
+        // so that what `flush_with` assumes of unused LRs holds.
+        let Some(v) = self.vcpu_index(vcpu) else {
+            return Flush::default();
+        };
+        let used = self.used_of(v);
+        for (i, word) in lrs.iter_mut().enumerate() {
+            if used & (1 << i) == 0 {
+                *word = 0;
+            }
+        }
+        let cells = Cell::from_mut(lrs.get_mut(..n).unwrap_or_default()).as_slice_of_cells();
+        self.flush_with(
+            vcpu,
+            n,
+            0,
+            |i| cells.get(i).map_or(0, Cell::get),
+            |i, w| {
+                if let Some(c) = cells.get(i) {
+                    c.set(w);
+                }
+            },
+        )
+    }
+
+    /// A private interrupt of the vCPU running on this pCPU fired (the
+    /// hardware-backed virtual timer): [`VGic::set_pending`] followed at
+    /// once by [`VGic::flush_with`], with one shortcut. When nothing else is
+    /// waiting for `vcpu` and every LR it holds is one the hardware reports
+    /// empty, those are finished and the interrupt goes straight into LR 0:
+    /// nothing to sort, no LR to read. Otherwise the full flush runs.
+    pub fn raise_private_now(
+        &mut self,
+        vcpu: u16,
+        intid: u32,
+        n: usize,
+        empty: u32,
+        read: impl FnMut(usize) -> u64,
+        mut write: impl FnMut(usize, u64),
+    ) -> Flush {
+        if let Some(f) = self.rearm(vcpu, intid, n, empty, &mut write) {
+            return f;
+        }
+        let mut kicks = self.set_pending(vcpu, intid);
+        if let Some(v) = self.vcpu_index(vcpu) {
+            let n = n.min(MAX_LRS);
+            let present = (1u32 << n) - 1;
+            // LRs the guest is done with are finished first, as the flush
+            // would: the interrupt may be one of them (the timer's last
+            // firing), and only then is it ready again.
+            let done = self.used_of(v) & empty & present;
+            for i in (Bits {
+                base: 0,
+                word: done,
+            }) {
+                kicks |= self.finish(v, i as usize);
+            }
+            // Every LR it held is finished: nothing of the full flush's
+            // sync step is left to do.
+            if self.used_of(v) == 0
+                && present != 0
+                && intid < NR_PRIVATE
+                && self.ready_spi_words == 0
+                && self.ready_private.get(v).copied() == Some(1 << intid)
+                && self.candidate(v, intid).is_some()
+            {
+                let i = 0;
+                let mut word = 0;
+                self.install(v, i, intid, &mut word);
+                write(i, word);
+                return Flush {
+                    injected: 1,
+                    eoi_maintenance: self.eoi_lrs.get(v).is_some_and(|&m| m != 0),
+                    kicks: Kicks(kicks.0 & !Kicks::index(v).0),
+                    underflow: false,
+                };
+            }
+        }
+        let mut f = self.flush_with(vcpu, n, empty, read, write);
+        let me = self.vcpu_index(vcpu).map_or(0, |v| Kicks::index(v).0);
+        f.kicks = Kicks((f.kicks.0 | kicks.0) & !me);
+        f
+    }
+
+    /// The most frequent case of [`VGic::raise_private_now`], a periodic
+    /// hardware-backed interrupt (the timer): the vCPU's only LR in use is
+    /// LR 0, it holds this very interrupt, the guest is done with it, and
+    /// nothing else is ready. Finishing LR 0 and installing the interrupt
+    /// again then leaves the model as it was, so only LR 0 is rewritten.
+    fn rearm(
+        &mut self,
+        vcpu: u16,
+        intid: u32,
+        n: usize,
+        empty: u32,
+        write: &mut impl FnMut(usize, u64),
+    ) -> Option<Flush> {
+        let v = usize::from(vcpu);
+        if v >= usize::from(self.n_vcpus) || intid >= NR_PRIVATE || n == 0 || empty & 1 == 0 {
+            return None;
+        }
+        let (grp0, grp1) = (self.grp0, self.grp1);
+        let owner = u8::try_from(v).ok();
+        if *self.used.get(v)? != 1 || *self.ready_private.get(v)? != 0 || self.ready_spi_words != 0
+        {
+            return None;
+        }
+        let slot = self.slots.get_mut(v)?.get_mut(0)?;
+        let irq = self.private.get_mut(v)?.get_mut(intid as usize)?;
+        let group_on = if irq.group1 { grp1 } else { grp0 };
+        if slot.map(|s| s.intid) != Some(intid)
+            || irq.hw.is_none()
+            || irq.owner != owner
+            || !irq.enabled
+            || irq.active
+            || !group_on
+        {
+            return None;
+        }
+        // What `finish` and then `install` do to a HW interrupt.
+        irq.latch = false;
+        irq.line = false;
+        irq.lr_latched = false;
+        irq.clear_pending = false;
+        irq.clear_active = false;
+        *slot = Some(Slot {
+            intid,
+            priority: irq.priority,
+            state: State::Pending,
+            eoi: false,
+        });
+        write(
+            0,
+            lr::encode(&lr::Lr {
+                vintid: intid,
+                pintid: irq.hw.map(u32::from),
+                eoi: false,
+                priority: irq.priority,
+                group1: irq.group1,
+                state: State::Pending,
+            }),
+        );
+        Some(Flush {
+            injected: 1,
+            ..Flush::default()
+        })
+    }
+
+    /// [`VGic::flush`] on the hardware itself: `read(i)` and `write(i, w)`
+    /// access list register `i` of the `n` that exist, and `empty` has bit
+    /// `i` set for each LR the hardware reports as holding no interrupt
+    /// (ICH_ELRSR_EL2; 0 when unknown). Only the LRs the model filled and
+    /// the hardware does not report empty are read, and only those whose
+    /// value changes are written, so a flush costs what the vCPU has in
+    /// flight. The caller must keep every LR the model did not fill
+    /// invalid: clear all of them when a vCPU starts (fresh or after
+    /// [`VGic::reset`]); the model never leaves a valid LR behind.
+    pub fn flush_with(
+        &mut self,
+        vcpu: u16,
+        n: usize,
+        empty: u32,
+        mut read: impl FnMut(usize) -> u64,
+        mut write: impl FnMut(usize, u64),
+    ) -> Flush {
         let mut out = Flush::default();
         let Some(v) = self.vcpu_index(vcpu) else {
             return out;
         };
-        let n = lrs.len().min(MAX_LRS);
-        let lrs = lrs.get_mut(..n).unwrap_or_default();
+        let n = n.min(MAX_LRS);
         // The LRs that exist, one bit each.
         let present = (1u32 << n) - 1;
 
-        // Nothing in the LRs and nothing ready: just clear stale LRs.
+        // Nothing in the LRs and nothing ready: nothing to do.
         let ready_private = self.ready_private.get(v).copied().unwrap_or(0);
         if self.used_of(v) == 0 && ready_private == 0 && self.ready_spi_words == 0 {
-            lrs.fill(0);
             return out;
         }
 
-        // The caller passed fewer LRs than we filled last time: whatever we
-        // put beyond them goes back to the model.
+        // Fewer LRs than we filled last time: whatever we put beyond them
+        // goes back to the model.
         for i in (Bits {
             base: 0,
             word: self.used_of(v) & !present,
         }) {
             out.kicks |= self.retract(v, i as usize);
         }
-        let used = self.used_of(v);
-        for (i, word) in lrs.iter_mut().enumerate() {
-            if used & (1 << i) == 0 {
-                // Not filled by the model (stale after `reset`): drop it.
-                *word = 0;
-            } else {
-                out.kicks |= self.sync_lr(v, i, word);
+        for i in (Bits {
+            base: 0,
+            word: self.used_of(v),
+        }) {
+            let i = i as usize;
+            if empty & (1 << i) != 0 {
+                // The guest is done with it (ELRSR counts an LR that still
+                // waits for an EOI maintenance interrupt as not empty).
+                out.kicks |= self.finish(v, i);
+                continue;
+            }
+            let old = read(i);
+            let mut word = old;
+            out.kicks |= self.sync_lr(v, i, &mut word);
+            if word != old {
+                write(i, word);
             }
         }
 
         // Fill. Installs never exceed `n` (a newly installed interrupt is
         // never evicted by a later, no more urgent one), so the n+1 best
         // candidates decide everything, including whether some are left over.
+        let ready_private = self.ready_private.get(v).copied().unwrap_or(0);
+        let free = !self.used_of(v) & present;
+        if self.ready_spi_words == 0 && ready_private.is_power_of_two() && free != 0 {
+            // One ready interrupt (an SGI, say) and room for it: nothing
+            // to sort, nothing to evict.
+            let intid = ready_private.trailing_zeros();
+            if self.candidate(v, intid).is_some() {
+                let i = free.trailing_zeros() as usize;
+                let mut word = 0;
+                self.install(v, i, intid, &mut word);
+                write(i, word);
+                out.injected = 1;
+            }
+            out.eoi_maintenance = self.eoi_lrs.get(v).is_some_and(|&m| m != 0);
+            out.kicks = Kicks(out.kicks.0 & !Kicks::index(v).0);
+            return out;
+        }
         let mut best = Best::new(n + 1);
         self.best_candidates(v, &mut best);
         let mut evicted = false;
@@ -794,9 +991,10 @@ impl VGic {
                     }
                 },
             };
-            if let Some(word) = lrs.get_mut(i) {
-                self.install(v, i, intid, word);
-            }
+            let mut word = 0;
+            self.install(v, i, intid, &mut word);
+            write(i, word);
+            out.injected += 1;
         }
         out.underflow |= evicted;
         // Only LRs the model filled are valid now, and it knows which of
@@ -837,10 +1035,12 @@ impl VGic {
         self.slots.get(v).unwrap_or(&EMPTY)
     }
 
+    #[inline(always)]
     fn slot(&self, v: usize, i: usize) -> Option<Slot> {
         self.slots.get(v)?.get(i).copied().flatten()
     }
 
+    #[inline(always)]
     fn set_slot(&mut self, v: usize, i: usize, slot: Option<Slot>) {
         if let Some(s) = self.slots.get_mut(v).and_then(|s| s.get_mut(i)) {
             *s = slot;
@@ -953,6 +1153,7 @@ impl VGic {
     }
 
     /// The guest finished with LR `i` of `v` (it became invalid).
+    #[inline(always)]
     fn finish(&mut self, v: usize, i: usize) -> Kicks {
         let Some(slot) = self.slot(v, i) else {
             return Kicks::NONE;
@@ -1021,6 +1222,7 @@ impl VGic {
     }
 
     /// Puts `intid` in LR `i` of `v`, pending.
+    #[inline(always)]
     fn install(&mut self, v: usize, i: usize, intid: u32, word: &mut u64) {
         let owner = u8::try_from(v).ok();
         let Some(l) = self.update(v, intid, |irq| {

@@ -90,6 +90,9 @@ pub fn make_edge(g: &mut VGic, intid: u32) {
 pub struct Cpu {
     pub vcpu: u16,
     pub lrs: Vec<u64>,
+    /// Flush as the hypervisor does, through `flush_with` with the
+    /// hardware's empty-LR mask, instead of through the slice.
+    pub like_hw: bool,
 }
 
 impl Cpu {
@@ -97,11 +100,57 @@ impl Cpu {
         Cpu {
             vcpu,
             lrs: vec![0; n_lrs],
+            like_hw: false,
         }
     }
 
+    /// ICH_ELRSR_EL2: an LR holds no interrupt when its state is invalid,
+    /// unless it still waits for an EOI maintenance interrupt (HW=0, EOI=1).
+    pub fn elrsr(&self) -> u32 {
+        self.lrs
+            .iter()
+            .enumerate()
+            .filter(|(_, &w)| {
+                let l = lr::decode(w);
+                l.state == State::Invalid && (l.pintid.is_some() || !l.eoi)
+            })
+            .fold(0, |m, (i, _)| m | 1 << i)
+    }
+
     pub fn flush(&mut self, g: &mut VGic) -> Flush {
-        let f = g.flush(self.vcpu, &mut self.lrs);
+        let f = if self.like_hw {
+            let empty = self.elrsr();
+            let cells = std::cell::Cell::from_mut(self.lrs.as_mut_slice()).as_slice_of_cells();
+            g.flush_with(
+                self.vcpu,
+                cells.len(),
+                empty,
+                |i| cells[i].get(),
+                |i, w| cells[i].set(w),
+            )
+        } else {
+            g.flush(self.vcpu, &mut self.lrs)
+        };
+        self.checked(f)
+    }
+
+    /// The hypervisor's path for a private interrupt of the running vCPU
+    /// (the virtual timer): raise and flush in one.
+    pub fn raise_now(&mut self, g: &mut VGic, intid: u32) -> Flush {
+        let empty = self.elrsr();
+        let cells = std::cell::Cell::from_mut(self.lrs.as_mut_slice()).as_slice_of_cells();
+        let f = g.raise_private_now(
+            self.vcpu,
+            intid,
+            cells.len(),
+            empty,
+            |i| cells[i].get(),
+            |i, w| cells[i].set(w),
+        );
+        self.checked(f)
+    }
+
+    fn checked(&mut self, f: Flush) -> Flush {
         self.check_no_duplicates();
         // The flag matches the LRs it describes.
         let eoi = self.valid().iter().any(|l| l.eoi && l.pintid.is_none());

@@ -57,10 +57,12 @@ pub fn write_lr(n: usize, v: u64) {
     lr_access!(n, write, v);
 }
 
-pub fn read_lrs(out: &mut [u64]) {
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = read_lr(i);
-    }
+/// ICH_ELRSR_EL2: bit `i` set when LR `i` holds no interrupt.
+pub fn elrsr() -> u32 {
+    let v: u64;
+    // SAFETY: ICH_ELRSR_EL2 is a read-only status register.
+    unsafe { asm!("mrs {}, ich_elrsr_el2", out(reg) v, options(nomem, nostack)) };
+    v as u32
 }
 
 pub fn set_hcr(v: u64) {
