@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic     [u8; 8] = "BHCFG001"
-//! version   u32     = 3
+//! version   u32     = 4
 //! board     cpus u16, ram_base u64, ram_size u64
 //! vm_count  u32
 //! vm_count times:
@@ -13,6 +13,7 @@
 //!   has_host_address u8 (0 or 1), host_address u64 (only if 1)
 //!   pcpu_count u32, pcpus [u16; pcpu_count]
 //!   restart u8 (0 never, 1 on-crash, 2 always)
+//!   criticality u8 (0 normal, 1 critical)
 //!   has_initramfs u8 (0 or 1), initramfs u16 (only if 1)
 //!   cmdline_len u32, cmdline [u8; cmdline_len] (UTF-8)
 //!   passthrough_count u32 (at most MAX_PASSTHROUGH)
@@ -22,12 +23,17 @@
 //!     irq_count u32 (at most MAX_PASSTHROUGH_IRQS), irqs [u32; irq_count]
 //!     compatible_count u32 (at most MAX_COMPATIBLE)
 //!     compatible_count times: len u32, string [u8; len] (UTF-8)
+//! channel_count u32 (at most MAX_CHANNELS)
+//! channel_count times:
+//!   name_len u32, name [u8; name_len] (UTF-8)
+//!   vms [u16; 2] (end 0, end 1)
+//!   size u64
 //! ```
 //!
 //! Version 2 added the initramfs and the command line; version 3 the
-//! passthrough devices.
+//! passthrough devices; version 4 the criticality and the channels.
 //!
-//! Nothing may follow the last VM. [`decode`] reads the bytes from the image,
+//! Nothing may follow the last channel. [`decode`] reads the bytes from the image,
 //! so every length is checked against what is left before it is used, and no
 //! count is trusted for an allocation.
 
@@ -36,14 +42,14 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::{
-    Board, Passthrough, RestartPolicy, SystemConfig, VmConfig, MAX_COMPATIBLE, MAX_PASSTHROUGH,
-    MAX_PASSTHROUGH_IRQS,
+    Board, Channel, Criticality, Passthrough, RestartPolicy, SystemConfig, VmConfig, MAX_CHANNELS,
+    MAX_COMPATIBLE, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS,
 };
 
 /// First eight bytes of an encoded config.
 pub const MAGIC: [u8; 8] = *b"BHCFG001";
 /// Encoding version written by [`encode`] and accepted by [`decode`].
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// Why [`decode`] refused its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,14 +66,18 @@ pub enum DecodeError {
     BadOptionTag(u8),
     /// The restart byte is not a known policy.
     BadRestartPolicy(u8),
+    /// The criticality byte is not a known criticality.
+    BadCriticality(u8),
     /// A command line is not UTF-8.
     BadCmdline,
     /// A passthrough device's name or compatible string is not UTF-8.
     BadPassthroughText,
-    /// A passthrough list count (devices, irqs, compatibles) at this byte
-    /// offset is larger than any valid config has.
+    /// A channel name is not UTF-8.
+    BadChannelName,
+    /// A list count (passthrough devices, irqs, compatibles, channels) at
+    /// this byte offset is larger than any valid config has.
     TooMany(usize),
-    /// Bytes are left after the last VM, starting at this offset.
+    /// Bytes are left after the last channel, starting at this offset.
     TrailingBytes(usize),
 }
 
@@ -88,8 +98,10 @@ impl fmt::Display for DecodeError {
             Self::BadPassthroughText => {
                 write!(f, "a passthrough device's name or compatible is not UTF-8")
             }
-            Self::TooMany(at) => write!(f, "a passthrough list at byte {at} is too long"),
+            Self::BadChannelName => write!(f, "a channel name is not UTF-8"),
+            Self::TooMany(at) => write!(f, "a list at byte {at} is too long"),
             Self::BadRestartPolicy(t) => write!(f, "bad restart policy {t}"),
+            Self::BadCriticality(t) => write!(f, "bad criticality {t}"),
             Self::TrailingBytes(at) => write!(f, "unexpected bytes after the config at byte {at}"),
         }
     }
@@ -129,6 +141,10 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
             RestartPolicy::OnCrash => 1,
             RestartPolicy::Always => 2,
         });
+        out.push(match vm.criticality {
+            Criticality::Normal => 0,
+            Criticality::Critical => 1,
+        });
         match vm.initramfs {
             Some(index) => {
                 out.push(1);
@@ -151,6 +167,14 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
                 put_str(&mut out, c);
             }
         }
+    }
+    put_len(&mut out, cfg.channels.len());
+    for ch in &cfg.channels {
+        put_str(&mut out, &ch.name);
+        for vm in ch.vms {
+            out.extend_from_slice(&vm.to_le_bytes());
+        }
+        out.extend_from_slice(&ch.size.to_le_bytes());
     }
     out
 }
@@ -188,10 +212,19 @@ pub fn decode(bytes: &[u8]) -> Result<SystemConfig, DecodeError> {
     for _ in 0..vm_count {
         vms.push(r.vm()?);
     }
+    let channel_count = r.count(MAX_CHANNELS)?;
+    let mut channels = Vec::new();
+    for _ in 0..channel_count {
+        channels.push(r.channel()?);
+    }
     if r.pos != bytes.len() {
         return Err(DecodeError::TrailingBytes(r.pos));
     }
-    Ok(SystemConfig { board, vms })
+    Ok(SystemConfig {
+        board,
+        vms,
+        channels,
+    })
 }
 
 struct Reader<'a> {
@@ -271,6 +304,11 @@ impl<'a> Reader<'a> {
             2 => RestartPolicy::Always,
             t => return Err(DecodeError::BadRestartPolicy(t)),
         };
+        let criticality = match self.u8()? {
+            0 => Criticality::Normal,
+            1 => Criticality::Critical,
+            t => return Err(DecodeError::BadCriticality(t)),
+        };
         let initramfs = match self.u8()? {
             0 => None,
             1 => Some(self.u16()?),
@@ -294,7 +332,18 @@ impl<'a> Reader<'a> {
             initramfs,
             cmdline: String::from(cmdline),
             passthrough,
+            criticality,
         })
+    }
+
+    fn channel(&mut self) -> Result<Channel, DecodeError> {
+        let len = self.len()?;
+        let name =
+            core::str::from_utf8(self.take(len)?).map_err(|_| DecodeError::BadChannelName)?;
+        let name = String::from(name);
+        let vms = [self.u16()?, self.u16()?];
+        let size = self.u64()?;
+        Ok(Channel { name, vms, size })
     }
 
     /// A list count of at most `max`; anything more is no valid config
@@ -360,6 +409,7 @@ mod tests {
                     host_address: Some(0x5000_0000),
                     pcpus: vec![0],
                     restart: RestartPolicy::Never,
+                    criticality: Criticality::Critical,
                     initramfs: None,
                     cmdline: "console=ttyAMA0".into(),
                     passthrough: vec![
@@ -386,6 +436,7 @@ mod tests {
                     host_address: None,
                     pcpus: vec![1, 2, 3],
                     restart: RestartPolicy::OnCrash,
+                    criticality: Criticality::Normal,
                     initramfs: Some(2),
                     cmdline: "console=ttyAMA0 rdinit=/init quiet".into(),
                     passthrough: vec![Passthrough {
@@ -403,12 +454,33 @@ mod tests {
                     host_address: None,
                     pcpus: vec![],
                     restart: RestartPolicy::Always,
+                    criticality: Criticality::Normal,
                     initramfs: Some(u16::MAX),
                     cmdline: String::new(),
                     passthrough: vec![],
                 },
             ],
+            channels: vec![
+                Channel {
+                    name: "control".into(),
+                    vms: [1, 0],
+                    size: 4 << 10,
+                },
+                Channel {
+                    name: "bulk-data_2".into(),
+                    vms: [0, u16::MAX],
+                    size: 1 << 20,
+                },
+            ],
         }
+    }
+
+    /// [`sample`] without channels: its encoding ends with the last VM and
+    /// a zero channel count (4 bytes).
+    fn no_channels() -> SystemConfig {
+        let mut cfg = sample();
+        cfg.channels.clear();
+        cfg
     }
 
     #[test]
@@ -424,6 +496,7 @@ mod tests {
         let cfg = SystemConfig {
             board: sample().board,
             vms: vec![],
+            channels: vec![],
         };
         assert_eq!(decode(&encode(&cfg)), Ok(cfg));
     }
@@ -462,19 +535,23 @@ mod tests {
 
     #[test]
     fn flipped_magic_version_and_tags_are_refused() {
-        let bytes = encode(&sample());
+        let bytes = encode(&no_channels());
         let mut b = bytes.clone();
         b[0] ^= 1;
         assert_eq!(decode(&b), Err(DecodeError::BadMagic));
         let mut b = bytes.clone();
-        b[8] = 4;
-        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(4)));
-        // The last VM ends with restart u8, initramfs tag u8 + u16, an
-        // empty command line (length u32) and no passthrough (count u32).
-        let n = bytes.len();
+        b[8] = 5;
+        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(5)));
+        // The last VM ends with restart u8, criticality u8, initramfs tag
+        // u8 + u16, an empty command line (length u32) and no passthrough
+        // (count u32); then comes the channel count (u32).
+        let n = bytes.len() - 4;
         let mut b = bytes.clone();
-        b[n - 4 - 4 - 3 - 1] = 9;
+        b[n - 4 - 4 - 3 - 1 - 1] = 9;
         assert_eq!(decode(&b), Err(DecodeError::BadRestartPolicy(9)));
+        let mut b = bytes.clone();
+        b[n - 4 - 4 - 3 - 1] = 2;
+        assert_eq!(decode(&b), Err(DecodeError::BadCriticality(2)));
         let mut b = bytes.clone();
         b[n - 4 - 4 - 3] = 2;
         assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(2)));
@@ -490,22 +567,24 @@ mod tests {
         let mut bytes = encode(&SystemConfig {
             board: sample().board,
             vms: vec![],
+            channels: vec![],
         });
-        let n = bytes.len();
-        bytes[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        // The VM count, before the channel count.
+        let n = bytes.len() - 4;
+        bytes[n - 4..n].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode(&bytes), Err(DecodeError::Truncated(_))));
 
         // A VM whose pCPU count claims 4 billion entries.
-        let mut cfg = sample();
+        let mut cfg = no_channels();
         cfg.vms.truncate(1);
         cfg.vms[0].pcpus.clear();
         cfg.vms[0].restart = RestartPolicy::Never;
         cfg.vms[0].cmdline.clear();
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        // pcpu count, restart, initramfs tag, empty command line, no
-        // passthrough.
-        let at = bytes.len() - 4 - 1 - 1 - 4 - 4;
+        // pcpu count, restart, criticality, initramfs tag, empty command
+        // line, no passthrough, no channels.
+        let at = bytes.len() - 4 - 1 - 1 - 1 - 4 - 4 - 4;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(at + 4)));
     }
@@ -545,31 +624,31 @@ mod tests {
 
     #[test]
     fn huge_cmdline_length_is_truncation() {
-        let mut cfg = sample();
+        let mut cfg = no_channels();
         cfg.vms.truncate(1);
         cfg.vms[0].cmdline.clear();
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        let n = bytes.len() - 4;
+        let n = bytes.len() - 4 - 4;
         bytes[n - 4..n].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(n)));
     }
 
     #[test]
     fn non_utf8_cmdline_is_refused() {
-        let mut cfg = sample();
+        let mut cfg = no_channels();
         cfg.vms.truncate(1);
         cfg.vms[0].cmdline = "ab".into();
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        let n = bytes.len();
+        let n = bytes.len() - 4;
         bytes[n - 4 - 1] = 0xff;
         assert_eq!(decode(&bytes), Err(DecodeError::BadCmdline));
     }
 
     #[test]
-    fn version_1_and_2_configs_are_refused() {
-        for old in [1u32, 2] {
+    fn older_versions_are_refused() {
+        for old in [1u32, 2, 3] {
             let mut bytes = encode(&sample());
             bytes[8..12].copy_from_slice(&old.to_le_bytes());
             assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(old)));
@@ -588,9 +667,9 @@ mod tests {
     }
 
     /// A config with one VM whose last field is one passthrough device with
-    /// no compatible strings, and the encoding of it.
+    /// no compatible strings, and no channels, and the encoding of it.
     fn one_device() -> (SystemConfig, Vec<u8>) {
-        let mut cfg = sample();
+        let mut cfg = no_channels();
         cfg.vms.truncate(1);
         cfg.vms[0].passthrough.truncate(1);
         cfg.vms[0].passthrough[0].compatible.clear();
@@ -601,18 +680,20 @@ mod tests {
     #[test]
     fn passthrough_counts_above_the_limits_are_refused_before_reading() {
         let (_, bytes) = one_device();
-        let n = bytes.len();
-        // Compatible count: the last 4 bytes.
+        // The VM ends before the channel count (4 bytes).
+        let n = bytes.len() - 4;
+        // Compatible count: the VM's last 4 bytes.
         let mut b = bytes.clone();
-        b[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        b[n - 4..n].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&b), Err(DecodeError::TooMany(n - 4)));
         let mut b = bytes.clone();
-        b[n - 4..].copy_from_slice(&(MAX_COMPATIBLE as u32 + 1).to_le_bytes());
+        b[n - 4..n].copy_from_slice(&(MAX_COMPATIBLE as u32 + 1).to_le_bytes());
         assert_eq!(decode(&b), Err(DecodeError::TooMany(n - 4)));
-        // At the limit, it is truncation instead: the strings are missing.
+        // At the limit, it is truncation instead: the strings are missing
+        // (the zero channel count reads as one empty string).
         let mut b = bytes.clone();
-        b[n - 4..].copy_from_slice(&(MAX_COMPATIBLE as u32).to_le_bytes());
-        assert_eq!(decode(&b), Err(DecodeError::Truncated(n)));
+        b[n - 4..n].copy_from_slice(&(MAX_COMPATIBLE as u32).to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::Truncated(n + 4)));
         // Irq count: before one irq (4) and the compatible count (4).
         let at = n - 4 - 4 - 4;
         let mut b = bytes.clone();
@@ -632,8 +713,61 @@ mod tests {
         let (mut cfg, _) = one_device();
         cfg.vms[0].passthrough[0].compatible = vec!["a".into()];
         let mut bytes = encode(&cfg);
-        *bytes.last_mut().unwrap() = 0xff;
+        let n = bytes.len() - 4;
+        bytes[n - 1] = 0xff;
         assert_eq!(decode(&bytes), Err(DecodeError::BadPassthroughText));
+    }
+
+    #[test]
+    fn channels_and_criticality_round_trip() {
+        let cfg = sample();
+        let back = decode(&encode(&cfg)).unwrap();
+        assert_eq!(back.channels, cfg.channels);
+        assert_eq!(back.channels[1].vms, [0, u16::MAX]);
+        assert_eq!(back.channels[1].size, 1 << 20);
+        assert_eq!(back.vms[0].criticality, Criticality::Critical);
+        assert_eq!(back.vms[1].criticality, Criticality::Normal);
+        // Every count up to the limit round-trips.
+        let mut cfg = sample();
+        cfg.channels = (0..MAX_CHANNELS as u16)
+            .map(|k| Channel {
+                name: alloc::format!("c{k}"),
+                vms: [k, k + 1],
+                size: 8 << 10,
+            })
+            .collect();
+        assert_eq!(decode(&encode(&cfg)), Ok(cfg));
+    }
+
+    /// The encoding of [`sample`] with one channel named `name`, and the
+    /// offset of the channel count.
+    fn one_channel(name: &str) -> (Vec<u8>, usize) {
+        let mut cfg = sample();
+        cfg.channels.truncate(1);
+        cfg.channels[0].name = name.into();
+        let bytes = encode(&cfg);
+        // count, name length and name, two ends, size.
+        let at = bytes.len() - (4 + 4 + name.len() + 2 + 2 + 8);
+        assert_eq!(bytes[at..at + 4], 1u32.to_le_bytes());
+        (bytes, at)
+    }
+
+    #[test]
+    fn channel_count_above_the_limit_is_refused_before_reading() {
+        let (bytes, at) = one_channel("c");
+        let mut b = bytes.clone();
+        b[at..at + 4].copy_from_slice(&(MAX_CHANNELS as u32 + 1).to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::TooMany(at)));
+        let mut b = bytes;
+        b[at..at + 4].copy_from_slice(&(MAX_CHANNELS as u32).to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::Truncated(b.len())));
+    }
+
+    #[test]
+    fn non_utf8_channel_name_is_refused() {
+        let (mut bytes, at) = one_channel("ab");
+        bytes[at + 4 + 4 + 1] = 0xff;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadChannelName));
     }
 
     #[test]

@@ -68,6 +68,38 @@ pub const DTB_RESERVE: u64 = 64 << 10;
 /// boundary), so up to one block is lost to alignment.
 pub const LINUX_SLACK: u64 = 2 << 20;
 
+/// How much a VM matters when the hypervisor shares out its own work.
+///
+/// A critical VM boots before the others, and the hypervisor's
+/// housekeeping (console input, the shell, scrubbing the memory of another
+/// VM that restarts) never runs on a pCPU a critical VM is pinned to. So
+/// at least one pCPU of the board must be free of critical VMs
+/// ([`validate`] checks it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Criticality {
+    /// An ordinary VM. The default.
+    #[default]
+    Normal,
+    /// A VM whose pCPUs the hypervisor keeps its own work off.
+    Critical,
+}
+
+impl Criticality {
+    /// The spelling used in config files: `normal`, `critical`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Critical => "critical",
+        }
+    }
+}
+
+impl fmt::Display for Criticality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What happens when a VM ends. A guest's SYSTEM_RESET (a reboot, and how
 /// a Linux guest reports a kernel panic with `panic=-1`) and a crash the
 /// hypervisor detects (SError, an exception it cannot handle) both count
@@ -135,6 +167,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Devices given to this VM alone.
     pub passthrough: Vec<Passthrough>,
+    /// Whether the hypervisor keeps its housekeeping off this VM's pCPUs.
+    pub criticality: Criticality,
 }
 
 impl VmConfig {
@@ -166,14 +200,99 @@ pub const LAST_VM_SPI: u32 = 127;
 /// The SPI of every VM's virtual PL011 (QEMU virt's UART SPI 1), which the
 /// hypervisor emulates and so cannot give to a device.
 pub const UART_INTID: u32 = 33;
-/// Host-physical MMIO the hypervisor owns or emulates at the same guest
-/// address on the QEMU virt layout (hw/arm/virt.c `base_memmap`), as
-/// `(start, end exclusive, what)`. A passthrough range (mapped IPA == PA)
-/// may not overlap any of them.
+// The channel doorbells must be SPIs every VM's GIC has.
+const _: () = assert!(channel_spi(MAX_CHANNELS - 1) <= LAST_VM_SPI);
+// A channel's memory fits between its register page and the next end.
+const _: () = assert!(CHANNEL_SHM_OFFSET + MAX_CHANNEL_SIZE <= CHANNEL_STRIDE);
+const _: () = assert!(PAGE_SIZE <= CHANNEL_SHM_OFFSET);
+/// Addresses the hypervisor owns or emulates in every VM, as `(start, end
+/// exclusive, what)`: the GIC and UART at their host-physical addresses on
+/// the QEMU virt layout (hw/arm/virt.c `base_memmap`), and the guest-physical
+/// windows of the inter-VM channels and their PCI configuration space. A
+/// passthrough range (mapped IPA == PA) may not overlap any of them.
 pub const HYP_OWNED_MMIO: &[(u64, u64, &str)] = &[
     (0x0800_0000, 0x0900_0000, "GIC"),
     (0x0900_0000, 0x0900_1000, "UART"),
+    (
+        CHANNEL_IPA,
+        CHANNEL_IPA + MAX_CHANNELS as u64 * CHANNEL_STRIDE,
+        "inter-VM channels",
+    ),
+    (
+        PCI_ECAM_IPA,
+        PCI_ECAM_IPA + PCI_ECAM_SIZE,
+        "PCI configuration space (channels)",
+    ),
 ];
+
+/// Most channels in a system, and most channels one VM may be an end of.
+pub const MAX_CHANNELS: usize = 4;
+/// Smallest and largest channel shared memory (a power of two in between).
+pub const MIN_CHANNEL_SIZE: u64 = 4 << 10;
+/// See [`MIN_CHANNEL_SIZE`].
+pub const MAX_CHANNEL_SIZE: u64 = 1 << 20;
+/// Guest-physical window where each VM sees its channel ends: its k-th
+/// channel (k in the order of [`SystemConfig::channels`] among those it is
+/// an end of) has its 4 KiB register page at
+/// `CHANNEL_IPA + k * CHANNEL_STRIDE` and its shared memory at that
+/// `+ CHANNEL_SHM_OFFSET` ([`channel_regs_ipa`], [`channel_shm_ipa`]).
+pub const CHANNEL_IPA: u64 = 0x1000_0000;
+/// Distance between two channel ends in the window at [`CHANNEL_IPA`].
+pub const CHANNEL_STRIDE: u64 = 0x20_0000;
+/// Offset of a channel end's shared memory from its register page; room
+/// for [`MAX_CHANNEL_SIZE`] before the next end.
+pub const CHANNEL_SHM_OFFSET: u64 = 0x10_0000;
+/// The SPI of a VM's k-th channel end: `CHANNEL_FIRST_SPI + k` (INTIDs
+/// 120..=123, the top of the VM's SPIs, [`channel_spi`]). Passthrough
+/// devices may not use them.
+pub const CHANNEL_FIRST_SPI: u32 = 120;
+/// Where Linux VMs with channels find the PCI ECAM space (bus 0 only,
+/// 1 MiB), as on QEMU virt (hw/arm/virt.c `VIRT_PCIE_ECAM`).
+pub const PCI_ECAM_IPA: u64 = 0x3f00_0000;
+/// Bytes of the ECAM space at [`PCI_ECAM_IPA`]: bus 0, 32 devices of 8
+/// functions of 4 KiB (PCI Express Base Specification, 7.2.2 "ECAM").
+pub const PCI_ECAM_SIZE: u64 = 1 << 20;
+
+/// The guest-physical address of the register page of a VM's `k`-th
+/// channel end (saturating for a `k` no valid config has).
+pub const fn channel_regs_ipa(k: usize) -> u64 {
+    CHANNEL_IPA.saturating_add((k as u64).saturating_mul(CHANNEL_STRIDE))
+}
+
+/// The guest-physical address of the shared memory of a VM's `k`-th
+/// channel end.
+pub const fn channel_shm_ipa(k: usize) -> u64 {
+    channel_regs_ipa(k).saturating_add(CHANNEL_SHM_OFFSET)
+}
+
+/// The doorbell SPI of a VM's `k`-th channel end.
+pub const fn channel_spi(k: usize) -> u32 {
+    let k = if k > u32::MAX as usize {
+        u32::MAX
+    } else {
+        k as u32
+    };
+    CHANNEL_FIRST_SPI.saturating_add(k)
+}
+
+/// A shared-memory channel with a doorbell each way between two VMs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Channel {
+    /// `[a-z0-9_-]{1,31}`, unique among channels.
+    pub name: String,
+    /// Indices of the two VMs (end 0, end 1), distinct.
+    pub vms: [u16; 2],
+    /// Bytes of shared memory: a power of two,
+    /// [`MIN_CHANNEL_SIZE`]`..=`[`MAX_CHANNEL_SIZE`].
+    pub size: u64,
+}
+
+impl Channel {
+    /// Which end (0 or 1) VM `vm` is of this channel, if it is one.
+    pub fn end_of(&self, vm: u16) -> Option<usize> {
+        self.vms.iter().position(|&v| v == vm)
+    }
+}
 
 /// A device given to exactly one VM: its MMIO range, mapped into the VM at
 /// the same address (IPA == PA), and its interrupts, routed to the VM.
@@ -200,25 +319,44 @@ impl Passthrough {
     }
 }
 
-/// A whole system: the board and its VMs.
+/// A whole system: the board, its VMs and the channels between them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SystemConfig {
     /// The machine.
     pub board: Board,
     /// The VMs, in boot order; a VM's index is its id.
     pub vms: Vec<VmConfig>,
+    /// Channels between pairs of VMs.
+    pub channels: Vec<Channel>,
+}
+
+impl SystemConfig {
+    /// The channels VM `vm` is an end of, in order, with its end number:
+    /// `(k, channel index, end)`, where `k` counts from 0 among this VM's
+    /// channels and places the end in its window ([`channel_regs_ipa`],
+    /// [`channel_spi`]).
+    pub fn channels_of(&self, vm: u16) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        self.channels
+            .iter()
+            .enumerate()
+            .filter_map(move |(c, ch)| ch.end_of(vm).map(|end| (c, end)))
+            .enumerate()
+            .map(|(k, (c, end))| (k, c, end))
+    }
 }
 
 /// The config field a [`Problem`] is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Field {
     /// A field of the board (`"cpus"`, `"ram_base"`, `"ram_size"`), or
-    /// `"vms"` for the list of VMs as a whole.
+    /// `"vms"` / `"channels"` for the list of VMs / channels as a whole.
     Board(&'static str),
     /// A field of VM `n`.
     Vm(usize, &'static str),
     /// A field of passthrough device `d` of VM `n`.
     Passthrough(usize, usize, &'static str),
+    /// A field of channel `c` (`"name"`, `"vms"`, `"size"`).
+    Channel(usize, &'static str),
 }
 
 impl fmt::Display for Field {
@@ -227,6 +365,7 @@ impl fmt::Display for Field {
             Self::Board(name) => write!(f, "board.{name}"),
             Self::Vm(i, name) => write!(f, "vm[{i}].{name}"),
             Self::Passthrough(i, d, name) => write!(f, "vm[{i}].passthrough[{d}].{name}"),
+            Self::Channel(c, name) => write!(f, "channel[{c}].{name}"),
         }
     }
 }
@@ -293,6 +432,78 @@ mod tests {
         assert_eq!(format!("{}", Size(1 << 30)), "1 GiB");
         assert_eq!(format!("{}", Size(512 << 10)), "512 KiB");
         assert_eq!(format!("{}", Size(100)), "100 bytes");
+    }
+
+    #[test]
+    fn field_display_names_channel_fields() {
+        assert_eq!(format!("{}", Field::Channel(2, "size")), "channel[2].size");
+    }
+
+    #[test]
+    fn criticality_spells_like_the_config_file() {
+        assert_eq!(Criticality::default(), Criticality::Normal);
+        assert_eq!(format!("{}", Criticality::Critical), "critical");
+        assert_eq!(Criticality::Normal.as_str(), "normal");
+    }
+
+    #[test]
+    fn channel_window_layout() {
+        assert_eq!(channel_regs_ipa(0), 0x1000_0000);
+        assert_eq!(channel_shm_ipa(0), 0x1010_0000);
+        assert_eq!(channel_regs_ipa(3), 0x1060_0000);
+        assert_eq!(channel_shm_ipa(3), 0x1070_0000);
+        assert_eq!(channel_spi(0), 120);
+        assert_eq!(channel_spi(3), 123);
+        // The last end's memory ends at the window's end, which is owned.
+        let window = HYP_OWNED_MMIO
+            .iter()
+            .find(|(_, _, what)| *what == "inter-VM channels")
+            .unwrap();
+        assert_eq!(window.0, CHANNEL_IPA);
+        assert_eq!(
+            channel_shm_ipa(MAX_CHANNELS - 1) + MAX_CHANNEL_SIZE,
+            window.1
+        );
+        // Absurd indices saturate instead of panicking.
+        assert_eq!(channel_regs_ipa(usize::MAX), u64::MAX);
+        assert_eq!(channel_spi(usize::MAX), u32::MAX);
+    }
+
+    fn system(channels: &[(&str, [u16; 2])]) -> SystemConfig {
+        SystemConfig {
+            board: Board {
+                cpus: 1,
+                ram_base: RAM_IPA,
+                ram_size: 1 << 30,
+            },
+            vms: Vec::new(),
+            channels: channels
+                .iter()
+                .map(|&(name, vms)| Channel {
+                    name: name.into(),
+                    vms,
+                    size: MIN_CHANNEL_SIZE,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn end_of_says_which_end_a_vm_is() {
+        let c = &system(&[("a", [2, 0])]).channels[0];
+        assert_eq!(c.end_of(2), Some(0));
+        assert_eq!(c.end_of(0), Some(1));
+        assert_eq!(c.end_of(1), None);
+    }
+
+    #[test]
+    fn channels_of_numbers_a_vms_ends_in_config_order() {
+        let s = system(&[("a", [0, 1]), ("b", [1, 2]), ("c", [2, 0]), ("d", [1, 0])]);
+        let of = |vm| s.channels_of(vm).collect::<Vec<_>>();
+        assert_eq!(of(0), [(0, 0, 0), (1, 2, 1), (2, 3, 1)]);
+        assert_eq!(of(1), [(0, 0, 1), (1, 1, 0), (2, 3, 0)]);
+        assert_eq!(of(2), [(0, 1, 1), (1, 2, 0)]);
+        assert_eq!(of(3), []);
     }
 
     #[test]

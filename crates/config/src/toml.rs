@@ -4,7 +4,8 @@
 //! # File format
 //!
 //! One file describes one system: the board, then one `[[vm]]` table per VM,
-//! in boot order (the first `[[vm]]` is `vm[0]`).
+//! in boot order (the first `[[vm]]` is `vm[0]`), then any `[[channel]]`
+//! tables (the first is `channel[0]`).
 //!
 //! ```toml
 //! [board]                 # the machine the config is for
@@ -23,6 +24,7 @@
 //! host_address = 0x5000_0000   # optional: fixed host-physical address of its RAM
 //! pcpus = [0]             # vCPU i runs on physical CPU pcpus[i]; 1 to 8 vCPUs
 //! restart = "on-crash"    # never | on-crash | always; default on-crash
+//! criticality = "critical"     # normal | critical; default normal
 //!
 //! [[vm.passthrough]]      # optional, up to 8: a device only this VM may use
 //! name = "rtc"            # label, 1 to 31 of a-z 0-9 _ -
@@ -30,6 +32,11 @@
 //! size = 0x1000           # a size, like `memory`; multiple of 4 KiB
 //! irqs = [34]             # optional: SPI INTIDs, 32 to 127 but not 33 (the UART's); up to 8
 //! compatible = ["arm,pl031", "arm,primecell"]  # for the guest's device tree; 1 to 4
+//!
+//! [[channel]]             # optional, up to 4: shared memory + doorbells between two VMs
+//! name = "control"        # 1 to 31 of a-z 0-9 _ -, unique among channels
+//! between = ["safety", "infotainment"]  # two different VMs by name; end 0 first
+//! size = "4K"             # optional, default 4 KiB: a power of two, 4 KiB to 1 MiB
 //! ```
 //!
 //! - **Sizes** (`memory`): an integer number of bytes (TOML hex like
@@ -57,8 +64,14 @@
 //!   rest; fixed `host_address` regions lie in board RAM, are 2 MiB aligned,
 //!   and do not overlap each other or the hypervisor's 64 MiB; each physical
 //!   CPU exists on the board and is given to at most one vCPU in the system;
-//!   a passthrough range is 4 KiB aligned, outside board RAM and the
-//!   hypervisor's GIC and UART, and given to one VM only, as is each irq.
+//!   a passthrough range is 4 KiB aligned, outside board RAM, the
+//!   hypervisor's GIC and UART, the channel window and the channels' PCI
+//!   configuration space, and given to one VM only, as is each irq (never
+//!   one of the channel doorbells 120 to 123); a channel joins two different
+//!   VMs, no VM is an end of more than 4, and there are at most 4; critical
+//!   VMs leave at least one pCPU free of them.
+//! - **`between`** must name VMs defined in the file; an unknown name is
+//!   reported on its own line.
 //!
 //! Every problem names the file, the line of the offending key (or of the
 //! `[[vm]]` header when the key is missing) and the field, e.g.
@@ -78,8 +91,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::{
-    validate, Board, Field, ImageInfo, Passthrough, RestartPolicy, SystemConfig, VmConfig,
-    DEFAULT_CMDLINE, LINUX_CMDLINE, RAM_IPA,
+    validate, Board, Channel, Criticality, Field, ImageInfo, Passthrough, RestartPolicy,
+    SystemConfig, VmConfig, DEFAULT_CMDLINE, LINUX_CMDLINE, MAX_CHANNELS, MIN_CHANNEL_SIZE,
+    RAM_IPA,
 };
 
 /// Where a VM's image comes from.
@@ -169,11 +183,12 @@ pub struct Parsed {
 struct Lines {
     board: Table,
     vms: Vec<Table>,
+    channels: Vec<Table>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Table {
-    /// Line of the `[board]` / `[[vm]]` header.
+    /// Line of the `[board]` / `[[vm]]` / `[[channel]]` header.
     header: usize,
     /// (core field name, TOML key, line).
     keys: Vec<(&'static str, &'static str, usize)>,
@@ -215,6 +230,15 @@ impl Parsed {
     fn locate(&self, field: Field) -> (usize, String) {
         let (table, prefix, name) = match field {
             Field::Board("vms") => return (1, "vm".into()),
+            // Too many channels: the first table over the limit.
+            Field::Board("channels") => {
+                let line = self
+                    .lines
+                    .channels
+                    .get(MAX_CHANNELS)
+                    .map_or(1, |t| t.header);
+                return (line.max(1), "channel".into());
+            }
             Field::Board(name) => (Some(&self.lines.board), "board".to_string(), name),
             Field::Vm(i, name) => (self.lines.vms.get(i), format!("vm[{i}]"), name),
             Field::Passthrough(i, d, name) => (
@@ -222,6 +246,7 @@ impl Parsed {
                 format!("vm[{i}].passthrough[{d}]"),
                 name,
             ),
+            Field::Channel(c, name) => (self.lines.channels.get(c), format!("channel[{c}]"), name),
         };
         let Some(table) = table else {
             return (1, format!("{prefix}.{name}"));
@@ -317,6 +342,9 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
         }
         if let Some(r) = &v.restart {
             t.add("restart", "restart", at(r.span()));
+        }
+        if let Some(c) = &v.criticality {
+            t.add("criticality", "criticality", at(c.span()));
         }
         let memory = size(&v.memory).unwrap_or_else(|m| {
             diags.push(diag(
@@ -503,12 +531,78 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
             initramfs,
             cmdline,
             passthrough,
+            criticality: v
+                .criticality
+                .map_or(Criticality::default(), |c| c.into_inner().into()),
+        });
+    }
+
+    // Channels, which name the VMs above.
+    let mut channels = Vec::new();
+    for (c, sch) in raw.channel.into_iter().enumerate() {
+        let header = sch.span();
+        let ch = sch.into_inner();
+        let mut t = Table {
+            header: at(header),
+            ..Table::default()
+        };
+        t.add("name", "name", at(ch.name.span()));
+        t.add("vms", "between", at(ch.between.span()));
+        let size = match &ch.size {
+            Some(value) => {
+                t.add("size", "size", at(value.span()));
+                size(value).unwrap_or_else(|m| {
+                    diags.push(diag(
+                        Some(value.span().start),
+                        format!("channel[{c}].size"),
+                        m,
+                    ));
+                    0
+                })
+            }
+            None => MIN_CHANNEL_SIZE,
+        };
+        let between = ch.between.get_ref();
+        let mut ends = [0u16; 2];
+        if between.len() == 2 {
+            for (end, name) in between.iter().enumerate() {
+                match vms
+                    .iter()
+                    .position(|vm: &VmConfig| vm.name == *name.get_ref())
+                {
+                    Some(i) => ends[end] = u16::try_from(i).unwrap_or(u16::MAX),
+                    None => diags.push(diag(
+                        Some(name.span().start),
+                        format!("channel[{c}].between"),
+                        unknown_vm(name.get_ref(), &vms),
+                    )),
+                }
+            }
+        } else {
+            diags.push(diag(
+                Some(ch.between.span().start),
+                format!("channel[{c}].between"),
+                format!(
+                    "`between` names {} VMs; a channel joins exactly two",
+                    between.len()
+                ),
+            ));
+        }
+        lines.channels.push(t);
+        channels.push(Channel {
+            name: ch.name.into_inner(),
+            vms: ends,
+            size,
         });
     }
 
     if diags.is_empty() {
         Ok(Parsed {
-            config: SystemConfig { board, vms },
+            config: SystemConfig {
+                board,
+                vms,
+                channels,
+            },
             images,
             file: file.to_string(),
             lines,
@@ -516,6 +610,18 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
     } else {
         Err(diags)
     }
+}
+
+/// Why `name` in a channel's `between` is not a VM, listing the VMs there are.
+fn unknown_vm(name: &str, vms: &[VmConfig]) -> String {
+    if vms.is_empty() {
+        return format!("there is no VM named \"{name}\"; the config has no VMs");
+    }
+    let names: Vec<String> = vms.iter().map(|vm| format!("\"{}\"", vm.name)).collect();
+    format!(
+        "there is no VM named \"{name}\"; the VMs are {}",
+        names.join(", ")
+    )
 }
 
 /// The index of `source` in `images`, added if it is new. More than 65536
@@ -546,6 +652,7 @@ fn field_at(text: &str, offset: usize) -> String {
     let mut table = String::new();
     let mut vm_count = 0usize;
     let mut dev_count = 0usize;
+    let mut channel_count = 0usize;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("[[") {
@@ -554,6 +661,9 @@ fn field_at(text: &str, offset: usize) -> String {
                 vm_count += 1;
                 dev_count = 0;
                 format!("vm[{}]", vm_count - 1)
+            } else if name == "channel" {
+                channel_count += 1;
+                format!("channel[{}]", channel_count - 1)
             } else if name == "vm.passthrough" {
                 dev_count += 1;
                 format!(
@@ -632,6 +742,8 @@ struct RawFile {
     board: Spanned<RawBoard>,
     #[serde(default)]
     vm: Vec<Spanned<RawVm>>,
+    #[serde(default)]
+    channel: Vec<Spanned<RawChannel>>,
 }
 
 #[derive(Deserialize)]
@@ -655,6 +767,7 @@ struct RawVm {
     host_address: Option<Spanned<u64>>,
     pcpus: Spanned<Vec<u16>>,
     restart: Option<Spanned<RawRestart>>,
+    criticality: Option<Spanned<RawCriticality>>,
     #[serde(default)]
     passthrough: Vec<Spanned<RawPassthrough>>,
 }
@@ -667,6 +780,30 @@ struct RawPassthrough {
     size: Spanned<SizeValue>,
     irqs: Option<Spanned<Vec<u32>>>,
     compatible: Spanned<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    name: Spanned<String>,
+    between: Spanned<Vec<Spanned<String>>>,
+    size: Option<Spanned<SizeValue>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum RawCriticality {
+    Normal,
+    Critical,
+}
+
+impl From<RawCriticality> for Criticality {
+    fn from(c: RawCriticality) -> Self {
+        match c {
+            RawCriticality::Normal => Self::Normal,
+            RawCriticality::Critical => Self::Critical,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -758,6 +895,15 @@ mod tests {
         assert_eq!(
             field_at(text, text.find("size").unwrap()),
             "vm[1].passthrough[0].size"
+        );
+        let text = "[[vm]]\n[[channel]]\nname = 1\n[[channel]]\nsize = 2\n";
+        assert_eq!(
+            field_at(text, text.find("name").unwrap()),
+            "channel[0].name"
+        );
+        assert_eq!(
+            field_at(text, text.find("size").unwrap()),
+            "channel[1].size"
         );
     }
 }

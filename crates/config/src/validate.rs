@@ -4,10 +4,11 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use crate::{
-    Field, ImageInfo, Passthrough, Problem, Size, SystemConfig, VmConfig, BLOCK_SIZE, DTB_RESERVE,
-    FIRST_SPI, HYP_OWNED_MMIO, HYP_RESERVE, LAST_VM_SPI, LINUX_SLACK, MAX_CMDLINE_LEN,
-    MAX_COMPATIBLE, MAX_COMPATIBLE_LEN, MAX_NAME_LEN, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS,
-    MAX_PCPUS, MAX_VCPUS, PAGE_SIZE, RAM_IPA, UART_INTID,
+    Channel, Criticality, Field, ImageInfo, Passthrough, Problem, Size, SystemConfig, VmConfig,
+    BLOCK_SIZE, CHANNEL_FIRST_SPI, DTB_RESERVE, FIRST_SPI, HYP_OWNED_MMIO, HYP_RESERVE,
+    LAST_VM_SPI, LINUX_SLACK, MAX_CHANNELS, MAX_CHANNEL_SIZE, MAX_CMDLINE_LEN, MAX_COMPATIBLE,
+    MAX_COMPATIBLE_LEN, MAX_NAME_LEN, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS, MAX_PCPUS, MAX_VCPUS,
+    MIN_CHANNEL_SIZE, PAGE_SIZE, RAM_IPA, UART_INTID,
 };
 
 /// Checks `cfg` against every rule and returns what is wrong; empty means
@@ -15,7 +16,7 @@ use crate::{
 ///
 /// Each [`Problem`] names the most specific field. A rule between two VMs
 /// (duplicate name, overlapping region, shared pCPU) is reported on the later
-/// VM and names the earlier one.
+/// VM and names the earlier one; likewise between two channels.
 pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
     let mut v = Validator {
         cfg,
@@ -32,6 +33,8 @@ pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
         v.passthrough(i, vm);
     }
     v.total_memory();
+    v.critical_pcpus();
+    v.channels();
     v.problems
 }
 
@@ -67,6 +70,10 @@ fn earlier_devices(
             .map(move |p| (o.name.as_str(), p))
     })
 }
+
+/// The SPIs every VM's channel doorbells may use.
+const CHANNEL_SPIS: core::ops::RangeInclusive<u32> =
+    CHANNEL_FIRST_SPI..=CHANNEL_FIRST_SPI + MAX_CHANNELS as u32 - 1;
 
 /// Do the half-open ranges `[a, a+alen)` and `[b, b+blen)` overlap?
 /// Empty ranges overlap nothing. Saturating ends: an overflowing region is
@@ -480,6 +487,17 @@ impl Validator<'_> {
                 );
                 continue;
             }
+            if CHANNEL_SPIS.contains(&irq) {
+                self.report(
+                    field,
+                    format!(
+                        "irq {irq} is reserved for channel doorbells ({} to {})",
+                        CHANNEL_SPIS.start(),
+                        CHANNEL_SPIS.end()
+                    ),
+                );
+                continue;
+            }
             let cfg = self.cfg;
             let owner = earlier_devices(cfg, i, d)
                 .find(|(_, o)| o.irqs.contains(&irq))
@@ -520,6 +538,126 @@ impl Validator<'_> {
         }
     }
 
+    /// The hypervisor's housekeeping never runs on a critical VM's pCPU,
+    /// so at least one of the board's pCPUs must be free of critical VMs.
+    fn critical_pcpus(&mut self) {
+        let vms = &self.cfg.vms;
+        let critical = |cpu: u16| {
+            vms.iter()
+                .any(|vm| vm.criticality == Criticality::Critical && vm.pcpus.contains(&cpu))
+        };
+        let cpus = self.cfg.board.cpus;
+        // A board without CPUs is reported on its own.
+        if cpus > 0 && (0..cpus).all(critical) {
+            self.report(
+                Field::Board("cpus"),
+                "no pCPU left for the hypervisor's console and shell: every pCPU runs a critical VM"
+                    .into(),
+            );
+        }
+    }
+
+    /// Channels: at most [`MAX_CHANNELS`] of them, each with a valid,
+    /// unique name, two distinct VMs that exist, and a power-of-two size
+    /// in range; no VM at the end of more than [`MAX_CHANNELS`].
+    fn channels(&mut self) {
+        let channels = &self.cfg.channels;
+        if channels.len() > MAX_CHANNELS {
+            self.report(
+                Field::Board("channels"),
+                format!(
+                    "{} channels; a system may have at most {MAX_CHANNELS}",
+                    channels.len()
+                ),
+            );
+        }
+        for (c, ch) in channels.iter().enumerate() {
+            self.channel_name(c, ch);
+            self.channel_vms(c, ch);
+            self.channel_size(c, ch);
+        }
+    }
+
+    fn channel_name(&mut self, c: usize, ch: &Channel) {
+        let field = Field::Channel(c, "name");
+        let name = &ch.name;
+        if !valid_name(name) {
+            self.report(
+                field,
+                format!(
+                    "channel name '{name}' must be 1 to {MAX_NAME_LEN} of a-z, 0-9, '_' and '-'"
+                ),
+            );
+        }
+        if let Some(j) = self.cfg.channels[..c].iter().position(|o| o.name == *name) {
+            self.report(
+                field,
+                format!("name '{name}' is already used by channel[{j}]"),
+            );
+        }
+    }
+
+    fn channel_vms(&mut self, c: usize, ch: &Channel) {
+        let field = Field::Channel(c, "vms");
+        let vms = &self.cfg.vms;
+        let mut exist = true;
+        for (end, &vm) in ch.vms.iter().enumerate() {
+            if usize::from(vm) >= vms.len() {
+                exist = false;
+                self.report(
+                    field,
+                    format!(
+                        "end {end} is vm[{vm}], which does not exist; the config has {} VMs",
+                        vms.len()
+                    ),
+                );
+            }
+        }
+        let [a, b] = ch.vms;
+        if a == b {
+            let name = vms.get(usize::from(a)).map_or("", |vm| vm.name.as_str());
+            self.report(
+                field,
+                format!("both ends are vm[{a}] '{name}'; a channel joins two different VMs"),
+            );
+            return;
+        }
+        if !exist {
+            return;
+        }
+        // Report each VM once, on the channel that takes it over the limit.
+        for vm in ch.vms {
+            let k = self.cfg.channels[..=c]
+                .iter()
+                .filter(|o| o.end_of(vm).is_some())
+                .count();
+            if k == MAX_CHANNELS + 1 {
+                self.report(
+                    field,
+                    format!(
+                        "vm '{}' is an end of more than {MAX_CHANNELS} channels",
+                        vms.get(usize::from(vm)).map_or("", |v| v.name.as_str())
+                    ),
+                );
+            }
+        }
+    }
+
+    fn channel_size(&mut self, c: usize, ch: &Channel) {
+        let size = ch.size;
+        if !size.is_power_of_two() || !(MIN_CHANNEL_SIZE..=MAX_CHANNEL_SIZE).contains(&size) {
+            self.report(
+                Field::Channel(c, "size"),
+                format!(
+                    "size {size:#x} ({}) must be a power of two from {} to {}",
+                    Size(size),
+                    Size(MIN_CHANNEL_SIZE),
+                    Size(MAX_CHANNEL_SIZE)
+                ),
+            );
+        }
+    }
+
     /// All VM memory comes out of board RAM minus the hypervisor's reserve.
     /// Reported on the first VM that does not fit.
     fn total_memory(&mut self) {
@@ -551,7 +689,10 @@ impl Validator<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Board, RestartPolicy, DEFAULT_CMDLINE, IMAGE_LOAD_OFFSET, LINUX_CMDLINE};
+    use crate::{
+        Board, RestartPolicy, CHANNEL_IPA, CHANNEL_STRIDE, DEFAULT_CMDLINE, IMAGE_LOAD_OFFSET,
+        LINUX_CMDLINE, PCI_ECAM_IPA,
+    };
     use alloc::string::String;
     use alloc::vec;
 
@@ -568,6 +709,7 @@ mod tests {
             initramfs: None,
             cmdline: DEFAULT_CMDLINE.into(),
             passthrough: vec![],
+            criticality: Criticality::Normal,
         }
     }
 
@@ -583,6 +725,7 @@ mod tests {
                 vm("safety", 16 * MIB, Some(0x5000_0000), &[0]),
                 vm("infotainment", 256 * MIB, None, &[1, 2]),
             ],
+            channels: vec![],
         }
     }
 
@@ -1196,6 +1339,196 @@ mod tests {
             assert_one(&c, &field, "must be 1 to 63 printable ASCII");
         }
         c.vms[0].passthrough[0].compatible = vec!["x".repeat(63)];
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_irqs_must_not_be_channel_doorbells() {
+        for irq in 120..=123 {
+            let mut c = with_rtc();
+            c.vms[0].passthrough[0].irqs = vec![irq];
+            assert_one(
+                &c,
+                &format!("{RTC}.irqs"),
+                &format!("irq {irq} is reserved for channel doorbells (120 to 123)"),
+            );
+        }
+        let mut c = with_rtc();
+        c.vms[0].passthrough[0].irqs = vec![119, 124];
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_range_must_not_touch_the_channel_window_or_ecam() {
+        let mut c = with_rtc();
+        // The last page of the window.
+        c.vms[0].passthrough[0].base = CHANNEL_IPA + 4 * CHANNEL_STRIDE - PAGE_SIZE;
+        assert_one(
+            &c,
+            "vm[0].passthrough[0].base",
+            "0x10000000..0x10800000 is the inter-VM channels, which the hypervisor owns",
+        );
+        c.vms[0].passthrough[0].base = PCI_ECAM_IPA + 0xff000;
+        assert_one(
+            &c,
+            "vm[0].passthrough[0].base",
+            "0x3f000000..0x3f100000 is the PCI configuration space (channels)",
+        );
+        // Just past either is fine.
+        c.vms[0].passthrough[0].base = CHANNEL_IPA + 4 * CHANNEL_STRIDE;
+        assert_eq!(problems(&c), vec![]);
+        c.vms[0].passthrough[0].base = PCI_ECAM_IPA + MIB;
+        assert_eq!(problems(&c), vec![]);
+        c.vms[0].passthrough[0].base = CHANNEL_IPA - PAGE_SIZE;
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    fn channel(name: &str, vms: [u16; 2], size: u64) -> Channel {
+        Channel {
+            name: name.into(),
+            vms,
+            size,
+        }
+    }
+
+    /// [`good`] with a 4 KiB channel from infotainment to safety.
+    fn with_channel() -> SystemConfig {
+        let mut c = good();
+        c.channels = vec![channel("control", [1, 0], 4 << 10)];
+        c
+    }
+
+    #[test]
+    fn channel_between_two_vms_is_fine() {
+        assert_eq!(problems(&with_channel()), vec![]);
+        let mut c = with_channel();
+        c.channels[0].size = MIB;
+        c.channels.push(channel("b", [0, 1], 8 << 10));
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn channel_name_follows_the_vm_name_rules() {
+        let mut c = with_channel();
+        for bad in [
+            String::new(),
+            "Control".into(),
+            "a b".into(),
+            "a".repeat(32),
+        ] {
+            c.channels[0].name = bad;
+            assert_one(&c, "channel[0].name", "must be 1 to 31 of a-z");
+        }
+        c.channels[0].name = "a".repeat(31);
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn duplicate_channel_name_is_reported_on_the_second() {
+        let mut c = with_channel();
+        c.channels.push(channel("control", [0, 1], 4 << 10));
+        assert_one(
+            &c,
+            "channel[1].name",
+            "name 'control' is already used by channel[0]",
+        );
+    }
+
+    #[test]
+    fn channel_ends_must_be_two_different_existing_vms() {
+        let mut c = with_channel();
+        c.channels[0].vms = [1, 1];
+        assert_one(
+            &c,
+            "channel[0].vms",
+            "both ends are vm[1] 'infotainment'; a channel joins two different VMs",
+        );
+        c.channels[0].vms = [0, 2];
+        assert_one(
+            &c,
+            "channel[0].vms",
+            "end 1 is vm[2], which does not exist; the config has 2 VMs",
+        );
+        c.channels[0].vms = [u16::MAX, u16::MAX];
+        let p = problems(&c);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p.iter().all(|(f, _)| f == "channel[0].vms"), "{p:?}");
+    }
+
+    #[test]
+    fn channel_size_is_a_power_of_two_from_4k_to_1m() {
+        let mut c = with_channel();
+        for bad in [0, 2 << 10, 12 << 10, 2 * MIB, (4 << 10) + 1, u64::MAX] {
+            c.channels[0].size = bad;
+            assert_one(
+                &c,
+                "channel[0].size",
+                "must be a power of two from 4 KiB to 1 MiB",
+            );
+        }
+        c.channels[0].size = 12 << 10;
+        assert_eq!(
+            problems(&c)[0].1,
+            "size 0x3000 (12 KiB) must be a power of two from 4 KiB to 1 MiB"
+        );
+        for good in [4 << 10, 64 << 10, MIB] {
+            c.channels[0].size = good;
+            assert_eq!(problems(&c), vec![]);
+        }
+    }
+
+    #[test]
+    fn at_most_4_channels_and_4_per_vm() {
+        let mut c = good();
+        c.board.cpus = 8;
+        c.vms.push(vm("a", 16 * MIB, None, &[3]));
+        c.vms.push(vm("b", 16 * MIB, None, &[4]));
+        // Four channels, vm[0] in all of them: the limit.
+        c.channels = (0..4u16)
+            .map(|k| channel(&format!("c{k}"), [0, 1 + k % 3], 4 << 10))
+            .collect();
+        assert_eq!(problems(&c), vec![]);
+        // A fifth: too many in the system, and vm[0] in five.
+        c.channels.push(channel("c4", [2, 0], 4 << 10));
+        let p = problems(&c);
+        assert_eq!(
+            p,
+            vec![
+                (
+                    "board.channels".into(),
+                    "5 channels; a system may have at most 4".into()
+                ),
+                (
+                    "channel[4].vms".into(),
+                    "vm 'safety' is an end of more than 4 channels".into()
+                ),
+            ]
+        );
+        // A VM over the limit is reported once, on its fifth channel.
+        c.channels.push(channel("c5", [0, 3], 4 << 10));
+        let p = problems(&c);
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn critical_vms_must_leave_a_pcpu_to_the_hypervisor() {
+        let mut c = good();
+        c.vms[0].criticality = Criticality::Critical;
+        c.vms[1].criticality = Criticality::Critical;
+        // cpu3 is free.
+        assert_eq!(problems(&c), vec![]);
+        c.vms[1].pcpus = vec![1, 2, 3];
+        assert_one(
+            &c,
+            "board.cpus",
+            "no pCPU left for the hypervisor's console and shell: every pCPU runs a critical VM",
+        );
+        // A normal VM on a pCPU leaves it to the hypervisor too.
+        c.vms[1].criticality = Criticality::Normal;
+        assert_eq!(problems(&c), vec![]);
+        // A pCPU no VM uses is enough.
+        c.vms[1].criticality = Criticality::Critical;
+        c.vms[1].pcpus = vec![1, 2];
         assert_eq!(problems(&c), vec![]);
     }
 }

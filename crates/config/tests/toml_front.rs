@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use bulkhead_config::toml::{load, parse, DebianKernel, Diagnostic, ImageSource, Parsed};
-use bulkhead_config::{ImageInfo, RestartPolicy, DEFAULT_CMDLINE, IMAGE_LOAD_OFFSET};
+use bulkhead_config::{Criticality, ImageInfo, RestartPolicy, DEFAULT_CMDLINE, IMAGE_LOAD_OFFSET};
 
 const CAR: &str = include_str!("data/car.toml");
 const FILE: &str = "configs/car.toml";
@@ -588,4 +588,198 @@ fn bad_passthrough_size_string_is_a_parse_error_on_its_line() {
     let d = only(parse(&text, FILE).unwrap_err());
     assert_eq!(d.field, "vm[0].passthrough[0].size");
     assert_eq!(d.line, line(&text, "4 KB"));
+}
+
+/// Two bare-metal VMs on a 4-CPU board, then `rest` (e.g. `[[channel]]`
+/// tables); `safety` gets `vm` in its table.
+fn channel_config(vm: &str, rest: &str) -> String {
+    format!(
+        "[board]\ncpus = 4\nmemory = \"1G\"\n\n\
+         [[vm]]\nname = \"safety\"\nguest = \"hello\"\nmemory = \"16M\"\npcpus = [0]\n{vm}\n\
+         [[vm]]\nname = \"infotainment\"\nguest = \"hello\"\nmemory = \"16M\"\npcpus = [1, 2]\n\n{rest}"
+    )
+}
+
+const CONTROL: &str = "[[channel]]\nname = \"control\"\nbetween = [\"infotainment\", \"safety\"]\n";
+const IMAGE: &[ImageInfo] = &[ImageInfo::raw(64 << 10)];
+
+#[test]
+fn channel_tables_parse_into_the_systems_channels() {
+    let bulk =
+        "[[channel]]\nname = \"bulk\"\nbetween = [\"safety\", \"infotainment\"]\nsize = \"1M\"\n";
+    let text = channel_config("", &format!("{CONTROL}\n{bulk}"));
+    let p = parse_ok(&text);
+    let ch = &p.config.channels;
+    assert_eq!(ch.len(), 2);
+    assert_eq!(ch[0].name, "control");
+    assert_eq!(ch[0].vms, [1, 0], "end 0 is the first name");
+    assert_eq!(ch[0].size, 4 << 10, "size defaults to 4 KiB");
+    assert_eq!(ch[1].vms, [0, 1]);
+    assert_eq!(ch[1].size, 1 << 20, "size strings work");
+    assert_eq!(
+        p.config.channels_of(0).collect::<Vec<_>>(),
+        [(0, 0, 1), (1, 1, 0)]
+    );
+    assert_eq!(p.check(IMAGE), Ok(()));
+    let bytes = bulkhead_config::encode(&p.config);
+    assert_eq!(bulkhead_config::decode(&bytes), Ok(p.config));
+}
+
+#[test]
+fn config_without_channels_has_none() {
+    assert!(parse_ok(CAR).config.channels.is_empty());
+}
+
+#[test]
+fn channel_naming_an_unknown_vm_is_refused_on_its_line() {
+    let text = channel_config(
+        "",
+        "[[channel]]\nname = \"control\"\nbetween = [\n  \"safety\",\n  \"infotanment\",\n]\n",
+    );
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.file, FILE);
+    assert_eq!(d.line, line(&text, "\"infotanment\""));
+    assert_eq!(d.field, "channel[0].between");
+    assert_eq!(
+        d.message,
+        "there is no VM named \"infotanment\"; the VMs are \"safety\", \"infotainment\""
+    );
+}
+
+#[test]
+fn channel_between_must_name_two_vms() {
+    for between in [
+        "[\"safety\"]",
+        "[]",
+        "[\"safety\", \"infotainment\", \"safety\"]",
+    ] {
+        let text = channel_config(
+            "",
+            &format!("[[channel]]\nname = \"c\"\nbetween = {between}\n"),
+        );
+        let d = only(parse(&text, FILE).unwrap_err());
+        assert_eq!(d.line, line(&text, "between ="));
+        assert_eq!(d.field, "channel[0].between");
+        assert!(d.message.contains("exactly two"), "{}", d.message);
+    }
+}
+
+#[test]
+fn channel_to_itself_is_reported_on_between() {
+    let text = channel_config("", &CONTROL.replace("\"infotainment\"", "\"safety\""));
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.line, line(&text, "between ="));
+    assert_eq!(d.field, "channel[0].between");
+    assert!(d.message.contains("two different VMs"), "{}", d.message);
+}
+
+#[test]
+fn channel_size_problems_are_reported_on_size() {
+    let text = channel_config("", &format!("{CONTROL}size = \"12K\"\n"));
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.line, line(&text, "12K"));
+    assert_eq!(d.field, "channel[0].size");
+    assert!(d.message.contains("power of two"), "{}", d.message);
+
+    let text = channel_config("", &format!("{CONTROL}size = \"4 KB\"\n"));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "4 KB"));
+    assert_eq!(d.field, "channel[0].size");
+    assert!(d.message.contains("bad size"), "{}", d.message);
+}
+
+#[test]
+fn duplicate_channel_name_is_reported_on_the_second() {
+    let text = channel_config("", &format!("{CONTROL}\n{CONTROL}"));
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.field, "channel[1].name");
+    assert_eq!(
+        d.line,
+        text.rfind("name = \"control\"")
+            .map(|a| text[..a].matches('\n').count() + 1)
+            .unwrap()
+    );
+    assert_eq!(d.message, "name 'control' is already used by channel[0]");
+}
+
+#[test]
+fn too_many_channels_points_at_the_first_table_over_the_limit() {
+    let tables: String = (0..5)
+        .map(|k| CONTROL.replace("control", &format!("c{k}")))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let text = channel_config("", &tables);
+    let diags = parse_ok(&text).check(IMAGE).unwrap_err();
+    let fifth = text
+        .match_indices("[[channel]]")
+        .nth(4)
+        .map(|(a, _)| text[..a].matches('\n').count() + 1)
+        .unwrap();
+    assert_eq!((diags[0].line, diags[0].field.as_str()), (fifth, "channel"));
+    assert!(diags[0].message.contains("5 channels"), "{diags:#?}");
+}
+
+#[test]
+fn channel_unknown_and_missing_keys_are_parse_errors() {
+    let text = channel_config("", &format!("{CONTROL}colour = \"red\"\n"));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "colour"));
+    assert_eq!(d.field, "channel[0].colour");
+    assert!(
+        d.message.contains("unknown field `colour`"),
+        "{}",
+        d.message
+    );
+
+    let text = channel_config("", "[[channel]]\nname = \"c\"\n");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "[[channel]]"));
+    assert!(
+        d.message.contains("missing field `between`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn criticality_parses_and_defaults_to_normal() {
+    let text = channel_config("criticality = \"critical\"\n", "");
+    let p = parse_ok(&text);
+    assert_eq!(p.config.vms[0].criticality, Criticality::Critical);
+    assert_eq!(p.config.vms[1].criticality, Criticality::Normal);
+    let text = channel_config("criticality = \"normal\"\n", "");
+    assert_eq!(
+        parse_ok(&text).config.vms[0].criticality,
+        Criticality::Normal
+    );
+}
+
+#[test]
+fn bad_criticality_is_refused_on_its_line() {
+    let text = channel_config("criticality = \"high\"\n", "");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "\"high\""));
+    assert_eq!(d.field, "vm[0].criticality");
+    assert!(
+        d.message.contains("`normal`") && d.message.contains("`critical`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn critical_vms_on_every_pcpu_are_reported_on_board_cpus() {
+    let text = channel_config("criticality = \"critical\"\n", "")
+        .replace("cpus = 4", "cpus = 3")
+        .replace(
+            "pcpus = [1, 2]",
+            "pcpus = [1, 2]\ncriticality = \"critical\"",
+        );
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.line, line(&text, "cpus = 3"));
+    assert_eq!(d.field, "board.cpus");
+    assert_eq!(
+        d.message,
+        "no pCPU left for the hypervisor's console and shell: every pCPU runs a critical VM"
+    );
 }
