@@ -179,12 +179,18 @@ reset_stack_and_call:
     b       restore_frame_and_eret
 .endm
 
+// The interrupted SP is kept in the frame's last slot (TrapFrame::el2_sp),
+// so a stack overflow can be reported with it; the switch keeps it in x0 as
+// a difference because x0 is the only free register.
 .macro vector_unexpected kind
     .balign 0x80
     msr     sp_el0, x0                  // the guest's SP_EL0; this path never resumes a guest
     mrs     x0, tpidr_el2               // &PerCpu; its first field is the emergency stack top
     ldr     x0, [x0]
-    mov     sp, x0
+    sub     x0, sp, x0                  // x0 = interrupted SP - emergency top
+    sub     sp, sp, x0                  // sp = emergency top
+    add     x0, sp, x0                  // x0 = interrupted SP
+    str     x0, [sp, #-8]               // frame offset 248 once save_frame has run
     mrs     x0, sp_el0
     save_frame
     mov     x0, sp

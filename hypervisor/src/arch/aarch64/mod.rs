@@ -6,6 +6,7 @@ pub mod firmware;
 pub mod gic;
 pub mod ich;
 pub mod mmu;
+pub mod mmu_check;
 pub mod regs;
 
 use core::arch::global_asm;
@@ -81,12 +82,21 @@ pub fn guard_page(cpu: usize) -> usize {
 #[repr(C)]
 pub struct TrapFrame {
     pub x: [u64; 31],
-    _pad: u64,
+    /// Only for an exception taken from EL2 itself: the stack pointer at
+    /// the moment of the exception (the vector then moves to the emergency
+    /// stack). Unset for traps from a guest.
+    el2_sp: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == 256);
 
 impl TrapFrame {
+    /// The interrupted EL2 stack pointer; meaningful only in the
+    /// unexpected-exception path (`el2_vectors` entries 0-7).
+    pub fn interrupted_el2_sp(&self) -> u64 {
+        self.el2_sp
+    }
+
     /// Register `n` as an instruction operand names it: 31 is XZR.
     pub fn reg(&self, n: u8) -> u64 {
         self.x.get(n as usize).copied().unwrap_or(0)
@@ -132,6 +142,27 @@ pub fn restart_on_stack(stack_top: usize, f: extern "C" fn() -> !) -> ! {
 pub fn wait_for_interrupt() {
     // SAFETY: WFI has no memory effects.
     unsafe { core::arch::asm!("dsb sy", "wfi", options(nostack)) };
+}
+
+/// Asks QEMU to exit with status `code`: semihosting SYS_EXIT (operation
+/// 0x18) with reason ADP_Stopped_ApplicationExit (0x20026) and `code` as
+/// the subcode, in the parameter block AArch64 uses (Arm "Semihosting for
+/// AArch32 and AArch64"). Only self-test images call it, and their test
+/// starts QEMU with semihosting on; elsewhere `HLT #0xF000` is undefined.
+#[cfg(feature = "selftest-stack-overflow")]
+pub fn semihosting_exit(code: u64) {
+    let block = [0x2_0026u64, code];
+    // SAFETY: with semihosting on, QEMU reads the two-word block and exits;
+    // with it off, the HLT is an undefined instruction taken at EL2, which
+    // the caller expects. No memory of ours is written.
+    unsafe {
+        core::arch::asm!(
+            "hlt #0xf000",
+            in("x0") 0x18u64,
+            in("x1") block.as_ptr(),
+            options(nostack, readonly)
+        )
+    };
 }
 
 /// Stops this CPU for good (used after a fatal error).

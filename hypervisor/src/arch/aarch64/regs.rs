@@ -155,6 +155,32 @@ pub const CNTHCTL_EL2_GUEST: u64 = 0b11;
 /// user space, whose memcpy then dies with SIGILL.
 pub const HCRX_EL2_GUEST: u64 = 1 << 11;
 
+/// MDCR_EL2 bits (Arm ARM, register description of MDCR_EL2).
+pub mod mdcr {
+    /// Trap EL1/EL0 accesses to PMCR_EL0.
+    pub const TPMCR: u64 = 1 << 5;
+    /// Trap EL1/EL0 accesses to every Performance Monitors register.
+    pub const TPM: u64 = 1 << 6;
+    /// Trap EL1/EL0 accesses to the debug registers not covered by TDOSA
+    /// and TDRA: MDSCR_EL1, the breakpoint and watchpoint registers, the
+    /// claim tags, DBGAUTHSTATUS_EL1 and the DCC.
+    pub const TDA: u64 = 1 << 9;
+    /// Trap the OS Lock and power-down registers: OSLAR_EL1, OSLSR_EL1,
+    /// OSDLR_EL1, DBGPRCR_EL1.
+    pub const TDOSA: u64 = 1 << 10;
+    /// Trap MDRAR_EL1 (the debug ROM address).
+    pub const TDRA: u64 = 1 << 11;
+}
+
+/// The MDCR_EL2 every guest runs with: no debug or PMU register is reachable
+/// from a VM; `sysreg.rs` answers them read-as-zero/write-ignored. A guest
+/// could otherwise arm its pCPU's breakpoints and counters, and that state
+/// would outlive the VM on the pCPU. TDE stays 0 (debug exceptions are the
+/// guest's, and with MDSCR_EL1 kept at 0 none is enabled). HPMN stays 0:
+/// with TPM set no counter is reachable from EL1 or EL0 whatever the
+/// split, and HPME = 0 leaves the EL2-reserved counters disabled.
+pub const MDCR_EL2_GUEST: u64 = mdcr::TPMCR | mdcr::TPM | mdcr::TDA | mdcr::TDOSA | mdcr::TDRA;
+
 /// Programs the EL2 controls that do not depend on the VM.
 ///
 /// # Safety
@@ -165,11 +191,12 @@ pub unsafe fn init_el2_controls() {
         core::arch::asm!(
             "msr cptr_el2, {cptr}",
             "msr cnthctl_el2, {cnthctl}",
-            "msr mdcr_el2, xzr",
+            "msr mdcr_el2, {mdcr}",
             "msr hstr_el2, xzr",
             "isb",
             cptr = in(reg) CPTR_EL2_GUEST,
             cnthctl = in(reg) CNTHCTL_EL2_GUEST,
+            mdcr = in(reg) MDCR_EL2_GUEST,
             options(nomem, nostack)
         )
     };
