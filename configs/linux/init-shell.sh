@@ -6,10 +6,17 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+# Channels to other VMs: the stock UIO driver, if the image carries it.
+if [ -x /bin/bulkhead-chan ]; then
+    for m in uio uio_pci_generic; do
+        insmod /lib/modules/$(uname -r)/$m.ko
+    done
+fi
 
 echo
 echo "Bulkhead Linux guest: $(uname -sr) on $(nproc) CPU(s), $(grep MemTotal /proc/meminfo | tr -s ' ')"
 echo "busybox shell; 'exit' powers this VM off."
+[ -x /bin/bulkhead-chan ] && echo "channel to the safety VM: try 'bulkhead-chan ping hello'"
 # A session with the console as its controlling terminal, so Ctrl-C works.
 setsid cttyhack sh
 poweroff -f

@@ -7,10 +7,12 @@
 extern crate alloc;
 
 mod arch;
+mod channel;
 mod console;
 mod percpu;
 mod platform;
 mod shell;
+mod sysreg;
 mod system;
 mod trap;
 mod vm;
@@ -149,6 +151,7 @@ extern "C" fn primary_main(dtb: usize) -> ! {
         "EL2 MMU on: text RX, data RW XN, {}-bit VA; stack guard pages unmapped",
         va_bits
     );
+    arch::mmu_check::verify_el2_map(&layout);
 
     gic::init_distributor(plat.gicd as usize);
     init_this_cpu(plat, 0);
@@ -197,12 +200,19 @@ extern "C" fn primary_main(dtb: usize) -> ! {
         }
     }
 
-    // Boot every VM; then cpu0 joins the others in the idle loop.
-    for vm in &sys.vms {
+    // Boot every VM, critical ones first; then cpu0 joins the others in
+    // the idle loop.
+    let critical = |vm: &&vm::Vm| vm.criticality == bulkhead_config::Criticality::Critical;
+    let order = sys
+        .vms
+        .iter()
+        .filter(critical)
+        .chain(sys.vms.iter().filter(|vm| !critical(vm)));
+    for vm in order {
         let mut st = vm.state.lock();
         vm.boot(&mut st);
         log::info!(
-            "{}: {} vCPU(s) on {:?}, {} MiB at {} (IPA {:#x}), VMID {}, entry {:#x}",
+            "{}: {} vCPU(s) on {:?}, {} MiB at {} (IPA {:#x}), VMID {}, entry {:#x}, {}",
             vm.name,
             vm.n_vcpus(),
             vm.pcpus,
@@ -210,9 +220,12 @@ extern "C" fn primary_main(dtb: usize) -> ! {
             vm.ram,
             bulkhead_config::RAM_IPA,
             vm.id.0 + 1,
-            vm.entry_ipa()
+            vm.entry_ipa(),
+            vm.criticality
         );
     }
+    #[cfg(feature = "selftest-stack-overflow")]
+    trap::selftest_stack_overflow();
     arch::restart_on_stack(arch::stack_top(0), system::idle)
 }
 
@@ -238,13 +251,18 @@ static PLATFORM: spin::Once<platform::Platform> = spin::Once::new();
 /// own RAM or one of its passthrough devices, so nothing of the hypervisor
 /// or of another VM is reachable (their RAM never overlaps this VM's: the
 /// allocator hands each range out once).
-fn stage2_confined(vm: &vm::Vm) -> Result<(), String> {
+fn stage2_confined(vm: &vm::Vm, channels: &[channel::ChannelHw]) -> Result<(), String> {
     let own = |pa: u64, end: u64| {
         (pa >= vm.ram.0 && end <= vm.ram.0 + vm.ram_size)
             || vm
                 .passthrough
                 .iter()
                 .any(|d| pa >= d.base && end <= d.base.saturating_add(d.size))
+            || vm
+                .ends
+                .iter()
+                .filter_map(|e| channels.get(e.channel))
+                .any(|c| pa >= c.shm && end <= c.shm.saturating_add(c.size))
     };
     let (mut n, mut largest, mut stray) = (0, 0, None);
     vm.stage2.for_each_mapping(&mut |m| {
@@ -304,17 +322,26 @@ fn passthrough_conflict(
 
 /// The pCPU that takes console input (and so runs the shell, whose
 /// `start`/`restart` scrub and load a VM's memory): one that hosts no vCPU
-/// if there is one, else the focused VM's first pCPU, so typing never
-/// steals time from another VM's vCPU (the safety VM's, in the car demo).
+/// if there is one, else the focused VM's first pCPU, else any pCPU of a
+/// VM that is not critical, so typing never steals time from another VM's
+/// vCPU and never from a critical VM's (the safety VM's, in the car demo).
+/// The config check refuses a board where every pCPU runs a critical VM.
 fn console_cpu(sys: &system::System, focus: Option<usize>) -> usize {
+    let normal = |vm: &vm::Vm| vm.criticality != bulkhead_config::Criticality::Critical;
     sys.assignment
         .iter()
         .position(Option::is_none)
         .or_else(|| {
             focus
                 .and_then(|f| sys.vms.get(f))
+                .filter(|vm| normal(vm))
                 .and_then(|vm| vm.pcpus.first())
                 .map(|p| p.index())
+        })
+        .or_else(|| {
+            sys.assignment
+                .iter()
+                .position(|a| a.is_some_and(|(v, _)| sys.vms.get(v).is_some_and(normal)))
         })
         .unwrap_or(0)
 }
@@ -455,7 +482,26 @@ fn build_system(
             problems.len()
         ));
     }
-    for vc in &cfg.vms {
+    // Channel memory first, so each VM maps its ends as it is built.
+    let mut channels = Vec::new();
+    for ch in &cfg.channels {
+        let size = ch.size.max(bulkhead_config::MIN_CHANNEL_SIZE);
+        let Some(r) = free.alloc(size, size) else {
+            boot_failed(format_args!(
+                "no free {size:#x} bytes of RAM for channel '{}'",
+                ch.name
+            ));
+        };
+        channels.push(channel::ChannelHw {
+            name: ch.name.clone(),
+            vms: ch.vms,
+            shm: r.start,
+            size,
+            state: bulkhead_channel::Channel::new(size),
+        });
+    }
+    let mut by_config = alloc::vec![None; cfg.vms.len()];
+    for (ci, vc) in cfg.vms.iter().enumerate() {
         let id = VmId(vms.len() as u16);
         let refuse = |why: String| log::error!("vm '{}' not started: {why}", vc.name);
         let initramfs = match vc.initramfs {
@@ -513,17 +559,26 @@ fn build_system(
             failed += 1;
             continue;
         }
+        let ends = cfg
+            .channels_of(ci as u16)
+            .filter_map(|(k, c, end)| {
+                let ch = channels.get(c)?;
+                // A Linux VM (one with an initramfs) gets the PCI face.
+                let e = channel::End::new(c, end, k, ch.size, vc.initramfs.is_some());
+                Some((e, ch.shm, ch.size))
+            })
+            .collect();
         match vm::Vm::new(
             id,
             vc,
-            image,
-            initramfs,
+            vm::GuestImages { image, initramfs },
             PhysAddr(ram.start),
             ipa_bits,
             pa_range,
+            ends,
         ) {
             Ok(vm) => {
-                if let Err(why) = stage2_confined(&vm) {
+                if let Err(why) = stage2_confined(&vm, &channels) {
                     refuse(why);
                     free.free(ram);
                     failed += 1;
@@ -533,6 +588,9 @@ fn build_system(
                     if let Some(slot) = assignment.get_mut(p as usize) {
                         *slot = Some((vms.len(), VcpuId(v as u16)));
                     }
+                }
+                if let Some(b) = by_config.get_mut(ci) {
+                    *b = Some(vms.len());
                 }
                 vms.push(vm);
             }
@@ -572,6 +630,8 @@ fn build_system(
         assignment,
         failed,
         spi_owner,
+        channels,
+        by_config,
     }
 }
 

@@ -139,12 +139,26 @@ fn run(line: &str) {
             let Some(vm) = find(name) else { return };
             let st = vm.state.lock().lifecycle;
             say!(
-                "{}: {}, restart policy {}, restarted {} time(s)",
+                "{}: {}, restart policy {}, restarted {} time(s), criticality {}",
                 vm.name,
                 state_name(st),
                 vm.restart,
-                vm.restarts.load(Ordering::Relaxed)
+                vm.restarts.load(Ordering::Relaxed),
+                vm.criticality
             );
+            for e in &vm.ends {
+                if let Some(ch) = system::channel(e.channel) {
+                    say!(
+                        "  channel '{}' end {}: registers {:#x}, {} bytes at {:#x}, SPI {}",
+                        ch.name,
+                        e.end,
+                        e.regs_ipa,
+                        ch.size,
+                        e.shm_ipa,
+                        e.spi
+                    );
+                }
+            }
             say!(
                 "  RAM {:#x}..{:#x} (host) at IPA {:#x}, VMID {}",
                 vm.ram.0,

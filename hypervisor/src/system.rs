@@ -18,6 +18,22 @@ pub struct System {
     pub failed: usize,
     /// Physical SPIs passed through, and the VM (index) that owns each.
     pub spi_owner: Vec<(u32, usize)>,
+    /// Inter-VM channels, in config order.
+    pub channels: Vec<crate::channel::ChannelHw>,
+    /// Per config VM index: its index in `vms`, if it was created.
+    pub by_config: Vec<Option<usize>>,
+}
+
+/// The VM with config index `i`, if it was created.
+pub fn vm_by_config(i: u16) -> Option<&'static Vm> {
+    let sys = SYSTEM.get()?;
+    let idx = (*sys.by_config.get(usize::from(i))?)?;
+    sys.vms.get(idx)
+}
+
+/// Channel `i`.
+pub fn channel(i: usize) -> Option<&'static crate::channel::ChannelHw> {
+    SYSTEM.get()?.channels.get(i)
 }
 
 /// The VM a passed-through physical SPI belongs to.

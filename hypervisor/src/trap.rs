@@ -3,6 +3,7 @@
 //! handle gets the architectural answer, never a panic.
 
 use crate::arch::{self, gic, regs, TrapFrame};
+use crate::channel;
 use crate::console;
 use crate::system;
 use crate::vm::{self, End, Lifecycle, Vm, VGICD_IPA, VGICR_IPA, VTIMER_INTID, VUART_IPA};
@@ -51,7 +52,16 @@ extern "C" fn handle_lower_sync(frame: &mut TrapFrame) {
     let Some((vm, vcpu)) = system::current() else {
         no_vcpu("synchronous")
     };
-    match bulkhead_exit::decode(esr) {
+    let exit = bulkhead_exit::decode(esr);
+    if let Some(c) = vm.vcpu_stats(vcpu) {
+        vm::bump(match &exit {
+            Exit::Hvc { .. } | Exit::Smc { .. } => &c.smccc,
+            Exit::DataAbort(_) => &c.mmio,
+            Exit::SysReg(_) => &c.sysreg,
+            _ => &c.other,
+        });
+    }
+    match exit {
         Exit::Hvc { .. } => smccc(vm, vcpu, frame),
         Exit::Smc { .. } => {
             // A trapped SMC leaves ELR at the SMC itself (Arm ARM D1.4.5).
@@ -78,6 +88,7 @@ extern "C" fn handle_lower_sync(frame: &mut TrapFrame) {
             // Group 0 and alias SGIs: our guests have no Group 0; ignored.
             skip_instruction(esr);
         }
+        Exit::SysReg(s) if crate::sysreg::emulate(frame, &s) => skip_instruction(esr),
         Exit::SysReg(s) => {
             vm.complain(
                 vcpu,
@@ -168,6 +179,10 @@ enum Mmio {
     Uart(u64),
     Gicd(u64),
     Gicr(u64),
+    /// The register page of the VM's channel end `.0`.
+    Channel(usize, u64),
+    /// PCI configuration space (Linux VMs with channels).
+    Ecam(u64),
 }
 
 fn mmio_target(vm: &Vm, ipa: u64) -> Option<Mmio> {
@@ -179,8 +194,25 @@ fn mmio_target(vm: &Vm, ipa: u64) -> Option<Mmio> {
     } else if (VGICR_IPA..VGICR_IPA + gicr_size).contains(&ipa) {
         Some(Mmio::Gicr(ipa - VGICR_IPA))
     } else {
-        None
+        channel_target(vm, ipa)
     }
+}
+
+/// A channel end's register page, or the PCI configuration space of a
+/// VM with PCI channel ends. Kept out of line, after the frequent devices.
+#[inline(never)]
+fn channel_target(vm: &Vm, ipa: u64) -> Option<Mmio> {
+    if let Some(i) = vm
+        .ends
+        .iter()
+        .position(|e| (e.regs_ipa..e.regs_ipa + bulkhead_channel::REGS_SIZE).contains(&ipa))
+    {
+        return Some(Mmio::Channel(i, ipa - vm.ends.get(i)?.regs_ipa));
+    }
+    let ecam = bulkhead_config::PCI_ECAM_IPA;
+    let pci = vm.ends.iter().any(|e| e.pci.is_some());
+    (pci && (ecam..ecam + bulkhead_config::PCI_ECAM_SIZE).contains(&ipa))
+        .then(|| Mmio::Ecam(ipa - ecam))
 }
 
 fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da: DataAbort) {
@@ -229,6 +261,13 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
                 let r = vm.vgic.lock().redist_write(off, size, value);
                 r.map(|k| vm.apply_kicks(k, Some(vcpu))).is_ok()
             }
+            Mmio::Channel(i, off) => {
+                channel::regs_access(vm, vcpu, i, off, size, Some(value)).is_some()
+            }
+            Mmio::Ecam(off) => {
+                channel::ecam_access(vm, vcpu, off, size, Some(value));
+                true
+            }
         }
     } else {
         let v = match *target {
@@ -243,6 +282,8 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
             }
             Mmio::Gicd(off) => vm.vgic.lock().dist_read(off, size).ok(),
             Mmio::Gicr(off) => vm.vgic.lock().redist_read(off, size).ok(),
+            Mmio::Channel(i, off) => channel::regs_access(vm, vcpu, i, off, size, None),
+            Mmio::Ecam(off) => Some(channel::ecam_access(vm, vcpu, off, size, None)),
         };
         v.map(|v| frame.set_reg(access.reg, access.load_value(v)))
             .is_some()
@@ -288,6 +329,9 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
         gic::deactivate(intid);
         if intid == gic::KICK_SGI {
             recheck = true;
+            if !vm.ends.is_empty() {
+                channel::refresh(vm, vcpu);
+            }
             vm.flush_lrs(vcpu);
         } else if Some(intid) == system::maintenance_intid() {
             vm.flush_lrs(vcpu);
@@ -340,24 +384,92 @@ extern "C" fn handle_lower_aarch32(_frame: &mut TrapFrame) {
     stop_vm_from_trap("exception from AArch32, which Bulkhead does not run")
 }
 
+/// ESR_EL2.EC of a data abort taken without a change in exception level.
+const EC_DATA_ABORT_SAME_EL: u64 = 0x25;
+
 /// An exception taken from EL2 itself: a hypervisor bug. Report it with
 /// everything needed to find it, then power off so a test sees it at once.
+/// A data abort in a stack guard page is reported as the stack overflow it
+/// is, with the faulting address and the stack pointer at the fault.
 #[unsafe(no_mangle)]
 extern "C" fn unexpected_exception(frame: &mut TrapFrame, kind: u64) -> ! {
     console::emergency();
     let (esr, far, elr) = (regs::esr_el2(), regs::far_el2(), regs::elr_el2());
+    let sp = frame.interrupted_el2_sp();
     let cpu = crate::percpu::this().index.load(Ordering::Relaxed);
-    let guard = arch::guard_page(cpu) as u64;
-    if (guard..guard + arch::STACK_GUARD as u64).contains(&far) {
+    // FAR is only valid for aborts; whose guard page did it hit, if any?
+    let guard_of = (esr >> 26 == EC_DATA_ABORT_SAME_EL)
+        .then(|| {
+            (0..arch::MAX_CPUS).find(|&c| {
+                let g = arch::guard_page(c) as u64;
+                (g..g + arch::STACK_GUARD as u64).contains(&far)
+            })
+        })
+        .flatten();
+    if guard_of == Some(cpu) {
+        log::error!("EL2 stack overflow on pCPU {cpu} (guard page hit at {far:#x}, SP {sp:#x})");
         log::error!(
-            "unexpected exception: stack overflow on cpu{cpu} (FAR {far:#x} in its guard page)"
+            "EL2 stack overflow details: ESR {esr:#x} ELR {elr:#x} x29 {:#x} x30 {:#x}; stack {:#x}..{:#x}",
+            frame.x[29],
+            frame.x[30],
+            arch::guard_page(cpu) + arch::STACK_GUARD,
+            arch::stack_top(cpu)
+        );
+    } else {
+        if let Some(other) = guard_of {
+            log::error!(
+                "unexpected exception: pCPU {cpu} touched pCPU {other}'s stack guard page at {far:#x} (a stray pointer, not an overflow of its own stack)"
+            );
+        }
+        log::error!(
+            "unexpected exception at EL2 (vector {kind}) on cpu{cpu}: ESR {esr:#x} FAR {far:#x} ELR {elr:#x} SP {sp:#x} x0 {:#x} x30 {:#x}",
+            frame.x[0],
+            frame.x[30]
         );
     }
-    log::error!(
-        "unexpected exception at EL2 (vector {kind}) on cpu{cpu}: ESR {esr:#x} FAR {far:#x} ELR {elr:#x} x0 {:#x} x30 {:#x}",
-        frame.x[0],
-        frame.x[30]
-    );
+    fatal_power_off()
+}
+
+/// Powers the machine off after a fatal EL2 error. PSCI SYSTEM_OFF carries
+/// no status, so a self-test image, which runs only under QEMU with
+/// semihosting enabled, first asks QEMU to exit with status 1.
+fn fatal_power_off() -> ! {
+    #[cfg(feature = "selftest-stack-overflow")]
+    {
+        // If semihosting is off, HLT is undefined and brings us back here
+        // once: the second time, go straight to PSCI.
+        static TRIED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+        if !TRIED.swap(true, Ordering::Relaxed) {
+            arch::semihosting_exit(1);
+        }
+    }
     let _ = arch::firmware::system_off();
     arch::halt()
+}
+
+/// The `selftest-stack-overflow` feature: recurse on this pCPU's stack until
+/// it runs into its guard page. The report and the exit status are the
+/// test (`cargo xtask test --filter stack_guard`); returning is a failure.
+#[cfg(feature = "selftest-stack-overflow")]
+pub fn selftest_stack_overflow() {
+    let cpu = crate::percpu::this().index.load(Ordering::Relaxed);
+    log::info!(
+        "selftest: overflowing pCPU {cpu}'s stack (guard page at {:#x}) on purpose",
+        arch::guard_page(cpu)
+    );
+    let depth = overflow(0);
+    panic!("selftest: {depth} frames of recursion never reached the stack guard page");
+}
+
+/// One 256-byte frame a call: far less than the 4 KiB guard page, so no
+/// frame can step over it. `black_box` keeps the frame and the recursion
+/// from being optimised away.
+#[cfg(feature = "selftest-stack-overflow")]
+#[inline(never)]
+fn overflow(depth: u64) -> u64 {
+    let frame = core::hint::black_box([depth; 32]);
+    if core::hint::black_box(depth) == u64::MAX {
+        return 0;
+    }
+    overflow(depth + 1).wrapping_add(frame[(depth % 32) as usize])
 }

@@ -76,6 +76,8 @@ pub struct VmState {
 pub struct VmStats {
     pub vcpus: [VcpuStats; bulkhead_psci::MAX_VCPUS],
     pub refused: AtomicU64,
+    /// Channel doorbells this VM rang.
+    pub doorbells: AtomicU64,
 }
 
 /// Exits of one vCPU by reason, and virtual interrupts put in its list
@@ -132,19 +134,30 @@ pub struct Vm {
     /// VM gets console input focus.
     pub has_initramfs: bool,
     pub restart: RestartPolicy,
+    pub criticality: bulkhead_config::Criticality,
+    /// The channel ends it holds.
+    pub ends: Vec<crate::channel::End>,
+}
+
+/// What a VM boots from, out of the image payload.
+pub struct GuestImages {
+    pub image: &'static [u8],
+    pub initramfs: Option<&'static [u8]>,
 }
 
 impl Vm {
-    /// Builds a VM: stage-2 table over `ram`, image checked against its size.
+    /// Builds a VM: stage-2 table over `ram` and its channel ends' shared
+    /// memory (`(end, host address, size)`), image checked against its size.
     pub fn new(
         id: VmId,
         cfg: &VmConfig,
-        image: &'static [u8],
-        initramfs: Option<&'static [u8]>,
+        images: GuestImages,
         ram: PhysAddr,
         ipa_bits: u8,
         pa_range: u8,
+        ends: Vec<(crate::channel::End, u64, u64)>,
     ) -> Result<Vm, String> {
+        let GuestImages { image, initramfs } = images;
         // An arm64 Image honours its header's text_offset (Linux
         // booting.rst); a raw image goes where an old Image would, 0x80000.
         let info = bulkhead_config::ImageInfo::of(image);
@@ -200,6 +213,18 @@ impl Vm {
                 .map(d.base, d.base, d.size, dev)
                 .map_err(|e| alloc::format!("stage-2 map of passthrough '{}': {e:?}", d.name))?;
         }
+        // Channel shared memory: normal memory, never executable.
+        for (e, pa, size) in &ends {
+            let shm = Attrs {
+                mem: MemType::Normal,
+                read: true,
+                write: true,
+                exec: false,
+            };
+            stage2
+                .map(e.shm_ipa, *pa, *size, shm)
+                .map_err(|err| alloc::format!("stage-2 map of channel memory: {err:?}"))?;
+        }
         let vmid = id.0 + 1;
         Ok(Vm {
             id,
@@ -229,6 +254,8 @@ impl Vm {
             stats: VmStats::default(),
             has_initramfs: cfg.initramfs.is_some(),
             restart: cfg.restart,
+            criticality: cfg.criticality,
+            ends: ends.into_iter().map(|(e, _, _)| e).collect(),
         })
     }
 
@@ -293,8 +320,44 @@ impl Vm {
                 spis: &d.irqs,
             })
             .collect();
+        let names: Vec<String> = self
+            .ends
+            .iter()
+            .map(|e| system::channel(e.channel).map_or_else(String::new, |c| c.name.clone()))
+            .collect();
+        let channels: Vec<bulkhead_guest_fdt::ChannelNode> = self
+            .ends
+            .iter()
+            .zip(&names)
+            .filter(|(e, _)| e.pci.is_none())
+            .map(|(e, name)| bulkhead_guest_fdt::ChannelNode {
+                name,
+                regs: (e.regs_ipa, bulkhead_channel::REGS_SIZE),
+                shm: (e.shm_ipa, system::channel(e.channel).map_or(0, |c| c.size)),
+                spi: e.spi,
+            })
+            .collect();
+        let functions: Vec<(u8, u32)> = self
+            .ends
+            .iter()
+            .filter(|e| e.pci.is_some())
+            .map(|e| (e.k as u8, e.spi))
+            .collect();
+        let pci = (!functions.is_empty()).then_some(bulkhead_guest_fdt::PciHost {
+            ecam: (
+                bulkhead_config::PCI_ECAM_IPA,
+                bulkhead_config::PCI_ECAM_SIZE,
+            ),
+            window: (
+                bulkhead_config::CHANNEL_IPA,
+                bulkhead_config::CHANNEL_STRIDE * bulkhead_config::MAX_CHANNELS as u64,
+            ),
+            functions: &functions,
+        });
         let dt = bulkhead_guest_fdt::GuestDt {
             devices: &devices,
+            channels: &channels,
+            pci,
             mem_base: RAM_IPA,
             mem_size: self.ram_size,
             n_vcpus: self.n_vcpus(),
@@ -324,6 +387,7 @@ impl Vm {
     /// (Re)starts the VM from a fresh image with vCPU 0 pending. Called with
     /// the state lock held and no vCPU running.
     pub fn boot(&self, st: &mut VmState) {
+        crate::channel::vm_starting(self);
         let dtb = self.load_image();
         self.vgic.lock().reset();
         self.uart_level.store(false, Ordering::Relaxed);
@@ -473,6 +537,7 @@ impl Vm {
             }
             Lifecycle::Stopping(_) => {
                 st.lifecycle = Lifecycle::Stopped;
+                crate::channel::vm_stopped(self);
                 log::info!("{}: stopped", self.name);
                 system::vm_stopped();
             }
@@ -542,6 +607,10 @@ pub fn enter_fresh_vcpu(vm: &Vm, vcpu: VcpuId, entry: u64, x0: u64) -> ! {
         gic::clear_active_ppi(gicr, VTIMER_INTID);
     }
     ich::reset_for_fresh_vcpu();
+    if vcpu.0 == 0 {
+        // A ring that came while no vCPU ran (its kick found none).
+        crate::channel::refresh(vm, vcpu);
+    }
     vm.flush_lrs(vcpu);
     let cpu = this.index.load(Ordering::Relaxed);
     let ge = arch::GuestEntry {

@@ -236,6 +236,22 @@ pub fn run(quick: bool) -> Result<ExitCode> {
         Err(e) => Some(e),
     };
 
+    // Mixed criticality: Bulkhead only (there is no native pair); skipped
+    // by --quick, which checks the harness, not the figures.
+    let mixed_failed = if quick {
+        None
+    } else {
+        match mixed_criticality() {
+            Ok(b) => {
+                for (all, new) in bulkhead.iter_mut().zip(b) {
+                    all.extend(new);
+                }
+                None
+            }
+            Err(e) => Some(e),
+        }
+    };
+
     let rows = rows(&native[0], &bulkhead[0]);
     println!();
     print!("{}", table(&rows));
@@ -262,7 +278,40 @@ pub fn run(quick: bool) -> Result<ExitCode> {
         println!("\nthe Linux boot benchmark failed: {e:#}");
         return Ok(ExitCode::FAILURE);
     }
+    if let Some(e) = mixed_failed {
+        println!("\nthe mixed-criticality benchmark failed: {e:#}");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The mixed-criticality configs: the safety VM's timer latency with Linux
+/// idle (and the channel round trip from Linux user space), then with
+/// Linux stressed and storming the channel.
+const MIXED_CONFIGS: [&str; 2] = [
+    "configs/bench-safety-idle.toml",
+    "configs/bench-safety-stress.toml",
+];
+
+/// Two Bulkhead runs of each mixed-criticality config, figures merged per
+/// run.
+fn mixed_criticality() -> Result<TwoRuns> {
+    let mut runs: TwoRuns = [Vec::new(), Vec::new()];
+    for config in MIXED_CONFIGS {
+        let config = Path::new(config);
+        println!("building {}…", config.display());
+        let built = build::build(config, Output::Progress)?;
+        let mut args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
+        args.extend(ICOUNT.map(String::from));
+        args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+        let side = config
+            .file_stem()
+            .map_or("mixed".into(), |s| s.to_string_lossy().into_owned());
+        for (i, run) in runs.iter_mut().enumerate() {
+            run.extend(measure(&side, i + 1, &args, LINUX_TIMEOUT)?);
+        }
+    }
+    Ok(runs)
 }
 
 /// The figures of two runs of one side.

@@ -49,6 +49,14 @@ fn diagnostics(heading: &str, diags: &[Diagnostic]) -> anyhow::Error {
 /// Builds and packs the system described by `config`; returns where the
 /// image went.
 pub fn build(config: &Path, output: Output) -> Result<Built> {
+    build_with_features(config, output, &[])
+}
+
+/// [`build`] with the hypervisor's cargo `features` on (self-test images).
+/// Such a hypervisor is built in its own target directory
+/// ([`FEATURES_TARGET_DIR`]) and packed as `<config>+<features>.img`, so it
+/// never replaces the normal binary or image another build is using.
+pub fn build_with_features(config: &Path, output: Output, features: &[&str]) -> Result<Built> {
     let progress = |msg: &str| {
         if output == Output::Progress {
             println!("{msg}");
@@ -80,8 +88,12 @@ pub fn build(config: &Path, output: Output) -> Result<Built> {
         .collect();
     // `None` for guests, which are built below.
     let mut images: Vec<Option<(String, Vec<u8>)>> = Vec::new();
-    for source in &parsed.images {
-        match read_source(source, output) {
+    for (index, source) in parsed.images.iter().enumerate() {
+        let extra = match source {
+            ImageSource::Initramfs(_) => initramfs_extras(&parsed, index, output)?,
+            _ => Vec::new(),
+        };
+        match read_source(source, output, &extra) {
             Ok(image) => images.push(image),
             Err(SourceError::Unreadable { what, path, error }) => {
                 images.push(None);
@@ -141,7 +153,11 @@ pub fn build(config: &Path, output: Output) -> Result<Built> {
     parsed.check(&sizes(&images)).map_err(|d| invalid(&d))?;
     let images: Vec<(String, Vec<u8>)> = images.into_iter().flatten().collect();
 
-    let hv_elf_path = elf_path(HV_BIN);
+    let hv_elf_path = if features.is_empty() {
+        elf_path(HV_BIN)
+    } else {
+        cargo_build_hv_features(features, output)?
+    };
     let hv_elf = std::fs::read(&hv_elf_path)
         .with_context(|| format!("cannot read {}", hv_elf_path.display()))?;
     let hv = elf::to_flat(&hv_elf).with_context(|| format!("in {}", hv_elf_path.display()))?;
@@ -167,7 +183,11 @@ pub fn build(config: &Path, output: Output) -> Result<Built> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "bulkhead".to_owned());
-    let path = out_dir.join(format!("{stem}.img"));
+    let path = if features.is_empty() {
+        out_dir.join(format!("{stem}.img"))
+    } else {
+        out_dir.join(format!("{stem}+{}.img", features.join("+")))
+    };
     std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(Built {
         image: path,
@@ -244,6 +264,63 @@ fn vms_using(parsed: &Parsed, text: &str, source: &ImageSource) -> Vec<(usize, &
     out
 }
 
+/// What a Linux VM with channels needs in its initramfs besides busybox:
+/// `/bin/bulkhead-chan` and the UIO modules of each Debian kernel that
+/// boots with initramfs `index`. Nothing for a config without channels.
+fn initramfs_extras(
+    parsed: &Parsed,
+    index: usize,
+    output: Output,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    if parsed.config.channels.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut kernels = Vec::new();
+    for vm in &parsed.config.vms {
+        if vm.initramfs.map(usize::from) != Some(index) {
+            continue;
+        }
+        if let Some(ImageSource::Debian(k)) = parsed.images.get(usize::from(vm.image)) {
+            if !kernels.contains(k) {
+                kernels.push(*k);
+            }
+        }
+    }
+    let mut out = vec![("bin/bulkhead-chan".to_owned(), channel_tool(output)?)];
+    for k in kernels {
+        out.extend(debian::uio_modules(k)?);
+    }
+    Ok(out)
+}
+
+/// Builds `guests/linux-chan` as a static aarch64 Linux binary (musl,
+/// linked by rust-lld; see .cargo/config.toml), without debug info.
+fn channel_tool(output: Output) -> Result<Vec<u8>> {
+    const MUSL: &str = "aarch64-unknown-linux-musl";
+    if output == Output::Progress {
+        println!("building bulkhead-chan (Linux user space, {MUSL})…");
+    }
+    let status = cargo()
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "bulkhead-chan",
+            "--target",
+            MUSL,
+        ])
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env("CARGO_PROFILE_RELEASE_STRIP", "true")
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building bulkhead-chan for {MUSL} failed");
+    }
+    let path = target_dir().join(MUSL).join("release/bulkhead-chan");
+    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
 /// Why an image source could not be turned into bytes.
 enum SourceError {
     /// A file the config names cannot be read: reported as a config problem
@@ -270,6 +347,7 @@ impl From<anyhow::Error> for SourceError {
 fn read_source(
     source: &ImageSource,
     output: Output,
+    extra: &[(String, Vec<u8>)],
 ) -> Result<Option<(String, Vec<u8>)>, SourceError> {
     let stem = |p: &Path| {
         p.file_stem()
@@ -297,7 +375,7 @@ fn read_source(
                 path: init.clone(),
                 error,
             })?;
-            let (path, bytes) = initramfs(init, &script)?;
+            let (path, bytes) = initramfs(init, &script, extra)?;
             if output == Output::Progress {
                 println!(
                     "initramfs {} ({}) with /init = {}",
@@ -313,11 +391,15 @@ fn read_source(
 
 /// Builds the initramfs for the init script `init` (whose bytes are
 /// `script`) and writes it to `target/bulkhead/initramfs/<stem>.cpio`.
-fn initramfs(init: &Path, script: &[u8]) -> Result<(PathBuf, Vec<u8>)> {
+fn initramfs(
+    init: &Path,
+    script: &[u8],
+    extra: &[(String, Vec<u8>)],
+) -> Result<(PathBuf, Vec<u8>)> {
     let busybox_path = debian::busybox()?;
     let busybox = std::fs::read(&busybox_path)
         .with_context(|| format!("cannot read {}", busybox_path.display()))?;
-    let bytes = cpio::initramfs(&busybox, script);
+    let bytes = cpio::initramfs(&busybox, script, extra);
     let dir = target_dir().join("bulkhead/initramfs");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = init
@@ -370,7 +452,7 @@ pub fn native_linux(config: &Path) -> Result<NativeLinux> {
         Some(ImageSource::Initramfs(init)) => {
             let script = std::fs::read(init)
                 .with_context(|| format!("cannot read init script {}", init.display()))?;
-            Some(initramfs(init, &script)?.0)
+            Some(initramfs(init, &script, &[])?.0)
         }
         Some(other) => bail!("vm[{i}]'s initramfs is not generated: {other:?}"),
         None => None,
@@ -470,6 +552,31 @@ pub fn cargo_build(guests: &[String], output: Output) -> Result<()> {
         bail!("cargo build of the hypervisor/guests failed ({status})");
     }
     Ok(())
+}
+
+/// Where hypervisors with extra cargo features are built, under the target
+/// directory.
+pub const FEATURES_TARGET_DIR: &str = "hv-features";
+
+/// Builds the hypervisor with `features` in [`FEATURES_TARGET_DIR`]; returns
+/// the ELF's path.
+fn cargo_build_hv_features(features: &[&str], output: Output) -> Result<PathBuf> {
+    let dir = target_dir().join(FEATURES_TARGET_DIR);
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--target", TARGET, "-p", HV_PACKAGE]);
+    cmd.arg("--features").arg(features.join(","));
+    cmd.arg("--target-dir").arg(&dir);
+    if output == Output::Quiet {
+        cmd.arg("--quiet");
+    }
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!(
+            "cargo build of the hypervisor with features {} failed ({status})",
+            features.join(",")
+        );
+    }
+    Ok(dir.join(TARGET).join("release").join(HV_BIN))
 }
 
 #[cfg(test)]

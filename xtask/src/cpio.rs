@@ -117,7 +117,7 @@ pub const DIRS: [&str; 10] = [
 /// `/bin/busybox`, `/init` (the configured script) and `/dev/console`
 /// (char 5:1, Linux Documentation/admin-guide/devices.txt) so that `/init`
 /// has a console before it mounts devtmpfs.
-pub fn initramfs(busybox: &[u8], init: &[u8]) -> Vec<u8> {
+pub fn initramfs(busybox: &[u8], init: &[u8], extra: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut w = Writer::new();
     for dir in DIRS.iter().chain(&["root"]) {
         w.dir(dir);
@@ -125,6 +125,20 @@ pub fn initramfs(busybox: &[u8], init: &[u8]) -> Vec<u8> {
     w.char_device("dev/console", 0o600, 5, 1);
     w.file("bin/busybox", 0o755, busybox);
     w.file("init", 0o755, init);
+    // Extra files (the channel tool, kernel modules), with their parent
+    // directories, in a stable order.
+    let mut made: Vec<String> = DIRS.iter().map(|d| d.to_string()).collect();
+    for (path, bytes) in extra {
+        let parts: Vec<&str> = path.split('/').collect();
+        for i in 1..parts.len() {
+            let d = parts[..i].join("/");
+            if !made.contains(&d) {
+                w.dir(&d);
+                made.push(d);
+            }
+        }
+        w.file(path, 0o755, bytes);
+    }
     w.finish()
 }
 
@@ -249,7 +263,7 @@ mod tests {
 
     #[test]
     fn initramfs_has_dirs_console_busybox_and_init() {
-        let a = initramfs(b"BUSYBOX", b"#!/bin/busybox sh\n");
+        let a = initramfs(b"BUSYBOX", b"#!/bin/busybox sh\n", &[]);
         let e = parse(&a);
         let find = |name: &str| {
             e.iter()
@@ -274,7 +288,30 @@ mod tests {
     }
 
     #[test]
+    fn extra_files_come_with_their_directories_once() {
+        let extra = [
+            ("bin/bulkhead-chan".to_owned(), b"TOOL".to_vec()),
+            ("lib/modules/6.1.0/uio.ko".to_owned(), b"UIO".to_vec()),
+            (
+                "lib/modules/6.1.0/uio_pci_generic.ko".to_owned(),
+                b"PCI".to_vec(),
+            ),
+        ];
+        let e = parse(&initramfs(b"B", b"I", &extra));
+        let names: Vec<&str> = e.iter().map(|e| e.name.as_str()).collect();
+        let pos = |name: &str| names.iter().position(|n| *n == name).unwrap();
+        for dir in ["lib", "lib/modules", "lib/modules/6.1.0"] {
+            assert_eq!(names.iter().filter(|n| **n == dir).count(), 1, "{dir}");
+            assert_eq!(e[pos(dir)].mode, S_IFDIR | 0o755);
+        }
+        assert_eq!(names.iter().filter(|n| **n == "bin").count(), 1);
+        assert!(pos("lib/modules/6.1.0") < pos("lib/modules/6.1.0/uio.ko"));
+        assert_eq!(e[pos("bin/bulkhead-chan")].data, b"TOOL");
+        assert_eq!(e[pos("lib/modules/6.1.0/uio_pci_generic.ko")].data, b"PCI");
+    }
+
+    #[test]
     fn initramfs_is_reproducible() {
-        assert_eq!(initramfs(b"a", b"b"), initramfs(b"a", b"b"));
+        assert_eq!(initramfs(b"a", b"b", &[]), initramfs(b"a", b"b", &[]));
     }
 }

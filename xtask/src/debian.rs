@@ -139,6 +139,47 @@ pub fn kernel_image(kernel: DebianKernel) -> Result<PathBuf> {
     Ok(image)
 }
 
+/// The UIO modules a Linux VM with a channel loads (`uio`, then
+/// `uio_pci_generic`; the cloud kernel builds both as modules), from the
+/// kernel's own package: `(path in the initramfs, bytes)`, at
+/// `lib/modules/<release>/<name>.ko`, decompressed (6.12 ships `.ko.xz`,
+/// which busybox's insmod does not read).
+pub fn uio_modules(kernel: DebianKernel) -> Result<Vec<(String, Vec<u8>)>> {
+    let lock = Lock::load()?;
+    let pin = lock.kernel(kernel)?;
+    let dir = unpacked(pin, Some(kernel.suite()))?;
+    let modules = dir.join("lib/modules");
+    let release = std::fs::read_dir(&modules)
+        .with_context(|| format!("{} has no lib/modules", pin.describe()))?
+        .flatten()
+        .find(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .with_context(|| format!("{} has no lib/modules/<release>", pin.describe()))?;
+    let uio = modules.join(&release).join("kernel/drivers/uio");
+    let mut out = Vec::new();
+    for name in ["uio", "uio_pci_generic"] {
+        let plain = uio.join(format!("{name}.ko"));
+        let xz = uio.join(format!("{name}.ko.xz"));
+        let bytes = if plain.is_file() {
+            std::fs::read(&plain).with_context(|| format!("cannot read {}", plain.display()))?
+        } else if xz.is_file() {
+            let o = std::process::Command::new("xz")
+                .arg("-dc")
+                .arg(&xz)
+                .output()
+                .with_context(|| format!("cannot run xz to unpack {}", xz.display()))?;
+            if !o.status.success() {
+                bail!("xz -dc {} failed", xz.display());
+            }
+            o.stdout
+        } else {
+            bail!("{} has no {name}.ko in {}", pin.describe(), uio.display());
+        };
+        out.push((format!("lib/modules/{release}/{name}.ko"), bytes));
+    }
+    Ok(out)
+}
+
 /// Debian's static busybox for arm64, fetched and unpacked if needed.
 pub fn busybox() -> Result<PathBuf> {
     let lock = Lock::load()?;

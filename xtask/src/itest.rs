@@ -83,6 +83,8 @@ pub const CASES: &[Case] = &[
             "[infotainment] busybox shell",
             "[infotainment] answer=42",
             "[infotainment] cpus=2",
+            "[infotainment] reply from the peer in",
+            "hi -> safety: request 1, periods=",
             "infotainment: stopping (guest called SYSTEM_OFF; restart policy on-crash)",
             "bulkhead shell",
             "safety: stopping (stopped from the shell",
@@ -99,7 +101,10 @@ pub const CASES: &[Case] = &[
         input: &[
             ("/ # ", "echo answer=$((6*7))\n"),
             ("answer=42", "echo cpus=$(nproc)\n"),
-            ("cpus=2", "poweroff -f\n"),
+            // The channel: a Linux program asks the safety VM.
+            // (Short: the virtual UART's receive FIFO holds 32 bytes.)
+            ("cpus=2", "bulkhead-chan ping hi\n"),
+            ("-> safety: request 1", "poweroff -f\n"),
             // The safety VM runs until stopped: from the shell (Ctrl-]).
             ("infotainment: stopped", "\x1d"),
             ("bulkhead shell", "stop safety\r"),
@@ -172,6 +177,39 @@ pub const CASES: &[Case] = &[
         uboot: false,
     },
     Case {
+        name: "channel",
+        config: "configs/test-channel.toml",
+        timeout_s: 300,
+        expect: &[
+            "[linux] reply from the peer in",
+            "hello 1 from linux -> safety: request 1, periods=",
+            "hello 2 from linux -> safety: request 2, periods=",
+            "hello 3 from linux -> safety: request 3, periods=",
+            "[linux] CHANNEL DONE",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[
+            "safety: channel 'control' end 1 at 0x10000000 (registers) and 0x10100000 (4096 bytes, scrubbed), doorbell SPI 120",
+            "linux: channel 'control' end 0 at 0x10000000 (registers) and 0x10100000 (4096 bytes, scrubbed), doorbell SPI 120, as PCI 00:0",
+            "safety: 1 vCPU(s) on [PcpuId(0)]",
+            "[safety] channel end 1 at 0x10000000: answering requests (SPI 120)",
+            "pci 0000:00:00.0: [1af4:1110] type 00 class 0xff0000",
+            "uio_pci_generic 0000:00:00.0: enabling device",
+            "[linux] channel end 0 at PCI 0000:00:00.0, 4096 bytes shared, peer running, 0 ring(s) received",
+            // One doorbell interrupt per request reached the stock driver.
+            "3     GICv3 120 Level     uio_pci_generic",
+            "[safety] PASS safety: 6000 periods, 0 deadline misses",
+        ],
+        // The bare-metal end is not a PCI function.
+        forbid: &["safety: channel 'control' end 1 at 0x10000000 (registers) and 0x10100000 (4096 bytes, scrubbed), doorbell SPI 120, as PCI"],
+        exit: 0,
+        input: &[],
+        // Virtual time: the safety VM's deadlines are judged in guest
+        // instructions, not in host scheduling.
+        qemu_extra: &["-icount", "shift=0,sleep=off"],
+        uboot: false,
+    },
+    Case {
         name: "crash_never",
         config: "configs/test-crash-never.toml",
         timeout_s: 300,
@@ -221,11 +259,18 @@ pub const CASES: &[Case] = &[
             "[safety] t=3s periods=3000 misses=0",
             "[safety] t=6s periods=6000 misses=0",
             "[safety] PASS safety: 6000 periods, 0 deadline misses",
+            "[infotainment] BULKHEAD-TEST doorbell interrupts: ",
             "[infotainment] BULKHEAD-TEST stress done",
             "all VMs stopped, powering off",
         ],
         contains: &[],
-        forbid: &["Kernel panic", "Oops", "BUG:"],
+        // The storm happened: the channel carried interrupts.
+        forbid: &[
+            "Kernel panic",
+            "Oops",
+            "BUG:",
+            "BULKHEAD-TEST doorbell interrupts: 0",
+        ],
         exit: 0,
         input: &[],
         // Virtual time: deadlines are judged in guest instructions, not in
@@ -269,6 +314,7 @@ pub const CASES: &[Case] = &[
             "all VMs stopped, powering off",
         ],
         contains: &[
+            "W^X holds, text read-only, 8 guard pages unmapped",
             "cpu1 (MPIDR 0x1) online at EL2",
             "cpu2 (MPIDR 0x2) online at EL2",
             "cpu3 (MPIDR 0x3) online at EL2",
@@ -289,29 +335,109 @@ pub const CASES: &[Case] = &[
         qemu_extra: &[],
         uboot: false,
     },
+    // Built with the hypervisor feature in HV_FEATURES: pCPU 0 overflows its
+    // stack after boot. The overflow must be reported as one, QEMU must exit
+    // with status 1 (semihosting, for this image only), and the guest on
+    // cpu1 must not run on: it reports first at t=1s.
+    Case {
+        name: "stack_guard",
+        config: "configs/test-stack-guard.toml",
+        timeout_s: 60,
+        expect: &[
+            "W^X holds, text read-only, 8 guard pages unmapped",
+            "safety: 1 vCPU(s) on [PcpuId(1)]",
+            "selftest: overflowing pCPU 0's stack",
+            "EL2 stack overflow on pCPU 0 (guard page hit at 0x",
+            ", SP 0x",
+            "EL2 stack overflow details: ESR 0x96",
+        ],
+        contains: &[],
+        forbid: &["[safety] t=1s", "all VMs stopped"],
+        exit: 1,
+        input: &[],
+        qemu_extra: &["-semihosting-config", "enable=on,target=native"],
+        uboot: false,
+    },
     Case {
         name: "isolation",
         config: "configs/test-isolation.toml",
         timeout_s: 120,
-        expect: &["victim: 1 vCPU(s)", "all VMs stopped, powering off"],
-        contains: &[
-            "attacker vcpu0: read of IPA 0x50000000 (unmapped) refused: data abort injected",
-            "[attacker] refused write victim RAM (host PA 0x50000000)",
-            "[attacker] refused read hypervisor image (host PA 0x40200000)",
-            "[attacker] refused write another CPU's GIC redistributor",
-            "is the virtual one (IIDR 0x4200043b)",
-            "[attacker] refused load pair from the UART",
-            "[attacker] refused DC ISW (set/way): undefined",
-            "[attacker] PASS isolation: 28/28 attempts refused",
-            "[victim] round 40/40 checksum",
-            "[victim] PASS victim: memory intact",
+        // The attacker is reset through an SMC, attacks, is switched off
+        // through an SMC; only then is the victim told to finish, so its
+        // verdict covers everything the attacker did.
+        expect: &[
+            "victim: 1 vCPU(s)",
+            "[attacker] boot 1: dirtying this VM",
+            "attacker: restarting (guest called SYSTEM_RESET; restart policy on-crash)",
+            "attacker: restart 1: fresh image loaded",
+            "[attacker] boot 2: the attack",
+            "[attacker] PASS isolation: 204/204 attempts refused",
+            "attacker: stopping (guest called SYSTEM_OFF; restart policy on-crash)",
             "attacker: stopped",
+            "[victim] end signal received",
+            "[victim] own GIC untouched",
+            "[victim] RTC alarm interrupt (INTID 34) received",
+            "[victim] PASS victim: memory intact",
             "victim: stopped",
+            "all VMs stopped, powering off",
         ],
-        forbid: &[],
+        contains: &[
+            // smc-reset: only the attacker restarted, completely.
+            "[attacker] refused smc-reset: restart loaded a fresh image",
+            "[attacker] refused smc-reset: vGIC back at reset",
+            // memory
+            "attacker vcpu0: read of IPA 0x50000000 (unmapped) refused: data abort injected",
+            "[attacker] refused memory: write victim RAM (host PA 0x50000000) at 0x50000000: synchronous external abort injected by EL2",
+            "[attacker] refused memory: read hypervisor image (host PA 0x40200000)",
+            "[attacker] refused memory: write physical redistributor of cpu2 (the victim's)",
+            "[attacker] refused memory: read PL031 RTC (passed through to the victim) at 0x9010000: synchronous external abort injected by EL2",
+            "[attacker] refused fetch: instruction fetch from victim RAM at 0x50000000: instruction abort injected by EL2",
+            // mmio the syndrome cannot describe, wrong sizes, unaligned
+            "[attacker] refused mmio: load pair (ldp) from the UART",
+            "[attacker] refused mmio: pre-index load (ldr w, [x, #4]!) from the GIC distributor",
+            "[attacker] refused mmio: 8-byte write of 0 to GICD_CTLR",
+            "[attacker] refused mmio: unaligned 32-bit read of the GIC distributor",
+            // gic: other VMs' and nobody's interrupts, routes, priorities
+            "is the virtual one (IIDR 0x4200043b)",
+            "[attacker] refused gic: enable + pend INTID 34",
+            "[attacker] refused gic: INTID 200 (no such SPI here, nobody's)",
+            "[attacker] refused gic: INTID 40 routed to affinity 0.0.0.5 (vcpu 5), which no vCPU has",
+            "[attacker] refused gic: GICD_IPRIORITYR byte of INTID 41 written 0xff: reads completed (value 0xf8)",
+            "[attacker] refused gic: read-only GICD_TYPER",
+            // sgi
+            "[attacker] refused sgi: SGI 7 to Aff1 1 (vcpus 16-31)",
+            "[attacker] refused sgi: 4096 SGIs to ourselves",
+            "[attacker] refused sgi: after the storm a fresh SGI 9 to ourselves is taken",
+            "[attacker] refused sgi: interrupt storm: all 96 SPIs",
+            // smccc and hypercalls
+            "[attacker] refused smccc: SMC: unknown fast calls of all 64 owning entities, SMC32 and SMC64, random arguments: 128/128",
+            "[attacker] refused smccc: HVC: Bulkhead hypercalls 0xc60000xx and 0x860000xx with random arguments: 512/512",
+            // psci
+            "[attacker] refused psci: CPU_ON(vcpu 1) with entry point in the victim's RAM (0x50000000): -9",
+            "[attacker] refused psci: CPU_ON(vcpu 1) with entry point unaligned",
+            "[attacker] refused psci: CPU_ON of the calling vCPU, which is on: -4",
+            "[attacker] refused psci: CPU_ON of MPIDR 0x2, which no vCPU has: -2",
+            "[attacker] refused psci: CPU_ON in a tight loop: 32 starts of vcpu 1",
+            // sysreg: EL2, set/way, IMPLEMENTATION DEFINED, debug, PMU
+            "[attacker] refused sysreg: write HCR_EL2: undefined instruction",
+            "[attacker] refused sysreg: DC ISW (set/way invalidate): undefined instruction (EC 0x0), injected by EL2",
+            "[attacker] refused sysreg: IMPLEMENTATION DEFINED read S3_0_C15_C0_0",
+            "[attacker] refused sysreg: debug DBGBCR0_EL1 (enable, EL1): write completed (value 0x0), read completed (value 0x0) (trapped to EL2: RAZ/WI)",
+            "[attacker] refused sysreg: debug OSLAR_EL1 (lock) / OSLSR_EL1 (implemented, unlocked): write completed (value 0x0), read completed (value 0x8)",
+            "[attacker] refused sysreg: PMU PMCR_EL0 (E|P|C): write completed (value 0x0), read completed (value 0x0) (trapped to EL2: RAZ/WI)",
+            "neither fired",
+            // wfx, a vCPU that never exits, sustained traffic
+            "[attacker] refused wfx: WFE storm",
+            "[attacker] refused wfx: WFI storm",
+            "[attacker] refused soak: vcpu 1 kept spinning with interrupts masked all along",
+        ],
+        forbid: &["victim: restart", "unexpected physical interrupt"],
         exit: 0,
-        input: &[],
-        qemu_extra: &[],
+        // Ctrl-] twice moves console input from the shell to the victim.
+        input: &[("attacker: stopped", "\x1d\x1dq")],
+        // Virtual time, so runs repeat; the victim reports its deadlines
+        // but its verdict is memory, restarts and its own interrupts.
+        qemu_extra: &["-icount", "shift=0,sleep=off"],
         uboot: false,
     },
     Case {
@@ -328,6 +454,7 @@ pub const CASES: &[Case] = &[
             "smp: restarting (guest called SYSTEM_RESET; restart policy on-crash)",
             "[smp] vcpu 0 booted, restart count 1",
             "[smp] PASS reset (restart 1, fresh image)",
+            "[smp] PASS scrub: the 1024 KiB beyond the image read zero after the restart",
             "all VMs stopped, powering off",
         ],
         contains: &[],
@@ -393,6 +520,18 @@ pub const CASES: &[Case] = &[
         uboot: false,
     },
 ];
+
+/// Cases whose image needs hypervisor cargo features (self-tests); every
+/// other case boots the normal build.
+const HV_FEATURES: &[(&str, &[&str])] = &[("stack_guard", &["selftest-stack-overflow"])];
+
+/// The hypervisor features `case` is built with.
+fn hv_features(case: &str) -> &'static [&'static str] {
+    HV_FEATURES
+        .iter()
+        .find(|(name, _)| *name == case)
+        .map_or(&[], |(_, features)| features)
+}
 
 /// Why a log does not meet its case's expectations.
 #[derive(Debug, PartialEq, Eq)]
@@ -498,6 +637,13 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
         println!("booting test {}… (timeout {} s)", case.name, case.timeout_s);
         tally.record(case.name, run_case(case));
     }
+    if wanted("fuzz_smoke") {
+        println!(
+            "fuzzing every target for {} s each (cargo xtask fuzz --smoke)…",
+            crate::fuzz::SMOKE_SECONDS
+        );
+        tally.record("fuzz_smoke", crate::fuzz::smoke(crate::fuzz::SMOKE_SECONDS));
+    }
     if wanted("bench_quick") {
         println!("running the benchmark harness (cargo xtask bench --quick)…");
         tally.record("bench_quick", bench_quick());
@@ -591,7 +737,11 @@ fn cross_build() -> Result<()> {
 }
 
 fn run_case(case: &Case) -> Result<()> {
-    let built = build::build(Path::new(case.config), Output::Quiet)?;
+    let built = build::build_with_features(
+        Path::new(case.config),
+        Output::Quiet,
+        hv_features(case.name),
+    )?;
     let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
     args.extend(case.qemu_extra.iter().map(|a| (*a).to_owned()));
     if case.uboot {
@@ -910,6 +1060,23 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn hv_features_name_real_cases_and_features() {
+        let manifest =
+            std::fs::read_to_string(crate::repo_root().join("hypervisor/Cargo.toml")).unwrap();
+        for (case, features) in HV_FEATURES {
+            assert!(CASES.iter().any(|c| c.name == *case), "no case {case}");
+            for f in *features {
+                assert!(
+                    manifest.contains(&format!("\n{f} = ")),
+                    "{case}: hypervisor/Cargo.toml has no feature {f}"
+                );
+            }
+        }
+        assert_eq!(hv_features("stack_guard"), ["selftest-stack-overflow"]);
+        assert!(hv_features("two_vms").is_empty());
     }
 
     #[test]

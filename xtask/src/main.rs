@@ -6,6 +6,7 @@
 //! - `test`: host unit tests, a cross build of every EL2/guest crate, config
 //!   rejection cases and the QEMU integration tests ([`itest`]).
 //! - `bench`: the benchmark guest under Bulkhead and natively, side by side.
+//! - `fuzz`: the libFuzzer targets in `fuzz/` ([`fuzz`], docs/fuzzing.md).
 //! - `run-native`: boot a config's first Linux VM straight on QEMU, without
 //!   the hypervisor, to check the kernel, initramfs and init script alone.
 
@@ -14,6 +15,7 @@ mod build;
 mod cpio;
 mod debian;
 mod elf;
+mod fuzz;
 mod image;
 mod itest;
 mod prereq;
@@ -76,6 +78,24 @@ enum Verb {
         #[arg(long)]
         quick: bool,
     },
+    /// Fuzz the guest-facing decoders and device models with libFuzzer.
+    Fuzz {
+        /// One target (default: all): exit_decode, psci, pl011, vgic_regs,
+        /// config, guest_fdt.
+        target: Option<String>,
+        /// Seconds per target [default: 60 with --smoke, else 300; 0 runs
+        /// one target until interrupted].
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// CI mode: each target on a temporary copy of its committed corpus,
+        /// failing on any crash.
+        #[arg(long)]
+        smoke: bool,
+        /// Minimise fuzz/corpus/<target> with the working corpus instead of
+        /// fuzzing.
+        #[arg(long, conflicts_with_all = ["smoke", "seconds"])]
+        merge: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -135,6 +155,17 @@ fn dispatch(verb: Verb) -> Result<ExitCode> {
             prereq::ensure()?;
             bench::run(quick)
         }
+        Verb::Fuzz {
+            target,
+            seconds,
+            smoke,
+            merge,
+        } => fuzz::run(fuzz::Options {
+            target,
+            seconds,
+            smoke,
+            merge,
+        }),
     }
 }
 

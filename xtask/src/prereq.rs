@@ -1,5 +1,6 @@
 //! Prerequisites every verb needs: the Rust bare-metal targets and QEMU
-//! (>= 7.2, installed from Debian bookworm-backports when missing).
+//! (>= 7.2, installed from Debian bookworm-backports when missing); and
+//! those of single verbs: U-Boot for one test, a C++ compiler for `fuzz`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,8 +11,13 @@ use anyhow::{bail, Context, Result};
 use crate::qemu::QEMU;
 
 /// The targets the hypervisor (softfloat, so EL2 never touches FP/SIMD
-/// state) and the guests build for.
-const TARGETS: [&str; 2] = ["aarch64-unknown-none-softfloat", "aarch64-unknown-none"];
+/// state) and the guests build for, and the Linux user-space channel tool
+/// (static musl).
+const TARGETS: [&str; 3] = [
+    "aarch64-unknown-none-softfloat",
+    "aarch64-unknown-none",
+    "aarch64-unknown-linux-musl",
+];
 /// Oldest QEMU known to boot `virt,virtualization=on,gic-version=3` images
 /// correctly (Debian bookworm's).
 const MIN_QEMU: (u32, u32) = (7, 2);
@@ -126,6 +132,41 @@ fn install_qemu() -> Result<()> {
     if apt(&[&["install", "-y", "-t", &backports][..], &packages].concat()).is_err() {
         println!("installing from {backports} failed; falling back to {codename}'s qemu-system-arm (QEMU 7.2)");
         apt(&[&["install", "-y"][..], &packages].concat())?;
+    }
+    Ok(())
+}
+
+/// The C++ compiler the `cc` crate uses for libFuzzer (`libfuzzer-sys`
+/// builds it from source): `$CXX`, else `c++`.
+fn cxx() -> String {
+    std::env::var("CXX").unwrap_or_else(|_| "c++".to_owned())
+}
+
+/// Makes sure a C++ compiler exists for the fuzz targets, installing Debian's
+/// `g++` when root and apt allow it.
+pub fn ensure_cxx() -> Result<()> {
+    let works = || {
+        Command::new(cxx())
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if works() {
+        return Ok(());
+    }
+    if !is_root() || !Path::new("/usr/bin/apt-get").exists() {
+        bail!(
+            "no C++ compiler ({}) for libFuzzer: install Debian's g++",
+            cxx()
+        );
+    }
+    println!("Installing a C++ compiler for libFuzzer (g++)…");
+    if apt(&["install", "-y", "g++"]).is_err() {
+        apt(&["update"])?;
+        apt(&["install", "-y", "g++"])?;
+    }
+    if !works() {
+        bail!("g++ is installed but {} does not run", cxx());
     }
     Ok(())
 }

@@ -85,18 +85,39 @@ pub struct Device<'a> {
     pub spis: &'a [u32],
 }
 
+/// Longest node name before the `@` (Devicetree Specification v0.4,
+/// 2.2.1 "Node Name Requirements").
+const NODE_NAME_MAX: usize = 31;
+
+/// Whether `name` may stand before a node's `@`: 1 to 31 characters of
+/// `[0-9a-zA-Z,._+-]`, starting with a letter (Devicetree Specification
+/// v0.4, 2.2.1, table 2.1).
+fn valid_node_name(name: &str) -> bool {
+    let allowed = |c: u8| c.is_ascii_alphanumeric() || b",._+-".contains(&c);
+    name.len() <= NODE_NAME_MAX
+        && name.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+        && name.bytes().all(allowed)
+}
+
 impl Device<'_> {
     /// Node name: the model part of the first compatible (after the
     /// vendor's comma, Devicetree Specification v0.4, 2.3.1), else the
-    /// label; then the unit address, e.g. `pl031@9010000`.
+    /// label, else `device`, whichever first is a valid node name; then
+    /// the unit address, e.g. `pl031@9010000`. A config may legitimately
+    /// hold labels and models a node name cannot start with (`"4"`,
+    /// `"atmel,24c02"`), and the writer refuses such names, so they are
+    /// skipped rather than failing the whole tree.
     fn node_name(&self) -> String {
         let model = self
             .compatible
             .first()
-            .and_then(|c| c.split_once(',').map(|(_, model)| model))
-            .filter(|m| !m.is_empty())
-            .unwrap_or(self.name);
-        format!("{model}@{:x}", self.base)
+            .and_then(|c| c.split_once(',').map(|(_, model)| model));
+        let name = [model, Some(self.name)]
+            .into_iter()
+            .flatten()
+            .find(|n| valid_node_name(n))
+            .unwrap_or("device");
+        format!("{name}@{:x}", self.base)
     }
 
     /// Whether the Linux AMBA bus probes it ("arm,primecell", Linux
@@ -104,6 +125,34 @@ impl Device<'_> {
     fn is_primecell(&self) -> bool {
         self.compatible.contains(&"arm,primecell")
     }
+}
+
+/// One end of an inter-VM channel, as a bare-metal guest sees it: the
+/// register page, the shared memory and the doorbell SPI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelNode<'a> {
+    /// The channel's name, in the node's `label`.
+    pub name: &'a str,
+    /// Register page (base, size).
+    pub regs: (u64, u64),
+    /// Shared memory (base, size).
+    pub shm: (u64, u64),
+    /// Doorbell SPI INTID.
+    pub spi: u32,
+}
+
+/// A PCI host bridge with one bus behind an ECAM window (Linux
+/// bindings/pci/host-generic-pci.yaml), whose functions are a Linux VM's
+/// channel ends. BARs are assigned already; `/chosen` gets
+/// `linux,pci-probe-only` so the guest keeps them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PciHost<'a> {
+    /// ECAM configuration space (base, size): 1 MiB for bus 0.
+    pub ecam: (u64, u64),
+    /// 32-bit non-prefetchable memory window (base, size) holding the BARs.
+    pub window: (u64, u64),
+    /// (device number, INTA's SPI INTID) of each function 0.
+    pub functions: &'a [(u8, u32)],
 }
 
 /// What the generated tree describes. Addresses are IPAs.
@@ -128,6 +177,10 @@ pub struct GuestDt<'a> {
     pub initrd: Option<(u64, u64)>,
     /// Passthrough devices, one node each.
     pub devices: &'a [Device<'a>],
+    /// Channel ends described directly (bare-metal guests).
+    pub channels: &'a [ChannelNode<'a>],
+    /// Channel ends as PCI functions (Linux guests).
+    pub pci: Option<PciHost<'a>>,
 }
 
 /// Why no tree could be built.
@@ -199,6 +252,12 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, Error> {
     uart(&mut w, dt)?;
     for dev in dt.devices {
         device(&mut w, dev)?;
+    }
+    for ch in dt.channels {
+        channel(&mut w, ch)?;
+    }
+    if let Some(pci) = &dt.pci {
+        pci_host(&mut w, pci)?;
     }
     chosen(&mut w, dt)?;
 
@@ -290,6 +349,11 @@ fn gic(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
     w.property_u32("#interrupt-cells", 3)?;
     w.property_null("interrupt-controller")?;
     w.property_u32("#redistributor-regions", 1)?;
+    // A parent unit address of two cells in `interrupt-map` entries that
+    // point here (the PCI host's), as on QEMU virt.
+    w.property_u32("#address-cells", 2)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_null("ranges")?;
     w.property_array_u64("reg", &[dt.gicd.0, dt.gicd.1, dt.gicr.0, dt.gicr.1])?;
     w.property_phandle(GIC_PHANDLE)?;
     w.end_node(node)?;
@@ -372,6 +436,73 @@ fn device(w: &mut FdtWriter, dev: &Device) -> Result<(), Error> {
     Ok(())
 }
 
+fn channel(w: &mut FdtWriter, ch: &ChannelNode) -> Result<(), Error> {
+    let node = w.begin_node(&format!("channel@{:x}", ch.regs.0))?;
+    w.property_string("compatible", "bulkhead,channel")?;
+    w.property_string("label", ch.name)?;
+    w.property_array_u64("reg", &[ch.regs.0, ch.regs.1, ch.shm.0, ch.shm.1])?;
+    w.property_array_u32(
+        "interrupts",
+        &[GIC_SPI, ch.spi.saturating_sub(FIRST_SPI), IRQ_LEVEL_HIGH],
+    )?;
+    w.end_node(node)?;
+    Ok(())
+}
+
+/// PCI bus binding (IEEE 1275 PCI, Linux bindings/pci/host-generic-pci.yaml):
+/// three address cells (phys.hi: space code in bits 25:24, device in
+/// 15:11), `ranges` from a 32-bit memory space (0x0200_0000) to the CPU's
+/// two cells, and INTA of each device mapped to its SPI.
+fn pci_host(w: &mut FdtWriter, pci: &PciHost) -> Result<(), Error> {
+    const MEM32: u32 = 0x0200_0000;
+    let node = w.begin_node(&format!("pcie@{:x}", pci.ecam.0))?;
+    w.property_string("compatible", "pci-host-ecam-generic")?;
+    w.property_string("device_type", "pci")?;
+    w.property_u32("#address-cells", 3)?;
+    w.property_u32("#size-cells", 2)?;
+    w.property_u32("#interrupt-cells", 1)?;
+    w.property_array_u32("bus-range", &[0, 0])?;
+    w.property_u32("linux,pci-domain", 0)?;
+    w.property_array_u64("reg", &[pci.ecam.0, pci.ecam.1])?;
+    let (base, size) = pci.window;
+    let hi = |v: u64| (v >> 32) as u32;
+    let lo = |v: u64| v as u32;
+    w.property_array_u32(
+        "ranges",
+        &[
+            MEM32,
+            hi(base),
+            lo(base),
+            hi(base),
+            lo(base),
+            hi(size),
+            lo(size),
+        ],
+    )?;
+    w.property_array_u32("interrupt-map-mask", &[0xf800, 0, 0, 7])?;
+    let map: Vec<u32> = pci
+        .functions
+        .iter()
+        .flat_map(|&(dev, spi)| {
+            [
+                u32::from(dev) << 11,
+                0,
+                0,
+                1,
+                GIC_PHANDLE,
+                0,
+                0,
+                GIC_SPI,
+                spi.saturating_sub(FIRST_SPI),
+                IRQ_LEVEL_HIGH,
+            ]
+        })
+        .collect();
+    w.property_array_u32("interrupt-map", &map)?;
+    w.end_node(node)?;
+    Ok(())
+}
+
 /// Devicetree Specification v0.4, 3.6 /chosen; initrd properties from Linux
 /// bindings (dt-schema chosen.yaml): 64-bit values, end exclusive.
 fn chosen(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
@@ -381,6 +512,10 @@ fn chosen(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
     if let Some((start, end)) = dt.initrd {
         w.property_u64("linux,initrd-start", start)?;
         w.property_u64("linux,initrd-end", end)?;
+    }
+    if dt.pci.is_some() {
+        // Keep the BARs as assigned (drivers/pci/of.c, of_pci_check_probe_only).
+        w.property_u32("linux,pci-probe-only", 1)?;
     }
     w.end_node(node)?;
     Ok(())

@@ -21,6 +21,8 @@ fn virt(n_vcpus: u16, initrd: Option<(u64, u64)>) -> GuestDt<'static> {
         bootargs: BOOTARGS,
         initrd,
         devices: &[],
+        channels: &[],
+        pci: None,
     }
 }
 
@@ -344,6 +346,45 @@ fn device_node_is_named_by_its_label_without_a_vendor_comma() {
         .is_some());
 }
 
+/// Found by the `guest_fdt` fuzz target: a config may name a device `4`
+/// with compatible `9` (both valid there), and the tree then failed to
+/// build at all because a node name must start with a letter.
+#[test]
+fn device_node_name_is_always_valid() {
+    let cases: [(&str, &[&str], &str); 6] = [
+        ("4", &["9"], "device"),
+        ("eeprom", &["atmel,24c02"], "eeprom"),
+        ("0rtc", &["arm,24c02 x"], "device"),
+        ("rtc", &["has space", "arm,pl031"], "rtc"),
+        ("a", &["v,model@with@at"], "a"),
+        ("-x", &["v,abcdefghijklmnopqrstuvwxyz0123456"], "device"),
+    ];
+    for (name, compatible, want) in cases {
+        let dev = Device {
+            name,
+            compatible,
+            spis: &[],
+            ..GPIO
+        };
+        let blob = with_devices(&[dev]);
+        let dt = Fdt::new(&blob).unwrap();
+        let node = dt
+            .find_node(&std::format!("/{want}@100000000"))
+            .unwrap_or_else(|| panic!("{name} {compatible:?}: no /{want}@100000000"));
+        assert_eq!(strings(node, "compatible"), compatible);
+    }
+    // A 31-character model is still fine.
+    let dev = Device {
+        compatible: &["v,abcdefghijklmnopqrstuvwxyz01234"],
+        ..GPIO
+    };
+    let blob = with_devices(&[dev]);
+    assert!(Fdt::new(&blob)
+        .unwrap()
+        .find_node("/abcdefghijklmnopqrstuvwxyz01234@100000000")
+        .is_some());
+}
+
 #[test]
 fn no_devices_means_no_extra_nodes() {
     let blob = build(&virt(2, None)).unwrap();
@@ -412,4 +453,86 @@ fn nul_in_a_compatible_is_an_error_not_a_panic() {
     let mut cfg = virt(1, None);
     cfg.devices = &bad;
     assert!(matches!(build(&cfg), Err(Error::Fdt(_))));
+}
+
+#[test]
+fn channel_ends_appear_as_nodes_or_as_pci_functions() {
+    let ch = [ChannelNode {
+        name: "control",
+        regs: (0x1000_0000, 0x1000),
+        shm: (0x1010_0000, 0x1000),
+        spi: 120,
+    }];
+    let mut dt = virt(1, None);
+    dt.channels = &ch;
+    let blob = build(&dt).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let node = fdt.find_node("/channel@10000000").expect("channel node");
+    assert_eq!(node.compatible().unwrap().first(), "bulkhead,channel");
+    assert_eq!(
+        cells(node, "reg"),
+        [0, 0x1000_0000, 0, 0x1000, 0, 0x1010_0000, 0, 0x1000]
+    );
+    assert_eq!(cells(node, "interrupts"), [0, 88, 4]);
+    assert!(fdt
+        .find_node("/chosen")
+        .unwrap()
+        .properties()
+        .all(|p| p.name != "linux,pci-probe-only"));
+
+    let functions = [(0u8, 120u32), (1, 121)];
+    let mut dt = virt(2, None);
+    dt.pci = Some(PciHost {
+        ecam: (0x3f00_0000, 0x10_0000),
+        window: (0x1000_0000, 0x80_0000),
+        functions: &functions,
+    });
+    let blob = build(&dt).unwrap();
+    let fdt = Fdt::new(&blob).unwrap();
+    let pci = fdt.find_node("/pcie@3f000000").expect("pci host");
+    assert_eq!(pci.compatible().unwrap().first(), "pci-host-ecam-generic");
+    assert_eq!(cells(pci, "#address-cells"), [3]);
+    assert_eq!(cells(pci, "bus-range"), [0, 0]);
+    assert_eq!(
+        cells(pci, "ranges"),
+        [0x0200_0000, 0, 0x1000_0000, 0, 0x1000_0000, 0, 0x80_0000]
+    );
+    assert_eq!(
+        cells(pci, "interrupt-map"),
+        [
+            0,
+            0,
+            0,
+            1,
+            GIC_PHANDLE,
+            0,
+            0,
+            0,
+            88,
+            4, //
+            1 << 11,
+            0,
+            0,
+            1,
+            GIC_PHANDLE,
+            0,
+            0,
+            0,
+            89,
+            4
+        ]
+    );
+    let gic = fdt.find_node("/intc@8000000").unwrap();
+    assert_eq!(
+        cells(gic, "#address-cells"),
+        [2],
+        "interrupt-map parent cells"
+    );
+    let probe_only = fdt
+        .find_node("/chosen")
+        .unwrap()
+        .properties()
+        .find(|p| p.name == "linux,pci-probe-only")
+        .expect("probe-only");
+    assert_eq!(probe_only.value, [0, 0, 0, 1]);
 }

@@ -376,6 +376,22 @@ pub mod gic {
         };
     }
 
+    /// SPI `intid` in Group 1 at `priority` (lower is more urgent; the
+    /// PPIs and SGIs of `init_cpu` are at 0x80), routed to vCPU 0, enabled.
+    pub fn enable_spi(intid: u32, priority: u8) {
+        let (word, bit) = ((intid / 32) as usize, 1u32 << (intid % 32));
+        let group = GICD + 0x80 + 4 * word;
+        mmio_write32(group, mmio_read32(group) | bit);
+        let prio = GICD + 0x400 + (intid as usize & !3);
+        let shift = 8 * (intid % 4);
+        mmio_write32(
+            prio,
+            (mmio_read32(prio) & !(0xff << shift)) | (u32::from(priority) << shift),
+        );
+        super::write64(GICD + 0x6000 + 8 * intid as usize, 0);
+        mmio_write32(GICD + 0x100 + 4 * word, bit);
+    }
+
     /// SGI `intid` to the vCPU with index `target` (Aff0 = index % 16).
     pub fn send_sgi(target: usize, intid: u32) {
         let v = ((intid as u64) << 24) | (((target / 16) as u64) << 16) | (1u64 << (target % 16));

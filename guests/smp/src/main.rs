@@ -9,6 +9,15 @@ use guest_rt::{hvc, println, psci, smc};
 
 /// Initialised data: SYSTEM_RESET must bring this back to its image value.
 static MARKER: AtomicU64 = AtomicU64::new(0x1234_5678);
+
+/// Bytes written with a pattern before the reset and checked after it.
+const SCRUB_LEN: usize = 1 << 20;
+
+/// 1 MiB past the end of the image (and its stacks), page aligned: RAM no
+/// image byte covers, which only the hypervisor's scrub can clear.
+fn scrub_base() -> usize {
+    (guest_rt::image_end() + (1 << 20)) & !0xfff
+}
 static STARTS: AtomicUsize = AtomicUsize::new(0);
 static SHARED: AtomicU64 = AtomicU64::new(0);
 static DONE: AtomicUsize = AtomicUsize::new(0);
@@ -64,6 +73,19 @@ extern "C" fn guest_main() -> ! {
             guest_rt::system_off();
         }
         println!("PASS reset (restart {restarts}, fresh image)");
+        // Scrubbing: the pattern written beyond the image before the reset
+        // must be gone, not merely overwritten by the reloaded image.
+        let left = (0..SCRUB_LEN / 8)
+            .filter(|i| guest_rt::read64(scrub_base() + 8 * i) != 0)
+            .count();
+        if left == 0 {
+            println!(
+                "PASS scrub: the {} KiB beyond the image read zero after the restart",
+                SCRUB_LEN >> 10
+            );
+        } else {
+            println!("FAIL scrub: {left} words beyond the image survived the restart");
+        }
         guest_rt::system_off();
     }
 
@@ -139,6 +161,13 @@ extern "C" fn guest_main() -> ! {
     println!("PASS psci");
 
     MARKER.store(0xdead, Ordering::SeqCst);
+    for i in 0..SCRUB_LEN / 8 {
+        guest_rt::write64(scrub_base() + 8 * i, 0x5a5a_5a5a_0000_0000 | i as u64);
+    }
+    println!(
+        "wrote a pattern over {} KiB beyond the image",
+        SCRUB_LEN >> 10
+    );
     println!("resetting the VM over SMC");
     smc(psci::SYSTEM_RESET, 0, 0, 0);
     println!("FAIL SYSTEM_RESET returned");
