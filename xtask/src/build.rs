@@ -293,7 +293,7 @@ fn initramfs_extras(
     Ok(out)
 }
 
-/// Builds `guests/linux-chan` as a static aarch64 Linux binary (musl,
+/// Builds `tools/bulkhead-chan` as a static aarch64 Linux binary (musl,
 /// linked by rust-lld; see .cargo/config.toml), without debug info.
 fn channel_tool(output: Output) -> Result<Vec<u8>> {
     const MUSL: &str = "aarch64-unknown-linux-musl";
