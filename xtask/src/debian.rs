@@ -167,7 +167,12 @@ pub fn uio_modules(kernel: DebianKernel) -> Result<Vec<(String, Vec<u8>)>> {
                 .arg("-dc")
                 .arg(&xz)
                 .output()
-                .with_context(|| format!("cannot run xz to unpack {}", xz.display()))?;
+                .with_context(|| {
+                    format!(
+                        "cannot run xz to unpack {} (apt-get install xz-utils)",
+                        xz.display()
+                    )
+                })?;
             if !o.status.success() {
                 bail!("xz -dc {} failed", xz.display());
             }
