@@ -13,8 +13,13 @@ if [ -x /bin/bulkhead-chan ]; then
     done
 fi
 
+# How often Bulkhead has restarted this VM: a big-endian u32 in the
+# device tree (the command line stays what the config says).
+set -- $(od -An -tu1 /proc/device-tree/chosen/bulkhead,restarts)
+restarts=$(( ($1 << 24) | ($2 << 16) | ($3 << 8) | $4 ))
+
 echo
-echo "Bulkhead Linux guest: $(uname -sr) on $(nproc) CPU(s), $(grep MemTotal /proc/meminfo | tr -s ' ')"
+echo "Bulkhead Linux guest: $(uname -sr) on $(nproc) CPU(s), $(grep MemTotal /proc/meminfo | tr -s ' '), restart $restarts"
 echo "busybox shell; 'exit' powers this VM off."
 [ -x /bin/bulkhead-chan ] && echo "channel to the safety VM: try 'bulkhead-chan ping hello'"
 # A session with the console as its controlling terminal, so Ctrl-C works.

@@ -184,7 +184,6 @@ fn config_vm(vm: &ConfigVm) {
             spis: &d.irqs,
         })
         .collect();
-    let bootargs = format!("{} bulkhead.restarts={}", vmc.cmdline, vm.restarts);
     let initrd = vm.initrd.map(|(start, len)| {
         let start = RAM_IPA + (u64::from(start) << 12);
         (start, start + u64::from(len))
@@ -201,7 +200,8 @@ fn config_vm(vm: &ConfigVm) {
         ),
         uart: (VUART_IPA, bulkhead_devices::pl011::SIZE, VUART_SPI),
         timer: Timer::default(),
-        bootargs: &bootargs,
+        bootargs: &vmc.cmdline,
+        restarts: vm.restarts,
         initrd,
         devices: &devices,
         // Channel ends (their own nodes, or PCI functions) join this target
@@ -249,6 +249,7 @@ fn raw_dt(raw: &RawDt) {
         uart: raw.uart,
         timer: Timer { ppis: raw.ppis },
         bootargs: &raw.bootargs,
+        restarts: 0,
         initrd: raw.initrd,
         devices: &devices,
         channels: &[],
@@ -400,6 +401,10 @@ fn check_tree(dt: &GuestDt, blob: &[u8]) {
     let chosen = nodes[7 + dt.devices.len()];
     assert_eq!(chosen.name, "chosen");
     assert_eq!(strings(prop(chosen, "bootargs")), [dt.bootargs]);
+    assert_eq!(
+        prop(chosen, "bulkhead,restarts"),
+        &dt.restarts.to_be_bytes()[..]
+    );
     assert_eq!(
         strings(prop(chosen, "stdout-path")),
         [format!("/pl011@{:x}", dt.uart.0)]

@@ -515,6 +515,17 @@ fn build_system(
             },
             None => None,
         };
+        let dtb = match vc.dtb {
+            Some(i) => match payload.image(i as usize) {
+                Some((_, b)) => Some(b),
+                None => {
+                    refuse(alloc::format!("device tree {i} missing from the payload"));
+                    failed += 1;
+                    continue;
+                }
+            },
+            None => None,
+        };
         let Some((_, image)) = payload.image(vc.image as usize) else {
             refuse(alloc::format!(
                 "image {} missing from the payload",
@@ -571,7 +582,11 @@ fn build_system(
         match vm::Vm::new(
             id,
             vc,
-            vm::GuestImages { image, initramfs },
+            vm::GuestImages {
+                image,
+                initramfs,
+                dtb,
+            },
             PhysAddr(ram.start),
             ipa_bits,
             pa_range,

@@ -14,13 +14,7 @@ use bulkhead_vgic::{Kicks, VGic};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use spin::Mutex;
 
-/// QEMU virt's layout, which every VM sees (so kernels built for `virt`
-/// run unchanged): the GICv3 distributor and redistributors, and the PL011.
-pub const VGICD_IPA: u64 = 0x0800_0000;
-pub const VGICR_IPA: u64 = 0x080A_0000;
-pub const VUART_IPA: u64 = 0x0900_0000;
-/// The PL011's interrupt: SPI 1.
-pub const VUART_SPI: u32 = 1;
+pub use bulkhead_config::{VGICD_IPA, VGICR_IPA, VUART_IPA, VUART_SPI};
 pub const VUART_INTID: u32 = 32 + VUART_SPI;
 /// The EL1 virtual timer's PPI (INTID 27), injected hardware-backed.
 pub const VTIMER_INTID: u32 = 27;
@@ -116,6 +110,9 @@ pub struct Vm {
     pub stage2: PageTable<IdentityTables>,
     image: &'static [u8],
     initramfs: Option<&'static [u8]>,
+    /// A device tree the config gave, loaded as it is instead of the
+    /// generated one.
+    dtb: Option<&'static [u8]>,
     cmdline: String,
     pub passthrough: Vec<bulkhead_config::Passthrough>,
     load_offset: u64,
@@ -143,6 +140,7 @@ pub struct Vm {
 pub struct GuestImages {
     pub image: &'static [u8],
     pub initramfs: Option<&'static [u8]>,
+    pub dtb: Option<&'static [u8]>,
 }
 
 impl Vm {
@@ -157,7 +155,30 @@ impl Vm {
         pa_range: u8,
         ends: Vec<(crate::channel::End, u64, u64)>,
     ) -> Result<Vm, String> {
-        let GuestImages { image, initramfs } = images;
+        let GuestImages {
+            image,
+            initramfs,
+            dtb,
+        } = images;
+        if let Some(blob) = dtb {
+            // The host tool checked it; the payload is checked again here,
+            // as everything in it is.
+            let total = blob
+                .get(4..8)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes);
+            if !blob.starts_with(&bulkhead_config::FDT_MAGIC) {
+                return Err("its device tree has no FDT magic".into());
+            }
+            match total {
+                Some(t) if u64::from(t) <= DTB_SPACE && t as usize <= blob.len() => {}
+                _ => {
+                    return Err(alloc::format!(
+                        "its device tree's totalsize is missing, past the file or above {DTB_SPACE:#x} bytes"
+                    ))
+                }
+            }
+        }
         // An arm64 Image honours its header's text_offset (Linux
         // booting.rst); a raw image goes where an old Image would, 0x80000.
         let info = bulkhead_config::ImageInfo::of(image);
@@ -237,6 +258,7 @@ impl Vm {
             stage2,
             image,
             initramfs,
+            dtb,
             cmdline: cfg.cmdline.clone(),
             passthrough: cfg.passthrough.clone(),
             load_offset,
@@ -301,8 +323,13 @@ impl Vm {
             put(mem, start, i);
             (RAM_IPA + start, RAM_IPA + start + i.len() as u64)
         });
-        let restarts = self.restarts.load(Ordering::Relaxed);
-        let bootargs = alloc::format!("{} bulkhead.restarts={restarts}", self.cmdline);
+        if let Some(blob) = self.dtb {
+            // The user's device tree, as it is: its /chosen is theirs too.
+            put(mem, dtb_off, blob);
+            cache::clean_invalidate_for_guest(base, size);
+            return RAM_IPA + dtb_off;
+        }
+        let restarts = u32::try_from(self.restarts.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
         let compat: Vec<Vec<&str>> = self
             .passthrough
             .iter()
@@ -368,7 +395,8 @@ impl Vm {
             ),
             uart: (VUART_IPA, bulkhead_devices::pl011::SIZE, VUART_SPI),
             timer: bulkhead_guest_fdt::Timer::default(),
-            bootargs: &bootargs,
+            bootargs: &self.cmdline,
+            restarts,
             initrd,
         };
         match bulkhead_guest_fdt::build(&dt) {

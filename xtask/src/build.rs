@@ -111,6 +111,7 @@ pub fn build_with_features(config: &Path, output: Output, features: &[&str]) -> 
             Err(SourceError::Other(e)) => return Err(e.context(format!("in {file}"))),
         }
     }
+    problems.extend(format_problems(&parsed, &text, &file, &images));
     if !problems.is_empty() {
         return Err(invalid(&problems));
     }
@@ -224,7 +225,7 @@ fn flat_of(path: &Path) -> Result<elf::Flat> {
     elf::to_flat(&bytes).with_context(|| format!("in {}", path.display()))
 }
 
-fn elf_path(bin: &str) -> PathBuf {
+pub fn elf_path(bin: &str) -> PathBuf {
     target_dir().join(TARGET).join("release").join(bin)
 }
 
@@ -242,8 +243,55 @@ fn vm_guests(parsed: &Parsed) -> Vec<(usize, &str)> {
         .collect()
 }
 
+/// Files given by path that are not what their key needs: a `kernel`
+/// without an arm64 Image header, an `image` that is an ELF or compressed,
+/// a `dtb` that is no device tree. Each names what the file is and how to
+/// make the right one.
+fn format_problems(
+    parsed: &Parsed,
+    text: &str,
+    file: &str,
+    images: &[Option<(String, Vec<u8>)>],
+) -> Vec<Diagnostic> {
+    let bytes = |index: u16| match (
+        parsed.images.get(usize::from(index)),
+        images.get(usize::from(index)),
+    ) {
+        (Some(ImageSource::File(path)), Some(Some((_, b)))) => Some((path, b.as_slice())),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (i, vm) in parsed.config.vms.iter().enumerate() {
+        let is_kernel = find_key(text, i, "kernel").0.is_some();
+        let uses = [
+            (Some(vm.image), if is_kernel { "kernel" } else { "image" }),
+            (vm.dtb, "dtb"),
+        ];
+        for (index, key) in uses {
+            let Some((path, b)) = index.and_then(bytes) else {
+                continue;
+            };
+            let format = bulkhead_config::Format::of(b);
+            let why = match key {
+                "kernel" => format.not_a_kernel(),
+                "image" => format.not_an_image(),
+                _ => format.not_a_dtb(),
+            };
+            if let Some(why) = why {
+                out.push(Diagnostic {
+                    file: file.to_owned(),
+                    line: key_line(text, i, key),
+                    field: format!("vm[{i}].{key}"),
+                    message: format!("{}: {why}", path.display()),
+                });
+            }
+        }
+    }
+    out
+}
+
 /// The VMs that use `source`, with the key that names it (`guest`, `image`,
-/// `kernel` or `init`).
+/// `kernel`, `init`, `initramfs` or `dtb`).
 fn vms_using(parsed: &Parsed, text: &str, source: &ImageSource) -> Vec<(usize, &'static str)> {
     let get = |n: u16| parsed.images.get(usize::from(n));
     let mut out = Vec::new();
@@ -258,7 +306,15 @@ fn vms_using(parsed: &Parsed, text: &str, source: &ImageSource) -> Vec<(usize, &
             out.push((i, key));
         }
         if vm.initramfs.and_then(get) == Some(source) {
-            out.push((i, "init"));
+            let key = if find_key(text, i, "initramfs").0.is_some() {
+                "initramfs"
+            } else {
+                "init"
+            };
+            out.push((i, key));
+        }
+        if vm.dtb.and_then(get) == Some(source) {
+            out.push((i, "dtb"));
         }
     }
     out
@@ -454,7 +510,8 @@ pub fn native_linux(config: &Path) -> Result<NativeLinux> {
                 .with_context(|| format!("cannot read init script {}", init.display()))?;
             Some(initramfs(init, &script, &[])?.0)
         }
-        Some(other) => bail!("vm[{i}]'s initramfs is not generated: {other:?}"),
+        Some(ImageSource::File(path)) => Some(path.clone()),
+        Some(other) => bail!("vm[{i}]'s initramfs is neither a file nor generated: {other:?}"),
         None => None,
     };
     Ok(NativeLinux {

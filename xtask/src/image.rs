@@ -33,6 +33,32 @@ pub fn patch_image_size(image: &mut [u8]) -> Result<u64> {
     Ok(size)
 }
 
+/// Bytes the [`wrap`] header page takes before the program.
+pub const WRAP_HEADER_PAGE: usize = 0x1000;
+
+/// Packs a raw program, which must be loaded `load_offset` above the start
+/// of RAM, into an arm64 `Image`: a header page whose `code0` branches over
+/// it to the program, `text_offset` set so that the program itself lands
+/// at `load_offset`, `image_size` the whole of it. This is how a user's
+/// bare-metal program gets the header QEMU's `-kernel`, U-Boot's `booti`
+/// and Bulkhead's `kernel = <path>` look for.
+pub fn wrap(program: &[u8], load_offset: u64) -> Result<Vec<u8>> {
+    let page = WRAP_HEADER_PAGE as u64;
+    let Some(text_offset) = load_offset.checked_sub(page) else {
+        bail!("a program loaded at {load_offset:#x} leaves no room for a header page below it");
+    };
+    let mut out = vec![0u8; WRAP_HEADER_PAGE];
+    // code0: B +0x1000 (A64 "B imm26", the offset in words).
+    let branch: u32 = 0x1400_0000 | (WRAP_HEADER_PAGE as u32 / 4);
+    out[0..4].copy_from_slice(&branch.to_le_bytes());
+    out[8..16].copy_from_slice(&text_offset.to_le_bytes());
+    let size = (page + program.len() as u64).next_multiple_of(4096);
+    out[IMAGE_SIZE_OFFSET..IMAGE_SIZE_OFFSET + 8].copy_from_slice(&size.to_le_bytes());
+    out[MAGIC_OFFSET..MAGIC_OFFSET + 4].copy_from_slice(&MAGIC);
+    out.extend_from_slice(program);
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +93,23 @@ mod tests {
         let mut image = vec![0u8; 4096];
         let err = patch_image_size(&mut image).unwrap_err();
         assert!(err.to_string().contains("no arm64 Image header"));
+    }
+
+    #[test]
+    fn wrapped_program_lands_at_its_load_offset() {
+        let image = wrap(&[0xaa; 100], 0x8_0000).unwrap();
+        let info = bulkhead_config::ImageInfo::of(&image);
+        // Loaded at text_offset, the program starts one page in.
+        assert_eq!(info.load_offset + WRAP_HEADER_PAGE as u64, 0x8_0000);
+        assert_eq!(info.mem_size, 0x2000);
+        assert_eq!(&image[WRAP_HEADER_PAGE..], &[0xaa; 100][..]);
+        assert_eq!(
+            bulkhead_config::Format::of(&image),
+            bulkhead_config::Format::Arm64Image
+        );
+        // code0 is "b .+0x1000".
+        assert_eq!(&image[..4], &0x1400_0400u32.to_le_bytes());
+        assert!(wrap(&[], 0x800).is_err());
     }
 
     #[test]

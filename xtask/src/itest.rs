@@ -126,7 +126,7 @@ pub const CASES: &[Case] = &[
             "error: usage: restart VM",
             "infotainment: restarting (restarted from the shell",
             "infotainment: restart 1: fresh image loaded",
-            "bulkhead.restarts=1",
+            "kB, restart 1",
             "[infotainment] busybox shell",
             "512Mi        1 on-crash",
             "infotainment: stopping (stopped from the shell",
@@ -507,9 +507,11 @@ pub const CASES: &[Case] = &[
         config: "configs/test-linux-reboot.toml",
         timeout_s: 240,
         expect: &[
-            "[linux] BULKHEAD-TEST boot",
+            // The command line is the config's alone; the restart count
+            // comes from /chosen/bulkhead,restarts.
+            "[linux] BULKHEAD-TEST boot restarts=0 cmdline=[console=ttyAMA0 rdinit=/init panic=-1]",
             "[linux] BULKHEAD-TEST rebooting",
-            "[linux] BULKHEAD-TEST boot",
+            "[linux] BULKHEAD-TEST boot restarts=1 cmdline=[console=ttyAMA0 rdinit=/init panic=-1]",
             "[linux] BULKHEAD-TEST second boot",
             "all VMs stopped, powering off",
         ],
@@ -645,6 +647,10 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
         );
         tally.record("fuzz_smoke", crate::fuzz::smoke(crate::fuzz::SMOKE_SECONDS));
     }
+    if wanted("user_image") {
+        println!("booting a user's Image and device tree from a path (user_image)…");
+        tally.record("user_image", user_image());
+    }
     if wanted("bench_quick") {
         println!("running the benchmark harness (cargo xtask bench --quick)…");
         tally.record("bench_quick", bench_quick());
@@ -718,6 +724,123 @@ fn bench_quick() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The command line the `user_image` test's config gives, verbatim.
+const USER_CMDLINE: &str = "setup smp=2 mem=256";
+
+/// `user_image`: a program built outside the config's pinned packages and
+/// booted from a path, as a bring-up engineer boots theirs. The `args`
+/// guest (which parses its command line strictly) is built, packed into an
+/// arm64 `Image` here, written under `target/itest/user-image/`, and named
+/// by absolute path from a config written there too:
+/// - `kernel = <Image>` with `cmdline = "setup smp=2 mem=256"`: the guest
+///   must see exactly that command line, then `bulkhead,restarts` go from 0
+///   to 1 across the reset it asks for;
+/// - `image = <Image>` with `dtb = <file>`: a device tree made here (with
+///   its own bootargs and a restart count of 7 that the hypervisor would
+///   never write) must reach the guest as it is.
+fn user_image() -> Result<()> {
+    let dir = target_dir().join("itest/user-image");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    build::cargo_build(&["args".to_owned()], Output::Quiet)?;
+    let elf_path = build::elf_path("args");
+    let elf =
+        std::fs::read(&elf_path).with_context(|| format!("cannot read {}", elf_path.display()))?;
+    let flat = crate::elf::to_flat(&elf)?;
+    let load_offset = flat
+        .base
+        .checked_sub(bulkhead_config::RAM_IPA)
+        .context("the args guest is linked below RAM")?;
+    let image = dir.join("args.Image");
+    std::fs::write(&image, crate::image::wrap(&flat.bytes, load_offset)?)?;
+    let dtb = dir.join("board.dtb");
+    std::fs::write(&dtb, user_dtb("setup smp=1 mem=64", 7)?)?;
+
+    let vm = |source: &str| {
+        format!(
+            "[board]\ncpus = 2\nmemory = \"256M\"\n\n[[vm]]\nname = \"args\"\n{source}memory = \"16M\"\npcpus = [0]\n"
+        )
+    };
+    let runs = [
+        (
+            "kernel.toml",
+            vm(&format!(
+                "kernel = \"{}\"\ncmdline = \"{USER_CMDLINE}\"\n",
+                image.display()
+            )),
+            &[
+                "args: command line [setup smp=2 mem=256], restart Some(0)",
+                "args: setup with smp=2 mem=256 MiB",
+                "args: first boot, asking for a reset",
+                "args: restart 1: fresh image loaded",
+                "args: command line [setup smp=2 mem=256], restart Some(1)",
+                "args: PASS",
+                "all VMs stopped, powering off",
+            ][..],
+        ),
+        (
+            "dtb.toml",
+            vm(&format!(
+                "image = \"{}\"\ndtb = \"{}\"\n",
+                image.display(),
+                dtb.display()
+            )),
+            &[
+                "args: command line [setup smp=1 mem=64], restart Some(7)",
+                "args: setup with smp=1 mem=64 MiB",
+                "args: PASS",
+                "all VMs stopped, powering off",
+            ][..],
+        ),
+    ];
+    for (name, text, expect) in runs {
+        let config = dir.join(name);
+        std::fs::write(&config, text)?;
+        let built = build::build(&config, Output::Quiet)?;
+        let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
+        args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+        let timeout = Duration::from_secs(60);
+        let outcome = qemu::run_captured(&args, timeout)?;
+        let mut problems: Vec<String> = check_log(&outcome.log, expect, FORBID)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if !outcome.succeeded() {
+            problems.push(outcome.ending(timeout));
+        }
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "{name}:\n  {}\n  serial log:\n{}",
+                problems.join("\n  "),
+                qemu::indent(&outcome.log)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A device tree for a one-vCPU VM in Bulkhead's (QEMU virt's) layout with
+/// `bootargs` and `restarts` of our choosing: the kind of file a user
+/// gives with `dtb = ...`.
+fn user_dtb(bootargs: &str, restarts: u32) -> Result<Vec<u8>> {
+    use bulkhead_config::{VGICD_IPA, VGICR_IPA, VUART_IPA, VUART_SPI};
+    let dt = bulkhead_guest_fdt::GuestDt {
+        mem_base: bulkhead_config::RAM_IPA,
+        mem_size: 16 << 20,
+        n_vcpus: 1,
+        gicd: (VGICD_IPA, bulkhead_vgic::GICD_SIZE),
+        gicr: (VGICR_IPA, bulkhead_vgic::GICR_FRAME_SIZE),
+        uart: (VUART_IPA, bulkhead_devices::pl011::SIZE, VUART_SPI),
+        timer: bulkhead_guest_fdt::Timer::default(),
+        bootargs,
+        restarts,
+        initrd: None,
+        devices: &[],
+        channels: &[],
+        pci: None,
+    };
+    bulkhead_guest_fdt::build(&dt).map_err(|e| anyhow::anyhow!("device tree: {e:?}"))
 }
 
 /// `cargo test` for the default members (the pure crates and xtask): a
@@ -861,6 +984,34 @@ fn rejection_cases() -> Result<Vec<Rejection>> {
             expect: format!("{name}.toml:{expect}"),
         });
     }
+    // Files that are not what their key needs, each refused saying what it
+    // is and how to convert it.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &[0u8; 4096])?;
+    std::fs::write(gen_dir.join("vmlinuz"), gz.finish()?)?;
+    let mut elf = b"\x7fELF\x02\x01\x01".to_vec();
+    elf.resize(4096, 0);
+    std::fs::write(gen_dir.join("program.elf"), elf)?;
+    std::fs::write(gen_dir.join("board.dts"), "/dts-v1/;\n/ { };\n")?;
+    std::fs::write(gen_dir.join("raw.bin"), [0u8; 4096])?;
+    for (name, source, key, file, expect) in FORMAT_REJECTIONS {
+        let config = gen_dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[board]\ncpus = 2\nmemory = \"1G\"\n\n[[vm]]\nname = \"l\"\n{source}memory = \"64M\"\npcpus = [0]\n"
+            ),
+        )?;
+        let line = if *key == "dtb" { 8 } else { 7 };
+        cases.push(Rejection {
+            name: (*name).to_owned(),
+            config,
+            expect: format!(
+                "{name}.toml:{line}: vm[0].{key}: {}: {expect}",
+                gen_dir.join(file).display()
+            ),
+        });
+    }
     cases.push(Rejection {
         name: "image-too-big".to_owned(),
         expect: format!(
@@ -891,6 +1042,47 @@ const LINUX_REJECTIONS: &[(&str, &str, &str)] = &[
         "[board]\ncpus = 2\nmemory = \"1G\"\n\n[[vm]]\nname = \"l\"\n\
          guest = \"hello\"\nkernel = \"debian:bookworm\"\nmemory = \"512M\"\npcpus = [0]\n",
         "8: vm[0].kernel: set exactly one of `guest`, `image` or `kernel`",
+    ),
+];
+
+/// Files of the wrong kind: (name, the VM's source keys, the key refused,
+/// the file it names, the start of the reason). The files are written next
+/// to the generated configs.
+const FORMAT_REJECTIONS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "kernel-gzip",
+        "kernel = \"vmlinuz\"\n",
+        "kernel",
+        "vmlinuz",
+        "it is gzip-compressed (a vmlinuz?), and Bulkhead boots the uncompressed arm64 Image, as QEMU's -kernel and U-Boot's booti do: `gunzip -c FILE > Image`",
+    ),
+    (
+        "kernel-elf",
+        "kernel = \"program.elf\"\n",
+        "kernel",
+        "program.elf",
+        "it is an ELF file (vmlinux, or a linked program), not an arm64 Image",
+    ),
+    (
+        "image-elf",
+        "image = \"program.elf\"\n",
+        "image",
+        "program.elf",
+        "it is an ELF file",
+    ),
+    (
+        "kernel-no-header",
+        "kernel = \"board.dts\"\n",
+        "kernel",
+        "board.dts",
+        "it has no arm64 Image header (no \"ARM\\x64\" magic at offset 0x38): for a raw bare-metal binary loaded at 0x80000 use `image` instead of `kernel`",
+    ),
+    (
+        "dtb-source-text",
+        "image = \"raw.bin\"\ndtb = \"board.dts\"\n",
+        "dtb",
+        "board.dts",
+        "it is not a flattened device tree",
     ),
 ];
 

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic     [u8; 8] = "BHCFG001"
-//! version   u32     = 4
+//! version   u32     = 5
 //! board     cpus u16, ram_base u64, ram_size u64
 //! vm_count  u32
 //! vm_count times:
@@ -15,6 +15,7 @@
 //!   restart u8 (0 never, 1 on-crash, 2 always)
 //!   criticality u8 (0 normal, 1 critical)
 //!   has_initramfs u8 (0 or 1), initramfs u16 (only if 1)
+//!   has_dtb u8 (0 or 1), dtb u16 (only if 1)
 //!   cmdline_len u32, cmdline [u8; cmdline_len] (UTF-8)
 //!   passthrough_count u32 (at most MAX_PASSTHROUGH)
 //!   passthrough_count times:
@@ -31,7 +32,8 @@
 //! ```
 //!
 //! Version 2 added the initramfs and the command line; version 3 the
-//! passthrough devices; version 4 the criticality and the channels.
+//! passthrough devices; version 4 the criticality and the channels;
+//! version 5 a device tree the user gives.
 //!
 //! Nothing may follow the last channel. [`decode`] reads the bytes from the image,
 //! so every length is checked against what is left before it is used, and no
@@ -49,7 +51,7 @@ use crate::{
 /// First eight bytes of an encoded config.
 pub const MAGIC: [u8; 8] = *b"BHCFG001";
 /// Encoding version written by [`encode`] and accepted by [`decode`].
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// Why [`decode`] refused its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,12 +147,14 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
             Criticality::Normal => 0,
             Criticality::Critical => 1,
         });
-        match vm.initramfs {
-            Some(index) => {
-                out.push(1);
-                out.extend_from_slice(&index.to_le_bytes());
+        for index in [vm.initramfs, vm.dtb] {
+            match index {
+                Some(index) => {
+                    out.push(1);
+                    out.extend_from_slice(&index.to_le_bytes());
+                }
+                None => out.push(0),
             }
-            None => out.push(0),
         }
         put_str(&mut out, &vm.cmdline);
         put_len(&mut out, vm.passthrough.len());
@@ -309,11 +313,8 @@ impl<'a> Reader<'a> {
             1 => Criticality::Critical,
             t => return Err(DecodeError::BadCriticality(t)),
         };
-        let initramfs = match self.u8()? {
-            0 => None,
-            1 => Some(self.u16()?),
-            t => return Err(DecodeError::BadOptionTag(t)),
-        };
+        let initramfs = self.optional_u16()?;
+        let dtb = self.optional_u16()?;
         let cmdline_len = self.len()?;
         let cmdline =
             core::str::from_utf8(self.take(cmdline_len)?).map_err(|_| DecodeError::BadCmdline)?;
@@ -330,10 +331,20 @@ impl<'a> Reader<'a> {
             pcpus,
             restart,
             initramfs,
+            dtb,
             cmdline: String::from(cmdline),
             passthrough,
             criticality,
         })
+    }
+
+    /// A presence byte and, if it is 1, a u16.
+    fn optional_u16(&mut self) -> Result<Option<u16>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.u16()?)),
+            t => Err(DecodeError::BadOptionTag(t)),
+        }
     }
 
     fn channel(&mut self) -> Result<Channel, DecodeError> {
@@ -411,6 +422,7 @@ mod tests {
                     restart: RestartPolicy::Never,
                     criticality: Criticality::Critical,
                     initramfs: None,
+                    dtb: None,
                     cmdline: "console=ttyAMA0".into(),
                     passthrough: vec![
                         Passthrough {
@@ -438,6 +450,7 @@ mod tests {
                     restart: RestartPolicy::OnCrash,
                     criticality: Criticality::Normal,
                     initramfs: Some(2),
+                    dtb: Some(3),
                     cmdline: "console=ttyAMA0 rdinit=/init quiet".into(),
                     passthrough: vec![Passthrough {
                         name: "bare".into(),
@@ -456,6 +469,7 @@ mod tests {
                     restart: RestartPolicy::Always,
                     criticality: Criticality::Normal,
                     initramfs: Some(u16::MAX),
+                    dtb: None,
                     cmdline: String::new(),
                     passthrough: vec![],
                 },
@@ -540,21 +554,24 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(decode(&b), Err(DecodeError::BadMagic));
         let mut b = bytes.clone();
-        b[8] = 5;
-        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(5)));
+        b[8] = 6;
+        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(6)));
         // The last VM ends with restart u8, criticality u8, initramfs tag
-        // u8 + u16, an empty command line (length u32) and no passthrough
-        // (count u32); then comes the channel count (u32).
+        // u8 + u16, dtb tag u8 (none), an empty command line (length u32)
+        // and no passthrough (count u32); then comes the channel count (u32).
         let n = bytes.len() - 4;
         let mut b = bytes.clone();
-        b[n - 4 - 4 - 3 - 1 - 1] = 9;
+        b[n - 4 - 4 - 1 - 3 - 1 - 1] = 9;
         assert_eq!(decode(&b), Err(DecodeError::BadRestartPolicy(9)));
         let mut b = bytes.clone();
-        b[n - 4 - 4 - 3 - 1] = 2;
+        b[n - 4 - 4 - 1 - 3 - 1] = 2;
         assert_eq!(decode(&b), Err(DecodeError::BadCriticality(2)));
         let mut b = bytes.clone();
-        b[n - 4 - 4 - 3] = 2;
+        b[n - 4 - 4 - 1 - 3] = 2;
         assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(2)));
+        let mut b = bytes.clone();
+        b[n - 4 - 4 - 1] = 3;
+        assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(3)));
         // First VM's host-address tag: header 12 + board 18 + count 4 +
         // name 4+6 + image 2 + memory 8.
         let mut b = bytes;
@@ -582,9 +599,9 @@ mod tests {
         cfg.vms[0].cmdline.clear();
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        // pcpu count, restart, criticality, initramfs tag, empty command
-        // line, no passthrough, no channels.
-        let at = bytes.len() - 4 - 1 - 1 - 1 - 4 - 4 - 4;
+        // pcpu count, restart, criticality, initramfs tag, dtb tag, empty
+        // command line, no passthrough, no channels.
+        let at = bytes.len() - 4 - 1 - 1 - 1 - 1 - 4 - 4 - 4;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(at + 4)));
     }
@@ -617,6 +634,8 @@ mod tests {
         let back = decode(&encode(&cfg)).unwrap();
         assert_eq!(back.vms[0].initramfs, None);
         assert_eq!(back.vms[1].initramfs, Some(2));
+        assert_eq!(back.vms[1].dtb, Some(3));
+        assert_eq!(back.vms[2].dtb, None);
         assert_eq!(back.vms[1].cmdline, "console=ttyAMA0 rdinit=/init quiet");
         assert_eq!(back.vms[2].initramfs, Some(u16::MAX));
         assert_eq!(back.vms[2].cmdline, "");

@@ -28,12 +28,20 @@ use alloc::vec::Vec;
 use core::fmt;
 
 pub use encoding::{decode, encode, DecodeError, MAGIC, VERSION};
-pub use image::{ImageInfo, ARM64_MAGIC};
+pub use image::{Format, ImageInfo, ARM64_MAGIC, FDT_MAGIC};
 pub use validate::validate;
 
 /// Every VM's RAM starts at this guest-physical address. QEMU's `virt`
 /// machine puts RAM at 1 GiB, and guests built for it expect the same.
 pub const RAM_IPA: u64 = 0x4000_0000;
+/// QEMU virt's layout, which every VM sees (so kernels built for `virt`
+/// run unchanged, and a device tree written for `virt` fits): the GICv3
+/// distributor and redistributors, and the PL011.
+pub const VGICD_IPA: u64 = 0x0800_0000;
+pub const VGICR_IPA: u64 = 0x080A_0000;
+pub const VUART_IPA: u64 = 0x0900_0000;
+/// The PL011's interrupt: SPI 1 (INTID [`UART_INTID`]).
+pub const VUART_SPI: u32 = 1;
 /// Most vCPUs a VM can have.
 pub const MAX_VCPUS: usize = 8;
 /// Most physical CPUs a board description may name.
@@ -162,8 +170,12 @@ pub struct VmConfig {
     pub restart: RestartPolicy,
     /// Index into the payload's images of the initramfs, if any.
     pub initramfs: Option<u16>,
-    /// The full kernel command line ([`DEFAULT_CMDLINE`] for bare-metal
-    /// guests).
+    /// Index into the payload's images of a device tree the user gave,
+    /// passed to the guest as it is instead of the generated one.
+    pub dtb: Option<u16>,
+    /// The full kernel command line, passed to the guest verbatim in
+    /// `/chosen/bootargs` ([`DEFAULT_CMDLINE`] for bare-metal guests that
+    /// name none).
     pub cmdline: String,
     /// Devices given to this VM alone.
     pub passthrough: Vec<Passthrough>,
@@ -173,10 +185,11 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// Whether the VM boots with Linux's boot protocol: it has an initramfs
-    /// or a command line other than the bare-metal default. Such a VM needs
-    /// room for its device tree and [`LINUX_SLACK`] besides its kernel.
+    /// a device tree of its own, or a command line other than the
+    /// bare-metal default. Such a VM needs room for its device tree and
+    /// [`LINUX_SLACK`] besides its kernel.
     pub fn boots_linux(&self) -> bool {
-        self.initramfs.is_some() || self.cmdline != DEFAULT_CMDLINE
+        self.initramfs.is_some() || self.dtb.is_some() || self.cmdline != DEFAULT_CMDLINE
     }
 }
 

@@ -18,8 +18,11 @@
 //! guest = "hello"         # a bare-metal guest built from guests/ ...
 //! # image = "linux/Image" # ... or a raw / arm64 Image file, relative to this file ...
 //! # kernel = "debian:bookworm"  # ... or a Linux kernel (see below)
-//! # init = "linux/init.sh"      # kernel/image only: /init of a generated initramfs
-//! # cmdline = "quiet"           # appended to the default command line (in the guest's device tree)
+//! # init = "linux/init.sh"      # kernel/image only: /init of a generated initramfs ...
+//! # initramfs = "rootfs.cpio.gz"  # ... or an initramfs file, passed as it is
+//! # dtb = "board.dtb"           # optional: the guest's device tree, instead of the generated one
+//! # cmdline = "setup smp=2"     # the whole command line, verbatim (in /chosen/bootargs) ...
+//! # append = "quiet"            # ... or words added after the default command line
 //! memory = "16M"          # multiple of 2 MiB; must hold the image + 0x80000
 //! host_address = 0x5000_0000   # optional: fixed host-physical address of its RAM
 //! pcpus = [0]             # vCPU i runs on physical CPU pcpus[i]; 1 to 8 vCPUs
@@ -52,11 +55,15 @@
 //!   one copy in the payload.
 //! - **`init`** (with `kernel` or `image` only): a script, relative to the
 //!   config file, that becomes `/init` of an initramfs the host tool
-//!   generates (with Debian's static busybox). Without it there is no
+//!   generates (with Debian's static busybox). **`initramfs`** instead names
+//!   an initramfs file the guest gets as it is. With neither there is no
 //!   initramfs.
-//! - **`cmdline`** is appended to the
-//!   default command line: `console=ttyAMA0 rdinit=/init` for a `kernel` or
-//!   a VM with `init`, `console=ttyAMA0` otherwise.
+//! - **`dtb`**: a flattened device tree file the guest boots with instead
+//!   of the one the hypervisor generates, as it is (its `/chosen` included).
+//! - **`cmdline`** is the guest's whole command line, verbatim. Without it
+//!   the default is `console=ttyAMA0 rdinit=/init panic=-1` for a `kernel`
+//!   or a VM with an initramfs, `console=ttyAMA0` otherwise; **`append`**
+//!   adds words after that default.
 //! - **Unknown keys are errors**, so a misspelt key cannot be silently
 //!   ignored.
 //! - **Rules** checked by [`Parsed::check`] (see [`validate`]): the hypervisor
@@ -448,35 +455,119 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
         // `image` the missing source is reported above. A bare-metal guest
         // may take a command line: it is in the device tree it boots with.
         let bare_guest = v.guest.is_some() && !is_kernel && v.image.is_none();
-        if let (Some(value), true) = (&v.init, bare_guest) {
-            diags.push(diag(
-                Some(value.span().start),
-                format!("vm[{i}].init"),
-                "`init` needs `kernel` (or `image`): a bare-metal `guest` has no initramfs".into(),
-            ));
-        }
-        let initramfs_source = v.init.as_ref().map(|init| {
-            t.add("initramfs", "init", at(init.span()));
-            if init.get_ref().is_empty() {
+        for (key, value) in [("init", &v.init), ("initramfs", &v.initramfs)] {
+            if let (Some(value), true) = (value, bare_guest) {
                 diags.push(diag(
-                    Some(init.span().start),
-                    format!("vm[{i}].init"),
-                    "init script path is empty".into(),
+                    Some(value.span().start),
+                    format!("vm[{i}].{key}"),
+                    format!(
+                        "`{key}` needs `kernel` (or `image`): a bare-metal `guest` has no initramfs"
+                    ),
                 ));
             }
-            ImageSource::Initramfs(base_dir.join(init.get_ref()))
+        }
+        let initramfs_source = match (&v.init, &v.initramfs) {
+            (Some(init), Some(file)) => {
+                let (first, second, key) = if init.span().start < file.span().start {
+                    ("init", file, "initramfs")
+                } else {
+                    ("initramfs", init, "init")
+                };
+                diags.push(diag(
+                    Some(second.span().start),
+                    format!("vm[{i}].{key}"),
+                    format!(
+                        "set one of `init` (an initramfs built around this script) or `initramfs` (a file used as it is), not both `{first}` and `{key}`"
+                    ),
+                ));
+                None
+            }
+            (Some(init), None) => {
+                t.add("initramfs", "init", at(init.span()));
+                if init.get_ref().is_empty() {
+                    diags.push(diag(
+                        Some(init.span().start),
+                        format!("vm[{i}].init"),
+                        "init script path is empty".into(),
+                    ));
+                }
+                Some(ImageSource::Initramfs(base_dir.join(init.get_ref())))
+            }
+            (None, Some(file)) => {
+                t.add("initramfs", "initramfs", at(file.span()));
+                if file.get_ref().is_empty() {
+                    diags.push(diag(
+                        Some(file.span().start),
+                        format!("vm[{i}].initramfs"),
+                        "initramfs path is empty".into(),
+                    ));
+                }
+                Some(ImageSource::File(base_dir.join(file.get_ref())))
+            }
+            (None, None) => None,
+        };
+        let dtb_source = v.dtb.as_ref().map(|dtb| {
+            t.add("dtb", "dtb", at(dtb.span()));
+            if dtb.get_ref().is_empty() {
+                diags.push(diag(
+                    Some(dtb.span().start),
+                    format!("vm[{i}].dtb"),
+                    "device tree path is empty".into(),
+                ));
+            }
+            ImageSource::File(base_dir.join(dtb.get_ref()))
         });
-        let mut cmdline = String::from(if is_kernel || v.init.is_some() {
+        // `cmdline` is the whole command line, passed verbatim; `append`
+        // adds words to the default one.
+        let default_cmdline = if is_kernel || initramfs_source.is_some() {
             LINUX_CMDLINE
         } else {
             DEFAULT_CMDLINE
-        });
-        if let Some(extra) = &v.cmdline {
-            t.add("cmdline", "cmdline", at(extra.span()));
-            let extra = extra.get_ref().trim();
-            if !extra.is_empty() {
-                cmdline.push(' ');
-                cmdline.push_str(extra);
+        };
+        let cmdline = match (&v.cmdline, &v.append) {
+            (Some(line), Some(extra)) => {
+                let later = line.span().start.max(extra.span().start);
+                let key = if later == line.span().start {
+                    "cmdline"
+                } else {
+                    "append"
+                };
+                diags.push(diag(
+                    Some(later),
+                    format!("vm[{i}].{key}"),
+                    format!(
+                        "set one of `cmdline` (the whole command line, verbatim) or `append` (words after the default \"{default_cmdline}\"), not both"
+                    ),
+                ));
+                String::new()
+            }
+            (Some(line), None) => {
+                t.add("cmdline", "cmdline", at(line.span()));
+                line.get_ref().clone()
+            }
+            (None, Some(extra)) => {
+                t.add("cmdline", "append", at(extra.span()));
+                let extra = extra.get_ref().trim();
+                let mut line = String::from(default_cmdline);
+                if !extra.is_empty() {
+                    line.push(' ');
+                    line.push_str(extra);
+                }
+                line
+            }
+            (None, None) => String::from(default_cmdline),
+        };
+        if v.dtb.is_some() {
+            for (key, value) in [("cmdline", &v.cmdline), ("append", &v.append)] {
+                if let Some(value) = value {
+                    diags.push(diag(
+                        Some(value.span().start),
+                        format!("vm[{i}].{key}"),
+                        format!(
+                            "`{key}` has no effect with `dtb`: the guest boots with that device tree as it is, so put the command line in its /chosen/bootargs"
+                        ),
+                    ));
+                }
             }
         }
         let mut passthrough = Vec::new();
@@ -518,6 +609,7 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
         }
         let image = source.map_or(0, |s| intern(&mut images, s));
         let initramfs = initramfs_source.map(|s| intern(&mut images, s));
+        let dtb = dtb_source.map(|s| intern(&mut images, s));
         lines.vms.push(t);
         vms.push(VmConfig {
             name: v.name.into_inner(),
@@ -529,6 +621,7 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 .restart
                 .map_or(RestartPolicy::default(), |r| r.into_inner().into()),
             initramfs,
+            dtb,
             cmdline,
             passthrough,
             criticality: v
@@ -762,7 +855,10 @@ struct RawVm {
     image: Option<Spanned<String>>,
     kernel: Option<Spanned<String>>,
     init: Option<Spanned<String>>,
+    initramfs: Option<Spanned<String>>,
+    dtb: Option<Spanned<String>>,
     cmdline: Option<Spanned<String>>,
+    append: Option<Spanned<String>>,
     memory: Spanned<SizeValue>,
     host_address: Option<Spanned<u64>>,
     pcpus: Spanned<Vec<u16>>,

@@ -259,6 +259,26 @@ impl Validator<'_> {
     }
 
     fn image(&mut self, i: usize, vm: &VmConfig, images: &[ImageInfo]) {
+        if let Some(index) = vm.dtb {
+            match self.image_info(i, "dtb", index, images) {
+                Some(_) if vm.initramfs.is_some() => self.report(
+                    Field::Vm(i, "dtb"),
+                    "a device tree you give is passed as it is, so it cannot tell the guest where \
+                     the initramfs was loaded: drop `dtb` (the generated tree names the initramfs) \
+                     or the initramfs"
+                        .into(),
+                ),
+                Some(dtb) if dtb.len > DTB_RESERVE => self.report(
+                    Field::Vm(i, "dtb"),
+                    format!(
+                        "the device tree is {} long; a VM's device tree may be at most {}",
+                        Size(dtb.len),
+                        Size(DTB_RESERVE)
+                    ),
+                ),
+                _ => {}
+            }
+        }
         let Some(kernel) = self.image_info(i, "image", vm.image, images) else {
             return;
         };
@@ -707,6 +727,7 @@ mod tests {
             pcpus: pcpus.into(),
             restart: RestartPolicy::Never,
             initramfs: None,
+            dtb: None,
             cmdline: DEFAULT_CMDLINE.into(),
             passthrough: vec![],
             criticality: Criticality::Normal,

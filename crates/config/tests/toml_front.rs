@@ -305,7 +305,7 @@ fn linux_config(vm: &str) -> String {
 #[test]
 fn debian_kernel_with_init_gets_an_initramfs_and_the_linux_cmdline() {
     let text = linux_config(
-        "kernel = \"debian:bookworm\"\ninit = \"linux/init-test.sh\"\ncmdline = \"quiet\"\n",
+        "kernel = \"debian:bookworm\"\ninit = \"linux/init-test.sh\"\nappend = \"quiet\"\n",
     );
     let p = parse_ok(&text);
     assert_eq!(
@@ -352,9 +352,9 @@ fn bare_metal_guest_gets_the_default_cmdline() {
 }
 
 #[test]
-fn image_may_take_init_and_cmdline() {
+fn image_may_take_init_and_append() {
     let p = parse_ok(&linux_config(
-        "image = \"Image\"\ninit = \"i.sh\"\ncmdline = \"  loglevel=3 \"\n",
+        "image = \"Image\"\ninit = \"i.sh\"\nappend = \"  loglevel=3 \"\n",
     ));
     let vm = &p.config.vms[0];
     assert_eq!(vm.initramfs, Some(1));
@@ -362,8 +362,96 @@ fn image_may_take_init_and_cmdline() {
         vm.cmdline,
         "console=ttyAMA0 rdinit=/init panic=-1 loglevel=3"
     );
-    let p = parse_ok(&linux_config("image = \"Image\"\ncmdline = \"x\"\n"));
+    let p = parse_ok(&linux_config("image = \"Image\"\nappend = \"x\"\n"));
     assert_eq!(p.config.vms[0].cmdline, "console=ttyAMA0 x");
+}
+
+#[test]
+fn cmdline_is_passed_verbatim() {
+    // A test program for QEMU virt that parses its arguments strictly gets
+    // exactly what the config says, spaces included.
+    let p = parse_ok(&linux_config(
+        "kernel = \"Image\"\ncmdline = \"setup smp=2 mem=256 \"\n",
+    ));
+    assert_eq!(p.config.vms[0].cmdline, "setup smp=2 mem=256 ");
+    let p = parse_ok(&linux_config("guest = \"hello\"\ncmdline = \"\"\n"));
+    assert_eq!(p.config.vms[0].cmdline, "");
+}
+
+#[test]
+fn cmdline_and_append_together_are_refused_on_the_later_line() {
+    let text = linux_config("kernel = \"Image\"\ncmdline = \"a\"\nappend = \"b\"\n");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "append ="));
+    assert_eq!(d.field, "vm[0].append");
+    assert!(d.message.contains("not both"), "{}", d.message);
+}
+
+#[test]
+fn initramfs_and_dtb_files_are_images_of_their_own() {
+    let p = parse_ok(&linux_config(
+        "kernel = \"k/Image\"\ninitramfs = \"k/root.cpio.gz\"\ndtb = \"k/board.dtb\"\n",
+    ));
+    // Both parse, but a given device tree cannot name the initramfs.
+    let d = only(
+        p.check(&[
+            ImageInfo::raw(4 << 20),
+            ImageInfo::raw(1 << 20),
+            ImageInfo::raw(4096),
+        ])
+        .unwrap_err(),
+    );
+    assert_eq!(d.field, "vm[0].dtb");
+    assert!(
+        d.message.contains("cannot tell the guest where"),
+        "{}",
+        d.message
+    );
+    assert_eq!(
+        p.images,
+        vec![
+            ImageSource::File(PathBuf::from("configs/k/Image")),
+            ImageSource::File(PathBuf::from("configs/k/root.cpio.gz")),
+            ImageSource::File(PathBuf::from("configs/k/board.dtb")),
+        ]
+    );
+    let vm = &p.config.vms[0];
+    assert_eq!((vm.image, vm.initramfs, vm.dtb), (0, Some(1), Some(2)));
+    // An initramfs makes it a Linux command line.
+    assert_eq!(vm.cmdline, "console=ttyAMA0 rdinit=/init panic=-1");
+    assert!(vm.boots_linux());
+}
+
+#[test]
+fn cmdline_with_a_dtb_is_refused_as_having_no_effect() {
+    let text = linux_config("image = \"args.img\"\ndtb = \"b.dtb\"\ncmdline = \"x\"\n");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "cmdline ="));
+    assert!(d.message.contains("no effect with `dtb`"), "{}", d.message);
+}
+
+#[test]
+fn init_and_initramfs_together_are_refused_on_the_later_line() {
+    let text = linux_config("kernel = \"Image\"\ninit = \"i.sh\"\ninitramfs = \"r.cpio\"\n");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "initramfs ="));
+    assert_eq!(d.field, "vm[0].initramfs");
+    assert!(
+        d.message.contains("not both `init` and `initramfs`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn dtb_larger_than_the_device_tree_space_is_refused_on_its_line() {
+    let text = linux_config("kernel = \"Image\"\ndtb = \"big.dtb\"\n");
+    let p = parse_ok(&text);
+    let images = [ImageInfo::raw(4 << 20), ImageInfo::raw(65 << 10)];
+    let d = only(p.check(&images).unwrap_err());
+    assert_eq!(d.line, line(&text, "dtb ="));
+    assert_eq!(d.field, "vm[0].dtb");
+    assert!(d.message.contains("at most 64 KiB"), "{}", d.message);
 }
 
 #[test]
@@ -401,8 +489,8 @@ fn init_without_kernel_is_refused_on_its_line() {
 }
 
 #[test]
-fn bare_metal_guest_cmdline_is_appended_to_the_console_default() {
-    let text = linux_config("guest = \"hello\"\ncmdline = \"bench.quick\"\n");
+fn bare_metal_guest_append_goes_after_the_console_default() {
+    let text = linux_config("guest = \"hello\"\nappend = \"bench.quick\"\n");
     let p = parse(&text, FILE).unwrap();
     assert_eq!(p.config.vms[0].cmdline, "console=ttyAMA0 bench.quick");
     assert_eq!(p.config.vms[0].initramfs, None);

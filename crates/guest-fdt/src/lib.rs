@@ -171,8 +171,12 @@ pub struct GuestDt<'a> {
     /// PL011 (base, size, SPI number), e.g. (0x0900_0000, 0x1000, 1).
     pub uart: (u64, u64, u32),
     pub timer: Timer,
-    /// Kernel command line.
+    /// Kernel command line, written verbatim to `/chosen/bootargs`.
     pub bootargs: &'a str,
+    /// How many times the hypervisor has restarted this VM, as the u32
+    /// `/chosen/bulkhead,restarts` (0 at the first boot): a guest that
+    /// wants to know reads it there, and its command line stays its own.
+    pub restarts: u32,
     /// Initial ramdisk (start, end) IPAs, end exclusive.
     pub initrd: Option<(u64, u64)>,
     /// Passthrough devices, one node each.
@@ -508,6 +512,7 @@ fn pci_host(w: &mut FdtWriter, pci: &PciHost) -> Result<(), Error> {
 fn chosen(w: &mut FdtWriter, dt: &GuestDt) -> Result<(), Error> {
     let node = w.begin_node("chosen")?;
     w.property_string("bootargs", dt.bootargs)?;
+    w.property_u32("bulkhead,restarts", dt.restarts)?;
     w.property_string("stdout-path", &format!("/{}", uart_node_name(dt.uart.0)))?;
     if let Some((start, end)) = dt.initrd {
         w.property_u64("linux,initrd-start", start)?;

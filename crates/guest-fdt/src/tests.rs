@@ -19,6 +19,7 @@ fn virt(n_vcpus: u16, initrd: Option<(u64, u64)>) -> GuestDt<'static> {
         uart: (0x0900_0000, 0x1000, 1),
         timer: Timer::default(),
         bootargs: BOOTARGS,
+        restarts: 3,
         initrd,
         devices: &[],
         channels: &[],
@@ -158,6 +159,9 @@ fn check_virt_tree(n: u16) {
     assert_eq!(strings(chosen_node, "stdout-path"), ["/pl011@9000000"]);
     assert_eq!(u64_prop(chosen_node, "linux,initrd-start"), Some(initrd.0));
     assert_eq!(u64_prop(chosen_node, "linux,initrd-end"), Some(initrd.1));
+    // The restart count is a property of its own, not a word of bootargs.
+    let restarts = chosen_node.property("bulkhead,restarts").expect("restarts");
+    assert_eq!(restarts.value, &3u32.to_be_bytes()[..]);
 }
 
 #[test]

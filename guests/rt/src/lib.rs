@@ -47,6 +47,20 @@ static SECONDARY: AtomicUsize = AtomicUsize::new(0);
 #[unsafe(no_mangle)]
 static DTB_ADDR: AtomicUsize = AtomicUsize::new(0);
 
+/// The device tree the guest booted with, bounded by its header's
+/// totalsize (at most 64 KiB); `None` without an FDT magic at x0.
+pub fn dtb() -> Option<&'static [u8]> {
+    let dtb = DTB_ADDR.load(Ordering::SeqCst);
+    if dtb == 0 || mmio_read32(dtb) != 0xedfe_0dd0 {
+        return None;
+    }
+    let total = (mmio_read32(dtb + 4).swap_bytes() as usize).min(64 << 10);
+    // SAFETY: the blob lies in our RAM (the hypervisor or QEMU put it
+    // there), is never written after entry, and `total` is bounded by the
+    // 64 KiB the hypervisor reserves for it.
+    Some(unsafe { core::slice::from_raw_parts(dtb as *const u8, total) })
+}
+
 /// True if the device tree the guest booted with contains `needle` (e.g. a
 /// word of /chosen/bootargs). A crude byte search over the blob, bounded by
 /// its header's totalsize (at most 64 KiB).
