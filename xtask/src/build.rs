@@ -35,6 +35,8 @@ pub struct Built {
     pub size: u64,
     pub cpus: u16,
     pub ram_mib: u64,
+    /// vCPUs of all VMs together.
+    pub vcpus: usize,
 }
 
 /// Config problems, one `file:line: field: message` per line.
@@ -195,6 +197,7 @@ pub fn build_with_features(config: &Path, output: Output, features: &[&str]) -> 
         size: bytes.len() as u64,
         cpus: parsed.config.board.cpus,
         ram_mib: parsed.config.board.ram_size >> 20,
+        vcpus: parsed.config.vms.iter().map(|vm| vm.pcpus.len()).sum(),
     })
 }
 

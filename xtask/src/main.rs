@@ -50,11 +50,24 @@ enum Verb {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Build, then boot the image in QEMU on this terminal.
+    /// Build, then boot the image in QEMU on this terminal. Exit status: 0
+    /// when every VM stopped cleanly, 1 when one crashed (or reset under
+    /// restart policy `never`, or never started), 2 when QEMU ended before
+    /// the system did (quit with Ctrl-A X, or the hypervisor failed).
     Run {
         /// System config (TOML) [default: configs/default.toml].
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Save the console (everything shown, tagged by VM) to this file
+        /// [default: target/bulkhead/<config>.log].
+        #[arg(long)]
+        log: Option<PathBuf>,
+        /// `virtual`: run QEMU under -icount (one thread, time counted in
+        /// guest instructions); `real`: one host thread per CPU, host
+        /// time; `auto`: virtual when this host has fewer cores than the
+        /// system has vCPUs.
+        #[arg(long, value_enum, default_value_t = qemu::Time::Auto)]
+        time: qemu::Time,
     },
     /// Boot the config's first Linux VM directly on QEMU, without Bulkhead
     /// (same kernel, initramfs, command line, vCPUs and memory).
@@ -137,10 +150,11 @@ fn dispatch(verb: Verb) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Verb::Run { config } => {
+        Verb::Run { config, log, time } => {
+            let log = log.map(|p| normalize(&cwd.join(p)));
             prereq::ensure()?;
             let built = build::build(&config_path(config), build::Output::Progress)?;
-            qemu::run_interactive(&built)
+            qemu::run_interactive(&built, log, time)
         }
         Verb::RunNative { config } => {
             prereq::ensure()?;

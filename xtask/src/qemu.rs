@@ -2,7 +2,7 @@
 //! (`test`, `bench`).
 
 use std::io::{IsTerminal, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -47,19 +47,165 @@ pub fn console_and_kernel(console: &[&str], image: &Path) -> Vec<String> {
 /// Console for tests and benchmarks: serial on stdio, nothing else.
 pub const CAPTURED_CONSOLE: &[&str] = &["-display", "none", "-monitor", "none", "-serial", "stdio"];
 
-/// `cargo xtask run`: QEMU owns the terminal; its exit status becomes ours.
-pub fn run_interactive(built: &Built) -> Result<ExitCode> {
+/// How `cargo xtask run` keeps time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Time {
+    /// Virtual when the host has fewer cores than the system has vCPUs.
+    Auto,
+    /// `-icount shift=0,sleep=on`: QEMU runs the CPUs in turn on one
+    /// thread and time is counted in guest instructions (1 GHz), so the
+    /// host's scheduling cannot delay one vCPU against the others; idle
+    /// time still passes at the wall clock's pace.
+    Virtual,
+    /// One host thread per CPU, host time: what a guest sees depends on
+    /// how the host schedules those threads.
+    Real,
+}
+
+/// QEMU's arguments for virtual time in an interactive run. `sleep=on`
+/// lets an idle system wait for the wall clock, so a shell's `sleep 1`
+/// takes a second and the safety VM reports once a second, not in a flood.
+pub const INTERACTIVE_ICOUNT: [&str; 2] = ["-icount", "shift=0,sleep=on"];
+
+/// Whether `time` means virtual time on a host with `host_cores` for a
+/// system of `vcpus`, and the one line that says so and why.
+pub fn decide_time(time: Time, host_cores: usize, vcpus: usize) -> (bool, String) {
+    let why = format!("this host has {host_cores} core(s) for the system's {vcpus} vCPU(s)");
+    match time {
+        Time::Virtual => (
+            true,
+            "time: virtual (-icount, asked for with --time virtual): vCPUs run in turn on one \
+             QEMU thread and time is counted in guest instructions"
+                .to_owned(),
+        ),
+        Time::Real => (
+            false,
+            format!(
+                "time: real (asked for with --time real): one host thread per CPU; {why}, and a \
+                 vCPU whose thread the host leaves waiting sees that as lost time"
+            ),
+        ),
+        Time::Auto if host_cores < vcpus => (
+            true,
+            format!(
+                "time: virtual (-icount): {why}, so host threads per vCPU would take turns on \
+                 the cores and the safety VM would see the host's delays as its own; vCPUs run \
+                 in turn on one QEMU thread and deadlines are judged in guest time \
+                 (--time real to change)"
+            ),
+        ),
+        Time::Auto => (
+            false,
+            format!(
+                "time: real: {why}, a thread each (--time virtual to count guest instructions)"
+            ),
+        ),
+    }
+}
+
+/// How an interactive run ended, read from its console log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// "system ended: clean": every VM stopped as asked.
+    Clean,
+    /// "system ended: failed": a VM crashed, reset without a restart, or
+    /// never started. Carries the hypervisor's line.
+    Failed(String),
+    /// No such line: QEMU was quit (Ctrl-A X) or the hypervisor stopped
+    /// before the system ended.
+    Unfinished,
+}
+
+impl Ending {
+    /// Reads the hypervisor's last `system ended:` line in `log`. Only the
+    /// hypervisor's own lines count: they start with `bulkhead `, while a
+    /// guest's always start with its `[vm] ` tag.
+    pub fn of(log: &str) -> Self {
+        let Some(line) = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("bulkhead ") && l.contains("system ended: "))
+            .map(|l| l.trim_end_matches('\r'))
+        else {
+            return Self::Unfinished;
+        };
+        if line.contains("system ended: clean") {
+            Self::Clean
+        } else {
+            Self::Failed(line.to_owned())
+        }
+    }
+
+    /// `cargo xtask run`'s exit status for this ending.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Clean => 0,
+            Self::Failed(_) => 1,
+            Self::Unfinished => 2,
+        }
+    }
+}
+
+/// `cargo xtask run`: QEMU owns the terminal; the console is also written
+/// to `log` (default `target/bulkhead/<image>.log`), and the exit status
+/// says how the system ended ([`Ending`]).
+pub fn run_interactive(built: &Built, log: Option<PathBuf>, time: Time) -> Result<ExitCode> {
+    let host_cores = thread::available_parallelism().map_or(1, usize::from);
+    let (virtual_time, line) = decide_time(time, host_cores, built.vcpus);
+    let log = log.unwrap_or_else(|| built.image.with_extension("log"));
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     let mut args = machine_args(built.cpus, built.ram_mib, "");
-    args.extend(console_and_kernel(&["-nographic"], &built.image));
+    if virtual_time {
+        args.extend(INTERACTIVE_ICOUNT.map(String::from));
+    }
+    // -nographic's console (serial and monitor muxed on stdio, Ctrl-A as
+    // the escape), spelt out so the chardev can also log to a file.
+    let chardev = format!(
+        "stdio,id=console,mux=on,logfile={},logappend=off",
+        log.display()
+    );
+    let console = [
+        "-display",
+        "none",
+        "-chardev",
+        &chardev,
+        "-serial",
+        "chardev:console",
+        "-mon",
+        "chardev=console,mode=readline",
+    ];
+    args.extend(console_and_kernel(&console, &built.image));
     println!(
-        "Booting {} in QEMU; press Ctrl-A then X to quit.",
-        built.image.display()
+        "Booting {} in QEMU; press Ctrl-A then X to quit.\n{line}\nconsole log: {}",
+        built.image.display(),
+        log.display()
     );
     let status = Command::new(QEMU)
         .args(&args)
         .status()
         .with_context(|| format!("cannot start {QEMU}"))?;
-    Ok(exit_code(status))
+    let text = std::fs::read(&log).unwrap_or_default();
+    let ending = Ending::of(&String::from_utf8_lossy(&text));
+    match &ending {
+        Ending::Clean => println!("\nsystem ended cleanly; console log in {}", log.display()),
+        Ending::Failed(line) => eprintln!(
+            "\nthe system ended with a VM down: {}\nconsole log in {}",
+            line.trim(),
+            log.display()
+        ),
+        Ending::Unfinished => eprintln!(
+            "\nQEMU ended ({}) before the system did (quit with Ctrl-A X, or the hypervisor \
+             stopped: see the console log in {})",
+            match status.code() {
+                Some(code) => format!("status {code}"),
+                None => status.to_string(),
+            },
+            log.display()
+        ),
+    }
+    Ok(ExitCode::from(ending.exit_code()))
 }
 
 /// QEMU arguments that boot `linux` directly (no hypervisor): `virt` with
@@ -262,6 +408,44 @@ pub fn indent(log: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_time_is_virtual_only_with_fewer_cores_than_vcpus() {
+        let (v, line) = decide_time(Time::Auto, 2, 3);
+        assert!(v);
+        assert!(line.starts_with("time: virtual"), "{line}");
+        assert!(
+            line.contains("2 core(s) for the system's 3 vCPU(s)"),
+            "{line}"
+        );
+        assert!(!decide_time(Time::Auto, 4, 3).0);
+        assert!(!decide_time(Time::Auto, 3, 3).0);
+        assert!(decide_time(Time::Virtual, 64, 1).0);
+        assert!(!decide_time(Time::Real, 1, 8).0);
+    }
+
+    #[test]
+    fn ending_is_read_from_the_last_summary_line() {
+        let clean = "bulkhead cpu0 INFO  system ended: clean (a: powered off)\r\n\
+                     bulkhead cpu0 INFO  all VMs stopped, powering off\r\n";
+        assert_eq!(Ending::of(clean), Ending::Clean);
+        assert_eq!(Ending::of(clean).exit_code(), 0);
+        let failed = "bulkhead cpu1 ERROR system ended: failed (a: crashed)\r\n";
+        let ending = Ending::of(failed);
+        assert_eq!(ending.exit_code(), 1);
+        assert!(matches!(&ending, Ending::Failed(l) if l.ends_with("(a: crashed)")));
+        // Ctrl-A X before the end: no summary line at all.
+        assert_eq!(Ending::of("[linux] / # \r\n").exit_code(), 2);
+        // A guest printing the words does not end the run: its lines carry
+        // its tag.
+        let spoof = "bulkhead cpu0 ERROR system ended: failed (a: crashed)\n\
+                     [a] bulkhead cpu0 INFO  system ended: clean\n";
+        assert_eq!(Ending::of(spoof).exit_code(), 1);
+        assert_eq!(
+            Ending::of("[a] bulkhead cpu0 INFO  system ended: clean\n").exit_code(),
+            2
+        );
+    }
 
     #[test]
     fn indent_prefixes_every_line_and_drops_carriage_returns() {
