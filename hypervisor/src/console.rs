@@ -30,6 +30,18 @@ pub fn enable_rx(intid: u32) {
     unsafe { core::ptr::write_volatile((base + UART_IMSC) as *mut u32, IMSC_RX) };
 }
 
+/// Unmasks (`true`) or masks the receive interrupts, which are level
+/// conditions of the receive FIFO: while input is held back (see
+/// `system::console_input`) they are masked, or they would fire without
+/// end. Bytes left in the FIFO stay there, and QEMU's PL011 stops taking
+/// input from its backend while its FIFO is full, so nothing is lost.
+pub fn set_rx_interrupt(on: bool) {
+    let base = UART_BASE.load(Ordering::Relaxed);
+    let imsc = if on { IMSC_RX } else { 0 };
+    // SAFETY: IMSC of the hypervisor's own PL011 (see `Uart::putc`).
+    unsafe { core::ptr::write_volatile((base + UART_IMSC) as *mut u32, imsc) };
+}
+
 pub fn rx_intid() -> Option<u32> {
     RX_INTID.get().copied()
 }

@@ -158,6 +158,9 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     if let Some(m) = plat.maintenance_intid {
         system::set_maintenance_intid(m);
     }
+    // The timer node lists secure, non-secure, virtual, then EL2 physical
+    // (INTID 26 on SBSA-style boards); it times console flow control.
+    system::set_el2_timer_intid(plat.timer_intids.get(3).copied().unwrap_or(26));
     let sys = build_system(plat, &payload, &mut free, pa_range, pa_bits.min(39));
     let sys = system::install(sys);
     let focus = cfg_focus(sys);

@@ -2,10 +2,11 @@
 //! pCPU sits in while its vCPU is off, and powering off when every VM has
 //! stopped.
 
-use crate::arch::{self, firmware, gic};
+use crate::arch::{self, firmware, gic, regs};
 use crate::percpu;
 use crate::vm::{self, Lifecycle, Vm};
 use alloc::vec::Vec;
+use bulkhead_devices::pl011::{Pl011, RX_RING_SIZE};
 use bulkhead_types::VcpuId;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use spin::Once;
@@ -91,6 +92,15 @@ pub fn has_input_focus(vm: &Vm) -> bool {
 /// Ctrl-]: focus moves to the next VM, after the last one to the shell,
 /// then back to the first VM.
 fn cycle_focus() {
+    // Input held back for the old focus no longer waits for it.
+    if let Some(vm) = focus() {
+        let uart = vm.uart.lock();
+        if HELD.load(Ordering::Relaxed) == tag(vm) {
+            release_input();
+        }
+        drop(uart);
+        end_stall(vm);
+    }
     let n = SYSTEM.get().map_or(0, |s| s.vms.len());
     let next = (FOCUS.load(Ordering::Relaxed) + 1) % (n + 1);
     FOCUS.store(next, Ordering::Relaxed);
@@ -103,29 +113,196 @@ fn cycle_focus() {
     }
 }
 
-/// Console input: every byte waiting in the physical UART goes to the VM
-/// with input focus or to the shell; Ctrl-] moves the focus.
+// Console input flow control.
+//
+// Input for a VM waits in its virtual UART's ring (`Pl011`, RX_RING_SIZE
+// bytes), which refills the guest's 32-byte receive FIFO as it reads
+// UARTDR. When the focused VM's ring is full, `console_input` stops reading
+// the physical UART and masks its receive interrupt: later bytes wait in
+// the physical FIFO, and QEMU's PL011 stops taking more from its backend.
+// Input resumes (the interrupt is unmasked, fires again and `console_input`
+// carries on) when the guest has read the ring down to RESUME_AT, when
+// the VM is reset, or when the EL2 timer finds that the guest read nothing
+// for STALL_MS: a guest that does not read (stopped, hung, or one that
+// never reads its UART) must not keep Ctrl-] stuck in the physical FIFO
+// forever. Its input is then dropped while its ring stays full.
+//
+// Only the pCPU that takes the console interrupt reads the physical UART;
+// other pCPUs (a guest reading UARTDR, a VM being reset) at most unmask the
+// interrupt, so no console work runs on a critical VM's pCPU.
+
+/// The VM (`tag`) whose full ring holds input back, 0 when input flows.
+/// Set and cleared only with that VM's `uart` lock held, so a guest
+/// draining its ring and the decision to hold input cannot miss each other.
+/// Only the focused VM is ever held.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+/// The held VM's pending input at the last stall check.
+static HELD_PENDING: AtomicUsize = AtomicUsize::new(0);
+/// The VM (`tag`) that read nothing of a full ring for STALL_MS: input for
+/// it is dropped while its ring is full, 0 for none. Only the focused VM.
+static STALLED: AtomicUsize = AtomicUsize::new(0);
+/// Bytes dropped for the STALLED VM (reported once, when that ends).
+static DROPPED: AtomicUsize = AtomicUsize::new(0);
+/// Input resumes once the held VM has read its ring down to this.
+const RESUME_AT: usize = RX_RING_SIZE / 2;
+/// How long a held VM may read nothing before it counts as stalled.
+const STALL_MS: u64 = 1000;
+/// EL2's physical timer PPI, which times the stall check.
+static EL2_TIMER: Once<u32> = Once::new();
+
+/// The EL2 physical timer's INTID (from the host DTB).
+pub fn set_el2_timer_intid(intid: u32) {
+    EL2_TIMER.call_once(|| intid);
+}
+
+pub fn el2_timer_intid() -> Option<u32> {
+    EL2_TIMER.get().copied()
+}
+
+fn tag(vm: &Vm) -> usize {
+    vm.id.index() + 1
+}
+
+/// Stops reading the physical UART for `vm`, whose ring is full (`uart` is
+/// its locked model), and arms the stall check on this pCPU.
+fn hold_input(vm: &Vm, uart: &Pl011) {
+    HELD.store(tag(vm), Ordering::Relaxed);
+    HELD_PENDING.store(uart.rx_pending(), Ordering::Relaxed);
+    crate::console::set_rx_interrupt(false);
+    arm_stall_check();
+}
+
+/// Input flows again; with the held VM's `uart` lock held.
+fn release_input() {
+    HELD.store(0, Ordering::Relaxed);
+    crate::console::set_rx_interrupt(true);
+}
+
+fn arm_stall_check() {
+    let Some(intid) = el2_timer_intid() else {
+        return;
+    };
+    gic::enable_ppi(percpu::this().gicr.load(Ordering::Relaxed), intid);
+    let ticks = regs::cntfrq_el0() * STALL_MS / 1000;
+    regs::set_el2_timer(Some(regs::cntpct_el0().wrapping_add(ticks)));
+}
+
+/// `vm`'s ring shrank (the guest read UARTDR); `uart` is its locked model.
+/// Resumes console input held back for it once enough room is free. Cheap
+/// when nothing is held: one relaxed load.
+pub fn console_rx_drained(vm: &Vm, uart: &Pl011) {
+    if HELD.load(Ordering::Relaxed) == tag(vm) && uart.rx_pending() <= RESUME_AT {
+        release_input();
+    }
+}
+
+/// Resets `vm`'s virtual UART for a fresh instance: input the old one did
+/// not read is discarded, and input held back for it flows again.
+pub fn reset_vm_uart(vm: &Vm) {
+    let mut uart = vm.uart.lock();
+    uart.reset();
+    if HELD.load(Ordering::Relaxed) == tag(vm) {
+        release_input();
+    }
+    drop(uart);
+    end_stall(vm);
+}
+
+/// `vm` is no longer stalled (it read, lost the focus or was reset): says
+/// how much input it lost.
+fn end_stall(vm: &Vm) {
+    if STALLED.load(Ordering::Relaxed) != tag(vm) {
+        return;
+    }
+    STALLED.store(0, Ordering::Relaxed);
+    let n = DROPPED.swap(0, Ordering::Relaxed);
+    if n > 0 {
+        log::warn!("{}: {n} bytes of console input dropped in all", vm.name);
+    }
+}
+
+/// The EL2 timer fired (on the console pCPU): if the held VM read nothing
+/// since the last check, it is stalled and input resumes without it;
+/// if it read some, it gets another STALL_MS.
+pub fn console_stall_check() {
+    let ctl = regs::cnthp_ctl_el2();
+    if ctl & (regs::CNTHP_ENABLE | regs::CNTHP_ISTATUS) != regs::CNTHP_ENABLE | regs::CNTHP_ISTATUS
+    {
+        return;
+    }
+    regs::set_el2_timer(None);
+    let held = HELD.load(Ordering::Relaxed);
+    let Some(vm) = vms().iter().find(|v| tag(v) == held) else {
+        return;
+    };
+    let uart = vm.uart.lock();
+    if HELD.load(Ordering::Relaxed) != held {
+        return;
+    }
+    let pending = uart.rx_pending();
+    if pending <= RESUME_AT {
+        release_input();
+    } else if pending < HELD_PENDING.load(Ordering::Relaxed) {
+        HELD_PENDING.store(pending, Ordering::Relaxed);
+        arm_stall_check();
+    } else {
+        STALLED.store(held, Ordering::Relaxed);
+        release_input();
+    }
+}
+
+/// Bytes were given to `vm`: its interrupt line follows.
+fn fed(vm: &'static Vm) {
+    let me = current()
+        .filter(|(v, _)| v.id == vm.id)
+        .map(|(_, vcpu)| vcpu);
+    vm.update_uart_line(me);
+}
+
+/// Console input: the bytes waiting in the physical UART go to the VM with
+/// input focus (its ring) or to the shell; Ctrl-] moves the focus. Stops
+/// early, leaving the rest in the physical UART, when the focused VM's ring
+/// is full (see the flow control above).
 pub fn console_input() {
-    let mut fed: Option<&'static Vm> = None;
-    while let Some(b) = crate::console::read_byte() {
+    // The VM given bytes since its line was last updated.
+    let mut given: Option<&'static Vm> = None;
+    loop {
+        let to = focus();
+        if let Some(vm) = to {
+            let uart = vm.uart.lock();
+            if uart.rx_room() == 0 && STALLED.load(Ordering::Relaxed) != tag(vm) {
+                hold_input(vm, &uart);
+                break;
+            }
+        }
+        let Some(b) = crate::console::read_byte() else {
+            break;
+        };
         if b == bulkhead_shell::FOCUS_KEY {
+            if let Some(vm) = given.take() {
+                fed(vm);
+            }
             cycle_focus();
             continue;
         }
-        let Some(vm) = focus() else {
+        let Some(vm) = to else {
             crate::shell::input(b);
             continue;
         };
-        if !vm.uart.lock().push_rx(b) {
-            log::warn!("{}: console input dropped (receive FIFO full)", vm.name);
+        if vm.uart.lock().push_rx(b) {
+            // It read some: the next full ring is held again.
+            end_stall(vm);
+        } else if DROPPED.fetch_add(1, Ordering::Relaxed) == 0 {
+            // Only a stalled VM's full ring gets here.
+            log::warn!(
+                "{}: console input dropped: its {RX_RING_SIZE}-byte input buffer is full and it read none of it for {STALL_MS} ms; dropping input to it until it reads (Ctrl-] moves the focus)",
+                vm.name
+            );
         }
-        fed = Some(vm);
+        given = Some(vm);
     }
-    if let Some(vm) = fed {
-        let me = current()
-            .filter(|(v, _)| v.id == vm.id)
-            .map(|(_, vcpu)| vcpu);
-        vm.update_uart_line(me);
+    if let Some(vm) = given {
+        fed(vm);
     }
 }
 
@@ -161,10 +338,38 @@ pub fn vms() -> &'static [Vm] {
     SYSTEM.get().map_or(&[], |s| s.vms.as_slice())
 }
 
+/// The line a script reads to learn how the system ended (`cargo xtask
+/// run` turns it into its exit status): `clean` when every VM stopped as
+/// asked, `failed` when one crashed, reset without a restart, or never
+/// started.
+fn summarize(sys: &System) {
+    let mut failed = sys.failed > 0;
+    let mut line = alloc::string::String::new();
+    for vm in &sys.vms {
+        let end = vm.ended();
+        failed |= !end.is_some_and(vm::End::is_clean);
+        if !line.is_empty() {
+            line.push_str(", ");
+        }
+        line.push_str(&vm.name);
+        line.push_str(": ");
+        line.push_str(end.map_or("stopped", vm::End::describe));
+    }
+    if sys.failed > 0 {
+        line.push_str(&alloc::format!(", {} VM(s) not started", sys.failed));
+    }
+    if failed {
+        log::error!("system ended: failed ({line})");
+    } else {
+        log::info!("system ended: clean ({line})");
+    }
+}
+
 pub fn vm_stopped() {
     let Some(sys) = SYSTEM.get() else { return };
     let n = STOPPED.fetch_add(1, Ordering::SeqCst) + 1;
     if n >= sys.vms.len() + sys.failed {
+        summarize(sys);
         log::info!("all VMs stopped, powering off");
         let r = firmware::system_off();
         log::error!("firmware refused SYSTEM_OFF ({r}); halting");
@@ -201,6 +406,8 @@ pub fn service_interrupts_without_vcpu() {
         gic::deactivate(intid);
         if Some(intid) == crate::console::rx_intid() {
             console_input();
+        } else if Some(intid) == el2_timer_intid() {
+            console_stall_check();
         }
     }
 }

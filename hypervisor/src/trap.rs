@@ -130,6 +130,13 @@ fn smccc(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame) {
         frame.x[0] = 0;
         return;
     }
+    // Read-only and lock-free too: this vCPU's own record.
+    if let Call::BulkheadTimerLate = call {
+        frame.x[0] = vm
+            .vcpu_stats(vcpu)
+            .map_or(0, |c| c.timer_late.load(Ordering::Relaxed));
+        return;
+    }
     let mut st = vm.state.lock();
     if st.lifecycle != Lifecycle::Running {
         drop(st);
@@ -274,10 +281,14 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
     } else {
         let v = match *target {
             Mmio::Uart(off) => {
-                let r = vm.uart.lock().read(off, size).ok();
+                let mut uart = vm.uart.lock();
+                let r = uart.read(off, size).ok();
                 // Of the reads, only popping the receive FIFO (DR) can
-                // change the interrupt level.
+                // change the interrupt level, and free room for console
+                // input held back.
                 if off < 4 {
+                    system::console_rx_drained(vm, &uart);
+                    drop(uart);
                     vm.update_uart_line(Some(vcpu));
                 }
                 r
@@ -320,6 +331,10 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
     while let Some(intid) = gic::ack() {
         gic::eoi(intid);
         if intid == VTIMER_INTID {
+            if let Some(c) = vm.vcpu_stats(vcpu) {
+                let late = regs::cntvct_el0().saturating_sub(regs::cntv_cval_el0());
+                c.timer_late.store(late, Ordering::Relaxed);
+            }
             // Stays active until the guest deactivates the virtual one (HW bit).
             vm.raise_private_now(vcpu, VTIMER_INTID);
             continue;
@@ -339,6 +354,8 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
             vm.flush_lrs(vcpu);
         } else if Some(intid) == console::rx_intid() {
             system::console_input();
+        } else if Some(intid) == system::el2_timer_intid() {
+            system::console_stall_check();
         } else {
             log::warn!("unexpected physical interrupt {intid}");
         }

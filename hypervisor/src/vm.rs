@@ -11,7 +11,7 @@ use bulkhead_pagetable::{Attrs, MemType, PageTable, Regime};
 use bulkhead_psci::{GuestRam, PowerState};
 use bulkhead_types::{PcpuId, PhysAddr, VcpuId, VmId};
 use bulkhead_vgic::{Kicks, VGic};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use spin::Mutex;
 
 pub use bulkhead_config::{VGICD_IPA, VGICR_IPA, VUART_IPA, VUART_SPI};
@@ -56,6 +56,48 @@ impl End {
             End::Off => policy == RestartPolicy::Always,
         }
     }
+
+    /// Whether a VM that stayed stopped after this end stopped as asked
+    /// (its own SYSTEM_OFF, or `stop` in the shell) rather than by a crash
+    /// or a reset its policy did not follow (Linux turns a panic into a
+    /// reset).
+    pub fn is_clean(self) -> bool {
+        matches!(self, End::Off | End::ShellStop)
+    }
+
+    /// For [`Vm::ended`]: 0 is "has not ended".
+    const fn code(self) -> u8 {
+        match self {
+            End::Off => 1,
+            End::Reset => 2,
+            End::Crash => 3,
+            End::ShellStop => 4,
+            End::ShellRestart => 5,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<End> {
+        [
+            End::Off,
+            End::Reset,
+            End::Crash,
+            End::ShellStop,
+            End::ShellRestart,
+        ]
+        .into_iter()
+        .find(|e| e.code() == code)
+    }
+
+    /// How the VM ended, for the final summary.
+    pub fn describe(self) -> &'static str {
+        match self {
+            End::Off => "powered off",
+            End::Reset => "reset (a reboot or a kernel panic) and not restarted",
+            End::Crash => "crashed",
+            End::ShellStop => "stopped from the shell",
+            End::ShellRestart => "restarting",
+        }
+    }
 }
 
 pub struct VmState {
@@ -84,6 +126,10 @@ pub struct VcpuStats {
     pub irq: AtomicU64,
     pub other: AtomicU64,
     pub injected: AtomicU64,
+    /// Ticks by which the last virtual-timer interrupt was past its compare
+    /// value when it reached EL2: the platform's delay, before Bulkhead
+    /// ran. The guest reads it with the BULKHEAD_TIMER_LATE hypercall.
+    pub timer_late: AtomicU64,
 }
 
 /// One more event in a counter with a single writer (no atomic
@@ -123,6 +169,9 @@ pub struct Vm {
     /// with the `uart` lock held).
     uart_level: AtomicBool,
     pub restarts: AtomicU64,
+    /// How the VM last stopped for good ([`End::code`]; 0 while it has not):
+    /// an atomic so the final summary reads every VM's without their locks.
+    ended: AtomicU8,
     /// CNTVOFF_EL2 for every vCPU: the counter when the VM last started.
     pub cntvoff: AtomicU64,
     pub complaints: AtomicU32,
@@ -271,6 +320,7 @@ impl Vm {
             uart: Mutex::new(Pl011::new()),
             uart_level: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
+            ended: AtomicU8::new(0),
             cntvoff: AtomicU64::new(0),
             complaints: AtomicU32::new(0),
             stats: VmStats::default(),
@@ -279,6 +329,11 @@ impl Vm {
             criticality: cfg.criticality,
             ends: ends.into_iter().map(|(e, _, _)| e).collect(),
         })
+    }
+
+    /// How the VM last stopped for good, if it has.
+    pub fn ended(&self) -> Option<End> {
+        End::from_code(self.ended.load(Ordering::Acquire))
     }
 
     pub fn n_vcpus(&self) -> u16 {
@@ -418,6 +473,8 @@ impl Vm {
         crate::channel::vm_starting(self);
         let dtb = self.load_image();
         self.vgic.lock().reset();
+        // No register state and no unread console input of the old instance.
+        system::reset_vm_uart(self);
         self.uart_level.store(false, Ordering::Relaxed);
         self.cntvoff.store(regs::cntpct_el0(), Ordering::Relaxed);
         st.power.boot(self.entry_ipa(), dtb);
@@ -560,10 +617,10 @@ impl Vm {
             Lifecycle::Stopping(end) if end.restarts(self.restart) => {
                 let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
                 log::info!("{}: restart {n}: fresh image loaded", self.name);
-                self.uart.lock().reset();
                 self.boot(st);
             }
-            Lifecycle::Stopping(_) => {
+            Lifecycle::Stopping(end) => {
+                self.ended.store(end.code(), Ordering::Release);
                 st.lifecycle = Lifecycle::Stopped;
                 crate::channel::vm_stopped(self);
                 log::info!("{}: stopped", self.name);

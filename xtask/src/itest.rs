@@ -102,13 +102,52 @@ pub const CASES: &[Case] = &[
             ("/ # ", "echo answer=$((6*7))\n"),
             ("answer=42", "echo cpus=$(nproc)\n"),
             // The channel: a Linux program asks the safety VM.
-            // (Short: the virtual UART's receive FIFO holds 32 bytes.)
+            // (Typed lines wait in the VM's 4 KiB console input ring, so
+            // they need not fit the virtual UART's 32-byte FIFO.)
             ("cpus=2", "bulkhead-chan ping hi\n"),
             ("reply from the peer in", "echo chan=$?\n"),
             ("chan=0", "poweroff -f\n"),
             // The safety VM runs until stopped: from the shell (Ctrl-]).
             ("infotainment: stopped", "\x1d"),
             ("bulkhead shell", "stop safety\r"),
+        ],
+        qemu_extra: &[],
+        uboot: false,
+    },
+    // An 8 KiB line pasted in one write (more than the VM's 4 KiB console
+    // input ring; should the guest fall behind, input waits in the physical
+    // UART) reaches the guest byte for byte. Not typed at the shell prompt (ash edits at most about
+    // 1 KiB, a canonical tty line holds 4095 bytes): `head` reads it from a
+    // non-canonical tty. LOG_CHECKS compares its SHA256 with the payload's.
+    Case {
+        name: "paste",
+        config: "configs/test-paste.toml",
+        timeout_s: 240,
+        expect: &[
+            "console input goes to linux",
+            "[linux] busybox shell",
+            "[linux] paste-ready-42",
+            "[linux] paste-bytes=8192",
+            "/tmp/p",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[],
+        forbid: &[
+            "Kernel panic",
+            "Oops",
+            "BUG:",
+            "console input dropped",
+            "unexpected physical interrupt",
+        ],
+        exit: 0,
+        input: &[
+            (
+                "/ # ",
+                "stty -icanon -echo min 1 time 0; echo paste-ready-$((6*7)); \
+                 head -c 8192 >/tmp/p; stty sane; echo paste-bytes=$(wc -c </tmp/p); \
+                 sha256sum /tmp/p; poweroff -f\n",
+            ),
+            ("paste-ready-42", PASTE),
         ],
         qemu_extra: &[],
         uboot: false,
@@ -219,6 +258,7 @@ pub const CASES: &[Case] = &[
             "Kernel panic - not syncing: sysrq triggered crash",
             "infotainment: stopping (guest called SYSTEM_RESET; restart policy never)",
             "infotainment: stopped",
+            "system ended: failed (safety: powered off, infotainment: reset (a reboot or a kernel panic) and not restarted)",
             "all VMs stopped, powering off",
         ],
         contains: &["[safety] PASS hello"],
@@ -312,6 +352,7 @@ pub const CASES: &[Case] = &[
         expect: &[
             "starting at EL2",
             "EL2 MMU on: text RX, data RW XN",
+            "system ended: clean (safety: powered off, infotainment: powered off)",
             "all VMs stopped, powering off",
         ],
         contains: &[
@@ -524,6 +565,29 @@ pub const CASES: &[Case] = &[
     },
 ];
 
+/// The line the `paste` case sends: 8192 printable bytes, no newline.
+const PASTE: &str = include_str!("../../configs/linux/paste-8k.txt");
+
+/// A check of a QEMU log: `Err` says what is wrong.
+type LogCheck = fn(&str) -> Result<(), String>;
+
+/// Checks of a case's log against values computed at test time, by case
+/// name (in addition to its `expect`, `contains` and `forbid`).
+const LOG_CHECKS: &[(&str, LogCheck)] = &[("paste", paste_arrived)];
+
+/// The guest's `sha256sum /tmp/p` names the payload's hash.
+fn paste_arrived(log: &str) -> Result<(), String> {
+    let want = format!(
+        "[linux] {}  /tmp/p",
+        crate::debian::sha256_hex(PASTE.as_bytes())
+    );
+    match log.lines().find(|l| l.contains("  /tmp/p")) {
+        Some(line) if line.contains(&want) => Ok(()),
+        Some(line) => Err(format!("pasted data differs: {line:?}, expected {want:?}")),
+        None => Err(format!("no sha256sum output; expected {want:?}")),
+    }
+}
+
 /// Cases whose image needs hypervisor cargo features (self-tests); every
 /// other case boots the normal build.
 const HV_FEATURES: &[(&str, &[&str])] = &[("stack_guard", &["selftest-stack-overflow"])];
@@ -646,6 +710,10 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
             crate::fuzz::SMOKE_SECONDS
         );
         tally.record("fuzz_smoke", crate::fuzz::smoke(crate::fuzz::SMOKE_SECONDS));
+    }
+    if wanted("run_exit_status") {
+        println!("cargo xtask run's exit status and --log (run_exit_status)…");
+        tally.record("run_exit_status", run_exit_status());
     }
     if wanted("user_image") {
         println!("booting a user's Image and device tree from a path (user_image)…");
@@ -820,6 +888,88 @@ fn user_image() -> Result<()> {
     Ok(())
 }
 
+/// `run_exit_status`: `cargo xtask run` as a script uses it. A system whose
+/// VMs all power off exits 0; one whose Linux VM crashes under restart
+/// policy `never` exits 1; `--log` holds the tagged console either way.
+fn run_exit_status() -> Result<()> {
+    let dir = target_dir().join("itest/run");
+    std::fs::create_dir_all(&dir)?;
+    /// (config, what to type once what appeared, exit status, summary).
+    type Run<'a> = (&'a str, Option<(&'a str, &'a str)>, i32, &'a str);
+    let runs: [Run; 2] = [
+        (
+            "configs/test-two-vms.toml",
+            None,
+            0,
+            "system ended: clean (safety: powered off, infotainment: powered off)",
+        ),
+        (
+            "configs/test-crash-never.toml",
+            Some(("[infotainment] / # ", "echo c > /proc/sysrq-trigger\n")),
+            1,
+            "system ended: failed (safety: powered off, infotainment: reset",
+        ),
+    ];
+    for (config, typed, want, summary) in runs {
+        let log = dir.join(format!(
+            "{}.log",
+            Path::new(config)
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+        ));
+        let _ = std::fs::remove_file(&log);
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["run", "--time", "real", "--config", config, "--log"])
+            .arg(&log)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("cannot start cargo xtask run")?;
+        let mut stdin = child.stdin.take();
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if let (Some((wait_for, send)), Some(input)) = (typed, stdin.as_mut()) {
+                let seen = std::fs::read(&log).unwrap_or_default();
+                if String::from_utf8_lossy(&seen).contains(wait_for) {
+                    std::io::Write::write_all(input, send.as_bytes())?;
+                    stdin = None;
+                }
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                child.wait()?;
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+        let mut problems = Vec::new();
+        match status.and_then(|s| s.code()) {
+            Some(code) if code == want => {}
+            other => problems.push(format!("exit status {other:?}, expected {want}")),
+        }
+        if !text.contains(summary) {
+            problems.push(format!("{summary:?} is not in --log {}", log.display()));
+        }
+        if !text.contains("all VMs stopped, powering off") {
+            problems.push("the log does not reach the power-off".to_owned());
+        }
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "cargo xtask run --config {config}:\n  {}\n  log:\n{}",
+                problems.join("\n  "),
+                qemu::indent(&text)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A device tree for a one-vCPU VM in Bulkhead's (QEMU virt's) layout with
 /// `bootargs` and `restarts` of our choosing: the kind of file a user
 /// gives with `dtb = ...`.
@@ -897,6 +1047,11 @@ fn run_case(case: &Case) -> Result<()> {
     for text in case.contains {
         if !outcome.log.contains(text) {
             problems.push(format!("{text:?} never appeared"));
+        }
+    }
+    for (_, check) in LOG_CHECKS.iter().filter(|(name, _)| *name == case.name) {
+        if let Err(why) = check(&outcome.log) {
+            problems.push(why);
         }
     }
     match outcome.status {
@@ -1270,6 +1425,24 @@ mod tests {
         }
         assert_eq!(hv_features("stack_guard"), ["selftest-stack-overflow"]);
         assert!(hv_features("two_vms").is_empty());
+    }
+
+    #[test]
+    fn paste_payload_is_one_printable_line() {
+        assert_eq!(PASTE.len(), 8192);
+        assert!(PASTE.bytes().all(|b| (0x20..0x7f).contains(&b)));
+        let case = CASES.iter().find(|c| c.name == "paste").unwrap();
+        assert!(case.expect.contains(&"[linux] paste-bytes=8192"));
+        assert!(LOG_CHECKS
+            .iter()
+            .all(|(name, _)| CASES.iter().any(|c| c.name == *name)));
+        let good = format!(
+            "[linux] {}  /tmp/p\n",
+            crate::debian::sha256_hex(PASTE.as_bytes())
+        );
+        assert_eq!(paste_arrived(&good), Ok(()));
+        assert!(paste_arrived("[linux] 00  /tmp/p\n").is_err());
+        assert!(paste_arrived("").is_err());
     }
 
     #[test]

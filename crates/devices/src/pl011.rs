@@ -6,8 +6,14 @@
 //! handed to an `emit` callback, after filtering control characters so a
 //! guest cannot drive the host terminal.
 //!
-//! Input is queued by the hypervisor with [`Pl011::push_rx`] into a
-//! [`RX_FIFO_DEPTH`]-byte receive FIFO that guest reads of UARTDR drain.
+//! Input is queued by the hypervisor with [`Pl011::push_rx`] into a ring of
+//! [`RX_RING_SIZE`] bytes, the VM's console input buffer. The guest sees
+//! the oldest [`RX_FIFO_DEPTH`] of them as the receive FIFO: each read of
+//! UARTDR takes the oldest byte, and the next waiting byte moves up into
+//! the FIFO at once, as if the line had delivered it. A paste of a few KiB
+//! therefore waits in the ring instead of overrunning a 32-byte FIFO; the
+//! hypervisor stops reading its own UART while the ring is full
+//! ([`Pl011::rx_room`]) and resumes once the guest has drained it.
 //! The interrupt output is a level ([`Pl011::irq_level`]): the hypervisor
 //! drives the vGIC SPI from it after every access and every `push_rx`, which
 //! is what Linux's amba-pl011 driver (ttyAMA0) needs for interrupt-driven
@@ -54,6 +60,12 @@ const PCELL_ID: [u32; 4] = [0x0d, 0xf0, 0x05, 0xb1];
 /// Receive FIFO depth: 32 entries in PL011 r1p5 (TRM 2.4.3 "FIFO").
 pub const RX_FIFO_DEPTH: usize = 32;
 
+/// Received bytes one UART holds, the FIFO included: the VM's console input
+/// ring (4 KiB, like a Xen console ring).
+pub const RX_RING_SIZE: usize = 4096;
+
+const _: () = assert!(RX_RING_SIZE.is_power_of_two() && RX_RING_SIZE >= RX_FIFO_DEPTH);
+
 /// UARTFR bits (TRM 3.3.3). TXFE is always set and TXFF and BUSY always
 /// clear: the transmitter is idle and ready at every read.
 const FR_TXFE: u32 = 1 << 7;
@@ -99,8 +111,9 @@ pub struct Pl011 {
     /// level in [`Pl011::ris`].
     ris: u32,
     dmacr: u32,
-    /// Receive FIFO ring: `rx_len` bytes starting at `rx_head`.
-    rx: [u8; RX_FIFO_DEPTH],
+    /// Received bytes, `rx_len` of them starting at `rx_head`; the first
+    /// (up to) [`RX_FIFO_DEPTH`] are the receive FIFO the guest sees.
+    rx: [u8; RX_RING_SIZE],
     rx_head: usize,
     rx_len: usize,
     line: [u8; LINE_MAX],
@@ -144,7 +157,7 @@ impl Pl011 {
             imsc: 0,
             ris: TXRIS,
             dmacr: 0,
-            rx: [0; RX_FIFO_DEPTH],
+            rx: [0; RX_RING_SIZE],
             rx_head: 0,
             rx_len: 0,
             line: [0; LINE_MAX],
@@ -153,24 +166,58 @@ impl Pl011 {
         }
     }
 
-    /// Back to the reset state, with an empty receive FIFO. A partial line
-    /// is discarded: call [`Pl011::flush`] first to keep it.
+    /// Back to the reset state, with an empty receive FIFO and ring: input
+    /// not yet read is discarded, and so is a partial line (call
+    /// [`Pl011::flush`] first to keep it).
+    ///
+    /// Done field by field: `*self = Self::new()` would build a temporary of
+    /// more than 4 KiB on the (EL2) stack. The byte arrays keep stale
+    /// contents, which nothing reads once the lengths are zero.
     pub fn reset(&mut self) {
-        *self = Self::new();
+        let Self {
+            ilpr,
+            ibrd,
+            fbrd,
+            lcr_h,
+            cr,
+            ifls,
+            imsc,
+            ris,
+            dmacr,
+            rx: _,
+            rx_head,
+            rx_len,
+            line: _,
+            len,
+            esc,
+        } = self;
+        *ilpr = 0;
+        *ibrd = 0;
+        *fbrd = 0;
+        *lcr_h = 0;
+        *cr = CR_RESET;
+        *ifls = IFLS_RESET;
+        *imsc = 0;
+        *ris = TXRIS;
+        *dmacr = 0;
+        *rx_head = 0;
+        *rx_len = 0;
+        *len = 0;
+        *esc = Escape::None;
     }
 
-    /// Queue one received byte. Returns `false` (and drops the byte) when the
-    /// FIFO is full; hardware would flag an overrun in UARTRSR.OE (TRM
-    /// 3.3.2), which this model does not report.
+    /// Queue one received byte behind those already waiting. Returns `false`
+    /// (and drops the byte) when the ring is full, i.e. [`Pl011::rx_room`]
+    /// is 0: the caller should have stopped its input before that.
     ///
     /// Bytes are accepted whatever UARTCR.UARTEN/RXE and UARTLCR_H.FEN say:
     /// input typed before the driver enables the UART is kept rather than
     /// lost, and the FIFO stays 32 deep even in character mode.
     pub fn push_rx(&mut self, byte: u8) -> bool {
-        if self.rx_len >= RX_FIFO_DEPTH {
+        if self.rx_len >= RX_RING_SIZE {
             return false;
         }
-        let tail = (self.rx_head + self.rx_len) % RX_FIFO_DEPTH;
+        let tail = (self.rx_head + self.rx_len) % RX_RING_SIZE;
         match self.rx.get_mut(tail) {
             Some(slot) => *slot = byte,
             None => return false,
@@ -179,13 +226,30 @@ impl Pl011 {
         true
     }
 
-    /// Oldest received byte, removed from the FIFO.
+    /// Received bytes not yet read by the guest: those in the receive FIFO
+    /// and those waiting behind it.
+    pub fn rx_pending(&self) -> usize {
+        self.rx_len
+    }
+
+    /// How many more bytes [`Pl011::push_rx`] accepts.
+    pub fn rx_room(&self) -> usize {
+        RX_RING_SIZE - self.rx_len
+    }
+
+    /// Bytes in the receive FIFO as the guest sees it.
+    fn fifo_level(&self) -> usize {
+        self.rx_len.min(RX_FIFO_DEPTH)
+    }
+
+    /// Oldest received byte, removed from the FIFO; the next waiting byte
+    /// takes the free FIFO entry.
     fn pop_rx(&mut self) -> Option<u8> {
         if self.rx_len == 0 {
             return None;
         }
         let byte = self.rx.get(self.rx_head).copied();
-        self.rx_head = (self.rx_head + 1) % RX_FIFO_DEPTH;
+        self.rx_head = (self.rx_head + 1) % RX_RING_SIZE;
         self.rx_len -= 1;
         byte
     }
@@ -203,7 +267,11 @@ impl Pl011 {
     /// UARTICR while data remains, as on hardware, where the conditions
     /// re-assert while they hold; reading the FIFO empty clears them.
     fn ris(&self) -> u32 {
-        let rx = if self.rx_len > 0 { RXRIS | RTRIS } else { 0 };
+        let rx = if self.fifo_level() > 0 {
+            RXRIS | RTRIS
+        } else {
+            0
+        };
         self.ris | rx
     }
 
@@ -325,13 +393,14 @@ impl Pl011 {
     }
 
     /// UARTFR (TRM 3.3.3): transmit side always empty; RXFE and RXFF follow
-    /// the receive FIFO.
+    /// the receive FIFO (full while 32 or more bytes wait).
     fn flags(&self) -> u32 {
         let mut fr = FR_TXFE;
-        if self.rx_len == 0 {
+        let level = self.fifo_level();
+        if level == 0 {
             fr |= FR_RXFE;
         }
-        if self.rx_len >= RX_FIFO_DEPTH {
+        if level >= RX_FIFO_DEPTH {
             fr |= FR_RXFF;
         }
         fr
@@ -682,18 +751,184 @@ mod tests {
         assert_ne!(fr(&mut u) & FR_RXFE, 0);
     }
 
+    /// A byte sequence that does not repeat with any small period, so a
+    /// lost, duplicated or reordered byte shows.
+    fn pattern(i: usize) -> u8 {
+        (i.wrapping_mul(31) ^ (i >> 7)) as u8
+    }
+
     #[test]
-    fn full_fifo_drops_the_new_byte() {
+    fn fifo_full_queues_further_bytes_behind_it() {
         let mut u = Pl011::new();
-        for i in 0..RX_FIFO_DEPTH as u8 {
-            assert!(u.push_rx(i));
+        for i in 0..RX_FIFO_DEPTH + 10 {
+            assert!(u.push_rx(pattern(i)), "byte {i}");
         }
+        assert_eq!(u.rx_pending(), RX_FIFO_DEPTH + 10);
+        // The guest sees a full 32-byte FIFO, not more.
+        assert_eq!(fr(&mut u) & (FR_RXFE | FR_RXFF), FR_RXFF);
+        // Each read refills the FIFO from the ring: it stays full while
+        // bytes wait behind it.
+        for i in 0..10 {
+            assert_eq!(u.read(DR, 4).unwrap(), u64::from(pattern(i)));
+            assert_eq!(fr(&mut u) & FR_RXFF, FR_RXFF, "after read {i}");
+        }
+        assert_eq!(u.read(DR, 4).unwrap(), u64::from(pattern(10)));
+        assert_eq!(fr(&mut u) & (FR_RXFE | FR_RXFF), 0, "31 left");
+        for i in 11..RX_FIFO_DEPTH + 10 {
+            assert_eq!(u.read(DR, 4).unwrap(), u64::from(pattern(i)));
+        }
+        assert_eq!(fr(&mut u) & FR_RXFE, FR_RXFE);
+        assert_eq!(u.rx_pending(), 0);
+    }
+
+    #[test]
+    fn full_ring_refuses_the_new_byte_and_reports_it() {
+        let mut u = Pl011::new();
+        assert_eq!(u.rx_room(), RX_RING_SIZE);
+        for i in 0..RX_RING_SIZE {
+            assert!(u.push_rx(pattern(i)), "byte {i}");
+        }
+        assert_eq!(u.rx_room(), 0);
+        assert_eq!(u.rx_pending(), RX_RING_SIZE);
         assert!(!u.push_rx(0xee));
-        for i in 0..RX_FIFO_DEPTH as u8 {
-            assert_eq!(u.read(DR, 4).unwrap(), u64::from(i));
+        assert_eq!(u.rx_pending(), RX_RING_SIZE, "refused byte not counted");
+        // One read makes room for exactly one more.
+        assert_eq!(u.read(DR, 4).unwrap(), u64::from(pattern(0)));
+        assert_eq!(u.rx_room(), 1);
+        assert!(u.push_rx(0x55));
+        assert!(!u.push_rx(0x56));
+        for i in 1..RX_RING_SIZE {
+            assert_eq!(u.read(DR, 4).unwrap(), u64::from(pattern(i)), "byte {i}");
         }
-        assert_eq!(u.read(DR, 4).unwrap(), 0, "the dropped byte never appears");
-        assert!(u.push_rx(0x55), "room again once drained");
+        assert_eq!(u.read(DR, 4).unwrap(), 0x55);
+        assert_eq!(u.read(DR, 4).unwrap(), 0, "the refused bytes never appear");
+    }
+
+    #[test]
+    fn nothing_lost_or_reordered_across_many_refills() {
+        // Three rings' worth: the ring is topped up to full before each
+        // uneven bite the guest reads, so it wraps with the FIFO window
+        // straddling its end.
+        let mut u = Pl011::new();
+        let total = 3 * RX_RING_SIZE + 123;
+        let (mut sent, mut got) = (0, 0);
+        let mut bite = 1;
+        while got < total {
+            while sent < total && u.rx_room() > 0 {
+                assert!(u.push_rx(pattern(sent)));
+                sent += 1;
+            }
+            assert_eq!(u.rx_pending(), sent - got);
+            for _ in 0..bite.min(sent - got) {
+                assert_eq!(
+                    u.read(DR, 4).unwrap(),
+                    u64::from(pattern(got)),
+                    "byte {got}"
+                );
+                got += 1;
+            }
+            bite = bite * 7 % 97 + 1;
+        }
+        assert_eq!((sent, got), (total, total));
+        assert_eq!(fr(&mut u) & FR_RXFE, FR_RXFE);
+        assert_eq!(u.read(DR, 4).unwrap(), 0);
+    }
+
+    #[test]
+    fn filling_the_ring_to_the_brim_between_reads() {
+        let mut u = Pl011::new();
+        let mut next = 0;
+        for _ in 0..3 {
+            while u.push_rx(pattern(next)) {
+                next += 1;
+            }
+            assert_eq!(u.rx_pending(), RX_RING_SIZE);
+            // Drain all but 100, then refill to full again.
+            for _ in 0..RX_RING_SIZE - 100 {
+                let want = pattern(next - u.rx_pending());
+                assert_eq!(u.read(DR, 4).unwrap(), u64::from(want));
+            }
+        }
+        while u.rx_pending() > 0 {
+            let want = pattern(next - u.rx_pending());
+            assert_eq!(u.read(DR, 4).unwrap(), u64::from(want));
+        }
+    }
+
+    #[test]
+    fn irq_level_stays_up_until_the_ring_is_drained() {
+        let mut u = Pl011::new();
+        u.write(IMSC, 4, u64::from(RXRIS | RTRIS), &mut no_emit)
+            .unwrap();
+        for i in 0..200 {
+            u.push_rx(pattern(i));
+        }
+        // A driver reads a few bytes per interrupt: the level (and RXRIS)
+        // holds after every partial drain while anything waits.
+        let mut left = 200;
+        while left > 1 {
+            for _ in 0..left.min(17) - 1 {
+                u.read(DR, 4).unwrap();
+                left -= 1;
+            }
+            assert!(u.irq_level(), "{left} left");
+            assert_eq!(ris(&mut u) & (RXRIS | RTRIS), RXRIS | RTRIS);
+            assert_eq!(fr(&mut u) & FR_RXFE, 0);
+        }
+        u.read(DR, 4).unwrap();
+        assert!(!u.irq_level(), "drained");
+        assert_eq!(ris(&mut u) & (RXRIS | RTRIS), 0);
+    }
+
+    #[test]
+    fn reset_discards_pending_input_in_place() {
+        let mut u = Pl011::new();
+        for i in 0..RX_RING_SIZE {
+            u.push_rx(pattern(i));
+        }
+        for _ in 0..77 {
+            u.read(DR, 4).unwrap();
+        }
+        u.write(IMSC, 4, u64::from(RXRIS), &mut no_emit).unwrap();
+        u.write(LCR_H, 4, 0x70, &mut no_emit).unwrap();
+        u.write(ICR, 4, u64::from(TXRIS), &mut no_emit).unwrap();
+        u.reset();
+        assert_eq!(u.rx_pending(), 0);
+        assert_eq!(u.rx_room(), RX_RING_SIZE);
+        assert_eq!(
+            u.read(DR, 4).unwrap(),
+            0,
+            "the old instance's input is gone"
+        );
+        assert_eq!(u.read(IMSC, 4).unwrap(), 0);
+        assert_eq!(u.read(LCR_H, 4).unwrap(), 0);
+        assert_eq!(ris(&mut u), TXRIS);
+        // New input starts cleanly (from the middle of the array).
+        for i in 0..50 {
+            assert!(u.push_rx(pattern(1000 + i)));
+        }
+        for i in 0..50 {
+            assert_eq!(u.read(DR, 4).unwrap(), u64::from(pattern(1000 + i)));
+        }
+    }
+
+    #[test]
+    fn reset_matches_a_new_uart() {
+        let mut u = Pl011::new();
+        for reg in [ILPR, IBRD, FBRD, LCR_H, CR, IFLS, IMSC, DMACR] {
+            u.write(reg, 4, 0xffff_ffff, &mut no_emit).unwrap();
+        }
+        u.write(DR, 4, 0x1b, &mut no_emit).unwrap(); // inside an escape
+        u.push_rx(1);
+        u.reset();
+        let mut fresh = Pl011::new();
+        for reg in (0..0x50).step_by(4).chain((0xfe0..0x1000).step_by(4)) {
+            assert_eq!(u.read(reg, 4), fresh.read(reg, 4), "reg {reg:#x}");
+        }
+        // The escape filter was reset too: 'x' is printed, not swallowed.
+        let mut s = Sink::default();
+        s.put(&mut u, b"x\n");
+        assert_eq!(s.0, [b"x".to_vec()]);
     }
 
     #[test]

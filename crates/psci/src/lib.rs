@@ -33,6 +33,11 @@ pub mod fid {
     pub const BULKHEAD_NULL: u32 = 0xC600_0000;
     /// Bulkhead VM info: x0 = restart count, x1 = vCPU index.
     pub const BULKHEAD_VM_INFO: u32 = 0xC600_0001;
+    /// Bulkhead timer lateness: x0 = how many counter ticks the calling
+    /// vCPU's last virtual-timer interrupt was past its compare value when
+    /// it reached the hypervisor (CNTVCT - CNTV_CVAL on arrival at EL2):
+    /// the delay the platform added before Bulkhead ran.
+    pub const BULKHEAD_TIMER_LATE: u32 = 0xC600_0002;
 }
 
 /// PSCI return codes (PSCI 1.1 table 5.2), as the signed values a guest
@@ -92,6 +97,7 @@ pub enum Call {
     },
     BulkheadNull,
     BulkheadVmInfo,
+    BulkheadTimerLate,
     Unknown {
         fid: u32,
     },
@@ -133,6 +139,7 @@ pub fn decode(x0: u64, x1: u64, x2: u64, x3: u64) -> Call {
         fid::SMCCC_ARCH_FEATURES => Call::SmcccArchFeatures { fid: x1 as u32 },
         fid::BULKHEAD_NULL => Call::BulkheadNull,
         fid::BULKHEAD_VM_INFO => Call::BulkheadVmInfo,
+        fid::BULKHEAD_TIMER_LATE => Call::BulkheadTimerLate,
         other => Call::Unknown { fid: other },
     }
 }
@@ -334,6 +341,9 @@ impl PowerState {
             Call::SmcccArchFeatures { .. } => ret(status::NOT_SUPPORTED),
             Call::BulkheadNull => ret(status::SUCCESS),
             Call::BulkheadVmInfo => Action::Return(restart_count),
+            // The hypervisor answers it from its own records before the
+            // power state machine is asked; nothing here knows the value.
+            Call::BulkheadTimerLate => ret(status::NOT_SUPPORTED),
             Call::Unknown { .. } => ret(status::NOT_SUPPORTED),
         }
     }
@@ -445,7 +455,8 @@ mod tests {
             (0x8000_0000, Call::SmcccVersion),
             (0xC600_0000, Call::BulkheadNull),
             (0xC600_0001, Call::BulkheadVmInfo),
-            (0xC600_0002, Call::Unknown { fid: 0xC600_0002 }),
+            (0xC600_0002, Call::BulkheadTimerLate),
+            (0xC600_0003, Call::Unknown { fid: 0xC600_0003 }),
         ];
         for (x0, call) in cases {
             assert_eq!(decode(x0, 0, 0, 0), call, "fid {x0:#x}");

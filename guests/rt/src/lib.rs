@@ -233,6 +233,9 @@ pub mod psci {
     pub const FEATURES: u32 = 0x8400_000A;
     pub const BULKHEAD_NULL: u32 = 0xC600_0000;
     pub const BULKHEAD_VM_INFO: u32 = 0xC600_0001;
+    /// x0 = ticks the caller's last virtual-timer interrupt was late on
+    /// arrival at EL2.
+    pub const BULKHEAD_TIMER_LATE: u32 = 0xC600_0002;
     pub const SUCCESS: i64 = 0;
     pub const NOT_SUPPORTED: i64 = -1;
     pub const INVALID_PARAMETERS: i64 = -2;

@@ -39,6 +39,12 @@ read_fn!(elr_el2, "elr_el2");
 read_fn!(spsr_el2, "spsr_el2");
 read_fn!(vbar_el1, "vbar_el1");
 read_fn!(cntpct_el0, "cntpct_el0");
+// At EL2 with E2H = 0 the virtual count is the physical one less
+// CNTVOFF_EL2: the guest's view, as is the guest's compare value.
+read_fn!(cntvct_el0, "cntvct_el0");
+read_fn!(cntv_cval_el0, "cntv_cval_el0");
+read_fn!(cntfrq_el0, "cntfrq_el0");
+read_fn!(cnthp_ctl_el2, "cnthp_ctl_el2");
 read_fn!(tpidr_el2, "tpidr_el2");
 
 guest_write_fn!(set_elr_el2, "elr_el2");
@@ -71,6 +77,34 @@ guest_write_fn!(set_mdscr_el1, "mdscr_el1");
 guest_write_fn!(set_vmpidr_el2, "vmpidr_el2");
 guest_write_fn!(set_vpidr_el2, "vpidr_el2");
 guest_write_fn!(set_cntvoff_el2, "cntvoff_el2");
+
+/// CNTHP_CTL_EL2 bits: ENABLE, and ISTATUS (the timer condition is met).
+pub const CNTHP_ENABLE: u64 = 1 << 0;
+pub const CNTHP_ISTATUS: u64 = 1 << 2;
+
+/// Programs EL2's own physical timer (CNTHP_*): `Some(cval)` raises its
+/// PPI once the physical counter reaches `cval`, `None` turns it off.
+pub fn set_el2_timer(cval: Option<u64>) {
+    // SAFETY: the EL2 physical timer only raises an interrupt, which EL2
+    // handles (or ignores); no guest uses it and no memory is touched.
+    unsafe {
+        match cval {
+            Some(v) => core::arch::asm!(
+                "msr cnthp_cval_el2, {v}",
+                "msr cnthp_ctl_el2, {on}",
+                "isb",
+                v = in(reg) v,
+                on = in(reg) CNTHP_ENABLE,
+                options(nomem, nostack, preserves_flags)
+            ),
+            None => core::arch::asm!(
+                "msr cnthp_ctl_el2, xzr",
+                "isb",
+                options(nomem, nostack, preserves_flags)
+            ),
+        }
+    }
+}
 
 /// HCR_EL2 bits (Arm ARM D24.2.48).
 pub mod hcr {
