@@ -507,27 +507,22 @@ fn build_system(
     for (ci, vc) in cfg.vms.iter().enumerate() {
         let id = VmId(vms.len() as u16);
         let refuse = |why: String| log::error!("vm '{}' not started: {why}", vc.name);
-        let initramfs = match vc.initramfs {
-            Some(i) => match payload.image(i as usize) {
-                Some((_, b)) => Some(b),
-                None => {
-                    refuse(alloc::format!("initramfs {i} missing from the payload"));
-                    failed += 1;
-                    continue;
-                }
-            },
-            None => None,
+        // The initramfs and device tree a VM names, if it names them.
+        let part = |what: &str, index: Option<u16>| match index {
+            Some(i) => payload
+                .image(usize::from(i))
+                .map(|(_, b)| Some(b))
+                .ok_or_else(|| alloc::format!("{what} {i} missing from the payload")),
+            None => Ok(None),
         };
-        let dtb = match vc.dtb {
-            Some(i) => match payload.image(i as usize) {
-                Some((_, b)) => Some(b),
-                None => {
-                    refuse(alloc::format!("device tree {i} missing from the payload"));
-                    failed += 1;
-                    continue;
-                }
-            },
-            None => None,
+        let (initramfs, dtb) = match (part("initramfs", vc.initramfs), part("device tree", vc.dtb))
+        {
+            (Ok(initramfs), Ok(dtb)) => (initramfs, dtb),
+            (Err(why), _) | (_, Err(why)) => {
+                refuse(why);
+                failed += 1;
+                continue;
+            }
         };
         let Some((_, image)) = payload.image(vc.image as usize) else {
             refuse(alloc::format!(

@@ -265,9 +265,8 @@ fn format_problems(
     };
     let mut out = Vec::new();
     for (i, vm) in parsed.config.vms.iter().enumerate() {
-        let is_kernel = find_key(text, i, "kernel").0.is_some();
         let uses = [
-            (Some(vm.image), if is_kernel { "kernel" } else { "image" }),
+            (Some(vm.image), written(text, i, "kernel", "image")),
             (vm.dtb, "dtb"),
         ];
         for (index, key) in uses {
@@ -293,6 +292,16 @@ fn format_problems(
     out
 }
 
+/// `key` if the `vm`-th table writes it, else `other`: which of two keys
+/// that fill the same field (`kernel`/`image`, `initramfs`/`init`) it used.
+fn written(text: &str, vm: usize, key: &'static str, other: &'static str) -> &'static str {
+    if find_key(text, vm, key).0.is_some() {
+        key
+    } else {
+        other
+    }
+}
+
 /// The VMs that use `source`, with the key that names it (`guest`, `image`,
 /// `kernel`, `init`, `initramfs` or `dtb`).
 fn vms_using(parsed: &Parsed, text: &str, source: &ImageSource) -> Vec<(usize, &'static str)> {
@@ -300,21 +309,10 @@ fn vms_using(parsed: &Parsed, text: &str, source: &ImageSource) -> Vec<(usize, &
     let mut out = Vec::new();
     for (i, vm) in parsed.config.vms.iter().enumerate() {
         if get(vm.image) == Some(source) {
-            // `image` or `kernel`, whichever the VM's table has.
-            let key = if find_key(text, i, "kernel").0.is_some() {
-                "kernel"
-            } else {
-                "image"
-            };
-            out.push((i, key));
+            out.push((i, written(text, i, "kernel", "image")));
         }
         if vm.initramfs.and_then(get) == Some(source) {
-            let key = if find_key(text, i, "initramfs").0.is_some() {
-                "initramfs"
-            } else {
-                "init"
-            };
-            out.push((i, key));
+            out.push((i, written(text, i, "initramfs", "init")));
         }
         if vm.dtb.and_then(get) == Some(source) {
             out.push((i, "dtb"));
