@@ -796,6 +796,16 @@ fn bench_quick() -> Result<()> {
 
 /// The command line the `user_image` test's config gives, verbatim.
 const USER_CMDLINE: &str = "setup smp=2 mem=256";
+/// The Linux run's command line: no `panic=-1`, a word of its own.
+const USER_LINUX_CMDLINE: &str = "console=ttyAMA0 rdinit=/init mine.flag=1 quiet-not";
+/// `/init` of the Linux run's own initramfs.
+const USER_LINUX_INIT: &str = "#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t sysfs sysfs /sys
+set -- $(/bin/busybox od -An -tu1 /proc/device-tree/chosen/bulkhead,restarts)
+echo \"USER-INIT cmdline=[$(/bin/busybox cat /proc/cmdline)] restarts=$(( ($1 << 24) | ($2 << 16) | ($3 << 8) | $4 ))\"
+/bin/busybox poweroff -f
+";
 
 /// `user_image`: a program built outside the config's pinned packages and
 /// booted from a path, as a bring-up engineer boots theirs. The `args`
@@ -807,7 +817,11 @@ const USER_CMDLINE: &str = "setup smp=2 mem=256";
 ///   to 1 across the reset it asks for;
 /// - `image = <Image>` with `dtb = <file>`: a device tree made here (with
 ///   its own bootargs and a restart count of 7 that the hypervisor would
-///   never write) must reach the guest as it is.
+///   never write) must reach the guest as it is;
+/// - Debian's 6.12 kernel named by the path of its `Image` in the package
+///   cache, with a gzip-compressed initramfs made here as `initramfs =
+///   <file>` and a command line of our own: Linux must report exactly
+///   that command line.
 fn user_image() -> Result<()> {
     let dir = target_dir().join("itest/user-image");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -824,6 +838,22 @@ fn user_image() -> Result<()> {
     std::fs::write(&image, crate::image::wrap(&flat.bytes, load_offset)?)?;
     let dtb = dir.join("board.dtb");
     std::fs::write(&dtb, user_dtb("setup smp=1 mem=64", 7)?)?;
+    let kernel =
+        crate::debian::kernel_image(bulkhead_config::toml::DebianKernel::BookwormBackports)?;
+    let busybox = std::fs::read(crate::debian::busybox()?)?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(
+        &mut gz,
+        &crate::cpio::initramfs(&busybox, USER_LINUX_INIT.as_bytes(), &[]),
+    )?;
+    let rootfs = dir.join("rootfs.cpio.gz");
+    std::fs::write(&rootfs, gz.finish()?)?;
+    let linux = format!(
+        "[board]\ncpus = 2\nmemory = \"1G\"\n\n[[vm]]\nname = \"mine\"\nkernel = \"{}\"\n\
+         initramfs = \"{}\"\ncmdline = \"{USER_LINUX_CMDLINE}\"\nmemory = \"256M\"\npcpus = [0]\n",
+        kernel.display(),
+        rootfs.display()
+    );
 
     let vm = |source: &str| {
         format!(
@@ -861,6 +891,15 @@ fn user_image() -> Result<()> {
                 "all VMs stopped, powering off",
             ][..],
         ),
+        (
+            "linux.toml",
+            linux,
+            &[
+                "Kernel command line: console=ttyAMA0 rdinit=/init mine.flag=1 quiet-not",
+                "[mine] USER-INIT cmdline=[console=ttyAMA0 rdinit=/init mine.flag=1 quiet-not] restarts=0",
+                "all VMs stopped, powering off",
+            ][..],
+        ),
     ];
     for (name, text, expect) in runs {
         let config = dir.join(name);
@@ -868,7 +907,7 @@ fn user_image() -> Result<()> {
         let built = build::build(&config, Output::Quiet)?;
         let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
         args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
-        let timeout = Duration::from_secs(60);
+        let timeout = Duration::from_secs(180);
         let outcome = qemu::run_captured(&args, timeout)?;
         let mut problems: Vec<String> = check_log(&outcome.log, expect, FORBID)
             .iter()
