@@ -88,10 +88,8 @@ pub fn decide_time(time: Time, host_cores: usize, vcpus: usize) -> (bool, String
         Time::Auto if host_cores < vcpus => (
             true,
             format!(
-                "time: virtual (-icount): {why}, so host threads per vCPU would take turns on \
-                 the cores and the safety VM would see the host's delays as its own; vCPUs run \
-                 in turn on one QEMU thread and deadlines are judged in guest time \
-                 (--time real to change)"
+                "time: virtual (-icount): {why}, so QEMU runs them in turn on one thread and \
+                 guests count time in instructions, not host delays (--time real to change)"
             ),
         ),
         Time::Auto => (
