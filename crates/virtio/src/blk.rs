@@ -1,0 +1,902 @@
+//! The virtio block device (virtio 1.2, 5.2) over a slice of a shared disk.
+//!
+//! A VM's disk is a window `[start, start + sectors)` of a physical disk.
+//! [`Blk::process`] takes each request the guest made available, checks
+//! it (header, direction of every buffer, that each buffer is guest RAM,
+//! that the sectors lie inside the slice), hands the checked request to
+//! the [`BlockBackend`] with absolute sectors and host addresses, and
+//! writes the status. The backend never sees a guest-chosen sector or
+//! address that was not checked here.
+
+use crate::mem::GuestMemory;
+use crate::mmio::{self, Event, Transport};
+use crate::queue::{Desc, Queue, QueueError};
+use crate::{feature, status};
+use alloc::vec::Vec;
+
+pub const DEVICE_ID: u32 = 2;
+pub const SECTOR: u64 = 512;
+
+/// Feature bits (5.2.3).
+pub mod f {
+    pub const SEG_MAX: u64 = 1 << 2;
+    pub const RO: u64 = 1 << 5;
+    pub const BLK_SIZE: u64 = 1 << 6;
+    pub const FLUSH: u64 = 1 << 9;
+}
+
+/// Request types and status values (5.2.6).
+pub mod req {
+    pub const IN: u32 = 0;
+    pub const OUT: u32 = 1;
+    pub const FLUSH: u32 = 4;
+    pub const GET_ID: u32 = 8;
+    pub const S_OK: u8 = 0;
+    pub const S_IOERR: u8 = 1;
+    pub const S_UNSUPP: u8 = 2;
+}
+
+/// Queue entries the guest may use; a chain is at most this long.
+pub const QUEUE_SIZE: u16 = 256;
+/// Data buffers per request we announce (`seg_max`): the chain also
+/// holds the header and the status byte, and the physical queue has the
+/// same room.
+pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// The serial number `GET_ID` returns is up to 20 bytes.
+pub const ID_BYTES: usize = 20;
+
+/// A checked piece of a request's data: guest RAM at `host` (from
+/// [`GuestMemory::translate`]), `len` bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seg {
+    pub ipa: u64,
+    pub host: u64,
+    pub len: u32,
+}
+
+/// The physical disk failed the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoError;
+
+/// The shared disk behind every VM's slice. Sectors are absolute (the
+/// slice offset already added and the range checked); `segs` are in order
+/// and their lengths add up to a whole number of sectors.
+pub trait BlockBackend {
+    fn read(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError>;
+    fn write(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError>;
+    fn flush(&mut self) -> Result<(), IoError>;
+}
+
+/// A VM's view of its disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    /// First sector on the physical disk.
+    pub start: u64,
+    /// Sectors in the slice.
+    pub sectors: u64,
+    pub read_only: bool,
+    /// What GET_ID answers (NUL-padded).
+    pub serial: [u8; ID_BYTES],
+}
+
+/// Counters for the shell (`info`, `stats`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlkStats {
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    /// Requests answered IOERR or UNSUPP.
+    pub errors: u64,
+    /// Notifications from the guest, and interrupts sent to it.
+    pub kicks: u64,
+    pub interrupts: u64,
+    /// Times the device gave up until reset (a broken ring).
+    pub resets_needed: u64,
+}
+
+/// What went wrong with one request; each gets a status for the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReqError {
+    /// No header, or a header that is not in device-readable buffers.
+    BadHeader,
+    /// No writable status byte at the end of the chain.
+    NoStatus,
+    /// A readable buffer after a writable one, or a buffer of the wrong
+    /// direction for the request.
+    Direction,
+    /// A buffer outside guest RAM.
+    Memory {
+        ipa: u64,
+    },
+    /// Data that is not whole sectors, or more than fits a used length.
+    Length,
+    /// Sectors outside the VM's slice.
+    Range {
+        sector: u64,
+        sectors: u64,
+    },
+    /// A write to a read-only slice.
+    ReadOnly,
+    Unsupported {
+        kind: u32,
+    },
+    Io,
+}
+
+impl core::fmt::Display for ReqError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            ReqError::BadHeader => write!(f, "request header missing or device-writable"),
+            ReqError::NoStatus => write!(f, "no device-writable status byte ends the chain"),
+            ReqError::Direction => write!(f, "a buffer of the wrong direction"),
+            ReqError::Memory { ipa } => write!(f, "buffer at IPA {ipa:#x} is not guest RAM"),
+            ReqError::Length => write!(f, "data is not a whole number of sectors"),
+            ReqError::Range { sector, sectors } => write!(
+                f,
+                "sectors {sector}..{} are outside the disk",
+                sector.saturating_add(sectors)
+            ),
+            ReqError::ReadOnly => write!(f, "write to a read-only disk"),
+            ReqError::Unsupported { kind } => write!(f, "request type {kind} is not supported"),
+            ReqError::Io => write!(f, "the physical disk failed the request"),
+        }
+    }
+}
+
+/// What one call of [`Blk::process`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Requests completed.
+    pub used: u32,
+    /// The guest must be interrupted.
+    pub interrupt: bool,
+    /// The first request refused, for the log.
+    pub refused: Option<ReqError>,
+    /// The queue was given up (the device now needs a reset).
+    pub broken: Option<QueueError>,
+}
+
+/// One virtio-blk device: its register file, its queue and its slice.
+pub struct Blk {
+    pub transport: Transport<1>,
+    pub slice: Slice,
+    queue: Option<Queue>,
+    config: [u8; 24],
+    chain: Vec<Desc>,
+    segs: Vec<Seg>,
+    pub stats: BlkStats,
+}
+
+impl Blk {
+    pub fn new(slice: Slice) -> Blk {
+        let mut features =
+            f::SEG_MAX | f::BLK_SIZE | f::FLUSH | feature::RING_EVENT_IDX | feature::VERSION_1;
+        if slice.read_only {
+            features |= f::RO;
+        }
+        let mut config = [0u8; 24];
+        config[0..8].copy_from_slice(&slice.sectors.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        config[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        Blk {
+            transport: Transport::new(DEVICE_ID, features, QUEUE_SIZE),
+            slice,
+            queue: None,
+            config,
+            chain: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            stats: BlkStats::default(),
+        }
+    }
+
+    /// The interrupt line's level: high while InterruptStatus is not zero.
+    pub fn irq_level(&self) -> bool {
+        self.transport.interrupt_status != 0
+    }
+
+    /// The device is reset (the VM restarted): no queue, no features. The
+    /// counters stay, they are the device's history.
+    pub fn reset(&mut self) {
+        self.transport.reset();
+        self.queue = None;
+    }
+
+    pub fn mmio_read(&self, off: u64, size: u8) -> Option<u32> {
+        self.transport.read(off, size, &self.config)
+    }
+
+    /// A register write; a notification is served here and now. `Err` for
+    /// an access that is not a register.
+    #[allow(clippy::result_unit_err)]
+    pub fn mmio_write(
+        &mut self,
+        off: u64,
+        size: u8,
+        value: u32,
+        mem: &impl GuestMemory,
+        backend: &mut impl BlockBackend,
+    ) -> Result<Outcome, ()> {
+        let mut out = Outcome::default();
+        match self.transport.write(off, size, value)? {
+            None | Some(Event::Interrupt) => {}
+            Some(Event::Reset) => self.queue = None,
+            Some(Event::QueueReady(_)) => {
+                let regs = self.transport.queues[0];
+                match regs.layout().check(mem) {
+                    Ok(()) => {
+                        let event_idx = self.transport.negotiated() & feature::RING_EVENT_IDX != 0;
+                        self.queue = Some(Queue::new(regs.layout(), event_idx));
+                    }
+                    Err(_) => {
+                        // Refused: the driver reads QueueReady back as 0.
+                        self.transport.queues[0].ready = false;
+                    }
+                }
+            }
+            Some(Event::Notify(_)) => {
+                self.stats.kicks += 1;
+                out = self.process(mem, backend);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Serves every request the guest made available, then decides whether
+    /// it wants an interrupt.
+    pub fn process(&mut self, mem: &impl GuestMemory, backend: &mut impl BlockBackend) -> Outcome {
+        let mut out = Outcome::default();
+        if !self.transport.live() {
+            return out;
+        }
+        let Some(mut q) = self.queue.take() else {
+            return out;
+        };
+        let r = self.drain(&mut q, mem, backend, &mut out);
+        let r = r.and_then(|()| q.needs_interrupt(mem));
+        match r {
+            Ok(want) => {
+                if want {
+                    self.transport.interrupt_status |= mmio::INT_VRING;
+                    self.stats.interrupts += 1;
+                }
+                out.interrupt = want;
+                self.queue = Some(q);
+            }
+            Err(e) => {
+                // The queue is gone until the driver resets the device.
+                self.transport.needs_reset();
+                self.stats.resets_needed += 1;
+                out.broken = Some(e);
+                out.interrupt = true;
+            }
+        }
+        out
+    }
+
+    fn drain(
+        &mut self,
+        q: &mut Queue,
+        mem: &impl GuestMemory,
+        backend: &mut impl BlockBackend,
+        out: &mut Outcome,
+    ) -> Result<(), QueueError> {
+        loop {
+            while let Some(head) = q.pop(mem, &mut self.chain)? {
+                let (status_at, len, result) = self.serve(mem, backend);
+                let Some(status_at) = status_at else {
+                    // Nowhere to say what happened: give the chain back so
+                    // the driver is not left waiting, and give up the queue.
+                    out.refused.get_or_insert(ReqError::NoStatus);
+                    q.push_used(mem, head, 0)?;
+                    return Err(QueueError::Unanswerable);
+                };
+                let code = match result {
+                    Ok(()) => req::S_OK,
+                    Err(e) => {
+                        self.stats.errors += 1;
+                        out.refused.get_or_insert(e);
+                        if let ReqError::Unsupported { .. } = e {
+                            req::S_UNSUPP
+                        } else {
+                            req::S_IOERR
+                        }
+                    }
+                };
+                // The status byte was checked to be guest RAM.
+                let _ = mem.write(status_at, &[code]);
+                q.push_used(mem, head, len)?;
+                out.used += 1;
+            }
+            if !q.rearm(mem)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Serves the chain in `self.chain`: where its status byte is (if it
+    /// has a usable one), the bytes written into the chain, and the result.
+    fn serve(
+        &mut self,
+        mem: &impl GuestMemory,
+        backend: &mut impl BlockBackend,
+    ) -> (Option<u64>, u32, Result<(), ReqError>) {
+        // The status byte: the last byte of the last descriptor, which must
+        // be device-writable and guest RAM.
+        let status_at = self.chain.last().and_then(|d| {
+            let at = d.addr.checked_add(u64::from(d.len))?.checked_sub(1)?;
+            (d.write && d.len > 0 && mem.translate(at, 1).is_some()).then_some(at)
+        });
+        if status_at.is_none() {
+            return (None, 0, Err(ReqError::NoStatus));
+        }
+        match self.request(mem, backend) {
+            Ok(data_written) => (status_at, data_written + 1, Ok(())),
+            Err(e) => (status_at, 1, Err(e)),
+        }
+    }
+
+    /// Checks and runs one request; the data bytes written on success.
+    fn request(
+        &mut self,
+        mem: &impl GuestMemory,
+        backend: &mut impl BlockBackend,
+    ) -> Result<u32, ReqError> {
+        // Device-readable buffers come first (2.7.4.2).
+        let readable = self.chain.iter().take_while(|d| !d.write).count();
+        if self.chain[readable..].iter().any(|d| !d.write) {
+            return Err(ReqError::Direction);
+        }
+        // The 16-byte header is the front of the readable buffers; the data
+        // is what follows it (OUT), or the writable buffers before the
+        // status byte (IN, GET_ID).
+        let mut header = [0u8; 16];
+        let mut header_left = header.len();
+        self.segs.clear();
+        let last = self.chain.len() - 1;
+        let (mut readable_data, mut writable_data) = (false, false);
+        for (i, d) in self.chain.iter().enumerate() {
+            let (mut addr, mut len) = (d.addr, u64::from(d.len));
+            if !d.write && header_left > 0 {
+                let take = header_left.min(d.len as usize);
+                let at = header.len() - header_left;
+                mem.read(addr, &mut header[at..at + take])
+                    .map_err(|_| ReqError::Memory { ipa: addr })?;
+                header_left -= take;
+                // Guest RAM was just read there, so this cannot overflow.
+                addr += take as u64;
+                len -= take as u64;
+            }
+            if i == last {
+                len -= 1; // the status byte, checked by the caller
+            }
+            if len == 0 {
+                continue;
+            }
+            let host = mem
+                .translate(addr, len)
+                .ok_or(ReqError::Memory { ipa: addr })?;
+            if d.write {
+                writable_data = true;
+            } else {
+                readable_data = true;
+            }
+            self.segs.push(Seg {
+                ipa: addr,
+                host,
+                len: len as u32,
+            });
+        }
+        if header_left > 0 {
+            return Err(ReqError::BadHeader);
+        }
+        let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let mut sector_bytes = [0u8; 8];
+        sector_bytes.copy_from_slice(&header[8..16]);
+        let sector = u64::from_le_bytes(sector_bytes);
+        let total: u64 = self.segs.iter().map(|s| u64::from(s.len)).sum();
+        match kind {
+            req::IN | req::OUT => {
+                let (ok_dir, wrong) = if kind == req::IN {
+                    (writable_data || total == 0, readable_data)
+                } else {
+                    (readable_data || total == 0, writable_data)
+                };
+                if !ok_dir || wrong {
+                    return Err(ReqError::Direction);
+                }
+                if !total.is_multiple_of(SECTOR) || total > u64::from(u32::MAX - 1) {
+                    return Err(ReqError::Length);
+                }
+                let n = total / SECTOR;
+                let inside = sector
+                    .checked_add(n)
+                    .is_some_and(|end| end <= self.slice.sectors);
+                if !inside {
+                    return Err(ReqError::Range { sector, sectors: n });
+                }
+                if kind == req::OUT && self.slice.read_only {
+                    return Err(ReqError::ReadOnly);
+                }
+                if n == 0 {
+                    return Ok(0);
+                }
+                let abs = self.slice.start + sector;
+                if kind == req::IN {
+                    backend.read(abs, &self.segs).map_err(|_| ReqError::Io)?;
+                    self.stats.reads += 1;
+                    self.stats.read_bytes += total;
+                    Ok(total as u32)
+                } else {
+                    backend.write(abs, &self.segs).map_err(|_| ReqError::Io)?;
+                    self.stats.writes += 1;
+                    self.stats.write_bytes += total;
+                    Ok(0)
+                }
+            }
+            req::FLUSH => {
+                if self.slice.read_only {
+                    return Ok(0);
+                }
+                backend.flush().map_err(|_| ReqError::Io)?;
+                self.stats.flushes += 1;
+                Ok(0)
+            }
+            req::GET_ID => {
+                if readable_data || !writable_data {
+                    return Err(ReqError::Direction);
+                }
+                let mut left = &self.slice.serial[..];
+                let mut written = 0u32;
+                for s in &self.segs {
+                    let n = left.len().min(s.len as usize);
+                    mem.write(s.ipa, &left[..n])
+                        .map_err(|_| ReqError::Memory { ipa: s.ipa })?;
+                    left = &left[n..];
+                    written += n as u32;
+                }
+                Ok(written)
+            }
+            kind => Err(ReqError::Unsupported { kind }),
+        }
+    }
+}
+
+/// A disk in memory, for tests and fuzzing: copies through the guest
+/// memory path, so it also checks that every segment handed over was
+/// guest RAM.
+pub struct MemDisk<'m, M: GuestMemory> {
+    pub mem: &'m M,
+    pub data: Vec<u8>,
+    pub flushes: u64,
+}
+
+impl<M: GuestMemory> BlockBackend for MemDisk<'_, M> {
+    fn read(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
+        let mut at = (sector * SECTOR) as usize;
+        for s in segs {
+            let src = self.data.get(at..at + s.len as usize).ok_or(IoError)?;
+            self.mem.write(s.ipa, src).map_err(|_| IoError)?;
+            at += s.len as usize;
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
+        let mut at = (sector * SECTOR) as usize;
+        for s in segs {
+            let dst = self.data.get_mut(at..at + s.len as usize).ok_or(IoError)?;
+            self.mem.read(s.ipa, dst).map_err(|_| IoError)?;
+            at += s.len as usize;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.flushes += 1;
+        Ok(())
+    }
+}
+
+/// Brings a device up as Linux's driver does (status, features, one
+/// queue), for tests and fuzzing.
+pub fn driver_init(blk: &mut Blk, layout: crate::queue::Layout, mem: &impl GuestMemory) {
+    use crate::mmio::reg;
+    let offered = blk.transport.device_features;
+    let mut none = NoDisk;
+    let mut w = |off, v| {
+        let _ = blk.mmio_write(off, 4, v, mem, &mut none);
+    };
+    w(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    w(reg::DRIVER_FEATURES_SEL, 0);
+    w(reg::DRIVER_FEATURES, offered as u32);
+    w(reg::DRIVER_FEATURES_SEL, 1);
+    w(reg::DRIVER_FEATURES, (offered >> 32) as u32);
+    w(reg::STATUS, status::FEATURES_OK);
+    w(reg::QUEUE_SEL, 0);
+    w(reg::QUEUE_NUM, u32::from(layout.size));
+    w(reg::QUEUE_DESC_LOW, layout.desc as u32);
+    w(reg::QUEUE_DESC_HIGH, (layout.desc >> 32) as u32);
+    w(reg::QUEUE_DRIVER_LOW, layout.avail as u32);
+    w(reg::QUEUE_DRIVER_HIGH, (layout.avail >> 32) as u32);
+    w(reg::QUEUE_DEVICE_LOW, layout.used as u32);
+    w(reg::QUEUE_DEVICE_HIGH, (layout.used >> 32) as u32);
+    w(reg::QUEUE_READY, 1);
+    w(reg::STATUS, status::DRIVER_OK);
+}
+
+/// A backend that refuses everything (device setup needs none).
+struct NoDisk;
+
+impl BlockBackend for NoDisk {
+    fn read(&mut self, _: u64, _: &[Seg]) -> Result<(), IoError> {
+        Err(IoError)
+    }
+    fn write(&mut self, _: u64, _: &[Seg]) -> Result<(), IoError> {
+        Err(IoError)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        Err(IoError)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::SliceMem;
+    use crate::queue::driver::Driver;
+    use alloc::vec;
+
+    const BASE: u64 = 0x4000_0000;
+    const RAM: usize = 1 << 20;
+    /// Buffers in the test VM's RAM.
+    const HDR: u64 = BASE + 0x1_0000;
+    const DATA: u64 = BASE + 0x2_0000;
+    const STATUS: u64 = BASE + 0x3_0000;
+
+    fn slice(start: u64, sectors: u64, read_only: bool) -> Slice {
+        let mut serial = [0; ID_BYTES];
+        serial[..6].copy_from_slice(b"vm0-d0");
+        Slice {
+            start,
+            sectors,
+            read_only,
+            serial,
+        }
+    }
+
+    fn header(mem: &SliceMem, kind: u32, sector: u64) {
+        let mut h = [0u8; 16];
+        h[..4].copy_from_slice(&kind.to_le_bytes());
+        h[8..].copy_from_slice(&sector.to_le_bytes());
+        mem.write(HDR, &h).unwrap();
+    }
+
+    struct Rig {
+        blk: Blk,
+        drv: Driver,
+    }
+
+    fn rig(mem: &SliceMem, s: Slice) -> Rig {
+        let drv = Driver::new(BASE, 16);
+        let mut blk = Blk::new(s);
+        driver_init(&mut blk, drv.layout, mem);
+        assert!(blk.transport.live(), "status {:#x}", blk.transport.status);
+        Rig { blk, drv }
+    }
+
+    fn status(mem: &SliceMem) -> u8 {
+        let mut b = [0xff];
+        mem.read(STATUS, &mut b).unwrap();
+        b[0]
+    }
+
+    fn disk<'m, 'a>(mem: &'m SliceMem<'a>) -> MemDisk<'m, SliceMem<'a>> {
+        let data = (0..64 * SECTOR as usize).map(|i| (i / 512) as u8).collect();
+        MemDisk {
+            mem,
+            data,
+            flushes: 0,
+        }
+    }
+
+    fn notify(r: &mut Rig, mem: &SliceMem, d: &mut MemDisk<SliceMem>) -> Outcome {
+        r.blk
+            .mmio_write(mmio::reg::QUEUE_NOTIFY, 4, 0, mem, d)
+            .unwrap()
+    }
+
+    #[test]
+    fn reads_and_writes_land_inside_the_slice() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut d = disk(&mem);
+        // The VM's disk is sectors 8..24 of the physical disk.
+        let mut r = rig(&mem, slice(8, 16, false));
+        header(&mem, req::IN, 2);
+        let h = r.drv.add(
+            &mem,
+            &[(HDR, 16, false), (DATA, 1024, true), (STATUS, 1, true)],
+        );
+        let out = notify(&mut r, &mem, &mut d);
+        assert_eq!((out.used, out.refused), (1, None));
+        assert_eq!(status(&mem), req::S_OK);
+        assert_eq!(r.drv.take_used(&mem), Some((h, 1025)));
+        let mut got = [0u8; 1024];
+        mem.read(DATA, &mut got).unwrap();
+        assert!(got[..512].iter().all(|&b| b == 10) && got[512..].iter().all(|&b| b == 11));
+
+        mem.write(DATA, &[0xab; 512]).unwrap();
+        header(&mem, req::OUT, 15);
+        r.drv.add(
+            &mem,
+            &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
+        );
+        notify(&mut r, &mem, &mut d);
+        assert_eq!(status(&mem), req::S_OK);
+        assert!(d.data[23 * 512..24 * 512].iter().all(|&b| b == 0xab));
+        assert!(
+            d.data[24 * 512..25 * 512].iter().all(|&b| b == 24),
+            "next sector untouched"
+        );
+        assert_eq!((r.blk.stats.reads, r.blk.stats.writes), (1, 1));
+        assert_eq!(
+            (r.blk.stats.read_bytes, r.blk.stats.write_bytes),
+            (1024, 512)
+        );
+    }
+
+    #[test]
+    fn sectors_past_the_slice_get_ioerr_and_touch_nothing() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut d = disk(&mem);
+        let before = d.data.clone();
+        let mut r = rig(&mem, slice(8, 16, false));
+        for (sector, len) in [
+            (16u64, 512u32),
+            (15, 1024),
+            (u64::MAX, 512),
+            (u64::MAX - 1, 1024),
+        ] {
+            header(&mem, req::OUT, sector);
+            r.drv.add(
+                &mem,
+                &[(HDR, 16, false), (DATA, len, false), (STATUS, 1, true)],
+            );
+            let out = notify(&mut r, &mem, &mut d);
+            assert_eq!(status(&mem), req::S_IOERR, "sector {sector}");
+            assert!(
+                matches!(out.refused, Some(ReqError::Range { .. })),
+                "{out:?}"
+            );
+        }
+        assert_eq!(d.data, before);
+        assert_eq!(r.blk.stats.errors, 4);
+    }
+
+    #[test]
+    fn buffers_outside_ram_wrong_directions_and_partial_sectors_are_refused() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut d = disk(&mem);
+        let mut r = rig(&mem, slice(0, 64, false));
+        let cases: [(u32, &[(u64, u32, bool)], ReqError); 5] = [
+            (
+                req::IN,
+                &[
+                    (HDR, 16, false),
+                    (0x4020_0000, 512, true),
+                    (STATUS, 1, true),
+                ],
+                ReqError::Memory { ipa: 0x4020_0000 },
+            ),
+            (
+                req::IN,
+                &[
+                    (HDR, 16, false),
+                    (BASE + RAM as u64 - 256, 512, true),
+                    (STATUS, 1, true),
+                ],
+                ReqError::Memory {
+                    ipa: BASE + RAM as u64 - 256,
+                },
+            ),
+            (
+                req::IN,
+                &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
+                ReqError::Direction,
+            ),
+            (
+                req::OUT,
+                &[(HDR, 16, false), (DATA, 100, false), (STATUS, 1, true)],
+                ReqError::Length,
+            ),
+            (
+                req::IN,
+                &[(HDR, 8, false), (STATUS, 1, true)],
+                ReqError::BadHeader,
+            ),
+        ];
+        for (kind, chain, want) in cases {
+            header(&mem, kind, 0);
+            r.drv.add(&mem, chain);
+            let out = notify(&mut r, &mem, &mut d);
+            assert_eq!(out.refused, Some(want));
+            assert_eq!(status(&mem), req::S_IOERR);
+            assert!(
+                out.broken.is_none(),
+                "a bad request does not break the queue"
+            );
+        }
+        // A header that is device-writable is no header, and a readable
+        // buffer after a writable one is out of order.
+        header(&mem, req::IN, 0);
+        r.drv.add(&mem, &[(HDR, 16, true), (STATUS, 1, true)]);
+        assert_eq!(
+            notify(&mut r, &mem, &mut d).refused,
+            Some(ReqError::BadHeader)
+        );
+        r.drv.add(
+            &mem,
+            &[
+                (HDR, 16, false),
+                (DATA, 512, true),
+                (DATA, 512, false),
+                (STATUS, 1, true),
+            ],
+        );
+        assert_eq!(
+            notify(&mut r, &mem, &mut d).refused,
+            Some(ReqError::Direction)
+        );
+    }
+
+    #[test]
+    fn a_split_header_and_scattered_data_work() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut d = disk(&mem);
+        let mut r = rig(&mem, slice(0, 64, false));
+        header(&mem, req::IN, 3);
+        // Header in two pieces; data in three pieces of 512, 256, 256.
+        r.drv.add(
+            &mem,
+            &[
+                (HDR, 10, false),
+                (HDR + 10, 6, false),
+                (DATA, 512, true),
+                (DATA + 0x1000, 256, true),
+                (DATA + 0x2000, 256, true),
+                (STATUS, 1, true),
+            ],
+        );
+        notify(&mut r, &mem, &mut d);
+        assert_eq!(status(&mem), req::S_OK);
+        let mut b = [0u8; 256];
+        mem.read(DATA + 0x2000, &mut b).unwrap();
+        assert!(b.iter().all(|&x| x == 4), "second half of sector 4");
+        // The status byte may share the last data buffer.
+        header(&mem, req::IN, 5);
+        r.drv.add(
+            &mem,
+            &[
+                (HDR, 16, false),
+                (DATA, 512, true),
+                (STATUS - 512, 513, true),
+            ],
+        );
+        notify(&mut r, &mem, &mut d);
+        assert_eq!(status(&mem), req::S_OK);
+    }
+
+    #[test]
+    fn read_only_slices_refuse_writes_and_offer_ro() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut d = disk(&mem);
+        let before = d.data.clone();
+        let mut r = rig(&mem, slice(0, 64, true));
+        assert_ne!(r.blk.transport.negotiated() & f::RO, 0);
+        header(&mem, req::OUT, 0);
+        r.drv.add(
+            &mem,
+            &[(HDR, 16, false), (DATA, 512, false), (STATUS, 1, true)],
+        );
+        assert_eq!(
+            notify(&mut r, &mem, &mut d).refused,
+            Some(ReqError::ReadOnly)
+        );
+        assert_eq!(d.data, before);
+    }
+
+    #[test]
+    fn flush_get_id_and_unknown_requests() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut d = disk(&mem);
+        let mut r = rig(&mem, slice(0, 64, false));
+        header(&mem, req::FLUSH, 0);
+        r.drv.add(&mem, &[(HDR, 16, false), (STATUS, 1, true)]);
+        notify(&mut r, &mem, &mut d);
+        assert_eq!((status(&mem), d.flushes), (req::S_OK, 1));
+        header(&mem, req::GET_ID, 0);
+        let h = r.drv.add(
+            &mem,
+            &[(HDR, 16, false), (DATA, 20, true), (STATUS, 1, true)],
+        );
+        notify(&mut r, &mem, &mut d);
+        assert_eq!(status(&mem), req::S_OK);
+        assert_eq!(r.drv.take_used(&mem), Some((0, 1)));
+        assert_eq!(r.drv.take_used(&mem), Some((h, 21)));
+        let mut id = [0u8; 20];
+        mem.read(DATA, &mut id).unwrap();
+        assert_eq!(&id[..7], b"vm0-d0\0");
+        header(&mem, 11, 0); // DISCARD: not offered
+        r.drv.add(&mem, &[(HDR, 16, false), (STATUS, 1, true)]);
+        notify(&mut r, &mem, &mut d);
+        assert_eq!(status(&mem), req::S_UNSUPP);
+    }
+
+    #[test]
+    fn a_broken_ring_needs_a_reset_and_a_reset_brings_it_back() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut d = disk(&mem);
+        let mut r = rig(&mem, slice(0, 64, false));
+        r.drv
+            .write_desc(&mem, 0, HDR, 16, crate::queue::DESC_F_NEXT, 0);
+        r.drv.publish(&mem, 0);
+        let out = notify(&mut r, &mem, &mut d);
+        assert_eq!(out.broken, Some(QueueError::ChainTooLong));
+        assert_ne!(r.blk.transport.status & status::DEVICE_NEEDS_RESET, 0);
+        assert!(r.blk.irq_level(), "the driver is told");
+        // Further notifications do nothing until the driver resets.
+        r.drv.add(&mem, &[(HDR, 16, false), (STATUS, 1, true)]);
+        assert_eq!(notify(&mut r, &mem, &mut d), Outcome::default());
+        r.blk
+            .mmio_write(mmio::reg::STATUS, 4, 0, &mem, &mut d)
+            .unwrap();
+        let mut r = Rig {
+            blk: r.blk,
+            drv: Driver::new(BASE, 16),
+        };
+        mem.write(BASE, &[0; 0x1000]).unwrap();
+        driver_init(&mut r.blk, r.drv.layout, &mem);
+        header(&mem, req::FLUSH, 0);
+        r.drv.add(&mem, &[(HDR, 16, false), (STATUS, 1, true)]);
+        assert_eq!(notify(&mut r, &mem, &mut d).used, 1);
+        // A chain whose last buffer is not writable cannot be answered.
+        r.drv.add(&mem, &[(HDR, 16, false)]);
+        assert_eq!(
+            notify(&mut r, &mem, &mut d).broken,
+            Some(QueueError::Unanswerable)
+        );
+    }
+
+    #[test]
+    fn a_queue_outside_ram_is_not_made_ready() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut blk = Blk::new(slice(0, 64, false));
+        let layout = Driver::new(0x4020_0000, 16).layout;
+        driver_init(&mut blk, layout, &mem);
+        assert!(!blk.transport.queues[0].ready);
+        let mut d = disk(&mem);
+        assert_eq!(
+            blk.mmio_write(mmio::reg::QUEUE_NOTIFY, 4, 0, &mem, &mut d),
+            Ok(Outcome::default())
+        );
+    }
+
+    #[test]
+    fn config_space_gives_capacity_seg_max_and_block_size() {
+        let blk = Blk::new(slice(0, 0x1_2345_6789, false));
+        let c = |off, size| blk.mmio_read(mmio::CONFIG + off, size).unwrap();
+        assert_eq!((c(0, 4), c(4, 4)), (0x2345_6789, 1));
+        assert_eq!(c(12, 4), SEG_MAX);
+        assert_eq!(c(20, 4), 512);
+        assert_eq!(blk.mmio_read(mmio::reg::DEVICE_ID, 4), Some(2));
+    }
+}
