@@ -554,6 +554,8 @@ mod tests {
     const HDR: u64 = BASE + 0x1_0000;
     const DATA: u64 = BASE + 0x2_0000;
     const STATUS: u64 = BASE + 0x3_0000;
+    /// A driver's buffer: address, length, device-writable.
+    type Buf = (u64, u32, bool);
 
     fn slice(start: u64, sectors: u64, read_only: bool) -> Slice {
         let mut serial = [0; ID_BYTES];
@@ -682,7 +684,7 @@ mod tests {
         let mem = SliceMem::new(BASE, &mut ram);
         let mut d = disk(&mem);
         let mut r = rig(&mem, slice(0, 64, false));
-        let cases: [(u32, &[(u64, u32, bool)], ReqError); 5] = [
+        let cases: [(u32, &[Buf], ReqError); 5] = [
             (
                 req::IN,
                 &[
