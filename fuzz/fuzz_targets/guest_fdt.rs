@@ -208,6 +208,9 @@ fn config_vm(vm: &ConfigVm) {
         // with the channel model.
         channels: &[],
         pci: None,
+        // virtio-mmio transports (a VM's disks) join this target with the
+        // virtio-blk model; check_tree already checks their nodes.
+        virtio: &[],
     };
     let blob = match build(&dt) {
         Ok(blob) => blob,
@@ -254,6 +257,9 @@ fn raw_dt(raw: &RawDt) {
         devices: &devices,
         channels: &[],
         pci: None,
+        // virtio-mmio transports (a VM's disks) join this target with the
+        // virtio-blk model; check_tree already checks their nodes.
+        virtio: &[],
     };
     let wraps = |base: u64, size: u64| size == 0 || base.checked_add(size - 1).is_none();
     let precondition = if dt.n_vcpus == 0 {
@@ -335,8 +341,8 @@ fn check_tree(dt: &GuestDt, blob: &[u8]) {
     let nodes: Vec<FdtNode> = root.children().collect();
     assert_eq!(
         nodes.len(),
-        8 + dt.devices.len(),
-        "root has 8 nodes and the devices"
+        8 + dt.devices.len() + dt.virtio.len(),
+        "root has 8 nodes, the devices and the virtio transports"
     );
     let names: Vec<&str> = nodes.iter().take(7).map(|n| n.name).collect();
     assert_eq!(
@@ -398,7 +404,16 @@ fn check_tree(dt: &GuestDt, blob: &[u8]) {
         assert_eq!(node.property("clocks").is_some(), primecell);
     }
 
-    let chosen = nodes[7 + dt.devices.len()];
+    let virtio_nodes = &nodes[7 + dt.devices.len()..];
+    for (v, node) in dt.virtio.iter().zip(virtio_nodes) {
+        assert_eq!(node.name, format!("virtio_mmio@{:x}", v.base));
+        assert_eq!(strings(prop(*node, "compatible")), ["virtio,mmio"]);
+        assert_eq!(be64(prop(*node, "reg")), [v.base, v.size]);
+        assert_eq!(be32(prop(*node, "interrupts")), [0, v.spi, 4]);
+        assert!(prop(*node, "dma-coherent").is_empty());
+    }
+
+    let chosen = nodes[7 + dt.devices.len() + dt.virtio.len()];
     assert_eq!(chosen.name, "chosen");
     assert_eq!(strings(prop(chosen, "bootargs")), [dt.bootargs]);
     assert_eq!(

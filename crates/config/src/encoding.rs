@@ -4,8 +4,12 @@
 //!
 //! ```text
 //! magic     [u8; 8] = "BHCFG001"
-//! version   u32     = 5
+//! version   u32     = 6
 //! board     cpus u16, ram_base u64, ram_size u64
+//! disk_count u32
+//! disk_count times:
+//!   name_len u32, name [u8; name_len] (UTF-8)
+//!   size u64
 //! vm_count  u32
 //! vm_count times:
 //!   name_len u32, name [u8; name_len] (UTF-8)
@@ -24,6 +28,11 @@
 //!     irq_count u32 (at most MAX_PASSTHROUGH_IRQS), irqs [u32; irq_count]
 //!     compatible_count u32 (at most MAX_COMPATIBLE)
 //!     compatible_count times: len u32, string [u8; len] (UTF-8)
+//!   disk_count u32 (at most MAX_VM_DISKS)
+//!   disk_count times:
+//!     disk u16, offset u64, size u64
+//!     read_only u8 (0 or 1)
+//!     serial_len u32, serial [u8; serial_len] (UTF-8)
 //! channel_count u32 (at most MAX_CHANNELS)
 //! channel_count times:
 //!   name_len u32, name [u8; name_len] (UTF-8)
@@ -33,7 +42,8 @@
 //!
 //! Version 2 added the initramfs and the command line; version 3 the
 //! passthrough devices; version 4 the criticality and the channels;
-//! version 5 a device tree the user gives.
+//! version 5 a device tree the user gives; version 6 the board's disks and
+//! each VM's slices of them.
 //!
 //! Nothing may follow the last channel. [`decode`] reads the bytes from the image,
 //! so every length is checked against what is left before it is used, and no
@@ -44,14 +54,14 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::{
-    Board, Channel, Criticality, Passthrough, RestartPolicy, SystemConfig, VmConfig, MAX_CHANNELS,
-    MAX_COMPATIBLE, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS,
+    Board, Channel, Criticality, Disk, Passthrough, RestartPolicy, SystemConfig, VmConfig, VmDisk,
+    MAX_CHANNELS, MAX_COMPATIBLE, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS, MAX_VM_DISKS,
 };
 
 /// First eight bytes of an encoded config.
 pub const MAGIC: [u8; 8] = *b"BHCFG001";
 /// Encoding version written by [`encode`] and accepted by [`decode`].
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// Why [`decode`] refused its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,7 +74,8 @@ pub enum DecodeError {
     Truncated(usize),
     /// A VM name is not UTF-8.
     BadName,
-    /// A presence byte (host address, initramfs) is neither 0 nor 1.
+    /// A presence byte (host address, initramfs) or a disk slice's
+    /// read-only byte is neither 0 nor 1.
     BadOptionTag(u8),
     /// The restart byte is not a known policy.
     BadRestartPolicy(u8),
@@ -76,7 +87,10 @@ pub enum DecodeError {
     BadPassthroughText,
     /// A channel name is not UTF-8.
     BadChannelName,
-    /// A list count (passthrough devices, irqs, compatibles, channels) at
+    /// A disk name or a disk slice's serial is not UTF-8.
+    BadDiskText,
+    /// A list count (passthrough devices, irqs, compatibles, channels, disk
+    /// slices) at
     /// this byte offset is larger than any valid config has.
     TooMany(usize),
     /// Bytes are left after the last channel, starting at this offset.
@@ -101,6 +115,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "a passthrough device's name or compatible is not UTF-8")
             }
             Self::BadChannelName => write!(f, "a channel name is not UTF-8"),
+            Self::BadDiskText => write!(f, "a disk name or serial is not UTF-8"),
             Self::TooMany(at) => write!(f, "a list at byte {at} is too long"),
             Self::BadRestartPolicy(t) => write!(f, "bad restart policy {t}"),
             Self::BadCriticality(t) => write!(f, "bad criticality {t}"),
@@ -121,6 +136,11 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
     out.extend_from_slice(&cfg.board.cpus.to_le_bytes());
     out.extend_from_slice(&cfg.board.ram_base.to_le_bytes());
     out.extend_from_slice(&cfg.board.ram_size.to_le_bytes());
+    put_len(&mut out, cfg.disks.len());
+    for disk in &cfg.disks {
+        put_str(&mut out, &disk.name);
+        out.extend_from_slice(&disk.size.to_le_bytes());
+    }
     put_len(&mut out, cfg.vms.len());
     for vm in &cfg.vms {
         put_len(&mut out, vm.name.len());
@@ -171,6 +191,14 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
                 put_str(&mut out, c);
             }
         }
+        put_len(&mut out, vm.disks.len());
+        for slice in &vm.disks {
+            out.extend_from_slice(&slice.disk.to_le_bytes());
+            out.extend_from_slice(&slice.offset.to_le_bytes());
+            out.extend_from_slice(&slice.size.to_le_bytes());
+            out.push(u8::from(slice.read_only));
+            put_str(&mut out, &slice.serial);
+        }
     }
     put_len(&mut out, cfg.channels.len());
     for ch in &cfg.channels {
@@ -209,6 +237,12 @@ pub fn decode(bytes: &[u8]) -> Result<SystemConfig, DecodeError> {
         ram_base: r.u64()?,
         ram_size: r.u64()?,
     };
+    // Untrusted like the VM count: each disk consumes input.
+    let disk_count = r.u32()?;
+    let mut disks = Vec::new();
+    for _ in 0..disk_count {
+        disks.push(r.disk()?);
+    }
     let vm_count = r.u32()?;
     // No `with_capacity(vm_count)`: the count is untrusted. Each VM consumes
     // input, so a lying count runs out of bytes and fails as `Truncated`.
@@ -228,6 +262,7 @@ pub fn decode(bytes: &[u8]) -> Result<SystemConfig, DecodeError> {
         board,
         vms,
         channels,
+        disks,
     })
 }
 
@@ -323,6 +358,11 @@ impl<'a> Reader<'a> {
         for _ in 0..count {
             passthrough.push(self.passthrough()?);
         }
+        let count = self.count(MAX_VM_DISKS)?;
+        let mut disks = Vec::new();
+        for _ in 0..count {
+            disks.push(self.vm_disk()?);
+        }
         Ok(VmConfig {
             name,
             image,
@@ -335,6 +375,39 @@ impl<'a> Reader<'a> {
             cmdline: String::from(cmdline),
             passthrough,
             criticality,
+            disks,
+        })
+    }
+
+    /// A string that must be UTF-8, else `err`.
+    fn utf8(&mut self, err: DecodeError) -> Result<String, DecodeError> {
+        let len = self.len()?;
+        let s = core::str::from_utf8(self.take(len)?).map_err(|_| err)?;
+        Ok(String::from(s))
+    }
+
+    fn disk(&mut self) -> Result<Disk, DecodeError> {
+        let name = self.utf8(DecodeError::BadDiskText)?;
+        let size = self.u64()?;
+        Ok(Disk { name, size })
+    }
+
+    fn vm_disk(&mut self) -> Result<VmDisk, DecodeError> {
+        let disk = self.u16()?;
+        let offset = self.u64()?;
+        let size = self.u64()?;
+        let read_only = match self.u8()? {
+            0 => false,
+            1 => true,
+            t => return Err(DecodeError::BadOptionTag(t)),
+        };
+        let serial = self.utf8(DecodeError::BadDiskText)?;
+        Ok(VmDisk {
+            disk,
+            offset,
+            size,
+            read_only,
+            serial,
         })
     }
 
@@ -440,6 +513,7 @@ mod tests {
                             compatible: vec!["arm,pl061".into()],
                         },
                     ],
+                    disks: vec![],
                 },
                 VmConfig {
                     name: "infotainment".into(),
@@ -459,6 +533,22 @@ mod tests {
                         irqs: vec![],
                         compatible: vec![],
                     }],
+                    disks: vec![
+                        VmDisk {
+                            disk: 0,
+                            offset: 0,
+                            size: 1 << 30,
+                            read_only: false,
+                            serial: "infotainment-disk0".into(),
+                        },
+                        VmDisk {
+                            disk: 1,
+                            offset: 0x1_0000_0200,
+                            size: 512,
+                            read_only: true,
+                            serial: String::new(),
+                        },
+                    ],
                 },
                 VmConfig {
                     name: "w".into(),
@@ -472,6 +562,7 @@ mod tests {
                     dtb: None,
                     cmdline: String::new(),
                     passthrough: vec![],
+                    disks: vec![],
                 },
             ],
             channels: vec![
@@ -486,7 +577,27 @@ mod tests {
                     size: 1 << 20,
                 },
             ],
+            disks: vec![
+                Disk {
+                    name: "emmc".into(),
+                    size: 8 << 30,
+                },
+                Disk {
+                    name: "nvme-1".into(),
+                    size: u64::MAX - 511,
+                },
+            ],
         }
+    }
+
+    /// Bytes of the board's disks in [`sample`]'s encoding, count included:
+    /// where the VM count follows the 12-byte header and 18-byte board.
+    fn disks_len(cfg: &SystemConfig) -> usize {
+        4 + cfg
+            .disks
+            .iter()
+            .map(|d| 4 + d.name.len() + 8)
+            .sum::<usize>()
     }
 
     /// [`sample`] without channels: its encoding ends with the last VM and
@@ -511,6 +622,7 @@ mod tests {
             board: sample().board,
             vms: vec![],
             channels: vec![],
+            disks: vec![],
         };
         assert_eq!(decode(&encode(&cfg)), Ok(cfg));
     }
@@ -554,12 +666,13 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(decode(&b), Err(DecodeError::BadMagic));
         let mut b = bytes.clone();
-        b[8] = 6;
-        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(6)));
+        b[8] = 7;
+        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(7)));
         // The last VM ends with restart u8, criticality u8, initramfs tag
-        // u8 + u16, dtb tag u8 (none), an empty command line (length u32)
-        // and no passthrough (count u32); then comes the channel count (u32).
-        let n = bytes.len() - 4;
+        // u8 + u16, dtb tag u8 (none), an empty command line (length u32),
+        // no passthrough (count u32) and no disks (count u32); then comes
+        // the channel count (u32). `n` is where the disk count starts.
+        let n = bytes.len() - 4 - 4;
         let mut b = bytes.clone();
         b[n - 4 - 4 - 1 - 3 - 1 - 1] = 9;
         assert_eq!(decode(&b), Err(DecodeError::BadRestartPolicy(9)));
@@ -572,10 +685,11 @@ mod tests {
         let mut b = bytes.clone();
         b[n - 4 - 4 - 1] = 3;
         assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(3)));
-        // First VM's host-address tag: header 12 + board 18 + count 4 +
-        // name 4+6 + image 2 + memory 8.
+        // First VM's host-address tag: header 12 + board 18 + disks + count
+        // 4 + name 4+6 + image 2 + memory 8.
+        let at = 12 + 18 + disks_len(&no_channels()) + 4 + 4 + 6 + 2 + 8;
         let mut b = bytes;
-        b[12 + 18 + 4 + 4 + 6 + 2 + 8] = 7;
+        b[at] = 7;
         assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(7)));
     }
 
@@ -585,6 +699,7 @@ mod tests {
             board: sample().board,
             vms: vec![],
             channels: vec![],
+            disks: vec![],
         });
         // The VM count, before the channel count.
         let n = bytes.len() - 4;
@@ -600,8 +715,8 @@ mod tests {
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
         // pcpu count, restart, criticality, initramfs tag, dtb tag, empty
-        // command line, no passthrough, no channels.
-        let at = bytes.len() - 4 - 1 - 1 - 1 - 1 - 4 - 4 - 4;
+        // command line, no passthrough, no disks, no channels.
+        let at = bytes.len() - 4 - 1 - 1 - 1 - 1 - 4 - 4 - 4 - 4;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(at + 4)));
     }
@@ -648,7 +763,8 @@ mod tests {
         cfg.vms[0].cmdline.clear();
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        let n = bytes.len() - 4 - 4;
+        // Before the passthrough, disk and channel counts.
+        let n = bytes.len() - 4 - 4 - 4;
         bytes[n - 4..n].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(n)));
     }
@@ -660,14 +776,15 @@ mod tests {
         cfg.vms[0].cmdline = "ab".into();
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        let n = bytes.len() - 4;
+        // The passthrough count ends at the disk count.
+        let n = bytes.len() - 4 - 4;
         bytes[n - 4 - 1] = 0xff;
         assert_eq!(decode(&bytes), Err(DecodeError::BadCmdline));
     }
 
     #[test]
     fn older_versions_are_refused() {
-        for old in [1u32, 2, 3] {
+        for old in [1u32, 2, 3, 4, 5] {
             let mut bytes = encode(&sample());
             bytes[8..12].copy_from_slice(&old.to_le_bytes());
             assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(old)));
@@ -699,8 +816,9 @@ mod tests {
     #[test]
     fn passthrough_counts_above_the_limits_are_refused_before_reading() {
         let (_, bytes) = one_device();
-        // The VM ends before the channel count (4 bytes).
-        let n = bytes.len() - 4;
+        // The device ends before the VM's disk count and the channel count
+        // (4 bytes each).
+        let n = bytes.len() - 4 - 4;
         // Compatible count: the VM's last 4 bytes.
         let mut b = bytes.clone();
         b[n - 4..n].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -709,10 +827,10 @@ mod tests {
         b[n - 4..n].copy_from_slice(&(MAX_COMPATIBLE as u32 + 1).to_le_bytes());
         assert_eq!(decode(&b), Err(DecodeError::TooMany(n - 4)));
         // At the limit, it is truncation instead: the strings are missing
-        // (the zero channel count reads as one empty string).
+        // (the zero disk and channel counts read as two empty strings).
         let mut b = bytes.clone();
         b[n - 4..n].copy_from_slice(&(MAX_COMPATIBLE as u32).to_le_bytes());
-        assert_eq!(decode(&b), Err(DecodeError::Truncated(n + 4)));
+        assert_eq!(decode(&b), Err(DecodeError::Truncated(n + 8)));
         // Irq count: before one irq (4) and the compatible count (4).
         let at = n - 4 - 4 - 4;
         let mut b = bytes.clone();
@@ -732,7 +850,7 @@ mod tests {
         let (mut cfg, _) = one_device();
         cfg.vms[0].passthrough[0].compatible = vec!["a".into()];
         let mut bytes = encode(&cfg);
-        let n = bytes.len() - 4;
+        let n = bytes.len() - 4 - 4;
         bytes[n - 1] = 0xff;
         assert_eq!(decode(&bytes), Err(DecodeError::BadPassthroughText));
     }
@@ -793,7 +911,91 @@ mod tests {
     fn non_utf8_name_is_refused() {
         let bytes = encode(&sample());
         let mut b = bytes;
-        b[12 + 18 + 4 + 4] = 0xff;
+        b[12 + 18 + disks_len(&sample()) + 4 + 4] = 0xff;
         assert_eq!(decode(&b), Err(DecodeError::BadName));
+    }
+
+    #[test]
+    fn disks_and_slices_round_trip() {
+        let cfg = sample();
+        let back = decode(&encode(&cfg)).unwrap();
+        assert_eq!(back.disks, cfg.disks);
+        assert_eq!(back.disks[1].size, u64::MAX - 511);
+        assert_eq!(back.vms[1].disks, cfg.vms[1].disks);
+        assert_eq!(back.vms[1].disks[1].offset, 0x1_0000_0200);
+        assert!(back.vms[1].disks[1].read_only);
+        assert!(!back.vms[1].disks[0].read_only);
+        assert_eq!(back.vms[1].disks[0].serial, "infotainment-disk0");
+        assert!(back.vms[0].disks.is_empty());
+        // Every slice count up to the limit round-trips.
+        let mut cfg = sample();
+        cfg.vms[2].disks = (0..MAX_VM_DISKS as u16)
+            .map(|k| VmDisk {
+                disk: k,
+                offset: u64::from(k) << 9,
+                size: 512,
+                read_only: k % 2 == 0,
+                serial: alloc::format!("s{k}"),
+            })
+            .collect();
+        assert_eq!(decode(&encode(&cfg)), Ok(cfg));
+    }
+
+    /// [`no_channels`] cut to its first VM with one disk slice serialled
+    /// `serial`, and its encoding; the slice is the VM's last field, then
+    /// comes the channel count (4 bytes).
+    fn one_slice(serial: &str) -> Vec<u8> {
+        let mut cfg = no_channels();
+        cfg.vms.truncate(1);
+        cfg.vms[0].disks = vec![VmDisk {
+            disk: 1,
+            offset: 512,
+            size: 1024,
+            read_only: true,
+            serial: serial.into(),
+        }];
+        encode(&cfg)
+    }
+
+    #[test]
+    fn slice_count_above_the_limit_is_refused_before_reading() {
+        let bytes = one_slice("");
+        // count, disk u16, offset, size, read-only, empty serial, channels.
+        let at = bytes.len() - (4 + 2 + 8 + 8 + 1 + 4 + 4);
+        assert_eq!(bytes[at..at + 4], 1u32.to_le_bytes());
+        let mut b = bytes.clone();
+        b[at..at + 4].copy_from_slice(&(MAX_VM_DISKS as u32 + 1).to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::TooMany(at)));
+        let mut b = bytes;
+        b[at..at + 4].copy_from_slice(&(MAX_VM_DISKS as u32).to_le_bytes());
+        assert!(matches!(decode(&b), Err(DecodeError::Truncated(_))));
+    }
+
+    #[test]
+    fn read_only_byte_other_than_0_or_1_is_refused() {
+        let mut bytes = one_slice("");
+        let at = bytes.len() - (1 + 4 + 4);
+        assert_eq!(bytes[at], 1);
+        bytes[at] = 2;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadOptionTag(2)));
+    }
+
+    #[test]
+    fn non_utf8_disk_name_or_serial_is_refused() {
+        let mut bytes = one_slice("ab");
+        let n = bytes.len() - 4;
+        bytes[n - 1] = 0xff;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadDiskText));
+        // The first disk's name, after its length.
+        let mut bytes = encode(&sample());
+        bytes[12 + 18 + 4 + 4] = 0xff;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadDiskText));
+    }
+
+    #[test]
+    fn huge_disk_count_is_truncation_not_allocation() {
+        let mut bytes = encode(&sample());
+        bytes[12 + 18..12 + 18 + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&bytes), Err(DecodeError::Truncated(_))));
     }
 }

@@ -42,6 +42,29 @@ pub const VGICR_IPA: u64 = 0x080A_0000;
 pub const VUART_IPA: u64 = 0x0900_0000;
 /// The PL011's interrupt: SPI 1 (INTID [`UART_INTID`]).
 pub const VUART_SPI: u32 = 1;
+/// Where a VM's virtio-mmio devices sit, as on QEMU virt (hw/arm/virt.c
+/// `VIRT_MMIO`): device `n` of a VM at `VIRTIO_IPA + n * VIRTIO_STRIDE`
+/// ([`virtio_ipa`]), with interrupt SPI `VIRTIO_SPI_BASE + n`
+/// ([`virtio_spi`]). The whole window of [`MAX_VIRTIO`] devices and their
+/// SPIs belong to the hypervisor in every VM, with or without devices.
+pub const VIRTIO_IPA: u64 = 0x0a00_0000;
+/// Distance between two virtio-mmio devices (and the size of each), as on
+/// QEMU virt.
+pub const VIRTIO_STRIDE: u64 = 0x200;
+/// The SPI number (INTID - 32, not the INTID) of a VM's virtio-mmio device
+/// 0, as on QEMU virt (`VIRT_MMIO` is SPI 16).
+pub const VIRTIO_SPI_BASE: u32 = 16;
+/// Most virtio-mmio devices a VM can have: the size of the window at
+/// [`VIRTIO_IPA`].
+pub const MAX_VIRTIO: usize = 8;
+/// Most `[[vm.disk]]` slices one VM may have; each is one virtio-blk device.
+pub const MAX_VM_DISKS: usize = 4;
+/// Granule of disk sizes and slice offsets and sizes: a virtio-blk sector
+/// (virtio 1.2, 5.2.4: `capacity` is in 512-byte sectors).
+pub const SECTOR_SIZE: u64 = 512;
+/// Longest virtio-blk serial, in bytes (virtio 1.2, 5.2.6:
+/// VIRTIO_BLK_T_GET_ID returns 20 bytes).
+pub const MAX_SERIAL_LEN: usize = 20;
 /// Most vCPUs a VM can have.
 pub const MAX_VCPUS: usize = 8;
 /// Most physical CPUs a board description may name.
@@ -181,6 +204,9 @@ pub struct VmConfig {
     pub passthrough: Vec<Passthrough>,
     /// Whether the hypervisor keeps its housekeeping off this VM's pCPUs.
     pub criticality: Criticality,
+    /// Slices of the board's disks, at most [`MAX_VM_DISKS`]: slice `n` is
+    /// the VM's virtio-mmio device `n` ([`virtio_ipa`], [`virtio_spi`]).
+    pub disks: Vec<VmDisk>,
 }
 
 impl VmConfig {
@@ -213,6 +239,17 @@ pub const LAST_VM_SPI: u32 = 127;
 /// The SPI of every VM's virtual PL011 (QEMU virt's UART SPI 1), which the
 /// hypervisor emulates and so cannot give to a device.
 pub const UART_INTID: u32 = 33;
+/// The INTIDs of a VM's virtio-mmio devices' interrupts (48 to 55), which
+/// passthrough devices may not use.
+pub const VIRTIO_INTIDS: core::ops::Range<u32> =
+    FIRST_SPI + VIRTIO_SPI_BASE..FIRST_SPI + VIRTIO_SPI_BASE + MAX_VIRTIO as u32;
+// The virtio-mmio interrupts are SPIs every VM's GIC has, clear of the
+// UART's and the channel doorbells.
+const _: () = assert!(VIRTIO_INTIDS.end - 1 <= LAST_VM_SPI);
+const _: () = assert!(VIRTIO_INTIDS.start > UART_INTID);
+const _: () = assert!(VIRTIO_INTIDS.end <= CHANNEL_FIRST_SPI);
+// Each disk slice of a VM is one of its virtio-mmio devices.
+const _: () = assert!(MAX_VM_DISKS <= MAX_VIRTIO);
 // The channel doorbells must be SPIs every VM's GIC has.
 const _: () = assert!(channel_spi(MAX_CHANNELS - 1) <= LAST_VM_SPI);
 // A channel's memory fits between its register page and the next end.
@@ -235,6 +272,11 @@ pub const HYP_OWNED_MMIO: &[(u64, u64, &str)] = &[
         PCI_ECAM_IPA,
         PCI_ECAM_IPA + PCI_ECAM_SIZE,
         "PCI configuration space (channels)",
+    ),
+    (
+        VIRTIO_IPA,
+        VIRTIO_IPA + MAX_VIRTIO as u64 * VIRTIO_STRIDE,
+        "virtio-mmio window",
     ),
 ];
 
@@ -286,6 +328,62 @@ pub const fn channel_spi(k: usize) -> u32 {
         k as u32
     };
     CHANNEL_FIRST_SPI.saturating_add(k)
+}
+
+/// The guest-physical address of a VM's `n`-th virtio-mmio device
+/// (saturating for an `n` no valid config has).
+pub const fn virtio_ipa(n: usize) -> u64 {
+    VIRTIO_IPA.saturating_add((n as u64).saturating_mul(VIRTIO_STRIDE))
+}
+
+/// The SPI number (INTID - 32) of a VM's `n`-th virtio-mmio device, as the
+/// device tree's `interrupts = <0 spi 4>` wants it.
+pub const fn virtio_spi(n: usize) -> u32 {
+    let n = if n > u32::MAX as usize {
+        u32::MAX
+    } else {
+        n as u32
+    };
+    VIRTIO_SPI_BASE.saturating_add(n)
+}
+
+/// One of the board's physical virtio-blk disks (`[[disk]]`). The `k`-th
+/// `[[disk]]` is the `k`-th virtio-blk device the hypervisor finds in the
+/// host device tree, by ascending MMIO address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    /// `[a-z0-9_-]{1,31}`, unique among disks; `[[vm.disk]]` names it.
+    pub name: String,
+    /// Bytes the slices may use, a nonzero multiple of [`SECTOR_SIZE`], at
+    /// most the device's capacity.
+    pub size: u64,
+}
+
+/// A slice of a [`Disk`] given to a VM as a virtio-blk device of its own
+/// (`[[vm.disk]]`): the guest sees sectors `0..size / 512`, which are the
+/// disk's bytes `offset..offset + size`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmDisk {
+    /// Index into [`SystemConfig::disks`].
+    pub disk: u16,
+    /// Byte offset of the slice in the disk, a multiple of [`SECTOR_SIZE`].
+    pub offset: u64,
+    /// Bytes of the slice, a nonzero multiple of [`SECTOR_SIZE`].
+    pub size: u64,
+    /// Whether the guest may only read it. Read-only slices of one disk may
+    /// overlap; a read-write slice overlaps no other slice.
+    pub read_only: bool,
+    /// The virtio-blk serial (VIRTIO_BLK_T_GET_ID), at most
+    /// [`MAX_SERIAL_LEN`] bytes of printable ASCII.
+    pub serial: String,
+}
+
+impl VmDisk {
+    /// End of the slice in its disk (exclusive), saturating: an overflowing
+    /// slice is reported by [`validate`] on its own.
+    pub const fn end(&self) -> u64 {
+        self.offset.saturating_add(self.size)
+    }
 }
 
 /// A shared-memory channel with a doorbell each way between two VMs.
@@ -341,6 +439,9 @@ pub struct SystemConfig {
     pub vms: Vec<VmConfig>,
     /// Channels between pairs of VMs.
     pub channels: Vec<Channel>,
+    /// The board's virtio-blk disks, in ascending order of their MMIO
+    /// address in the host device tree.
+    pub disks: Vec<Disk>,
 }
 
 impl SystemConfig {
@@ -370,6 +471,11 @@ pub enum Field {
     Passthrough(usize, usize, &'static str),
     /// A field of channel `c` (`"name"`, `"vms"`, `"size"`).
     Channel(usize, &'static str),
+    /// A field of disk `k` (`"name"`, `"size"`).
+    Disk(usize, &'static str),
+    /// A field of disk slice `d` of VM `n` (`"disk"`, `"offset"`, `"size"`,
+    /// `"read_only"`, `"serial"`).
+    VmDisk(usize, usize, &'static str),
 }
 
 impl fmt::Display for Field {
@@ -379,6 +485,8 @@ impl fmt::Display for Field {
             Self::Vm(i, name) => write!(f, "vm[{i}].{name}"),
             Self::Passthrough(i, d, name) => write!(f, "vm[{i}].passthrough[{d}].{name}"),
             Self::Channel(c, name) => write!(f, "channel[{c}].{name}"),
+            Self::Disk(k, name) => write!(f, "disk[{k}].{name}"),
+            Self::VmDisk(i, d, name) => write!(f, "vm[{i}].disk[{d}].{name}"),
         }
     }
 }
@@ -453,6 +561,47 @@ mod tests {
     }
 
     #[test]
+    fn field_display_names_disk_fields() {
+        assert_eq!(format!("{}", Field::Disk(1, "name")), "disk[1].name");
+        assert_eq!(
+            format!("{}", Field::VmDisk(0, 3, "offset")),
+            "vm[0].disk[3].offset"
+        );
+    }
+
+    #[test]
+    fn virtio_window_layout_is_qemu_virts() {
+        assert_eq!(virtio_ipa(0), 0x0a00_0000);
+        assert_eq!(virtio_ipa(1), 0x0a00_0200);
+        assert_eq!(virtio_ipa(MAX_VIRTIO - 1), 0x0a00_0e00);
+        assert_eq!(virtio_spi(0), 16);
+        assert_eq!(virtio_spi(MAX_VIRTIO - 1), 23);
+        assert_eq!(VIRTIO_INTIDS, 48..56);
+        let window = HYP_OWNED_MMIO
+            .iter()
+            .find(|(_, _, what)| *what == "virtio-mmio window")
+            .unwrap();
+        assert_eq!((window.0, window.1), (VIRTIO_IPA, virtio_ipa(MAX_VIRTIO)));
+        // Absurd indices saturate instead of panicking.
+        assert_eq!(virtio_ipa(usize::MAX), u64::MAX);
+        assert_eq!(virtio_spi(usize::MAX), u32::MAX);
+    }
+
+    #[test]
+    fn vm_disk_end_saturates() {
+        let d = VmDisk {
+            disk: 0,
+            offset: u64::MAX - 511,
+            size: 1024,
+            read_only: false,
+            serial: String::new(),
+        };
+        assert_eq!(d.end(), u64::MAX);
+        let d = VmDisk { offset: 512, ..d };
+        assert_eq!(d.end(), 1536);
+    }
+
+    #[test]
     fn criticality_spells_like_the_config_file() {
         assert_eq!(Criticality::default(), Criticality::Normal);
         assert_eq!(format!("{}", Criticality::Critical), "critical");
@@ -498,6 +647,7 @@ mod tests {
                     size: MIN_CHANNEL_SIZE,
                 })
                 .collect(),
+            disks: Vec::new(),
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! One file describes one system: the board, then one `[[vm]]` table per VM,
 //! in boot order (the first `[[vm]]` is `vm[0]`), then any `[[channel]]`
-//! tables (the first is `channel[0]`).
+//! tables (the first is `channel[0]`) and `[[disk]]` tables (the first is
+//! `disk[0]`).
 //!
 //! ```toml
 //! [board]                 # the machine the config is for
@@ -40,6 +41,17 @@
 //! name = "control"        # 1 to 31 of a-z 0-9 _ -, unique among channels
 //! between = ["safety", "infotainment"]  # two different VMs by name; end 0 first
 //! size = "4K"             # optional, default 4 KiB: a power of two, 4 KiB to 1 MiB
+//!
+//! [[disk]]                # optional: the board's virtio-blk disks, by ascending MMIO address
+//! name = "emmc"           # 1 to 31 of a-z 0-9 _ -, unique among disks
+//! size = "8G"             # a size, like `memory`; a nonzero multiple of 512
+//!
+//! [[vm.disk]]             # optional, up to 4 (not on a critical VM): a slice of a disk
+//! disk = "emmc"           # a [[disk]] by name
+//! offset = "1G"           # optional, default 0: where the slice starts; multiple of 512
+//! size = "2G"             # bytes of the slice; nonzero multiple of 512; must end in the disk
+//! read-only = true        # optional, default false
+//! serial = "logs"         # optional, default "<vm name>-disk<n>" cut to 20 bytes; ASCII, at most 20
 //! ```
 //!
 //! - **Sizes** (`memory`): an integer number of bytes (TOML hex like
@@ -76,7 +88,13 @@
 //!   configuration space, and given to one VM only, as is each irq (never
 //!   one of the channel doorbells 120 to 123); a channel joins two different
 //!   VMs, no VM is an end of more than 4, and there are at most 4; critical
-//!   VMs leave at least one pCPU free of them.
+//!   VMs leave at least one pCPU free of them. Passthrough also keeps off the
+//!   virtio-mmio window 0x0a00_0000..0x0a00_1000 and its irqs 48 to 55. A
+//!   disk slice lies inside its disk, is 512-byte aligned, and overlaps no
+//!   other slice of that disk unless both are read-only; a VM has at most 4
+//!   slices, and a critical VM none.
+//! - **`disk`** in `[[vm.disk]]` must name a `[[disk]]` of the file; an
+//!   unknown name is reported on its own line.
 //! - **`between`** must name VMs defined in the file; an unknown name is
 //!   reported on its own line.
 //!
@@ -98,9 +116,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::{
-    validate, Board, Channel, Criticality, Field, ImageInfo, Passthrough, RestartPolicy,
-    SystemConfig, VmConfig, DEFAULT_CMDLINE, LINUX_CMDLINE, MAX_CHANNELS, MIN_CHANNEL_SIZE,
-    RAM_IPA,
+    validate, Board, Channel, Criticality, Disk, Field, ImageInfo, Passthrough, RestartPolicy,
+    SystemConfig, VmConfig, VmDisk, DEFAULT_CMDLINE, LINUX_CMDLINE, MAX_CHANNELS, MAX_SERIAL_LEN,
+    MIN_CHANNEL_SIZE, RAM_IPA,
 };
 
 /// Where a VM's image comes from.
@@ -191,16 +209,19 @@ struct Lines {
     board: Table,
     vms: Vec<Table>,
     channels: Vec<Table>,
+    disks: Vec<Table>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Table {
-    /// Line of the `[board]` / `[[vm]]` / `[[channel]]` header.
+    /// Line of the `[board]` / `[[vm]]` / `[[channel]]` / `[[disk]]` header.
     header: usize,
     /// (core field name, TOML key, line).
     keys: Vec<(&'static str, &'static str, usize)>,
     /// A VM's `[[vm.passthrough]]` tables, in order.
     devices: Vec<Table>,
+    /// A VM's `[[vm.disk]]` tables, in order.
+    disks: Vec<Table>,
 }
 
 impl Table {
@@ -254,6 +275,12 @@ impl Parsed {
                 name,
             ),
             Field::Channel(c, name) => (self.lines.channels.get(c), format!("channel[{c}]"), name),
+            Field::Disk(k, name) => (self.lines.disks.get(k), format!("disk[{k}]"), name),
+            Field::VmDisk(i, d, name) => (
+                self.lines.vms.get(i).and_then(|t| t.disks.get(d)),
+                format!("vm[{i}].disk[{d}]"),
+                name,
+            ),
         };
         let Some(table) = table else {
             return (1, format!("{prefix}.{name}"));
@@ -329,6 +356,32 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
         ram_base,
         ram_size,
     };
+
+    // The board's disks, which the VMs' slices name.
+    let mut disks = Vec::new();
+    for (k, sdisk) in raw.disk.into_iter().enumerate() {
+        let header = sdisk.span();
+        let d = sdisk.into_inner();
+        let mut t = Table {
+            header: at(header),
+            ..Table::default()
+        };
+        t.add("name", "name", at(d.name.span()));
+        t.add("size", "size", at(d.size.span()));
+        let size = size(&d.size).unwrap_or_else(|m| {
+            diags.push(diag(
+                Some(d.size.span().start),
+                format!("disk[{k}].size"),
+                m,
+            ));
+            0
+        });
+        lines.disks.push(t);
+        disks.push(Disk {
+            name: d.name.into_inner(),
+            size,
+        });
+    }
 
     // VMs.
     let base_dir = Path::new(file).parent().unwrap_or(Path::new(""));
@@ -607,6 +660,71 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 compatible: p.compatible.into_inner(),
             });
         }
+        let mut vm_disks = Vec::new();
+        for (d, sslice) in v.disk.into_iter().enumerate() {
+            let slice_header = sslice.span();
+            let sl = sslice.into_inner();
+            let mut st = Table {
+                header: at(slice_header),
+                ..Table::default()
+            };
+            let prefix = format!("vm[{i}].disk[{d}]");
+            st.add("disk", "disk", at(sl.disk.span()));
+            st.add("size", "size", at(sl.size.span()));
+            if d == 0 {
+                // A problem with the list as a whole (too many slices, a
+                // critical VM) points at its first table.
+                t.add("disks", "disk", st.header);
+            }
+            let mut size_of = |value: &Spanned<SizeValue>, key: &str| {
+                size(value).unwrap_or_else(|m| {
+                    diags.push(diag(Some(value.span().start), format!("{prefix}.{key}"), m));
+                    0
+                })
+            };
+            let offset = match &sl.offset {
+                Some(value) => {
+                    st.add("offset", "offset", at(value.span()));
+                    size_of(value, "offset")
+                }
+                None => 0,
+            };
+            let slice_size = size_of(&sl.size, "size");
+            let read_only = match &sl.read_only {
+                Some(value) => {
+                    st.add("read_only", "read-only", at(value.span()));
+                    *value.get_ref()
+                }
+                None => false,
+            };
+            let serial = match sl.serial {
+                Some(value) => {
+                    st.add("serial", "serial", at(value.span()));
+                    value.into_inner()
+                }
+                None => default_serial(v.name.get_ref(), d),
+            };
+            let name = sl.disk.get_ref();
+            let disk = match disks.iter().position(|k: &Disk| k.name == *name) {
+                Some(k) => u16::try_from(k).unwrap_or(u16::MAX),
+                None => {
+                    diags.push(diag(
+                        Some(sl.disk.span().start),
+                        format!("{prefix}.disk"),
+                        unknown_disk(name, &disks),
+                    ));
+                    0
+                }
+            };
+            t.disks.push(st);
+            vm_disks.push(VmDisk {
+                disk,
+                offset,
+                size: slice_size,
+                read_only,
+                serial,
+            });
+        }
         let image = source.map_or(0, |s| intern(&mut images, s));
         let initramfs = initramfs_source.map(|s| intern(&mut images, s));
         let dtb = dtb_source.map(|s| intern(&mut images, s));
@@ -627,6 +745,7 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
             criticality: v
                 .criticality
                 .map_or(Criticality::default(), |c| c.into_inner().into()),
+            disks: vm_disks,
         });
     }
 
@@ -695,6 +814,7 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 board,
                 vms,
                 channels,
+                disks,
             },
             images,
             file: file.to_string(),
@@ -715,6 +835,31 @@ fn unknown_vm(name: &str, vms: &[VmConfig]) -> String {
         "there is no VM named \"{name}\"; the VMs are {}",
         names.join(", ")
     )
+}
+
+/// Why `name` in a `[[vm.disk]]` is not a disk, listing the disks there are.
+fn unknown_disk(name: &str, disks: &[Disk]) -> String {
+    if disks.is_empty() {
+        return format!("there is no disk named \"{name}\"; the config has no [[disk]]");
+    }
+    let names: Vec<String> = disks.iter().map(|d| format!("\"{}\"", d.name)).collect();
+    format!(
+        "there is no disk named \"{name}\"; the disks are {}",
+        names.join(", ")
+    )
+}
+
+/// The serial of slice `d` of VM `vm` when its `[[vm.disk]]` names none:
+/// `<vm>-disk<d>`, cut to [`MAX_SERIAL_LEN`] bytes (on a character
+/// boundary; a VM name that is not ASCII is refused on its own).
+fn default_serial(vm: &str, d: usize) -> String {
+    let mut serial = format!("{vm}-disk{d}");
+    let mut end = serial.len().min(MAX_SERIAL_LEN);
+    while !serial.is_char_boundary(end) {
+        end -= 1;
+    }
+    serial.truncate(end);
+    serial
 }
 
 /// The index of `source` in `images`, added if it is new. More than 65536
@@ -746,6 +891,8 @@ fn field_at(text: &str, offset: usize) -> String {
     let mut vm_count = 0usize;
     let mut dev_count = 0usize;
     let mut channel_count = 0usize;
+    let mut disk_count = 0usize;
+    let mut slice_count = 0usize;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("[[") {
@@ -753,10 +900,21 @@ fn field_at(text: &str, offset: usize) -> String {
             table = if name == "vm" {
                 vm_count += 1;
                 dev_count = 0;
+                slice_count = 0;
                 format!("vm[{}]", vm_count - 1)
             } else if name == "channel" {
                 channel_count += 1;
                 format!("channel[{}]", channel_count - 1)
+            } else if name == "disk" {
+                disk_count += 1;
+                format!("disk[{}]", disk_count - 1)
+            } else if name == "vm.disk" {
+                slice_count += 1;
+                format!(
+                    "vm[{}].disk[{}]",
+                    vm_count.saturating_sub(1),
+                    slice_count - 1
+                )
             } else if name == "vm.passthrough" {
                 dev_count += 1;
                 format!(
@@ -837,6 +995,8 @@ struct RawFile {
     vm: Vec<Spanned<RawVm>>,
     #[serde(default)]
     channel: Vec<Spanned<RawChannel>>,
+    #[serde(default)]
+    disk: Vec<Spanned<RawDisk>>,
 }
 
 #[derive(Deserialize)]
@@ -866,6 +1026,26 @@ struct RawVm {
     criticality: Option<Spanned<RawCriticality>>,
     #[serde(default)]
     passthrough: Vec<Spanned<RawPassthrough>>,
+    #[serde(default)]
+    disk: Vec<Spanned<RawVmDisk>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    name: Spanned<String>,
+    size: Spanned<SizeValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVmDisk {
+    disk: Spanned<String>,
+    offset: Option<Spanned<SizeValue>>,
+    size: Spanned<SizeValue>,
+    #[serde(rename = "read-only")]
+    read_only: Option<Spanned<bool>>,
+    serial: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1000,6 +1180,27 @@ mod tests {
         assert_eq!(
             field_at(text, text.find("size").unwrap()),
             "channel[1].size"
+        );
+        let text = "[[disk]]\nname = 1\n[[vm]]\n[[vm.disk]]\n[[vm]]\n[[vm.disk]]\n[[vm.disk]]\nsize = 2\n[[disk]]\nx = 3\n";
+        assert_eq!(field_at(text, text.find("name").unwrap()), "disk[0].name");
+        assert_eq!(
+            field_at(text, text.find("size").unwrap()),
+            "vm[1].disk[1].size"
+        );
+        assert_eq!(field_at(text, text.find("x =").unwrap()), "disk[1].x");
+    }
+
+    #[test]
+    fn default_serial_is_vm_name_and_index_cut_to_20_bytes() {
+        assert_eq!(default_serial("safety", 0), "safety-disk0");
+        assert_eq!(default_serial("infotainment-x", 3), "infotainment-x-disk3");
+        assert_eq!(default_serial("infotainment-xy", 3), "infotainment-xy-disk");
+        assert_eq!(default_serial(&"a".repeat(31), 1), "a".repeat(20));
+        // Never cut inside a character.
+        assert_eq!(default_serial(&"\u{e9}".repeat(10), 0), "\u{e9}".repeat(10));
+        assert_eq!(
+            default_serial(&format!("a{}", "\u{e9}".repeat(10)), 0).len(),
+            19
         );
     }
 }

@@ -4,11 +4,12 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use crate::{
-    Channel, Criticality, Field, ImageInfo, Passthrough, Problem, Size, SystemConfig, VmConfig,
-    BLOCK_SIZE, CHANNEL_FIRST_SPI, DTB_RESERVE, FIRST_SPI, HYP_OWNED_MMIO, HYP_RESERVE,
-    LAST_VM_SPI, LINUX_SLACK, MAX_CHANNELS, MAX_CHANNEL_SIZE, MAX_CMDLINE_LEN, MAX_COMPATIBLE,
-    MAX_COMPATIBLE_LEN, MAX_NAME_LEN, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS, MAX_PCPUS, MAX_VCPUS,
-    MIN_CHANNEL_SIZE, PAGE_SIZE, RAM_IPA, UART_INTID,
+    Channel, Criticality, Disk, Field, ImageInfo, Passthrough, Problem, Size, SystemConfig,
+    VmConfig, VmDisk, BLOCK_SIZE, CHANNEL_FIRST_SPI, DTB_RESERVE, FIRST_SPI, HYP_OWNED_MMIO,
+    HYP_RESERVE, LAST_VM_SPI, LINUX_SLACK, MAX_CHANNELS, MAX_CHANNEL_SIZE, MAX_CMDLINE_LEN,
+    MAX_COMPATIBLE, MAX_COMPATIBLE_LEN, MAX_NAME_LEN, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS,
+    MAX_PCPUS, MAX_SERIAL_LEN, MAX_VCPUS, MAX_VM_DISKS, MIN_CHANNEL_SIZE, PAGE_SIZE, RAM_IPA,
+    SECTOR_SIZE, UART_INTID, VIRTIO_INTIDS,
 };
 
 /// Checks `cfg` against every rule and returns what is wrong; empty means
@@ -31,10 +32,12 @@ pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
         v.image(i, vm, images);
         v.cmdline(i, vm);
         v.passthrough(i, vm);
+        v.vm_disks(i, vm);
     }
     v.total_memory();
     v.critical_pcpus();
     v.channels();
+    v.disks();
     v.problems
 }
 
@@ -69,6 +72,33 @@ fn earlier_devices(
             .take(n)
             .map(move |p| (o.name.as_str(), p))
     })
+}
+
+/// Disk slices given before slice `d` of VM `i`, with their owner's name
+/// and their own index in that VM.
+fn earlier_slices(
+    cfg: &SystemConfig,
+    i: usize,
+    d: usize,
+) -> impl Iterator<Item = (&str, usize, &VmDisk)> {
+    let vms = cfg.vms.get(..=i).unwrap_or(&[]);
+    vms.iter().enumerate().flat_map(move |(j, o)| {
+        let n = if j == i { d } else { o.disks.len() };
+        o.disks
+            .iter()
+            .take(n)
+            .enumerate()
+            .map(move |(k, s)| (o.name.as_str(), k, s))
+    })
+}
+
+/// `read-only` or `read-write`, as a slice is described in messages.
+fn access(slice: &VmDisk) -> &'static str {
+    if slice.read_only {
+        "read-only"
+    } else {
+        "read-write"
+    }
 }
 
 /// The SPIs every VM's channel doorbells may use.
@@ -507,6 +537,17 @@ impl Validator<'_> {
                 );
                 continue;
             }
+            if VIRTIO_INTIDS.contains(&irq) {
+                self.report(
+                    field,
+                    format!(
+                        "irq {irq} is reserved for the virtio-mmio devices ({} to {})",
+                        VIRTIO_INTIDS.start,
+                        VIRTIO_INTIDS.end - 1
+                    ),
+                );
+                continue;
+            }
             if CHANNEL_SPIS.contains(&irq) {
                 self.report(
                     field,
@@ -678,6 +719,152 @@ impl Validator<'_> {
         }
     }
 
+    /// Disk slices of VM `i`: at most [`MAX_VM_DISKS`], none on a critical
+    /// VM, each on a disk that exists, sector aligned, inside its disk, not
+    /// overlapping another slice of that disk unless both are read-only,
+    /// with a short printable serial. Overlaps are reported on the later
+    /// slice and name the earlier one's VM.
+    fn vm_disks(&mut self, i: usize, vm: &VmConfig) {
+        if vm.disks.len() > MAX_VM_DISKS {
+            self.report(
+                Field::Vm(i, "disks"),
+                format!(
+                    "{} disk slices; a VM may have at most {MAX_VM_DISKS}",
+                    vm.disks.len()
+                ),
+            );
+        }
+        if vm.criticality == Criticality::Critical && !vm.disks.is_empty() {
+            self.report(
+                Field::Vm(i, "disks"),
+                "a critical VM cannot use a shared disk because its I/O would wait behind other \
+                 VMs' requests: give it no [[vm.disk]], or make it criticality = \"normal\""
+                    .into(),
+            );
+        }
+        for (d, slice) in vm.disks.iter().enumerate() {
+            self.vm_disk(i, vm, d, slice);
+        }
+    }
+
+    fn vm_disk(&mut self, i: usize, vm: &VmConfig, d: usize, slice: &VmDisk) {
+        let field = |name| Field::VmDisk(i, d, name);
+        let cfg = self.cfg;
+        let disk = cfg.disks.get(usize::from(slice.disk));
+        if disk.is_none() {
+            self.report(
+                field("disk"),
+                format!(
+                    "disk {} does not exist; the config has {} disks",
+                    slice.disk,
+                    cfg.disks.len()
+                ),
+            );
+        }
+        let (offset, size) = (slice.offset, slice.size);
+        if !offset.is_multiple_of(SECTOR_SIZE) {
+            self.report(
+                field("offset"),
+                format!("offset {offset:#x} is not a multiple of {SECTOR_SIZE} bytes"),
+            );
+        }
+        if size == 0 {
+            self.report(field("size"), "size is zero".into());
+        } else if !size.is_multiple_of(SECTOR_SIZE) {
+            self.report(
+                field("size"),
+                format!("size {size:#x} is not a multiple of {SECTOR_SIZE} bytes"),
+            );
+        }
+        self.serial(field("serial"), slice);
+        let Some(disk) = disk else {
+            return;
+        };
+        match offset.checked_add(size) {
+            Some(end) if end <= disk.size => {}
+            _ => {
+                self.report(
+                    field("size"),
+                    format!(
+                        "slice {offset:#x}..{:#x} ({}) runs past the end of disk '{}' ({:#x}, {})",
+                        offset.wrapping_add(size),
+                        Size(size),
+                        disk.name,
+                        disk.size,
+                        Size(disk.size)
+                    ),
+                );
+                return;
+            }
+        }
+        let clash = earlier_slices(cfg, i, d)
+            .filter(|(_, _, o)| o.disk == slice.disk)
+            .filter(|(_, _, o)| !(o.read_only && slice.read_only))
+            .find(|(_, _, o)| overlaps(offset, size, o.offset, o.size))
+            .map(|(owner, k, o)| {
+                format!(
+                    "{} slice {offset:#x}..{:#x} of disk '{}' for vm '{}' overlaps the {} slice \
+                     {:#x}..{:#x} of vm '{owner}' (its disk[{k}]); a read-write slice may \
+                     overlap no other slice",
+                    access(slice),
+                    slice.end(),
+                    disk.name,
+                    vm.name,
+                    access(o),
+                    o.offset,
+                    o.end()
+                )
+            });
+        if let Some(message) = clash {
+            self.report(field("offset"), message);
+        }
+    }
+
+    fn serial(&mut self, field: Field, slice: &VmDisk) {
+        let serial = &slice.serial;
+        if serial.len() > MAX_SERIAL_LEN {
+            self.report(
+                field,
+                format!(
+                    "serial {serial:?} is {} bytes long; it may be at most {MAX_SERIAL_LEN}",
+                    serial.len()
+                ),
+            );
+        } else if !serial.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+            self.report(field, format!("serial {serial:?} must be printable ASCII"));
+        }
+    }
+
+    /// The board's disks: valid, unique names and sector-multiple sizes.
+    fn disks(&mut self) {
+        for (k, disk) in self.cfg.disks.iter().enumerate() {
+            self.disk(k, disk);
+        }
+    }
+
+    fn disk(&mut self, k: usize, disk: &Disk) {
+        let field = Field::Disk(k, "name");
+        let name = &disk.name;
+        if !valid_name(name) {
+            self.report(
+                field,
+                format!("disk name '{name}' must be 1 to {MAX_NAME_LEN} of a-z, 0-9, '_' and '-'"),
+            );
+        }
+        if let Some(j) = self.cfg.disks[..k].iter().position(|o| o.name == *name) {
+            self.report(field, format!("name '{name}' is already used by disk[{j}]"));
+        }
+        let size = disk.size;
+        if size == 0 {
+            self.report(Field::Disk(k, "size"), "size is zero".into());
+        } else if !size.is_multiple_of(SECTOR_SIZE) {
+            self.report(
+                Field::Disk(k, "size"),
+                format!("size {size:#x} is not a multiple of {SECTOR_SIZE} bytes"),
+            );
+        }
+    }
+
     /// All VM memory comes out of board RAM minus the hypervisor's reserve.
     /// Reported on the first VM that does not fit.
     fn total_memory(&mut self) {
@@ -711,7 +898,7 @@ mod tests {
     use super::*;
     use crate::{
         Board, RestartPolicy, CHANNEL_IPA, CHANNEL_STRIDE, DEFAULT_CMDLINE, IMAGE_LOAD_OFFSET,
-        LINUX_CMDLINE, PCI_ECAM_IPA,
+        LINUX_CMDLINE, MAX_VIRTIO, PCI_ECAM_IPA, VIRTIO_IPA, VIRTIO_STRIDE,
     };
     use alloc::string::String;
     use alloc::vec;
@@ -731,6 +918,7 @@ mod tests {
             cmdline: DEFAULT_CMDLINE.into(),
             passthrough: vec![],
             criticality: Criticality::Normal,
+            disks: vec![],
         }
     }
 
@@ -747,6 +935,7 @@ mod tests {
                 vm("infotainment", 256 * MIB, None, &[1, 2]),
             ],
             channels: vec![],
+            disks: vec![],
         }
     }
 
@@ -1306,7 +1495,7 @@ mod tests {
                     "d",
                     0x1_0000_0000 + u64::from(k) * 0x1000,
                     0x1000,
-                    &[40 + k],
+                    &[60 + k],
                 )
             })
             .collect();
@@ -1319,7 +1508,7 @@ mod tests {
         assert_eq!(problems(&c), vec![]);
 
         let mut c = with_rtc();
-        c.vms[0].passthrough[0].irqs = (40..49).collect();
+        c.vms[0].passthrough[0].irqs = (60..69).collect();
         assert_one(
             &c,
             &format!("{RTC}.irqs"),
@@ -1551,5 +1740,253 @@ mod tests {
         c.vms[1].criticality = Criticality::Critical;
         c.vms[1].pcpus = vec![1, 2];
         assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_range_must_not_touch_the_virtio_window() {
+        let mut c = with_rtc();
+        let end = VIRTIO_IPA + MAX_VIRTIO as u64 * VIRTIO_STRIDE;
+        assert_eq!(end, 0x0a00_1000);
+        c.vms[0].passthrough[0].base = VIRTIO_IPA;
+        assert_one(
+            &c,
+            "vm[0].passthrough[0].base",
+            "range 0xa000000..0xa001000: 0xa000000..0xa001000 is the virtio-mmio window, which the hypervisor owns",
+        );
+        // Ending in its first byte's page counts too.
+        c.vms[0].passthrough[0].base = VIRTIO_IPA - PAGE_SIZE;
+        c.vms[0].passthrough[0].size = 2 * PAGE_SIZE;
+        assert_one(&c, "vm[0].passthrough[0].base", "virtio-mmio window");
+        // Just before or after is fine.
+        c.vms[0].passthrough[0].size = PAGE_SIZE;
+        assert_eq!(problems(&c), vec![]);
+        c.vms[0].passthrough[0].base = end;
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn passthrough_irqs_must_not_be_the_virtio_spis() {
+        for irq in 48..56 {
+            let mut c = with_rtc();
+            c.vms[0].passthrough[0].irqs = vec![irq];
+            assert_one(
+                &c,
+                &format!("{RTC}.irqs"),
+                &format!("irq {irq} is reserved for the virtio-mmio devices (48 to 55)"),
+            );
+        }
+        let mut c = with_rtc();
+        c.vms[0].passthrough[0].irqs = vec![47, 56];
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    fn slice(disk: u16, offset: u64, size: u64, read_only: bool) -> VmDisk {
+        VmDisk {
+            disk,
+            offset,
+            size,
+            read_only,
+            serial: "s".into(),
+        }
+    }
+
+    /// [`good`] with two disks (8 GiB "emmc", 1 GiB "usb") and the first
+    /// half of "emmc" given read-write to infotainment (vm[1]).
+    fn with_disk() -> SystemConfig {
+        let mut c = good();
+        c.disks = vec![
+            Disk {
+                name: "emmc".into(),
+                size: 8 * GIB,
+            },
+            Disk {
+                name: "usb".into(),
+                size: GIB,
+            },
+        ];
+        c.vms[1].disks = vec![slice(0, 0, 4 * GIB, false)];
+        c
+    }
+
+    #[test]
+    fn disk_slices_side_by_side_are_fine() {
+        assert_eq!(problems(&with_disk()), vec![]);
+        let mut c = with_disk();
+        // The other half, to the last byte, and all of the other disk.
+        c.vms[0].disks = vec![slice(0, 4 * GIB, 4 * GIB, false), slice(1, 0, GIB, true)];
+        assert_eq!(problems(&c), vec![]);
+        // No disks in use at all is fine too.
+        c.vms[0].disks.clear();
+        c.vms[1].disks.clear();
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn disk_name_follows_the_vm_name_rules_and_is_unique() {
+        let mut c = with_disk();
+        for bad in [String::new(), "eMMC".into(), "a b".into(), "a".repeat(32)] {
+            c.disks[0].name = bad;
+            assert_one(&c, "disk[0].name", "must be 1 to 31 of a-z");
+        }
+        let mut c = with_disk();
+        c.disks[1].name = "emmc".into();
+        assert_one(&c, "disk[1].name", "name 'emmc' is already used by disk[0]");
+    }
+
+    #[test]
+    fn disk_size_is_a_nonzero_multiple_of_512() {
+        let mut c = with_disk();
+        c.disks[1].size = 0;
+        assert_one(&c, "disk[1].size", "size is zero");
+        c.disks[1].size = GIB + 256;
+        assert_one(
+            &c,
+            "disk[1].size",
+            "size 0x40000100 is not a multiple of 512 bytes",
+        );
+        c.disks[1].size = GIB + 512;
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn slice_must_name_a_disk_that_exists() {
+        let mut c = with_disk();
+        c.vms[1].disks[0].disk = 2;
+        assert_one(
+            &c,
+            "vm[1].disk[0].disk",
+            "disk 2 does not exist; the config has 2 disks",
+        );
+    }
+
+    #[test]
+    fn slice_offset_and_size_are_multiples_of_512() {
+        let mut c = with_disk();
+        c.vms[1].disks[0].offset = 100;
+        assert_one(
+            &c,
+            "vm[1].disk[0].offset",
+            "offset 0x64 is not a multiple of 512 bytes",
+        );
+        let mut c = with_disk();
+        c.vms[1].disks[0].size = 4 * GIB - 1;
+        assert_one(
+            &c,
+            "vm[1].disk[0].size",
+            "size 0xffffffff is not a multiple of 512 bytes",
+        );
+        c.vms[1].disks[0].size = 0;
+        assert_one(&c, "vm[1].disk[0].size", "size is zero");
+    }
+
+    #[test]
+    fn slice_must_end_inside_its_disk() {
+        let mut c = with_disk();
+        c.vms[1].disks[0].offset = 6 * GIB;
+        assert_one(
+            &c,
+            "vm[1].disk[0].size",
+            "slice 0x180000000..0x280000000 (4 GiB) runs past the end of disk 'emmc' (0x200000000, 8 GiB)",
+        );
+        // Ending exactly at the end is fine.
+        c.vms[1].disks[0].offset = 4 * GIB;
+        assert_eq!(problems(&c), vec![]);
+        // Past the end of the address space, too.
+        c.vms[1].disks[0].offset = u64::MAX - 511;
+        c.vms[1].disks[0].size = 1024;
+        assert_one(&c, "vm[1].disk[0].size", "runs past the end of disk 'emmc'");
+    }
+
+    #[test]
+    fn read_write_slice_overlapping_another_vms_slice_names_both_vms() {
+        let mut c = with_disk();
+        c.vms[0].disks = vec![slice(0, 4 * GIB - 512, 1024, true)];
+        // Reported on the later slice in config order (vm[1]'s), naming
+        // both VMs.
+        assert_one(
+            &c,
+            "vm[1].disk[0].offset",
+            "read-write slice 0x0..0x100000000 of disk 'emmc' for vm 'infotainment' overlaps the read-only slice 0xfffffe00..0x100000200 of vm 'safety' (its disk[0]); a read-write slice may overlap no other slice",
+        );
+        // Read-write over read-write, either way round.
+        c.vms[0].disks[0].read_only = false;
+        assert_one(&c, "vm[1].disk[0].offset", "overlaps the read-write slice");
+        // Read-only over an earlier read-write slice.
+        c.vms[1].disks[0].read_only = true;
+        assert_one(
+            &c,
+            "vm[1].disk[0].offset",
+            "read-only slice 0x0..0x100000000 of disk 'emmc' for vm 'infotainment' overlaps the read-write slice",
+        );
+    }
+
+    #[test]
+    fn read_write_slice_overlapping_one_of_its_own_vm_is_refused() {
+        let mut c = with_disk();
+        c.vms[1].disks.push(slice(0, GIB, 512, false));
+        assert_one(
+            &c,
+            "vm[1].disk[1].offset",
+            "of vm 'infotainment' (its disk[0])",
+        );
+    }
+
+    #[test]
+    fn read_only_slices_may_overlap_and_other_disks_do_not_count() {
+        let mut c = with_disk();
+        c.vms[1].disks[0].read_only = true;
+        c.vms[0].disks = vec![slice(0, 0, 4 * GIB, true)];
+        c.vms[1].disks.push(slice(0, GIB, GIB, true));
+        assert_eq!(problems(&c), vec![]);
+        // Same range, other disk: no overlap.
+        let mut c = with_disk();
+        c.vms[0].disks = vec![slice(1, 0, GIB, false)];
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn critical_vm_may_not_use_a_disk() {
+        let mut c = with_disk();
+        c.vms[1].criticality = Criticality::Critical;
+        assert_one(
+            &c,
+            "vm[1].disks",
+            "a critical VM cannot use a shared disk because its I/O would wait behind other VMs' requests",
+        );
+        // Even read-only, even a disk no other VM uses.
+        c.vms[1].disks = vec![slice(1, 0, 512, true)];
+        assert_one(&c, "vm[1].disks", "a critical VM cannot use a shared disk");
+        c.vms[1].disks.clear();
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn at_most_4_slices_per_vm() {
+        let mut c = with_disk();
+        c.vms[1].disks = (0..5u64).map(|k| slice(1, k * 512, 512, false)).collect();
+        assert_one(&c, "vm[1].disks", "5 disk slices; a VM may have at most 4");
+        c.vms[1].disks.pop();
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn serial_is_at_most_20_printable_ascii_bytes() {
+        let mut c = with_disk();
+        c.vms[1].disks[0].serial = "x".repeat(20);
+        assert_eq!(problems(&c), vec![]);
+        c.vms[1].disks[0].serial = String::new();
+        assert_eq!(problems(&c), vec![]);
+        c.vms[1].disks[0].serial = "x".repeat(21);
+        assert_one(
+            &c,
+            "vm[1].disk[0].serial",
+            "is 21 bytes long; it may be at most 20",
+        );
+        for bad in ["caf\u{e9}", "a\0b", "tab\there"] {
+            c.vms[1].disks[0].serial = bad.into();
+            assert_one(&c, "vm[1].disk[0].serial", "must be printable ASCII");
+        }
     }
 }

@@ -871,3 +871,239 @@ fn critical_vms_on_every_pcpu_are_reported_on_board_cpus() {
         "no pCPU left for the hypervisor's console and shell: every pCPU runs a critical VM"
     );
 }
+
+/// Two bare-metal VMs on a 4-CPU board with an 8 GiB disk `emmc` and a
+/// 1 GiB disk `usb`; `first` and `second` go after each VM's table (e.g.
+/// `[[vm.disk]]` tables).
+fn disk_config(first: &str, second: &str) -> String {
+    format!(
+        "[board]\ncpus = 4\nmemory = \"1G\"\n\n\
+         [[disk]]\nname = \"emmc\"\nsize = \"8G\"\n\n\
+         [[disk]]\nname = \"usb\"\nsize = 0x4000_0000\n\n\
+         [[vm]]\nname = \"safety\"\nguest = \"hello\"\nmemory = \"16M\"\npcpus = [0]\n{first}\n\
+         [[vm]]\nname = \"infotainment\"\nguest = \"hello\"\nmemory = \"16M\"\npcpus = [1]\n{second}"
+    )
+}
+
+const ROOT: &str = "[[vm.disk]]\ndisk = \"emmc\"\nsize = \"4G\"\n";
+
+#[test]
+fn disk_tables_parse_with_their_defaults() {
+    let rest = "[[vm.disk]]\ndisk = \"emmc\"\noffset = \"4G\"\nsize = \"1G\"\nread-only = true\nserial = \"logs\"\n\n\
+                [[vm.disk]]\ndisk = \"usb\"\nsize = 0x200\n";
+    let text = disk_config("", &format!("{ROOT}\n{rest}"));
+    let p = parse_ok(&text);
+    let c = &p.config;
+    assert_eq!(c.disks.len(), 2);
+    assert_eq!(c.disks[0].name, "emmc");
+    assert_eq!(c.disks[0].size, 8 << 30);
+    assert_eq!(c.disks[1].size, 1 << 30, "integer sizes work");
+    assert!(c.vms[0].disks.is_empty());
+    let d = &c.vms[1].disks;
+    assert_eq!(d.len(), 3);
+    assert_eq!(
+        (d[0].disk, d[0].offset, d[0].size, d[0].read_only),
+        (0, 0, 4 << 30, false),
+        "offset 0 and read-write by default"
+    );
+    assert_eq!(d[0].serial, "infotainment-disk0", "default serial");
+    assert_eq!(
+        (d[1].disk, d[1].offset, d[1].size, d[1].read_only),
+        (0, 4 << 30, 1 << 30, true)
+    );
+    assert_eq!(d[1].serial, "logs");
+    assert_eq!((d[2].disk, d[2].size), (1, 512));
+    assert_eq!(d[2].serial, "infotainment-disk2");
+    assert_eq!(p.check(IMAGE), Ok(()));
+    let bytes = bulkhead_config::encode(&p.config);
+    assert_eq!(bulkhead_config::decode(&bytes), Ok(p.config));
+}
+
+#[test]
+fn default_serial_is_cut_to_20_bytes() {
+    let text = disk_config("", ROOT).replace("infotainment", "infotainment-console");
+    let p = parse_ok(&text);
+    assert_eq!(p.config.vms[1].disks[0].serial, "infotainment-console");
+    let text = disk_config("", ROOT).replace("infotainment", "a-rather-long-vm-name");
+    let p = parse_ok(&text);
+    assert_eq!(p.config.vms[1].disks[0].serial, "a-rather-long-vm-nam");
+    assert_eq!(p.check(IMAGE), Ok(()));
+}
+
+#[test]
+fn config_without_disks_has_none() {
+    let c = parse_ok(CAR).config;
+    assert!(c.disks.is_empty());
+    assert!(c.vms.iter().all(|vm| vm.disks.is_empty()));
+}
+
+#[test]
+fn slice_of_an_unknown_disk_is_refused_on_its_disk_line() {
+    let text = disk_config("", &ROOT.replace("\"emmc\"", "\"emc\""));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "\"emc\""));
+    assert_eq!(d.field, "vm[1].disk[0].disk");
+    assert_eq!(
+        d.message,
+        "there is no disk named \"emc\"; the disks are \"emmc\", \"usb\""
+    );
+    let text = passthrough_config("", ROOT);
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        d.message,
+        "there is no disk named \"emmc\"; the config has no [[disk]]"
+    );
+}
+
+#[test]
+fn slice_problems_point_at_their_own_keys() {
+    let bad = "[[vm.disk]]\ndisk = \"usb\"\noffset = 100\nsize = \"2G\"\nserial = \"abcdefghijklmnopqrstu\"\n";
+    let text = disk_config("", bad);
+    let diags = parse_ok(&text).check(IMAGE).unwrap_err();
+    let got: Vec<(usize, &str)> = diags.iter().map(|d| (d.line, d.field.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (line(&text, "offset = 100"), "vm[1].disk[0].offset"),
+            (line(&text, "serial ="), "vm[1].disk[0].serial"),
+            (line(&text, "size = \"2G\""), "vm[1].disk[0].size"),
+        ]
+    );
+    assert!(diags[2].message.contains("runs past the end of disk 'usb'"));
+}
+
+#[test]
+fn overlapping_read_write_slice_is_reported_on_the_later_tables_line() {
+    let text = disk_config(&format!("{ROOT}read-only = true\n"), ROOT);
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.field, "vm[1].disk[0].offset");
+    // No `offset` written: the table's header.
+    assert_eq!(
+        d.line,
+        text.rfind("[[vm.disk]]")
+            .map(|a| text[..a].matches('\n').count() + 1)
+            .unwrap()
+    );
+    assert!(
+        d.message.contains("for vm 'infotainment'") && d.message.contains("of vm 'safety'"),
+        "{}",
+        d.message
+    );
+    // Both read-only: fine.
+    let ro = format!("{ROOT}read-only = true\n");
+    assert_eq!(parse_ok(&disk_config(&ro, &ro)).check(IMAGE), Ok(()));
+}
+
+#[test]
+fn critical_vm_with_a_disk_and_too_many_slices_point_at_the_first_slice() {
+    let text = disk_config(&format!("criticality = \"critical\"\n{ROOT}"), "");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.field, "vm[0].disk");
+    assert_eq!(d.line, line(&text, "[[vm.disk]]"));
+    assert!(
+        d.message.starts_with(
+            "a critical VM cannot use a shared disk because its I/O would wait behind other VMs' requests"
+        ),
+        "{}",
+        d.message
+    );
+    let slices: String = (0..5)
+        .map(|k| {
+            format!(
+                "[[vm.disk]]\ndisk = \"usb\"\noffset = {}\nsize = 512\n",
+                k * 512
+            )
+        })
+        .collect();
+    let text = disk_config("", &slices);
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.field, "vm[1].disk");
+    assert_eq!(d.line, line(&text, "[[vm.disk]]"));
+    assert_eq!(d.message, "5 disk slices; a VM may have at most 4");
+}
+
+#[test]
+fn disk_problems_are_reported_on_the_disk_tables() {
+    let text = disk_config("", "").replace("name = \"usb\"", "name = \"emmc\"");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.field, "disk[1].name");
+    assert_eq!(
+        d.line,
+        text.rfind("name = \"emmc\"")
+            .map(|a| text[..a].matches('\n').count() + 1)
+            .unwrap()
+    );
+    assert_eq!(d.message, "name 'emmc' is already used by disk[0]");
+    let text = disk_config("", "").replace("size = \"8G\"", "size = 1000");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "size = 1000"), "disk[0].size")
+    );
+}
+
+#[test]
+fn disk_unknown_keys_and_bad_values_are_parse_errors() {
+    let text = disk_config("", &format!("{ROOT}readonly = true\n"));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.field, "vm[1].disk[0].readonly");
+    assert!(
+        d.message.contains("unknown field `readonly`"),
+        "{}",
+        d.message
+    );
+    let text = disk_config("", &format!("{ROOT}read-only = \"yes\"\n"));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "\"yes\""));
+    let text = disk_config("", &ROOT.replace("size = \"4G\"\n", ""));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert!(d.message.contains("missing field `size`"), "{}", d.message);
+    let text = disk_config("", "").replace("size = \"8G\"", "size = \"8 GB\"");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "8 GB"), "disk[0].size")
+    );
+    let text = disk_config("", &ROOT.replace("\"4G\"", "\"4 GB\""));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.field, "vm[1].disk[0].size");
+    let text =
+        "[board]\ncpus = 1\nmemory = \"1G\"\n[[disk]]\nname = \"a\"\nsize = \"1G\"\ncolour = 1\n";
+    let d = only(parse(text, FILE).unwrap_err());
+    assert_eq!(d.field, "disk[0].colour");
+}
+
+/// The rejection files for disks and the virtio window fail exactly as
+/// their `# expect:` first line says (the rest of configs/bad/ needs the
+/// host tool, which checks them all).
+#[test]
+fn disk_and_virtio_rejection_files_fail_as_they_expect() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/bad");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.starts_with("disk-") || name.starts_with("passthrough-virtio-")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{name}: no `# expect:` first line"));
+        let diags = match load(&path) {
+            Err(d) => d,
+            Ok(p) => p
+                .check(&vec![ImageInfo::raw(0); p.images.len()])
+                .expect_err(&name),
+        };
+        let shown: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert!(
+            shown.iter().any(|d| d.contains(expect)),
+            "{name}: {shown:#?} lacks {expect:?}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 11, "only {checked} files");
+}

@@ -155,6 +155,18 @@ pub struct PciHost<'a> {
     pub functions: &'a [(u8, u32)],
 }
 
+/// A virtio-mmio transport (Linux bindings/virtio/mmio.yaml), e.g. a
+/// virtio-blk device the hypervisor emulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtioMmio {
+    /// Register window (IPA), e.g. 0x0a00_0000.
+    pub base: u64,
+    /// Bytes of the window, e.g. 0x200.
+    pub size: u64,
+    /// SPI number (INTID - 32, like [`GuestDt::uart`]'s), e.g. 16.
+    pub spi: u32,
+}
+
 /// What the generated tree describes. Addresses are IPAs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestDt<'a> {
@@ -185,6 +197,8 @@ pub struct GuestDt<'a> {
     pub channels: &'a [ChannelNode<'a>],
     /// Channel ends as PCI functions (Linux guests).
     pub pci: Option<PciHost<'a>>,
+    /// virtio-mmio transports, one `virtio_mmio@<base>` node each.
+    pub virtio: &'a [VirtioMmio],
 }
 
 /// Why no tree could be built.
@@ -198,7 +212,8 @@ pub enum Error {
     BadMemory,
     /// The initrd range ends before it starts.
     BadInitrd,
-    /// This passthrough device's range is empty or wraps.
+    /// This passthrough device's or virtio-mmio transport's range is empty
+    /// or wraps.
     BadDeviceRange(u64),
     /// This interrupt of a passthrough device is not an SPI INTID.
     BadSpi(u32),
@@ -257,6 +272,9 @@ pub fn build(dt: &GuestDt) -> Result<Vec<u8>, Error> {
     for dev in dt.devices {
         device(&mut w, dev)?;
     }
+    for v in dt.virtio {
+        virtio_mmio(&mut w, v)?;
+    }
     for ch in dt.channels {
         channel(&mut w, ch)?;
     }
@@ -294,6 +312,11 @@ fn check(dt: &GuestDt) -> Result<(), Error> {
             .find(|i| !(FIRST_SPI..=LAST_SPI).contains(*i))
         {
             return Err(Error::BadSpi(bad));
+        }
+    }
+    for v in dt.virtio {
+        if v.size == 0 || v.base.checked_add(v.size - 1).is_none() {
+            return Err(Error::BadDeviceRange(v.base));
         }
     }
     Ok(())
@@ -436,6 +459,21 @@ fn device(w: &mut FdtWriter, dev: &Device) -> Result<(), Error> {
         w.property_array_u32("clocks", &[CLK_PHANDLE])?;
         w.property_string("clock-names", "apb_pclk")?;
     }
+    w.end_node(node)?;
+    Ok(())
+}
+
+/// Linux bindings/virtio/mmio.yaml, as QEMU virt writes it (hw/arm/virt.c
+/// create_virtio_devices): one level-high SPI, and `dma-coherent` because
+/// the device (the hypervisor) reads and writes guest memory through the
+/// same coherent caches as the vCPUs, so the guest needs no cache
+/// maintenance around its buffers.
+fn virtio_mmio(w: &mut FdtWriter, v: &VirtioMmio) -> Result<(), Error> {
+    let node = w.begin_node(&format!("virtio_mmio@{:x}", v.base))?;
+    w.property_string("compatible", "virtio,mmio")?;
+    w.property_array_u64("reg", &[v.base, v.size])?;
+    w.property_array_u32("interrupts", &[GIC_SPI, v.spi, IRQ_LEVEL_HIGH])?;
+    w.property_null("dma-coherent")?;
     w.end_node(node)?;
     Ok(())
 }

@@ -24,6 +24,7 @@ fn virt(n_vcpus: u16, initrd: Option<(u64, u64)>) -> GuestDt<'static> {
         devices: &[],
         channels: &[],
         pci: None,
+        virtio: &[],
     }
 }
 
@@ -539,4 +540,109 @@ fn channel_ends_appear_as_nodes_or_as_pci_functions() {
         .find(|p| p.name == "linux,pci-probe-only")
         .expect("probe-only");
     assert_eq!(probe_only.value, [0, 0, 0, 1]);
+}
+
+/// QEMU virt's first two virtio-mmio transports, as Bulkhead lays out a
+/// VM's disks (bulkhead_config::{virtio_ipa, virtio_spi}).
+const VIRTIO: [VirtioMmio; 2] = [
+    VirtioMmio {
+        base: 0x0a00_0000,
+        size: 0x200,
+        spi: 16,
+    },
+    VirtioMmio {
+        base: 0x0a00_0200,
+        size: 0x200,
+        spi: 17,
+    },
+];
+
+#[test]
+fn virtio_mmio_nodes_have_reg_spi_and_dma_coherent() {
+    let mut cfg = virt(2, None);
+    cfg.virtio = &VIRTIO;
+    let blob = build(&cfg).unwrap();
+    let dt = Fdt::new(&blob).unwrap();
+    for (v, name) in VIRTIO
+        .iter()
+        .zip(["virtio_mmio@a000000", "virtio_mmio@a000200"])
+    {
+        let node = dt
+            .find_node(&std::format!("/{name}"))
+            .unwrap_or_else(|| panic!("no /{name}"));
+        assert_eq!(strings(node, "compatible"), ["virtio,mmio"]);
+        // Two address and two size cells, like every other node.
+        assert_eq!(cells(node, "reg"), [0, v.base as u32, 0, 0x200]);
+        assert_eq!(regs(node), [(v.base, v.size)]);
+        // GIC SPI, the SPI number as given, level-high.
+        assert_eq!(cells(node, "interrupts"), [0, v.spi, 4]);
+        let coherent = node.property("dma-coherent").expect("dma-coherent");
+        assert!(coherent.value.is_empty());
+        // The GIC is inherited from the root.
+        assert!(node.property("interrupt-parent").is_none());
+    }
+    // One node per transport, and none without.
+    assert_eq!(
+        dt.all_nodes()
+            .filter(|n| n.compatible().is_some_and(|c| c.first() == "virtio,mmio"))
+            .count(),
+        2
+    );
+    let blob = build(&virt(2, None)).unwrap();
+    let dt = Fdt::new(&blob).unwrap();
+    assert!(dt.find_compatible(&["virtio,mmio"]).is_none());
+}
+
+#[test]
+fn virtio_mmio_nodes_come_after_the_devices_and_before_chosen() {
+    let mut cfg = virt(1, None);
+    let devices = [RTC];
+    cfg.devices = &devices;
+    cfg.virtio = &VIRTIO[..1];
+    let blob = build(&cfg).unwrap();
+    let dt = Fdt::new(&blob).unwrap();
+    let names: Vec<&str> = dt
+        .find_node("/")
+        .unwrap()
+        .children()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(
+        names[names.len() - 3..],
+        ["pl031@9010000", "virtio_mmio@a000000", "chosen"]
+    );
+}
+
+#[test]
+fn virtio_mmio_above_4_gib_uses_both_address_cells() {
+    let high = [VirtioMmio {
+        base: 0x1_2345_6000,
+        size: 0x1000,
+        spi: 987,
+    }];
+    let mut cfg = virt(1, None);
+    cfg.virtio = &high;
+    let blob = build(&cfg).unwrap();
+    let dt = Fdt::new(&blob).unwrap();
+    let node = dt.find_node("/virtio_mmio@123456000").unwrap();
+    assert_eq!(cells(node, "reg"), [1, 0x2345_6000, 0, 0x1000]);
+    assert_eq!(cells(node, "interrupts"), [0, 987, 4]);
+}
+
+#[test]
+fn empty_or_wrapping_virtio_range_is_an_error_not_a_panic() {
+    let mut cfg = virt(1, None);
+    let empty = [VirtioMmio {
+        size: 0,
+        ..VIRTIO[0]
+    }];
+    cfg.virtio = &empty;
+    assert_eq!(build(&cfg), Err(Error::BadDeviceRange(0x0a00_0000)));
+    let wraps = [VirtioMmio {
+        base: u64::MAX - 0xff,
+        size: 0x200,
+        spi: 16,
+    }];
+    cfg.virtio = &wraps;
+    assert_eq!(build(&cfg), Err(Error::BadDeviceRange(u64::MAX - 0xff)));
 }
