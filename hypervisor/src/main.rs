@@ -15,6 +15,7 @@ mod shell;
 mod sysreg;
 mod system;
 mod trap;
+mod virtio;
 mod vm;
 
 use alloc::string::String;
@@ -161,6 +162,7 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     // The timer node lists secure, non-secure, virtual, then EL2 physical
     // (INTID 26 on SBSA-style boards); it times console flow control.
     system::set_el2_timer_intid(plat.timer_intids.get(3).copied().unwrap_or(26));
+    virtio::probe(&plat.virtio);
     let sys = build_system(plat, &payload, &mut free, pa_range, pa_bits.min(39));
     let sys = system::install(sys);
     let focus = cfg_focus(sys);
@@ -289,7 +291,8 @@ fn stage2_confined(vm: &vm::Vm, channels: &[channel::ChannelHw]) -> Result<(), S
 }
 
 /// A passthrough range that touches RAM or what the hypervisor owns on this
-/// machine (GIC frames, its UART), from the host device tree.
+/// machine (GIC frames, its UART, the disks it shares), from the host
+/// device tree.
 fn passthrough_conflict(
     plat: &platform::Platform,
     vc: &bulkhead_config::VmConfig,
@@ -302,6 +305,11 @@ fn passthrough_conflict(
     ];
     for &(base, size) in &plat.memory {
         owned.push((base, size, "RAM"));
+    }
+    // The shared disks' register pages (a whole 4 KiB page each, as the
+    // stage 2 table would have to map it).
+    for d in virtio::disks() {
+        owned.push((d.lock().base & !0xfff, 0x1000, "a shared disk"));
     }
     for d in &vc.passthrough {
         let Some(end) = d.base.checked_add(d.size) else {
@@ -453,6 +461,17 @@ fn build_el2_map(
         dev,
         "GICR",
     )?;
+    // virtio-mmio register pages, for the shared disks (several slots
+    // share a page on QEMU virt).
+    let mut last = None;
+    for &(base, size) in &plat.virtio {
+        let (start, end) = (page(base), align_up(base + size.max(1), 0x1000));
+        if last.is_some_and(|l| start < l) {
+            continue;
+        }
+        map(start, end, dev, "virtio-mmio")?;
+        last = Some(end);
+    }
     // The tables stay allocated for ever: IdentityTables never frees a page.
     Ok(t.root())
 }
@@ -568,6 +587,15 @@ fn build_system(
             failed += 1;
             continue;
         }
+        let virtio = match disk_slices(vc, &cfg) {
+            Ok(v) => v,
+            Err(why) => {
+                refuse(why);
+                free.free(ram);
+                failed += 1;
+                continue;
+            }
+        };
         let ends = cfg
             .channels_of(ci as u16)
             .filter_map(|(k, c, end)| {
@@ -589,6 +617,7 @@ fn build_system(
             ipa_bits,
             pa_range,
             ends,
+            virtio,
         ) {
             Ok(vm) => {
                 if let Err(why) = stage2_confined(&vm, &channels) {
@@ -646,6 +675,58 @@ fn build_system(
         channels,
         by_config,
     }
+}
+
+/// The VM's `[[vm.disk]]` slices as virtio devices, each checked against
+/// the physical disk this machine really has (the host tool only knew the
+/// size the config claims).
+fn disk_slices(
+    vc: &bulkhead_config::VmConfig,
+    cfg: &bulkhead_config::SystemConfig,
+) -> Result<Vec<virtio::VirtioDev>, String> {
+    let mut out = Vec::new();
+    for (n, d) in vc.disks.iter().enumerate() {
+        let i = usize::from(d.disk);
+        let name = cfg.disks.get(i).map_or("?", |c| c.name.as_str());
+        let Some(phys) = virtio::disks().get(i) else {
+            return Err(alloc::format!(
+                "disk '{name}' is [[disk]] {i}, but this machine has {} virtio-blk device(s)",
+                virtio::disks().len()
+            ));
+        };
+        let (sectors, ro) = {
+            let p = phys.lock();
+            (p.sectors, p.read_only)
+        };
+        let end = d.offset.checked_add(d.size);
+        if end.is_none_or(|e| e > sectors * 512) {
+            return Err(alloc::format!(
+                "its disk {n} ({:#x}+{:#x} of '{name}') ends past the physical disk's {:#x} bytes",
+                d.offset,
+                d.size,
+                sectors * 512
+            ));
+        }
+        if ro && !d.read_only {
+            return Err(alloc::format!(
+                "its disk {n} is read-write but '{name}' is read-only"
+            ));
+        }
+        let mut serial = [0u8; bulkhead_virtio::blk::ID_BYTES];
+        let s = d.serial.as_bytes();
+        let len = s.len().min(serial.len());
+        serial[..len].copy_from_slice(&s[..len]);
+        let slice = bulkhead_virtio::blk::Slice {
+            start: d.offset / 512,
+            sectors: d.size / 512,
+            read_only: d.read_only,
+            serial,
+        };
+        let ipa = bulkhead_config::VIRTIO_IPA + n as u64 * bulkhead_config::VIRTIO_STRIDE;
+        let intid = 32 + bulkhead_config::VIRTIO_SPI_BASE + n as u32;
+        out.push(virtio::VirtioDev::new(ipa, intid, i, slice));
+    }
+    Ok(out)
 }
 
 #[panic_handler]

@@ -18,6 +18,9 @@ pub struct Platform {
     /// Architected timer interrupts (INTIDs): secure phys, non-secure phys,
     /// virtual, hypervisor.
     pub timer_intids: Vec<u32>,
+    /// virtio-mmio register pages (base, size), by address; empty slots
+    /// included (their device ID reads 0).
+    pub virtio: Vec<(u64, u64)>,
 }
 
 #[derive(Debug)]
@@ -121,6 +124,18 @@ pub fn parse(fdt: &Fdt) -> Result<Platform, PlatformError> {
             v.chunks_exact(3).map(|c| intid(c[0], c[1])).collect()
         })
         .unwrap_or_default();
+    let mut virtio: Vec<(u64, u64)> = fdt
+        .all_nodes()
+        .filter(|n| {
+            n.compatible()
+                .is_some_and(|c| c.all().any(|s| s == "virtio,mmio"))
+        })
+        .filter_map(|n| {
+            let r = n.reg()?.next()?;
+            Some((r.starting_address as u64, r.size.unwrap_or(0x200) as u64))
+        })
+        .collect();
+    virtio.sort_unstable();
     Ok(Platform {
         memory,
         cpus,
@@ -131,5 +146,6 @@ pub fn parse(fdt: &Fdt) -> Result<Platform, PlatformError> {
         uart: uart(fdt),
         uart_intid: uart_intid(fdt),
         timer_intids,
+        virtio,
     })
 }

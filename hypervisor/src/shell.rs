@@ -159,6 +159,32 @@ fn run(line: &str) {
                     );
                 }
             }
+            for (n, d) in vm.virtio.iter().enumerate() {
+                let b = d.blk.lock();
+                let (sl, st) = (&b.slice, b.stats);
+                let serial = core::str::from_utf8(&sl.serial)
+                    .unwrap_or("?")
+                    .trim_end_matches('\0');
+                say!(
+                    "  disk {n}: disk{} sectors {}..{} ({} MiB, {}), serial '{serial}', virtio-mmio at {:#x}, SPI {}",
+                    d.disk,
+                    sl.start,
+                    sl.start + sl.sectors,
+                    sl.sectors >> 11,
+                    if sl.read_only { "read-only" } else { "read-write" },
+                    d.ipa,
+                    d.intid - 32
+                );
+                say!(
+                    "    reads {} ({} KiB), writes {} ({} KiB), flushes {}, errors {}",
+                    st.reads,
+                    st.read_bytes >> 10,
+                    st.writes,
+                    st.write_bytes >> 10,
+                    st.flushes,
+                    st.errors
+                );
+            }
             say!(
                 "  RAM {:#x}..{:#x} (host) at IPA {:#x}, VMID {}",
                 vm.ram.0,
@@ -253,6 +279,30 @@ fn run(line: &str) {
                     vm.name,
                     vm.stats.refused.load(Ordering::Relaxed)
                 );
+                for (n, d) in vm.virtio.iter().enumerate() {
+                    let st = d.blk.lock().stats;
+                    say!(
+                        "{:<16} disk {n}: kicks {}, requests {}, interrupts {}, errors {}, needed reset {}",
+                        vm.name,
+                        st.kicks,
+                        st.reads + st.writes + st.flushes,
+                        st.interrupts,
+                        st.errors,
+                        st.resets_needed
+                    );
+                }
+            }
+            if which.is_none() {
+                for (i, d) in crate::virtio::disks().iter().enumerate() {
+                    let d = d.lock();
+                    say!(
+                        "disk{i} (virtio-blk at {:#x}): requests {}, {} KiB, errors {}",
+                        d.base,
+                        d.stats.requests,
+                        d.stats.bytes >> 10,
+                        d.stats.errors
+                    );
+                }
             }
         }
     }

@@ -192,6 +192,8 @@ enum Mmio {
     Channel(usize, u64),
     /// PCI configuration space (Linux VMs with channels).
     Ecam(u64),
+    /// The register page of the VM's virtio device `.0`.
+    Virtio(usize, u64),
 }
 
 fn mmio_target(vm: &Vm, ipa: u64) -> Option<Mmio> {
@@ -207,10 +209,17 @@ fn mmio_target(vm: &Vm, ipa: u64) -> Option<Mmio> {
     }
 }
 
-/// A channel end's register page, or the PCI configuration space of a
+/// A virtio device's or channel end's register page, or the PCI configuration space of a
 /// VM with PCI channel ends. Kept out of line, after the frequent devices.
 #[inline(never)]
 fn channel_target(vm: &Vm, ipa: u64) -> Option<Mmio> {
+    if let Some(i) = vm
+        .virtio
+        .iter()
+        .position(|d| (d.ipa..d.ipa + bulkhead_virtio::mmio::SIZE).contains(&ipa))
+    {
+        return Some(Mmio::Virtio(i, ipa - vm.virtio.get(i)?.ipa));
+    }
     if let Some(i) = vm
         .ends
         .iter()
@@ -277,6 +286,9 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
                 channel::ecam_access(vm, vcpu, off, size, Some(value));
                 true
             }
+            Mmio::Virtio(i, off) => {
+                crate::virtio::access(vm, vcpu, i, off, size, Some(value)).is_some()
+            }
         }
     } else {
         let v = match *target {
@@ -297,6 +309,7 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
             Mmio::Gicr(off) => vm.vgic.lock().redist_read(off, size).ok(),
             Mmio::Channel(i, off) => channel::regs_access(vm, vcpu, i, off, size, None),
             Mmio::Ecam(off) => Some(channel::ecam_access(vm, vcpu, off, size, None)),
+            Mmio::Virtio(i, off) => crate::virtio::access(vm, vcpu, i, off, size, None),
         };
         v.map(|v| frame.set_reg(access.reg, access.load_value(v)))
             .is_some()

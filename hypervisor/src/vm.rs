@@ -183,6 +183,8 @@ pub struct Vm {
     pub criticality: bulkhead_config::Criticality,
     /// The channel ends it holds.
     pub ends: Vec<crate::channel::End>,
+    /// Its virtio devices (shared-disk slices), at `VIRTIO_IPA` on.
+    pub virtio: Vec<crate::virtio::VirtioDev>,
 }
 
 /// What a VM boots from, out of the image payload.
@@ -203,6 +205,7 @@ impl Vm {
         ipa_bits: u8,
         pa_range: u8,
         ends: Vec<(crate::channel::End, u64, u64)>,
+        virtio: Vec<crate::virtio::VirtioDev>,
     ) -> Result<Vm, String> {
         let GuestImages {
             image,
@@ -328,6 +331,7 @@ impl Vm {
             restart: cfg.restart,
             criticality: cfg.criticality,
             ends: ends.into_iter().map(|(e, _, _)| e).collect(),
+            virtio,
         })
     }
 
@@ -343,6 +347,14 @@ impl Vm {
     pub fn guest_ram(&self) -> GuestRam {
         GuestRam {
             base: RAM_IPA,
+            size: self.ram_size,
+        }
+    }
+
+    /// Its RAM, as its devices reach it.
+    pub fn memory(&self) -> crate::virtio::VmMem {
+        crate::virtio::VmMem {
+            pa: self.ram.0,
             size: self.ram_size,
         }
     }
@@ -436,7 +448,17 @@ impl Vm {
             ),
             functions: &functions,
         });
+        let virtio: Vec<bulkhead_guest_fdt::VirtioMmio> = self
+            .virtio
+            .iter()
+            .map(|d| bulkhead_guest_fdt::VirtioMmio {
+                base: d.ipa,
+                size: bulkhead_virtio::mmio::SIZE,
+                spi: d.intid - 32,
+            })
+            .collect();
         let dt = bulkhead_guest_fdt::GuestDt {
+            virtio: &virtio,
             devices: &devices,
             channels: &channels,
             pci,
@@ -473,6 +495,9 @@ impl Vm {
         crate::channel::vm_starting(self);
         let dtb = self.load_image();
         self.vgic.lock().reset();
+        for d in &self.virtio {
+            d.reset();
+        }
         // No register state and no unread console input of the old instance.
         system::reset_vm_uart(self);
         self.uart_level.store(false, Ordering::Relaxed);

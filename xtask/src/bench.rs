@@ -190,6 +190,7 @@ pub fn run(quick: bool) -> Result<ExitCode> {
 
     let mut bulkhead_args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
     bulkhead_args.extend(ICOUNT.map(String::from));
+    bulkhead_args.extend(qemu::disk_args(&built.disks));
     bulkhead_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
 
     // Without `virtualization=on` QEMU enters the image at EL1, as the
@@ -303,6 +304,7 @@ fn mixed_criticality() -> Result<TwoRuns> {
         let built = build::build(config, Output::Progress)?;
         let mut args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
         args.extend(ICOUNT.map(String::from));
+        args.extend(qemu::disk_args(&built.disks));
         args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
         let side = config
             .file_stem()
@@ -330,6 +332,7 @@ fn linux_boot() -> Result<(TwoRuns, TwoRuns)> {
 
     let mut bulkhead_args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
     bulkhead_args.extend(ICOUNT.map(String::from));
+    bulkhead_args.extend(qemu::disk_args(&built.disks));
     bulkhead_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
     let mut native_args = qemu::native_linux_args(&linux, ",dtb-randomness=off", CAPTURED_CONSOLE);
     native_args.extend(ICOUNT.map(String::from));

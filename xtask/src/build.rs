@@ -37,6 +37,9 @@ pub struct Built {
     pub ram_mib: u64,
     /// vCPUs of all VMs together.
     pub vcpus: usize,
+    /// The board's physical disks (`[[disk]]`), raw image files under
+    /// `target/disks/`, in the config's order.
+    pub disks: Vec<PathBuf>,
 }
 
 /// Config problems, one `file:line: field: message` per line.
@@ -192,13 +195,53 @@ pub fn build_with_features(config: &Path, output: Output, features: &[&str]) -> 
         out_dir.join(format!("{stem}+{}.img", features.join("+")))
     };
     std::fs::write(&path, &bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    let disks = disk_images(&stem, &parsed.config.disks)?;
     Ok(Built {
         image: path,
         size: bytes.len() as u64,
         cpus: parsed.config.board.cpus,
         ram_mib: parsed.config.board.ram_size >> 20,
         vcpus: parsed.config.vms.iter().map(|vm| vm.pcpus.len()).sum(),
+        disks,
     })
+}
+
+/// The raw image of each `[[disk]]`: `target/disks/<config>-<name>.raw`,
+/// created sparse at the config's size when missing or of another size,
+/// otherwise kept, so what the VMs wrote survives to the next run.
+fn disk_images(stem: &str, disks: &[bulkhead_config::Disk]) -> Result<Vec<PathBuf>> {
+    let dir = target_dir().join("disks");
+    if !disks.is_empty() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    disks
+        .iter()
+        .map(|d| {
+            let path = dir.join(format!("{stem}-{}.raw", d.name));
+            let fits = std::fs::metadata(&path).is_ok_and(|m| m.len() == d.size);
+            if !fits {
+                let f = std::fs::File::create(&path)
+                    .with_context(|| format!("cannot create {}", path.display()))?;
+                f.set_len(d.size)
+                    .with_context(|| format!("cannot size {}", path.display()))?;
+            }
+            Ok(path)
+        })
+        .collect()
+}
+
+/// Starts every disk of `built` from zeros (a test wants a known disk).
+pub fn blank_disks(built: &Built) -> Result<()> {
+    for p in &built.disks {
+        let len = std::fs::metadata(p)
+            .with_context(|| format!("cannot stat {}", p.display()))?
+            .len();
+        let f =
+            std::fs::File::create(p).with_context(|| format!("cannot truncate {}", p.display()))?;
+        f.set_len(len)?;
+    }
+    Ok(())
 }
 
 /// The hypervisor's flat binary zero-padded to its memory size
@@ -321,31 +364,41 @@ fn vms_using(parsed: &Parsed, text: &str, source: &ImageSource) -> Vec<(usize, &
     out
 }
 
-/// What a Linux VM with channels needs in its initramfs besides busybox:
-/// `/bin/bulkhead-chan` and the UIO modules of each Debian kernel that
-/// boots with initramfs `index`. Nothing for a config without channels.
+/// What a Linux VM needs in its initramfs besides busybox, from each
+/// Debian kernel that boots with initramfs `index`: with channels,
+/// `/bin/bulkhead-chan` and the UIO modules; with disks, the virtio-mmio
+/// and virtio-blk modules. Nothing for a VM with neither.
 fn initramfs_extras(
     parsed: &Parsed,
     index: usize,
     output: Output,
 ) -> Result<Vec<(String, Vec<u8>)>> {
-    if parsed.config.channels.is_empty() {
-        return Ok(Vec::new());
-    }
+    let users = || {
+        parsed
+            .config
+            .vms
+            .iter()
+            .filter(move |vm| vm.initramfs.map(usize::from) == Some(index))
+    };
     let mut kernels = Vec::new();
-    for vm in &parsed.config.vms {
-        if vm.initramfs.map(usize::from) != Some(index) {
-            continue;
-        }
+    for vm in users() {
         if let Some(ImageSource::Debian(k)) = parsed.images.get(usize::from(vm.image)) {
             if !kernels.contains(k) {
                 kernels.push(*k);
             }
         }
     }
-    let mut out = vec![("bin/bulkhead-chan".to_owned(), channel_tool(output)?)];
-    for k in kernels {
-        out.extend(debian::uio_modules(k)?);
+    let mut out = Vec::new();
+    if !parsed.config.channels.is_empty() {
+        out.push(("bin/bulkhead-chan".to_owned(), channel_tool(output)?));
+        for &k in &kernels {
+            out.extend(debian::modules(k, debian::UIO_MODULES)?);
+        }
+    }
+    if users().any(|vm| !vm.disks.is_empty()) {
+        for &k in &kernels {
+            out.extend(debian::modules(k, debian::VIRTIO_BLK_MODULES)?);
+        }
     }
     Ok(out)
 }

@@ -139,12 +139,23 @@ pub fn kernel_image(kernel: DebianKernel) -> Result<PathBuf> {
     Ok(image)
 }
 
-/// The UIO modules a Linux VM with a channel loads (`uio`, then
-/// `uio_pci_generic`; the cloud kernel builds both as modules), from the
-/// kernel's own package: `(path in the initramfs, bytes)`, at
-/// `lib/modules/<release>/<name>.ko`, decompressed (6.12 ships `.ko.xz`,
-/// which busybox's insmod does not read).
-pub fn uio_modules(kernel: DebianKernel) -> Result<Vec<(String, Vec<u8>)>> {
+/// The UIO modules a Linux VM with channels loads, in load order
+/// (directory under `kernel/`, module).
+pub const UIO_MODULES: &[(&str, &str)] =
+    &[("drivers/uio", "uio"), ("drivers/uio", "uio_pci_generic")];
+/// What a Linux VM with a shared disk loads, in dependency order.
+pub const VIRTIO_BLK_MODULES: &[(&str, &str)] = &[
+    ("drivers/virtio", "virtio"),
+    ("drivers/virtio", "virtio_ring"),
+    ("drivers/virtio", "virtio_mmio"),
+    ("drivers/block", "virtio_blk"),
+];
+
+/// Modules of a Debian kernel that a Linux VM loads with busybox's
+/// insmod, from the kernel's own package: `(path in the initramfs,
+/// bytes)`, at `lib/modules/<release>/<name>.ko`, decompressed (6.12
+/// ships `.ko.xz`, which busybox's insmod does not read).
+pub fn modules(kernel: DebianKernel, wanted: &[(&str, &str)]) -> Result<Vec<(String, Vec<u8>)>> {
     let lock = Lock::load()?;
     let pin = lock.kernel(kernel)?;
     let dir = unpacked(pin, Some(kernel.suite()))?;
@@ -155,11 +166,11 @@ pub fn uio_modules(kernel: DebianKernel) -> Result<Vec<(String, Vec<u8>)>> {
         .find(|e| e.path().is_dir())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .with_context(|| format!("{} has no lib/modules/<release>", pin.describe()))?;
-    let uio = modules.join(&release).join("kernel/drivers/uio");
     let mut out = Vec::new();
-    for name in ["uio", "uio_pci_generic"] {
-        let plain = uio.join(format!("{name}.ko"));
-        let xz = uio.join(format!("{name}.ko.xz"));
+    for &(sub, name) in wanted {
+        let dir = modules.join(&release).join("kernel").join(sub);
+        let plain = dir.join(format!("{name}.ko"));
+        let xz = dir.join(format!("{name}.ko.xz"));
         let bytes = if plain.is_file() {
             std::fs::read(&plain).with_context(|| format!("cannot read {}", plain.display()))?
         } else if xz.is_file() {
@@ -178,7 +189,7 @@ pub fn uio_modules(kernel: DebianKernel) -> Result<Vec<(String, Vec<u8>)>> {
             }
             o.stdout
         } else {
-            bail!("{} has no {name}.ko in {}", pin.describe(), uio.display());
+            bail!("{} has no {name}.ko in {}", pin.describe(), dir.display());
         };
         out.push((format!("lib/modules/{release}/{name}.ko"), bytes));
     }

@@ -544,6 +544,30 @@ pub const CASES: &[Case] = &[
         uboot: false,
     },
     Case {
+        name: "disk",
+        config: "configs/test-disk.toml",
+        timeout_s: 300,
+        expect: &[
+            "disk0: virtio-blk at",
+            "[store] BULKHEAD-TEST store-root: vda 131072 sectors, boot 0",
+            "[store] BULKHEAD-TEST store-root: sums",
+            "[store] BULKHEAD-TEST store-root: written, rebooting",
+            "[store] BULKHEAD-TEST store-root: vda 131072 sectors, boot 1",
+            "[store] BULKHEAD-TEST store-root: files verified after reboot",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[
+            "[other] BULKHEAD-TEST other-disk0: vda 32768 sectors, boot 0",
+            "[other] BULKHEAD-TEST other-disk0: pattern of 16 MiB read back",
+            "[other] BULKHEAD-TEST other-disk0: read past the end gave 0 bytes",
+        ],
+        forbid: LINUX_FORBID,
+        exit: 0,
+        input: &[],
+        qemu_extra: &[],
+        uboot: false,
+    },
+    Case {
         name: "linux_reboot",
         config: "configs/test-linux-reboot.toml",
         timeout_s: 240,
@@ -573,7 +597,37 @@ type LogCheck = fn(&str) -> Result<(), String>;
 
 /// Checks of a case's log against values computed at test time, by case
 /// name (in addition to its `expect`, `contains` and `forbid`).
-const LOG_CHECKS: &[(&str, LogCheck)] = &[("paste", paste_arrived)];
+const LOG_CHECKS: &[(&str, LogCheck)] = &[("paste", paste_arrived), ("disk", disk_checks)];
+
+/// The `disk` case: the store VM's checksums are the same before and
+/// after its reboot, and the other VM's pattern is on the physical disk
+/// image, at its slice (64 MiB..80 MiB), as the guest hashed it.
+fn disk_checks(log: &str) -> Result<(), String> {
+    let sums: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split("store-root: sums ").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or(""))
+        .collect();
+    match sums.as_slice() {
+        [a, b] if a == b && !a.is_empty() => {}
+        other => return Err(format!("store's checksums before/after reboot: {other:?}")),
+    }
+    let image = crate::target_dir().join("disks/test-disk-disk0.raw");
+    let bytes =
+        std::fs::read(&image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+    let slice = bytes
+        .get(64 << 20..80 << 20)
+        .ok_or("the disk image is smaller than 80 MiB")?;
+    let hash = crate::debian::sha256_hex(slice);
+    let line = format!("other-disk0: pattern sha256 {}", &hash[..16]);
+    if !log.contains(&line) {
+        return Err(format!(
+            "the disk image's bytes 64..80 MiB hash to {}, which the guest never printed ({line:?})",
+            &hash[..16]
+        ));
+    }
+    Ok(())
+}
 
 /// The guest's `sha256sum /tmp/p` names the payload's hash.
 fn paste_arrived(log: &str) -> Result<(), String> {
@@ -906,6 +960,7 @@ fn user_image() -> Result<()> {
         std::fs::write(&config, text)?;
         let built = build::build(&config, Output::Quiet)?;
         let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
+        args.extend(qemu::disk_args(&built.disks));
         args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
         let timeout = Duration::from_secs(180);
         let outcome = qemu::run_captured(&args, timeout)?;
@@ -1015,6 +1070,7 @@ fn run_exit_status() -> Result<()> {
 fn user_dtb(bootargs: &str, restarts: u32) -> Result<Vec<u8>> {
     use bulkhead_config::{VGICD_IPA, VGICR_IPA, VUART_IPA, VUART_SPI};
     let dt = bulkhead_guest_fdt::GuestDt {
+        virtio: &[],
         mem_base: bulkhead_config::RAM_IPA,
         mem_size: 16 << 20,
         n_vcpus: 1,
@@ -1055,6 +1111,8 @@ fn run_case(case: &Case) -> Result<()> {
         Output::Quiet,
         hv_features(case.name),
     )?;
+    // Every test starts from blank disks.
+    build::blank_disks(&built)?;
     let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
     args.extend(case.qemu_extra.iter().map(|a| (*a).to_owned()));
     if case.uboot {
@@ -1073,6 +1131,7 @@ fn run_case(case: &Case) -> Result<()> {
             built.image.display()
         ));
     } else {
+        args.extend(qemu::disk_args(&built.disks));
         args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
     }
     let timeout = Duration::from_secs(case.timeout_s);

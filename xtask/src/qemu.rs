@@ -44,6 +44,28 @@ pub fn console_and_kernel(console: &[&str], image: &Path) -> Vec<String> {
     args
 }
 
+/// The board's physical disks: one virtio-blk on virtio-mmio (version 2)
+/// per raw image. QEMU virt gives the first `-device` the highest
+/// virtio-mmio address and the hypervisor numbers disks by ascending
+/// address, so they are passed last disk first.
+pub fn disk_args(disks: &[PathBuf]) -> Vec<String> {
+    let mut args = Vec::new();
+    if disks.is_empty() {
+        return args;
+    }
+    args.extend(["-global", "virtio-mmio.force-legacy=false"].map(String::from));
+    for (i, path) in disks.iter().enumerate().rev() {
+        args.push("-drive".to_owned());
+        args.push(format!(
+            "if=none,id=disk{i},format=raw,file={}",
+            path.display()
+        ));
+        args.push("-device".to_owned());
+        args.push(format!("virtio-blk-device,drive=disk{i},queue-size=256"));
+    }
+    args
+}
+
 /// Console for tests and benchmarks: serial on stdio, nothing else.
 pub const CAPTURED_CONSOLE: &[&str] = &["-display", "none", "-monitor", "none", "-serial", "stdio"];
 
@@ -174,6 +196,7 @@ pub fn run_interactive(built: &Built, log: Option<PathBuf>, time: Time) -> Resul
         "-mon",
         "chardev=console,mode=readline",
     ];
+    args.extend(disk_args(&built.disks));
     args.extend(console_and_kernel(&console, &built.image));
     println!(
         "Booting {} in QEMU; press Ctrl-A then X to quit.\n{line}\nconsole log: {}",

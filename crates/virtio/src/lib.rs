@@ -28,7 +28,7 @@ pub mod mmio;
 pub mod queue;
 
 mod mem;
-pub use mem::{GuestMemory, MemError, SliceMem};
+pub use mem::{offset_in, GuestMemory, MemError, SliceMem};
 
 /// Feature bits common to every device (virtio 1.2, section 6).
 pub mod feature {

@@ -139,6 +139,14 @@ pub fn restart_on_stack(stack_top: usize, f: extern "C" fn() -> !) -> ! {
 
 /// Waits for an interrupt (physical IRQs stay masked at EL2; WFI still wakes
 /// on a pending one, which the caller then acknowledges).
+/// A full barrier for memory shared with other CPUs and coherent devices
+/// (`dmb ish`): the virtqueue protocol's ordering between an index and
+/// what it covers.
+pub fn dmb_ish() {
+    // SAFETY: a barrier; no memory or register is changed.
+    unsafe { core::arch::asm!("dmb ish", options(nostack, preserves_flags)) };
+}
+
 pub fn wait_for_interrupt() {
     // SAFETY: WFI has no memory effects.
     unsafe { core::arch::asm!("dsb sy", "wfi", options(nostack)) };

@@ -1,0 +1,357 @@
+//! Shared disks (issue 11): the physical virtio-blk devices Bulkhead
+//! drives at EL2 with the `virtio-drivers` crate, and each VM's
+//! virtio-mmio block device over a slice of one of them.
+//!
+//! A request is served on the pCPU of the vCPU that notified, inside its
+//! QueueNotify trap: the VM pays for its own I/O with its own time, and
+//! no other pCPU does work for it. The guest's data buffers go to the
+//! physical device as they are (zero copy): `bulkhead_virtio` checked that
+//! each lies in the VM's RAM, which EL2 maps at the same address, so the
+//! device reads and writes the guest's pages directly.
+
+use crate::arch;
+use crate::vm::Vm;
+use alloc::vec::Vec;
+use bulkhead_types::VcpuId;
+use bulkhead_virtio::blk::{self, BlockBackend, IoError, Seg};
+use bulkhead_virtio::GuestMemory;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
+use spin::Mutex;
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::{DeviceType, Transport};
+use virtio_drivers::{BufferDirection, Hal};
+
+/// Descriptors in the physical request queue: a guest request's data
+/// buffers (at most `blk::SEG_MAX`) plus header and status.
+const PHYS_QUEUE: usize = blk::QUEUE_SIZE as usize;
+
+/// DMA memory and address translation for virtio-drivers. EL2 maps all
+/// RAM at its physical address, so a buffer's address is its physical
+/// address, for the hypervisor's heap and for guest RAM alike.
+pub struct El2Hal;
+
+// SAFETY: `dma_alloc` returns zeroed, page-aligned heap memory that nothing
+// else uses until `dma_dealloc` frees it; every address handed to the
+// device is identity-mapped RAM (or the device's own MMIO page for
+// `mmio_phys_to_virt`, which the EL2 map covers as Device memory).
+unsafe impl Hal for El2Hal {
+    fn dma_alloc(pages: usize, _dir: BufferDirection) -> (u64, NonNull<u8>) {
+        let layout = core::alloc::Layout::from_size_align(pages * 4096, 4096)
+            .unwrap_or(core::alloc::Layout::new::<u8>());
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
+        match NonNull::new(p) {
+            Some(p) => (p.as_ptr() as u64, p),
+            None => alloc::alloc::handle_alloc_error(layout),
+        }
+    }
+
+    unsafe fn dma_dealloc(_paddr: u64, vaddr: NonNull<u8>, pages: usize) -> i32 {
+        if let Ok(layout) = core::alloc::Layout::from_size_align(pages * 4096, 4096) {
+            // SAFETY: allocated by `dma_alloc` with this layout (caller).
+            unsafe { alloc::alloc::dealloc(vaddr.as_ptr(), layout) };
+        }
+        0
+    }
+
+    unsafe fn mmio_phys_to_virt(paddr: u64, _size: usize) -> NonNull<u8> {
+        NonNull::new(paddr as *mut u8).unwrap_or(NonNull::dangling())
+    }
+
+    unsafe fn share(buffer: NonNull<[u8]>, _dir: BufferDirection) -> u64 {
+        buffer.as_ptr() as *mut u8 as u64
+    }
+
+    unsafe fn unshare(_paddr: u64, _buffer: NonNull<[u8]>, _dir: BufferDirection) {}
+}
+
+/// Counters of one physical disk, for `stats`.
+#[derive(Default, Clone, Copy)]
+pub struct PhysStats {
+    pub requests: u64,
+    pub bytes: u64,
+    pub errors: u64,
+}
+
+/// One physical virtio-blk device.
+pub struct PhysDisk {
+    pub base: u64,
+    pub sectors: u64,
+    pub read_only: bool,
+    transport: MmioTransport<'static>,
+    queue: VirtQueue<El2Hal, PHYS_QUEUE>,
+    header: [u8; 16],
+    status: [u8; 1],
+    pub stats: PhysStats,
+}
+
+// SAFETY: the transport's MMIO page and the queue's DMA memory belong to
+// this disk alone, and every use is under the disk's mutex.
+unsafe impl Send for PhysDisk {}
+
+static DISKS: spin::Once<Vec<Mutex<PhysDisk>>> = spin::Once::new();
+
+/// The physical disks, in the order of their device tree addresses (the
+/// order the config's `[[disk]]` tables name them).
+pub fn disks() -> &'static [Mutex<PhysDisk>] {
+    DISKS.get().map_or(&[], Vec::as_slice)
+}
+
+bitflags::bitflags! {
+    /// What we ask of a physical virtio-blk device.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    struct PhysFeatures: u64 {
+        const RO = blk::f::RO;
+        const FLUSH = blk::f::FLUSH;
+        const VERSION_1 = bulkhead_virtio::feature::VERSION_1;
+    }
+}
+
+/// Finds the virtio-blk devices among the host's virtio-mmio nodes and
+/// brings each up. Empty slots (device ID 0) are skipped; a device that
+/// fails to initialise is logged and left out.
+pub fn probe(nodes: &[(u64, u64)]) {
+    let mut found = Vec::new();
+    for &(base, size) in nodes {
+        let Some(header) = NonNull::new(base as *mut VirtIOHeader) else {
+            continue;
+        };
+        // SAFETY: `base` is a virtio-mmio register page from the host
+        // device tree, mapped as Device memory in the EL2 table, used by
+        // nothing else.
+        let transport = match unsafe { MmioTransport::new(header, size as usize) } {
+            Ok(t) => t,
+            Err(_) => continue,
+        };
+        if transport.device_type() != DeviceType::Block {
+            continue;
+        }
+        match PhysDisk::new(base, transport) {
+            Ok(d) => {
+                log::info!(
+                    "disk{}: virtio-blk at {base:#x}, {} MiB{}",
+                    found.len(),
+                    d.sectors >> 11,
+                    if d.read_only { ", read-only" } else { "" }
+                );
+                found.push(Mutex::new(d));
+            }
+            Err(e) => log::error!("virtio-blk at {base:#x} not usable: {e:?}"),
+        }
+    }
+    DISKS.call_once(|| found);
+}
+
+impl PhysDisk {
+    fn new(base: u64, mut transport: MmioTransport<'static>) -> virtio_drivers::Result<PhysDisk> {
+        let want = PhysFeatures::RO | PhysFeatures::FLUSH | PhysFeatures::VERSION_1;
+        let got = transport.begin_init(want);
+        let lo: u32 = transport.read_config_space(0)?;
+        let hi: u32 = transport.read_config_space(4)?;
+        let queue = VirtQueue::new(&mut transport, 0, false, false)?;
+        transport.finish_init();
+        Ok(PhysDisk {
+            base,
+            sectors: u64::from(hi) << 32 | u64::from(lo),
+            read_only: got.contains(PhysFeatures::RO),
+            transport,
+            queue,
+            header: [0; 16],
+            status: [0xff],
+            stats: PhysStats::default(),
+        })
+    }
+
+    /// One request, waited for: `kind` at `sector` with guest buffers
+    /// `segs` (device-written for IN, device-read for OUT, none for FLUSH).
+    fn request(&mut self, kind: u32, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
+        if segs.len() > PHYS_QUEUE - 2 {
+            return Err(IoError);
+        }
+        let PhysDisk {
+            transport,
+            queue,
+            header,
+            status,
+            stats,
+            ..
+        } = self;
+        header[..4].copy_from_slice(&kind.to_le_bytes());
+        header[4..8].fill(0);
+        header[8..].copy_from_slice(&sector.to_le_bytes());
+        status[0] = 0xff;
+        let mut ins: [&[u8]; PHYS_QUEUE] = [&[]; PHYS_QUEUE];
+        let mut outs: [&mut [u8]; PHYS_QUEUE] = core::array::from_fn(|_| <&mut [u8]>::default());
+        ins[0] = &header[..];
+        let (mut n_in, mut n_out) = (1, 0);
+        for s in segs {
+            let ptr = s.host as *mut u8;
+            if kind == blk::req::OUT {
+                // SAFETY: `bulkhead_virtio` checked [host, host + len) is the
+                // VM's own RAM, identity-mapped at EL2. We never read it:
+                // only the device does, so the guest changing it meanwhile
+                // changes only what the device writes to disk.
+                ins[n_in] = unsafe { core::slice::from_raw_parts(ptr, s.len as usize) };
+                n_in += 1;
+            } else {
+                // SAFETY: as above; the device writes the guest's buffer,
+                // which the guest gave us for that.
+                outs[n_out] = unsafe { core::slice::from_raw_parts_mut(ptr, s.len as usize) };
+                n_out += 1;
+            }
+        }
+        outs[n_out] = &mut status[..];
+        n_out += 1;
+        let (ins, outs) = (&ins[..n_in], &mut outs[..n_out]);
+        // SAFETY: the buffers stay valid and untouched by us until the
+        // pop below, which waits for exactly this token.
+        let token = unsafe { queue.add(ins, outs) }.map_err(|_| IoError)?;
+        if queue.should_notify() {
+            transport.notify(0);
+        }
+        while !queue.can_pop() {
+            core::hint::spin_loop();
+        }
+        // SAFETY: the same buffers as given to `add` for `token`.
+        let r = unsafe { queue.pop_used(token, ins, outs) };
+        stats.requests += 1;
+        stats.bytes += segs.iter().map(|s| u64::from(s.len)).sum::<u64>();
+        if r.is_err() || status[0] != blk::req::S_OK {
+            stats.errors += 1;
+            return Err(IoError);
+        }
+        Ok(())
+    }
+}
+
+/// A VM's requests go to a physical disk, one at a time under its lock.
+struct Backend(&'static Mutex<PhysDisk>);
+
+impl BlockBackend for Backend {
+    fn read(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
+        self.0.lock().request(blk::req::IN, sector, segs)
+    }
+    fn write(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
+        self.0.lock().request(blk::req::OUT, sector, segs)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.0.lock().request(blk::req::FLUSH, 0, &[])
+    }
+}
+
+/// A VM's RAM for its devices: IPA `RAM_IPA..+size` at host `pa`.
+pub struct VmMem {
+    pub pa: u64,
+    pub size: u64,
+}
+
+impl GuestMemory for VmMem {
+    fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), bulkhead_virtio::MemError> {
+        let host = self
+            .translate(ipa, buf.len() as u64)
+            .ok_or(bulkhead_virtio::MemError {
+                ipa,
+                len: buf.len() as u64,
+            })?;
+        // SAFETY: `translate` put the range inside the VM's RAM, which is
+        // identity-mapped at EL2 and never freed while the VM exists; a
+        // byte copy of memory the guest may change meanwhile reads some
+        // value of each byte, which the callers treat as untrusted.
+        unsafe { core::ptr::copy_nonoverlapping(host as *const u8, buf.as_mut_ptr(), buf.len()) };
+        Ok(())
+    }
+
+    fn write(&self, ipa: u64, data: &[u8]) -> Result<(), bulkhead_virtio::MemError> {
+        let host = self
+            .translate(ipa, data.len() as u64)
+            .ok_or(bulkhead_virtio::MemError {
+                ipa,
+                len: data.len() as u64,
+            })?;
+        // SAFETY: as in `read`: the VM's own RAM, mapped at EL2.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), host as *mut u8, data.len()) };
+        Ok(())
+    }
+
+    fn translate(&self, ipa: u64, len: u64) -> Option<u64> {
+        bulkhead_virtio::offset_in(bulkhead_config::RAM_IPA, self.size, ipa, len)
+            .map(|off| self.pa + off)
+    }
+
+    fn fence(&self) {
+        arch::dmb_ish();
+    }
+}
+
+/// A VM's virtio-blk device.
+pub struct VirtioDev {
+    pub ipa: u64,
+    pub intid: u32,
+    /// Index into [`disks`].
+    pub disk: usize,
+    pub blk: Mutex<blk::Blk>,
+    /// The level last given to the vGIC (changed with `blk` held).
+    level: AtomicBool,
+}
+
+impl VirtioDev {
+    pub fn new(ipa: u64, intid: u32, disk: usize, slice: blk::Slice) -> VirtioDev {
+        VirtioDev {
+            ipa,
+            intid,
+            disk,
+            blk: Mutex::new(blk::Blk::new(slice)),
+            level: AtomicBool::new(false),
+        }
+    }
+
+    /// The VM (re)starts: the device is as after power-on.
+    pub fn reset(&self) {
+        self.blk.lock().reset();
+        self.level.store(false, Ordering::Relaxed);
+    }
+}
+
+/// A trapped access to device `i`'s register page. `None` makes the
+/// caller inject a data abort (not a register, or a misaligned access).
+pub fn access(
+    vm: &Vm,
+    vcpu: VcpuId,
+    i: usize,
+    off: u64,
+    size: u8,
+    write: Option<u64>,
+) -> Option<u64> {
+    let dev = vm.virtio.get(i)?;
+    let mut blk = dev.blk.lock();
+    let r = match write {
+        None => blk.mmio_read(off, size).map(u64::from),
+        Some(value) => {
+            let disk = disks().get(dev.disk)?;
+            let mem = vm.memory();
+            let out = blk
+                .mmio_write(off, size, value as u32, &mem, &mut Backend(disk))
+                .ok()?;
+            if let Some(e) = out.refused {
+                vm.complain(vcpu, format_args!("virtio-blk {i}: request refused: {e}"));
+            }
+            if let Some(e) = out.broken {
+                vm.complain(
+                    vcpu,
+                    format_args!("virtio-blk {i}: queue given up ({e}); the device needs a reset"),
+                );
+            }
+            Some(0)
+        }
+    };
+    let level = blk.irq_level();
+    let kicks = (dev.level.swap(level, Ordering::Relaxed) != level)
+        .then(|| vm.vgic.lock().set_line(0, dev.intid, level));
+    drop(blk);
+    if let Some(k) = kicks {
+        vm.apply_kicks(k, Some(vcpu));
+    }
+    r
+}
