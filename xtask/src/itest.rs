@@ -413,7 +413,7 @@ pub const CASES: &[Case] = &[
             "attacker: restarting (guest called SYSTEM_RESET; restart policy on-crash)",
             "attacker: restart 1: fresh image loaded",
             "[attacker] boot 2: the attack",
-            "[attacker] PASS isolation: 204/204 attempts refused",
+            "[attacker] PASS isolation: 225/225 attempts refused",
             "attacker: stopping (guest called SYSTEM_OFF; restart policy on-crash)",
             "attacker: stopped",
             "[victim] end signal received",
@@ -426,6 +426,8 @@ pub const CASES: &[Case] = &[
         contains: &[
             // smc-reset: only the attacker restarted, completely.
             "[attacker] refused smc-reset: restart loaded a fresh image",
+            "[attacker] refused virtio: read into the victim's RAM: status Some(1)",
+            "[attacker] refused virtio: a descriptor chain that loops (0 -> 1 -> 0): device status 0x4f",
             "[attacker] refused smc-reset: vGIC back at reset",
             // memory
             "attacker vcpu0: read of IPA 0x50000000 (unmapped) refused: data abort injected",
@@ -597,7 +599,41 @@ type LogCheck = fn(&str) -> Result<(), String>;
 
 /// Checks of a case's log against values computed at test time, by case
 /// name (in addition to its `expect`, `contains` and `forbid`).
-const LOG_CHECKS: &[(&str, LogCheck)] = &[("paste", paste_arrived), ("disk", disk_checks)];
+const LOG_CHECKS: &[(&str, LogCheck)] = &[
+    ("paste", paste_arrived),
+    ("disk", disk_checks),
+    ("isolation", attacker_disk),
+];
+
+/// The `isolation` case: of the 4 MiB disk, the attacker's slice is
+/// 1..2 MiB. It wrote 0xa5 over its first 4 KiB and everything else it
+/// tried was refused, so that is the only non-zero data on the disk.
+fn attacker_disk(_log: &str) -> Result<(), String> {
+    let image = crate::target_dir().join("disks/test-isolation-disk0.raw");
+    let bytes =
+        std::fs::read(&image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+    let mine = (1 << 20)..(1 << 20) + 4096;
+    if bytes.len() != 4 << 20 {
+        return Err(format!(
+            "{} is {} bytes, not 4 MiB",
+            image.display(),
+            bytes.len()
+        ));
+    }
+    if !bytes[mine.clone()].iter().all(|&b| b == 0xa5) {
+        return Err("the attacker's write is not at the start of its slice (1 MiB)".into());
+    }
+    match bytes
+        .iter()
+        .enumerate()
+        .find(|&(i, &b)| b != 0 && !mine.contains(&i))
+    {
+        Some((i, b)) => Err(format!(
+            "disk byte {i:#x} is {b:#x}: written outside the attacker's 4 KiB"
+        )),
+        None => Ok(()),
+    }
+}
 
 /// The `disk` case: the store VM's checksums are the same before and
 /// after its reboot, and the other VM's pattern is on the physical disk

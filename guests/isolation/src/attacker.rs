@@ -94,6 +94,9 @@ macro_rules! note {
     };
 }
 
+// After `note!`, which it uses.
+mod virtio;
+
 /// What an attempt ended in.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Out {
@@ -359,6 +362,7 @@ fn boot2() -> ! {
     gic_programming(&mut t);
     sgis(&mut t);
     smccc(&mut t);
+    virtio::virtio(&mut t);
     sysregs(&mut t);
     wfi(&mut t);
     soak(&mut t);
@@ -444,7 +448,7 @@ const TARGETS: &[(&str, usize)] = &[
     ("PL031 RTC (passed through to the victim)", 0x0901_0000),
     ("fw_cfg", 0x0902_0000),
     ("PL061 GPIO", 0x0903_0000),
-    ("virtio-mmio transports", 0x0a00_0000),
+    ("virtio-mmio transports past our one device", 0x0a00_0400),
     ("PCIe MMIO window", 0x1000_0000),
     ("PCIe ECAM window", 0x3f00_0000),
     ("flash", 0x0000_0000),
