@@ -4,12 +4,16 @@
 //!
 //! ```text
 //! magic     [u8; 8] = "BHCFG001"
-//! version   u32     = 6
+//! version   u32     = 7
 //! board     cpus u16, ram_base u64, ram_size u64
 //! disk_count u32
 //! disk_count times:
 //!   name_len u32, name [u8; name_len] (UTF-8)
 //!   size u64
+//! switch_count u32
+//! switch_count times:
+//!   name_len u32, name [u8; name_len] (UTF-8)
+//!   uplink u8 (0 or 1)
 //! vm_count  u32
 //! vm_count times:
 //!   name_len u32, name [u8; name_len] (UTF-8)
@@ -33,6 +37,9 @@
 //!     disk u16, offset u64, size u64
 //!     read_only u8 (0 or 1)
 //!     serial_len u32, serial [u8; serial_len] (UTF-8)
+//!   net_count u32 (at most MAX_VM_NETS)
+//!   net_count times:
+//!     switch u16, mac [u8; 6]
 //! channel_count u32 (at most MAX_CHANNELS)
 //! channel_count times:
 //!   name_len u32, name [u8; name_len] (UTF-8)
@@ -43,7 +50,7 @@
 //! Version 2 added the initramfs and the command line; version 3 the
 //! passthrough devices; version 4 the criticality and the channels;
 //! version 5 a device tree the user gives; version 6 the board's disks and
-//! each VM's slices of them.
+//! each VM's slices of them; version 7 the switches and each VM's nets.
 //!
 //! Nothing may follow the last channel. [`decode`] reads the bytes from the image,
 //! so every length is checked against what is left before it is used, and no
@@ -54,14 +61,15 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::{
-    Board, Channel, Criticality, Disk, Passthrough, RestartPolicy, SystemConfig, VmConfig, VmDisk,
-    MAX_CHANNELS, MAX_COMPATIBLE, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS, MAX_VM_DISKS,
+    Board, Channel, Criticality, Disk, Passthrough, RestartPolicy, Switch, SystemConfig, VmConfig,
+    VmDisk, VmNet, MAX_CHANNELS, MAX_COMPATIBLE, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS,
+    MAX_VM_DISKS, MAX_VM_NETS,
 };
 
 /// First eight bytes of an encoded config.
 pub const MAGIC: [u8; 8] = *b"BHCFG001";
 /// Encoding version written by [`encode`] and accepted by [`decode`].
-pub const VERSION: u32 = 6;
+pub const VERSION: u32 = 7;
 
 /// Why [`decode`] refused its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,8 +82,8 @@ pub enum DecodeError {
     Truncated(usize),
     /// A VM name is not UTF-8.
     BadName,
-    /// A presence byte (host address, initramfs) or a disk slice's
-    /// read-only byte is neither 0 nor 1.
+    /// A presence byte (host address, initramfs), a disk slice's
+    /// read-only byte or a switch's uplink byte is neither 0 nor 1.
     BadOptionTag(u8),
     /// The restart byte is not a known policy.
     BadRestartPolicy(u8),
@@ -89,9 +97,11 @@ pub enum DecodeError {
     BadChannelName,
     /// A disk name or a disk slice's serial is not UTF-8.
     BadDiskText,
+    /// A switch name is not UTF-8.
+    BadSwitchName,
     /// A list count (passthrough devices, irqs, compatibles, channels, disk
-    /// slices) at
-    /// this byte offset is larger than any valid config has.
+    /// slices, nets) at this byte offset is larger than any valid config
+    /// has.
     TooMany(usize),
     /// Bytes are left after the last channel, starting at this offset.
     TrailingBytes(usize),
@@ -116,6 +126,7 @@ impl fmt::Display for DecodeError {
             }
             Self::BadChannelName => write!(f, "a channel name is not UTF-8"),
             Self::BadDiskText => write!(f, "a disk name or serial is not UTF-8"),
+            Self::BadSwitchName => write!(f, "a switch name is not UTF-8"),
             Self::TooMany(at) => write!(f, "a list at byte {at} is too long"),
             Self::BadRestartPolicy(t) => write!(f, "bad restart policy {t}"),
             Self::BadCriticality(t) => write!(f, "bad criticality {t}"),
@@ -140,6 +151,11 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
     for disk in &cfg.disks {
         put_str(&mut out, &disk.name);
         out.extend_from_slice(&disk.size.to_le_bytes());
+    }
+    put_len(&mut out, cfg.switches.len());
+    for switch in &cfg.switches {
+        put_str(&mut out, &switch.name);
+        out.push(u8::from(switch.uplink));
     }
     put_len(&mut out, cfg.vms.len());
     for vm in &cfg.vms {
@@ -199,6 +215,11 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
             out.push(u8::from(slice.read_only));
             put_str(&mut out, &slice.serial);
         }
+        put_len(&mut out, vm.nets.len());
+        for net in &vm.nets {
+            out.extend_from_slice(&net.switch.to_le_bytes());
+            out.extend_from_slice(&net.mac);
+        }
     }
     put_len(&mut out, cfg.channels.len());
     for ch in &cfg.channels {
@@ -243,6 +264,12 @@ pub fn decode(bytes: &[u8]) -> Result<SystemConfig, DecodeError> {
     for _ in 0..disk_count {
         disks.push(r.disk()?);
     }
+    // Likewise: each switch consumes input.
+    let switch_count = r.u32()?;
+    let mut switches = Vec::new();
+    for _ in 0..switch_count {
+        switches.push(r.switch()?);
+    }
     let vm_count = r.u32()?;
     // No `with_capacity(vm_count)`: the count is untrusted. Each VM consumes
     // input, so a lying count runs out of bytes and fails as `Truncated`.
@@ -263,6 +290,7 @@ pub fn decode(bytes: &[u8]) -> Result<SystemConfig, DecodeError> {
         vms,
         channels,
         disks,
+        switches,
     })
 }
 
@@ -363,6 +391,11 @@ impl<'a> Reader<'a> {
         for _ in 0..count {
             disks.push(self.vm_disk()?);
         }
+        let count = self.count(MAX_VM_NETS)?;
+        let mut nets = Vec::new();
+        for _ in 0..count {
+            nets.push(self.vm_net()?);
+        }
         Ok(VmConfig {
             name,
             image,
@@ -376,6 +409,7 @@ impl<'a> Reader<'a> {
             passthrough,
             criticality,
             disks,
+            nets,
         })
     }
 
@@ -409,6 +443,22 @@ impl<'a> Reader<'a> {
             read_only,
             serial,
         })
+    }
+
+    fn switch(&mut self) -> Result<Switch, DecodeError> {
+        let name = self.utf8(DecodeError::BadSwitchName)?;
+        let uplink = match self.u8()? {
+            0 => false,
+            1 => true,
+            t => return Err(DecodeError::BadOptionTag(t)),
+        };
+        Ok(Switch { name, uplink })
+    }
+
+    fn vm_net(&mut self) -> Result<VmNet, DecodeError> {
+        let switch = self.u16()?;
+        let mac = self.array()?;
+        Ok(VmNet { switch, mac })
     }
 
     /// A presence byte and, if it is 1, a u16.
@@ -514,6 +564,7 @@ mod tests {
                         },
                     ],
                     disks: vec![],
+                    nets: vec![],
                 },
                 VmConfig {
                     name: "infotainment".into(),
@@ -549,6 +600,16 @@ mod tests {
                             serial: String::new(),
                         },
                     ],
+                    nets: vec![
+                        VmNet {
+                            switch: 0,
+                            mac: [0x52, 0x54, 0x00, 0x12, 0x34, 0x56],
+                        },
+                        VmNet {
+                            switch: u16::MAX,
+                            mac: [0xff; 6],
+                        },
+                    ],
                 },
                 VmConfig {
                     name: "w".into(),
@@ -563,6 +624,7 @@ mod tests {
                     cmdline: String::new(),
                     passthrough: vec![],
                     disks: vec![],
+                    nets: vec![],
                 },
             ],
             channels: vec![
@@ -587,6 +649,16 @@ mod tests {
                     size: u64::MAX - 511,
                 },
             ],
+            switches: vec![
+                Switch {
+                    name: "lan".into(),
+                    uplink: true,
+                },
+                Switch {
+                    name: "isolated_2".into(),
+                    uplink: false,
+                },
+            ],
         }
     }
 
@@ -598,6 +670,22 @@ mod tests {
             .iter()
             .map(|d| 4 + d.name.len() + 8)
             .sum::<usize>()
+    }
+
+    /// Bytes of the switches in `cfg`'s encoding, count included: they
+    /// follow the disks.
+    fn switches_len(cfg: &SystemConfig) -> usize {
+        4 + cfg
+            .switches
+            .iter()
+            .map(|s| 4 + s.name.len() + 1)
+            .sum::<usize>()
+    }
+
+    /// Where the VM count starts in `cfg`'s encoding: after the 12-byte
+    /// header, the 18-byte board, the disks and the switches.
+    fn vms_at(cfg: &SystemConfig) -> usize {
+        12 + 18 + disks_len(cfg) + switches_len(cfg)
     }
 
     /// [`sample`] without channels: its encoding ends with the last VM and
@@ -623,6 +711,7 @@ mod tests {
             vms: vec![],
             channels: vec![],
             disks: vec![],
+            switches: vec![],
         };
         assert_eq!(decode(&encode(&cfg)), Ok(cfg));
     }
@@ -666,13 +755,14 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(decode(&b), Err(DecodeError::BadMagic));
         let mut b = bytes.clone();
-        b[8] = 7;
-        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(7)));
+        b[8] = 8;
+        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(8)));
         // The last VM ends with restart u8, criticality u8, initramfs tag
         // u8 + u16, dtb tag u8 (none), an empty command line (length u32),
-        // no passthrough (count u32) and no disks (count u32); then comes
-        // the channel count (u32). `n` is where the disk count starts.
-        let n = bytes.len() - 4 - 4;
+        // no passthrough (count u32), no disks (count u32) and no nets
+        // (count u32); then comes the channel count (u32). `n` is where the
+        // disk count starts.
+        let n = bytes.len() - 4 - 4 - 4;
         let mut b = bytes.clone();
         b[n - 4 - 4 - 1 - 3 - 1 - 1] = 9;
         assert_eq!(decode(&b), Err(DecodeError::BadRestartPolicy(9)));
@@ -685,9 +775,9 @@ mod tests {
         let mut b = bytes.clone();
         b[n - 4 - 4 - 1] = 3;
         assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(3)));
-        // First VM's host-address tag: header 12 + board 18 + disks + count
-        // 4 + name 4+6 + image 2 + memory 8.
-        let at = 12 + 18 + disks_len(&no_channels()) + 4 + 4 + 6 + 2 + 8;
+        // First VM's host-address tag: header 12 + board 18 + disks +
+        // switches + count 4 + name 4+6 + image 2 + memory 8.
+        let at = vms_at(&no_channels()) + 4 + 4 + 6 + 2 + 8;
         let mut b = bytes;
         b[at] = 7;
         assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(7)));
@@ -700,6 +790,7 @@ mod tests {
             vms: vec![],
             channels: vec![],
             disks: vec![],
+            switches: vec![],
         });
         // The VM count, before the channel count.
         let n = bytes.len() - 4;
@@ -715,8 +806,8 @@ mod tests {
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
         // pcpu count, restart, criticality, initramfs tag, dtb tag, empty
-        // command line, no passthrough, no disks, no channels.
-        let at = bytes.len() - 4 - 1 - 1 - 1 - 1 - 4 - 4 - 4 - 4;
+        // command line, no passthrough, no disks, no nets, no channels.
+        let at = bytes.len() - 4 - 1 - 1 - 1 - 1 - 4 - 4 - 4 - 4 - 4;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(at + 4)));
     }
@@ -763,8 +854,8 @@ mod tests {
         cfg.vms[0].cmdline.clear();
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        // Before the passthrough, disk and channel counts.
-        let n = bytes.len() - 4 - 4 - 4;
+        // Before the passthrough, disk, net and channel counts.
+        let n = bytes.len() - 4 - 4 - 4 - 4;
         bytes[n - 4..n].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(n)));
     }
@@ -776,15 +867,16 @@ mod tests {
         cfg.vms[0].cmdline = "ab".into();
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        // The passthrough count ends at the disk count.
-        let n = bytes.len() - 4 - 4;
+        // The passthrough count ends at the disk count (then the net and
+        // channel counts).
+        let n = bytes.len() - 4 - 4 - 4;
         bytes[n - 4 - 1] = 0xff;
         assert_eq!(decode(&bytes), Err(DecodeError::BadCmdline));
     }
 
     #[test]
     fn older_versions_are_refused() {
-        for old in [1u32, 2, 3, 4, 5] {
+        for old in [1u32, 2, 3, 4, 5, 6] {
             let mut bytes = encode(&sample());
             bytes[8..12].copy_from_slice(&old.to_le_bytes());
             assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(old)));
@@ -816,9 +908,9 @@ mod tests {
     #[test]
     fn passthrough_counts_above_the_limits_are_refused_before_reading() {
         let (_, bytes) = one_device();
-        // The device ends before the VM's disk count and the channel count
-        // (4 bytes each).
-        let n = bytes.len() - 4 - 4;
+        // The device ends before the VM's disk and net counts and the
+        // channel count (4 bytes each).
+        let n = bytes.len() - 4 - 4 - 4;
         // Compatible count: the VM's last 4 bytes.
         let mut b = bytes.clone();
         b[n - 4..n].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -827,10 +919,11 @@ mod tests {
         b[n - 4..n].copy_from_slice(&(MAX_COMPATIBLE as u32 + 1).to_le_bytes());
         assert_eq!(decode(&b), Err(DecodeError::TooMany(n - 4)));
         // At the limit, it is truncation instead: the strings are missing
-        // (the zero disk and channel counts read as two empty strings).
+        // (the zero disk, net and channel counts read as three empty
+        // strings).
         let mut b = bytes.clone();
         b[n - 4..n].copy_from_slice(&(MAX_COMPATIBLE as u32).to_le_bytes());
-        assert_eq!(decode(&b), Err(DecodeError::Truncated(n + 8)));
+        assert_eq!(decode(&b), Err(DecodeError::Truncated(n + 12)));
         // Irq count: before one irq (4) and the compatible count (4).
         let at = n - 4 - 4 - 4;
         let mut b = bytes.clone();
@@ -850,7 +943,7 @@ mod tests {
         let (mut cfg, _) = one_device();
         cfg.vms[0].passthrough[0].compatible = vec!["a".into()];
         let mut bytes = encode(&cfg);
-        let n = bytes.len() - 4 - 4;
+        let n = bytes.len() - 4 - 4 - 4;
         bytes[n - 1] = 0xff;
         assert_eq!(decode(&bytes), Err(DecodeError::BadPassthroughText));
     }
@@ -911,7 +1004,7 @@ mod tests {
     fn non_utf8_name_is_refused() {
         let bytes = encode(&sample());
         let mut b = bytes;
-        b[12 + 18 + disks_len(&sample()) + 4 + 4] = 0xff;
+        b[vms_at(&sample()) + 4 + 4] = 0xff;
         assert_eq!(decode(&b), Err(DecodeError::BadName));
     }
 
@@ -942,8 +1035,8 @@ mod tests {
     }
 
     /// [`no_channels`] cut to its first VM with one disk slice serialled
-    /// `serial`, and its encoding; the slice is the VM's last field, then
-    /// comes the channel count (4 bytes).
+    /// `serial`, and its encoding; the slice ends the VM's disks, then come
+    /// its net count and the channel count (4 bytes each).
     fn one_slice(serial: &str) -> Vec<u8> {
         let mut cfg = no_channels();
         cfg.vms.truncate(1);
@@ -960,8 +1053,9 @@ mod tests {
     #[test]
     fn slice_count_above_the_limit_is_refused_before_reading() {
         let bytes = one_slice("");
-        // count, disk u16, offset, size, read-only, empty serial, channels.
-        let at = bytes.len() - (4 + 2 + 8 + 8 + 1 + 4 + 4);
+        // count, disk u16, offset, size, read-only, empty serial, nets,
+        // channels.
+        let at = bytes.len() - (4 + 2 + 8 + 8 + 1 + 4 + 4 + 4);
         assert_eq!(bytes[at..at + 4], 1u32.to_le_bytes());
         let mut b = bytes.clone();
         b[at..at + 4].copy_from_slice(&(MAX_VM_DISKS as u32 + 1).to_le_bytes());
@@ -974,7 +1068,7 @@ mod tests {
     #[test]
     fn read_only_byte_other_than_0_or_1_is_refused() {
         let mut bytes = one_slice("");
-        let at = bytes.len() - (1 + 4 + 4);
+        let at = bytes.len() - (1 + 4 + 4 + 4);
         assert_eq!(bytes[at], 1);
         bytes[at] = 2;
         assert_eq!(decode(&bytes), Err(DecodeError::BadOptionTag(2)));
@@ -983,7 +1077,7 @@ mod tests {
     #[test]
     fn non_utf8_disk_name_or_serial_is_refused() {
         let mut bytes = one_slice("ab");
-        let n = bytes.len() - 4;
+        let n = bytes.len() - 4 - 4;
         bytes[n - 1] = 0xff;
         assert_eq!(decode(&bytes), Err(DecodeError::BadDiskText));
         // The first disk's name, after its length.
@@ -996,6 +1090,93 @@ mod tests {
     fn huge_disk_count_is_truncation_not_allocation() {
         let mut bytes = encode(&sample());
         bytes[12 + 18..12 + 18 + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&bytes), Err(DecodeError::Truncated(_))));
+    }
+
+    #[test]
+    fn switches_and_nets_round_trip() {
+        let cfg = sample();
+        let back = decode(&encode(&cfg)).unwrap();
+        assert_eq!(back.switches, cfg.switches);
+        assert!(back.switches[0].uplink);
+        assert!(!back.switches[1].uplink);
+        assert_eq!(back.vms[1].nets, cfg.vms[1].nets);
+        assert_eq!(
+            back.vms[1].nets[0].mac,
+            [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]
+        );
+        assert_eq!(back.vms[1].nets[1].switch, u16::MAX);
+        assert!(back.vms[0].nets.is_empty());
+        // Every net count up to the limit round-trips.
+        let mut cfg = sample();
+        cfg.vms[2].nets = (0..MAX_VM_NETS as u16)
+            .map(|k| VmNet {
+                switch: k,
+                mac: [2, 0, 0, 0, 0, k as u8],
+            })
+            .collect();
+        assert_eq!(decode(&encode(&cfg)), Ok(cfg));
+    }
+
+    /// [`no_channels`] cut to its first VM with one net, and its encoding;
+    /// the net is the VM's last field, then comes the channel count (4
+    /// bytes).
+    fn one_net() -> Vec<u8> {
+        let mut cfg = no_channels();
+        cfg.vms.truncate(1);
+        cfg.vms[0].nets = vec![VmNet {
+            switch: 1,
+            mac: [2, 0, 0, 0, 0, 1],
+        }];
+        encode(&cfg)
+    }
+
+    #[test]
+    fn net_count_above_the_limit_is_refused_before_reading() {
+        let bytes = one_net();
+        // count, switch u16, mac, channels.
+        let at = bytes.len() - (4 + 2 + 6 + 4);
+        assert_eq!(bytes[at..at + 4], 1u32.to_le_bytes());
+        let mut b = bytes.clone();
+        b[at..at + 4].copy_from_slice(&(MAX_VM_NETS as u32 + 1).to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::TooMany(at)));
+        let mut b = bytes.clone();
+        b[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::TooMany(at)));
+        // At the limit the nets are missing: truncation.
+        let mut b = bytes;
+        b[at..at + 4].copy_from_slice(&(MAX_VM_NETS as u32).to_le_bytes());
+        assert!(matches!(decode(&b), Err(DecodeError::Truncated(_))));
+    }
+
+    #[test]
+    fn uplink_byte_other_than_0_or_1_is_refused() {
+        let cfg = sample();
+        let mut bytes = encode(&cfg);
+        // The first switch's uplink byte: after the switch count and its
+        // name.
+        let at = 12 + 18 + disks_len(&cfg) + 4 + 4 + cfg.switches[0].name.len();
+        assert_eq!(bytes[at], 1);
+        bytes[at] = 2;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadOptionTag(2)));
+    }
+
+    #[test]
+    fn non_utf8_switch_name_is_refused() {
+        let cfg = sample();
+        let mut bytes = encode(&cfg);
+        // The first byte of the first switch's name.
+        bytes[12 + 18 + disks_len(&cfg) + 4 + 4] = 0xff;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadSwitchName));
+    }
+
+    #[test]
+    fn huge_switch_count_is_truncation_not_allocation() {
+        let cfg = sample();
+        let mut bytes = encode(&cfg);
+        let at = 12 + 18 + disks_len(&cfg);
+        assert_eq!(bytes[at..at + 4], 2u32.to_le_bytes());
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode(&bytes), Err(DecodeError::Truncated(_))));
     }
 }

@@ -47,6 +47,12 @@ pub const VUART_SPI: u32 = 1;
 /// ([`virtio_ipa`]), with interrupt SPI `VIRTIO_SPI_BASE + n`
 /// ([`virtio_spi`]). The whole window of [`MAX_VIRTIO`] devices and their
 /// SPIs belong to the hypervisor in every VM, with or without devices.
+///
+/// A VM's devices are numbered its disks first, then its nets: with `d`
+/// `[[vm.disk]]` slices, slice `n` is device `n` and net `k` is device
+/// `d + k` ([`VmConfig::net_virtio_index`]), at `virtio_ipa(d + k)` with
+/// interrupt `virtio_spi(d + k)`. Disks and nets together are at most
+/// [`MAX_VIRTIO`] ([`validate`] checks it).
 pub const VIRTIO_IPA: u64 = 0x0a00_0000;
 /// Distance between two virtio-mmio devices (and the size of each), as on
 /// QEMU virt.
@@ -59,6 +65,11 @@ pub const VIRTIO_SPI_BASE: u32 = 16;
 pub const MAX_VIRTIO: usize = 8;
 /// Most `[[vm.disk]]` slices one VM may have; each is one virtio-blk device.
 pub const MAX_VM_DISKS: usize = 4;
+/// Most `[[vm.net]]` ports one VM may have; each is one virtio-net device.
+pub const MAX_VM_NETS: usize = 4;
+/// Most switches that may have the board's physical NIC as their uplink
+/// port: the board has one physical NIC.
+pub const MAX_UPLINKS: usize = 1;
 /// Granule of disk sizes and slice offsets and sizes: a virtio-blk sector
 /// (virtio 1.2, 5.2.4: `capacity` is in 512-byte sectors).
 pub const SECTOR_SIZE: u64 = 512;
@@ -207,6 +218,10 @@ pub struct VmConfig {
     /// Slices of the board's disks, at most [`MAX_VM_DISKS`]: slice `n` is
     /// the VM's virtio-mmio device `n` ([`virtio_ipa`], [`virtio_spi`]).
     pub disks: Vec<VmDisk>,
+    /// Ports on the system's switches, at most [`MAX_VM_NETS`]: net `k` is
+    /// the VM's virtio-mmio device `disks.len() + k`
+    /// ([`net_virtio_index`](Self::net_virtio_index)).
+    pub nets: Vec<VmNet>,
 }
 
 impl VmConfig {
@@ -216,6 +231,14 @@ impl VmConfig {
     /// [`LINUX_SLACK`] besides its kernel.
     pub fn boots_linux(&self) -> bool {
         self.initramfs.is_some() || self.dtb.is_some() || self.cmdline != DEFAULT_CMDLINE
+    }
+
+    /// The virtio-mmio device number of the VM's net `k`: its disks come
+    /// first, so it is `disks.len() + k`, at [`virtio_ipa`] and
+    /// [`virtio_spi`] of that number (saturating for a `k` no valid config
+    /// has).
+    pub fn net_virtio_index(&self, k: usize) -> usize {
+        self.disks.len().saturating_add(k)
     }
 }
 
@@ -248,8 +271,10 @@ pub const VIRTIO_INTIDS: core::ops::Range<u32> =
 const _: () = assert!(VIRTIO_INTIDS.end - 1 <= LAST_VM_SPI);
 const _: () = assert!(VIRTIO_INTIDS.start > UART_INTID);
 const _: () = assert!(VIRTIO_INTIDS.end <= CHANNEL_FIRST_SPI);
-// Each disk slice of a VM is one of its virtio-mmio devices.
+// Each disk slice and each net of a VM is one of its virtio-mmio devices
+// (together they are checked against MAX_VIRTIO by `validate`).
 const _: () = assert!(MAX_VM_DISKS <= MAX_VIRTIO);
+const _: () = assert!(MAX_VM_NETS <= MAX_VIRTIO);
 // The channel doorbells must be SPIs every VM's GIC has.
 const _: () = assert!(channel_spi(MAX_CHANNELS - 1) <= LAST_VM_SPI);
 // A channel's memory fits between its register page and the next end.
@@ -386,6 +411,30 @@ impl VmDisk {
     }
 }
 
+/// A virtual Ethernet switch (`[[switch]]`) that VMs' virtio-net devices
+/// ([`VmNet`]) are ports of; the board's physical NIC may be one more port,
+/// its uplink.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Switch {
+    /// `[a-z0-9_-]{1,31}`, unique among switches; `[[vm.net]]` names it.
+    pub name: String,
+    /// Whether the board's physical NIC is this switch's uplink port. At
+    /// most [`MAX_UPLINKS`] switches have it.
+    pub uplink: bool,
+}
+
+/// A VM's port on a [`Switch`] (`[[vm.net]]`): a virtio-net device of its
+/// own, the VM's virtio-mmio device number
+/// [`VmConfig::net_virtio_index`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmNet {
+    /// Index into [`SystemConfig::switches`].
+    pub switch: u16,
+    /// The device's MAC address (virtio 1.2, 5.1.4 `mac`): unicast (bit 0
+    /// of the first byte clear), not all zeros, unique in the system.
+    pub mac: [u8; 6],
+}
+
 /// A shared-memory channel with a doorbell each way between two VMs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Channel {
@@ -442,6 +491,8 @@ pub struct SystemConfig {
     /// The board's virtio-blk disks, in ascending order of their MMIO
     /// address in the host device tree.
     pub disks: Vec<Disk>,
+    /// The virtual Ethernet switches the VMs' nets are ports of.
+    pub switches: Vec<Switch>,
 }
 
 impl SystemConfig {
@@ -476,6 +527,10 @@ pub enum Field {
     /// A field of disk slice `d` of VM `n` (`"disk"`, `"offset"`, `"size"`,
     /// `"read_only"`, `"serial"`).
     VmDisk(usize, usize, &'static str),
+    /// A field of switch `k` (`"name"`, `"uplink"`).
+    Switch(usize, &'static str),
+    /// A field of net `k` of VM `n` (`"switch"`, `"mac"`).
+    VmNet(usize, usize, &'static str),
 }
 
 impl fmt::Display for Field {
@@ -487,6 +542,8 @@ impl fmt::Display for Field {
             Self::Channel(c, name) => write!(f, "channel[{c}].{name}"),
             Self::Disk(k, name) => write!(f, "disk[{k}].{name}"),
             Self::VmDisk(i, d, name) => write!(f, "vm[{i}].disk[{d}].{name}"),
+            Self::Switch(k, name) => write!(f, "switch[{k}].{name}"),
+            Self::VmNet(i, k, name) => write!(f, "vm[{i}].net[{k}].{name}"),
         }
     }
 }
@@ -530,6 +587,18 @@ impl fmt::Display for Size {
     }
 }
 
+/// A MAC address shown for people: six lower-case hex bytes separated by
+/// colons, `52:54:00:12:34:56`, as config files write them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,6 +636,56 @@ mod tests {
             format!("{}", Field::VmDisk(0, 3, "offset")),
             "vm[0].disk[3].offset"
         );
+    }
+
+    #[test]
+    fn field_display_names_switch_and_net_fields() {
+        assert_eq!(
+            format!("{}", Field::Switch(1, "uplink")),
+            "switch[1].uplink"
+        );
+        assert_eq!(format!("{}", Field::VmNet(2, 0, "mac")), "vm[2].net[0].mac");
+    }
+
+    #[test]
+    fn mac_displays_as_config_files_write_it() {
+        assert_eq!(
+            format!("{}", Mac([0x52, 0x54, 0, 0x12, 0xab, 0xff])),
+            "52:54:00:12:ab:ff"
+        );
+    }
+
+    #[test]
+    fn nets_follow_the_disks_in_the_virtio_window() {
+        let slice = VmDisk {
+            disk: 0,
+            offset: 0,
+            size: 512,
+            read_only: false,
+            serial: String::new(),
+        };
+        let mut vm = VmConfig {
+            name: "a".into(),
+            image: 0,
+            memory: BLOCK_SIZE,
+            host_address: None,
+            pcpus: alloc::vec![0],
+            restart: RestartPolicy::Never,
+            initramfs: None,
+            dtb: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+            passthrough: Vec::new(),
+            criticality: Criticality::Normal,
+            disks: Vec::new(),
+            nets: Vec::new(),
+        };
+        assert_eq!(vm.net_virtio_index(0), 0);
+        assert_eq!(vm.net_virtio_index(3), 3);
+        vm.disks = alloc::vec![slice.clone(), slice.clone(), slice];
+        assert_eq!(vm.net_virtio_index(0), 3);
+        assert_eq!(virtio_ipa(vm.net_virtio_index(1)), 0x0a00_0800);
+        assert_eq!(virtio_spi(vm.net_virtio_index(1)), 20);
+        assert_eq!(vm.net_virtio_index(usize::MAX), usize::MAX);
     }
 
     #[test]
@@ -648,6 +767,7 @@ mod tests {
                 })
                 .collect(),
             disks: Vec::new(),
+            switches: Vec::new(),
         }
     }
 

@@ -5,8 +5,8 @@
 //!
 //! One file describes one system: the board, then one `[[vm]]` table per VM,
 //! in boot order (the first `[[vm]]` is `vm[0]`), then any `[[channel]]`
-//! tables (the first is `channel[0]`) and `[[disk]]` tables (the first is
-//! `disk[0]`).
+//! tables (the first is `channel[0]`), `[[disk]]` tables (the first is
+//! `disk[0]`) and `[[switch]]` tables (the first is `switch[0]`).
 //!
 //! ```toml
 //! [board]                 # the machine the config is for
@@ -52,6 +52,14 @@
 //! size = "2G"             # bytes of the slice; nonzero multiple of 512; must end in the disk
 //! read-only = true        # optional, default false
 //! serial = "logs"         # optional, default "<vm name>-disk<n>" cut to 20 bytes; ASCII, at most 20
+//!
+//! [[switch]]              # optional: a virtual Ethernet switch the VMs' nets are ports of
+//! name = "lan"            # 1 to 31 of a-z 0-9 _ -, unique among switches
+//! uplink = true           # optional, default false: the board's physical NIC is a port; at most one switch
+//!
+//! [[vm.net]]              # optional, up to 4 (not on a critical VM): a virtio-net port on a switch
+//! switch = "lan"          # a [[switch]] by name
+//! mac = "52:54:00:12:34:56"    # six hex bytes, any case; unicast, not all zeros, unique in the system
 //! ```
 //!
 //! - **Sizes** (`memory`): an integer number of bytes (TOML hex like
@@ -92,9 +100,14 @@
 //!   virtio-mmio window 0x0a00_0000..0x0a00_1000 and its irqs 48 to 55. A
 //!   disk slice lies inside its disk, is 512-byte aligned, and overlaps no
 //!   other slice of that disk unless both are read-only; a VM has at most 4
-//!   slices, and a critical VM none.
-//! - **`disk`** in `[[vm.disk]]` must name a `[[disk]]` of the file; an
-//!   unknown name is reported on its own line.
+//!   slices, and a critical VM none. A VM has at most 4 nets, and a critical
+//!   VM none; its disks and nets together are at most 8 virtio-mmio devices
+//!   (disks first, then nets); a MAC address is unicast, not all zeros and
+//!   used once in the system; switch names are unique, and at most one
+//!   switch has the uplink.
+//! - **`disk`** in `[[vm.disk]]` must name a `[[disk]]` of the file, and
+//!   **`switch`** in `[[vm.net]]` a `[[switch]]`; an unknown name is
+//!   reported on its own line, as is a `mac` that is not six hex bytes.
 //! - **`between`** must name VMs defined in the file; an unknown name is
 //!   reported on its own line.
 //!
@@ -117,8 +130,8 @@ use serde::Deserialize;
 
 use crate::{
     validate, Board, Channel, Criticality, Disk, Field, ImageInfo, Passthrough, RestartPolicy,
-    SystemConfig, VmConfig, VmDisk, DEFAULT_CMDLINE, LINUX_CMDLINE, MAX_CHANNELS, MAX_SERIAL_LEN,
-    MIN_CHANNEL_SIZE, RAM_IPA,
+    Switch, SystemConfig, VmConfig, VmDisk, VmNet, DEFAULT_CMDLINE, LINUX_CMDLINE, MAX_CHANNELS,
+    MAX_SERIAL_LEN, MIN_CHANNEL_SIZE, RAM_IPA,
 };
 
 /// Where a VM's image comes from.
@@ -210,11 +223,13 @@ struct Lines {
     vms: Vec<Table>,
     channels: Vec<Table>,
     disks: Vec<Table>,
+    switches: Vec<Table>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Table {
-    /// Line of the `[board]` / `[[vm]]` / `[[channel]]` / `[[disk]]` header.
+    /// Line of the `[board]` / `[[vm]]` / `[[channel]]` / `[[disk]]` /
+    /// `[[switch]]` header.
     header: usize,
     /// (core field name, TOML key, line).
     keys: Vec<(&'static str, &'static str, usize)>,
@@ -222,6 +237,8 @@ struct Table {
     devices: Vec<Table>,
     /// A VM's `[[vm.disk]]` tables, in order.
     disks: Vec<Table>,
+    /// A VM's `[[vm.net]]` tables, in order.
+    nets: Vec<Table>,
 }
 
 impl Table {
@@ -279,6 +296,12 @@ impl Parsed {
             Field::VmDisk(i, d, name) => (
                 self.lines.vms.get(i).and_then(|t| t.disks.get(d)),
                 format!("vm[{i}].disk[{d}]"),
+                name,
+            ),
+            Field::Switch(k, name) => (self.lines.switches.get(k), format!("switch[{k}]"), name),
+            Field::VmNet(i, k, name) => (
+                self.lines.vms.get(i).and_then(|t| t.nets.get(k)),
+                format!("vm[{i}].net[{k}]"),
                 name,
             ),
         };
@@ -380,6 +403,30 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
         disks.push(Disk {
             name: d.name.into_inner(),
             size,
+        });
+    }
+
+    // The switches, which the VMs' nets name.
+    let mut switches = Vec::new();
+    for sswitch in raw.switch {
+        let header = sswitch.span();
+        let sw = sswitch.into_inner();
+        let mut t = Table {
+            header: at(header),
+            ..Table::default()
+        };
+        t.add("name", "name", at(sw.name.span()));
+        let uplink = match &sw.uplink {
+            Some(value) => {
+                t.add("uplink", "uplink", at(value.span()));
+                *value.get_ref()
+            }
+            None => false,
+        };
+        lines.switches.push(t);
+        switches.push(Switch {
+            name: sw.name.into_inner(),
+            uplink,
         });
     }
 
@@ -725,6 +772,42 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 serial,
             });
         }
+        let mut nets = Vec::new();
+        for (k, snet) in v.net.into_iter().enumerate() {
+            let net_header = snet.span();
+            let n = snet.into_inner();
+            let mut nt = Table {
+                header: at(net_header),
+                ..Table::default()
+            };
+            let prefix = format!("vm[{i}].net[{k}]");
+            nt.add("switch", "switch", at(n.switch.span()));
+            nt.add("mac", "mac", at(n.mac.span()));
+            if k == 0 {
+                // A problem with the list as a whole (too many nets, too
+                // many virtio devices, a critical VM) points at its first
+                // table.
+                t.add("nets", "net", nt.header);
+            }
+            let name = n.switch.get_ref();
+            let switch = match switches.iter().position(|s: &Switch| s.name == *name) {
+                Some(index) => u16::try_from(index).unwrap_or(u16::MAX),
+                None => {
+                    diags.push(diag(
+                        Some(n.switch.span().start),
+                        format!("{prefix}.switch"),
+                        unknown_switch(name, &switches),
+                    ));
+                    0
+                }
+            };
+            let mac = parse_mac(n.mac.get_ref()).unwrap_or_else(|m| {
+                diags.push(diag(Some(n.mac.span().start), format!("{prefix}.mac"), m));
+                [0; 6]
+            });
+            t.nets.push(nt);
+            nets.push(VmNet { switch, mac });
+        }
         let image = source.map_or(0, |s| intern(&mut images, s));
         let initramfs = initramfs_source.map(|s| intern(&mut images, s));
         let dtb = dtb_source.map(|s| intern(&mut images, s));
@@ -746,6 +829,7 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 .criticality
                 .map_or(Criticality::default(), |c| c.into_inner().into()),
             disks: vm_disks,
+            nets,
         });
     }
 
@@ -815,6 +899,7 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 vms,
                 channels,
                 disks,
+                switches,
             },
             images,
             file: file.to_string(),
@@ -847,6 +932,42 @@ fn unknown_disk(name: &str, disks: &[Disk]) -> String {
         "there is no disk named \"{name}\"; the disks are {}",
         names.join(", ")
     )
+}
+
+/// Why `name` in a `[[vm.net]]` is not a switch, listing the switches there
+/// are.
+fn unknown_switch(name: &str, switches: &[Switch]) -> String {
+    if switches.is_empty() {
+        return format!("there is no switch named \"{name}\"; the config has no [[switch]]");
+    }
+    let names: Vec<String> = switches.iter().map(|s| format!("\"{}\"", s.name)).collect();
+    format!(
+        "there is no switch named \"{name}\"; the switches are {}",
+        names.join(", ")
+    )
+}
+
+/// Parses a MAC address written `"xx:xx:xx:xx:xx:xx"`: six bytes of two
+/// hex digits each (upper or lower case), separated by colons.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || {
+        format!(
+            "bad MAC address \"{s}\": expected six two-digit hex bytes separated by ':', e.g. \"52:54:00:12:34:56\""
+        )
+    };
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let part = parts.next().ok_or_else(bad)?;
+        if part.len() != 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(mac)
 }
 
 /// The serial of slice `d` of VM `vm` when its `[[vm.disk]]` names none:
@@ -893,6 +1014,8 @@ fn field_at(text: &str, offset: usize) -> String {
     let mut channel_count = 0usize;
     let mut disk_count = 0usize;
     let mut slice_count = 0usize;
+    let mut switch_count = 0usize;
+    let mut net_count = 0usize;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("[[") {
@@ -901,6 +1024,7 @@ fn field_at(text: &str, offset: usize) -> String {
                 vm_count += 1;
                 dev_count = 0;
                 slice_count = 0;
+                net_count = 0;
                 format!("vm[{}]", vm_count - 1)
             } else if name == "channel" {
                 channel_count += 1;
@@ -908,6 +1032,12 @@ fn field_at(text: &str, offset: usize) -> String {
             } else if name == "disk" {
                 disk_count += 1;
                 format!("disk[{}]", disk_count - 1)
+            } else if name == "switch" {
+                switch_count += 1;
+                format!("switch[{}]", switch_count - 1)
+            } else if name == "vm.net" {
+                net_count += 1;
+                format!("vm[{}].net[{}]", vm_count.saturating_sub(1), net_count - 1)
             } else if name == "vm.disk" {
                 slice_count += 1;
                 format!(
@@ -997,6 +1127,8 @@ struct RawFile {
     channel: Vec<Spanned<RawChannel>>,
     #[serde(default)]
     disk: Vec<Spanned<RawDisk>>,
+    #[serde(default)]
+    switch: Vec<Spanned<RawSwitch>>,
 }
 
 #[derive(Deserialize)]
@@ -1028,6 +1160,8 @@ struct RawVm {
     passthrough: Vec<Spanned<RawPassthrough>>,
     #[serde(default)]
     disk: Vec<Spanned<RawVmDisk>>,
+    #[serde(default)]
+    net: Vec<Spanned<RawVmNet>>,
 }
 
 #[derive(Deserialize)]
@@ -1046,6 +1180,20 @@ struct RawVmDisk {
     #[serde(rename = "read-only")]
     read_only: Option<Spanned<bool>>,
     serial: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSwitch {
+    name: Spanned<String>,
+    uplink: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVmNet {
+    switch: Spanned<String>,
+    mac: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -1188,6 +1336,57 @@ mod tests {
             "vm[1].disk[1].size"
         );
         assert_eq!(field_at(text, text.find("x =").unwrap()), "disk[1].x");
+    }
+
+    #[test]
+    fn field_at_names_switches_and_nets() {
+        let text = "[[switch]]\nname = 1\n[[vm]]\n[[vm.net]]\n[[vm.disk]]\n[[vm]]\n[[vm.net]]\n[[vm.net]]\nmac = 2\n[[switch]]\nx = 3\n";
+        assert_eq!(field_at(text, text.find("name").unwrap()), "switch[0].name");
+        assert_eq!(
+            field_at(text, text.find("mac").unwrap()),
+            "vm[1].net[1].mac"
+        );
+        assert_eq!(field_at(text, text.find("x =").unwrap()), "switch[1].x");
+    }
+
+    #[test]
+    fn mac_addresses_are_six_hex_bytes_in_any_case() {
+        assert_eq!(
+            parse_mac("52:54:00:12:34:56"),
+            Ok([0x52, 0x54, 0x00, 0x12, 0x34, 0x56])
+        );
+        assert_eq!(
+            parse_mac("02:AB:cd:Ef:00:ff"),
+            Ok([2, 0xab, 0xcd, 0xef, 0, 0xff])
+        );
+        // Multicast and zero parse: validate refuses them, saying why.
+        assert_eq!(parse_mac("01:00:5e:00:00:01"), Ok([1, 0, 0x5e, 0, 0, 1]));
+        assert_eq!(parse_mac("00:00:00:00:00:00"), Ok([0; 6]));
+    }
+
+    #[test]
+    fn malformed_mac_addresses_are_refused() {
+        for bad in [
+            "",
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52-54-00-12-34-56",
+            "525400123456",
+            "52:54:00:12:34:5",
+            "52:54:00:12:34:567",
+            "52:54:00:12:34:5g",
+            "52:54:00:12:34:+5",
+            " 52:54:00:12:34:56",
+            "52:54:00:12:34:56:",
+            "52:54::00:12:34",
+            "\u{e9}2:54:00:12:34:56",
+        ] {
+            let e = parse_mac(bad).unwrap_err();
+            assert_eq!(
+                e,
+                format!("bad MAC address \"{bad}\": expected six two-digit hex bytes separated by ':', e.g. \"52:54:00:12:34:56\""),
+            );
+        }
     }
 
     #[test]

@@ -4,20 +4,22 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use crate::{
-    Channel, Criticality, Disk, Field, ImageInfo, Passthrough, Problem, Size, SystemConfig,
-    VmConfig, VmDisk, BLOCK_SIZE, CHANNEL_FIRST_SPI, DTB_RESERVE, FIRST_SPI, HYP_OWNED_MMIO,
-    HYP_RESERVE, LAST_VM_SPI, LINUX_SLACK, MAX_CHANNELS, MAX_CHANNEL_SIZE, MAX_CMDLINE_LEN,
-    MAX_COMPATIBLE, MAX_COMPATIBLE_LEN, MAX_NAME_LEN, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS,
-    MAX_PCPUS, MAX_SERIAL_LEN, MAX_VCPUS, MAX_VM_DISKS, MIN_CHANNEL_SIZE, PAGE_SIZE, RAM_IPA,
-    SECTOR_SIZE, UART_INTID, VIRTIO_INTIDS,
+    Channel, Criticality, Disk, Field, ImageInfo, Mac, Passthrough, Problem, Size, Switch,
+    SystemConfig, VmConfig, VmDisk, VmNet, BLOCK_SIZE, CHANNEL_FIRST_SPI, DTB_RESERVE, FIRST_SPI,
+    HYP_OWNED_MMIO, HYP_RESERVE, LAST_VM_SPI, LINUX_SLACK, MAX_CHANNELS, MAX_CHANNEL_SIZE,
+    MAX_CMDLINE_LEN, MAX_COMPATIBLE, MAX_COMPATIBLE_LEN, MAX_NAME_LEN, MAX_PASSTHROUGH,
+    MAX_PASSTHROUGH_IRQS, MAX_PCPUS, MAX_SERIAL_LEN, MAX_UPLINKS, MAX_VCPUS, MAX_VIRTIO,
+    MAX_VM_DISKS, MAX_VM_NETS, MIN_CHANNEL_SIZE, PAGE_SIZE, RAM_IPA, SECTOR_SIZE, UART_INTID,
+    VIRTIO_INTIDS,
 };
 
 /// Checks `cfg` against every rule and returns what is wrong; empty means
 /// valid. `images[i]` describes payload image `i` ([`ImageInfo::of`]).
 ///
 /// Each [`Problem`] names the most specific field. A rule between two VMs
-/// (duplicate name, overlapping region, shared pCPU) is reported on the later
-/// VM and names the earlier one; likewise between two channels.
+/// (duplicate name, overlapping region, shared pCPU, duplicate MAC address)
+/// is reported on the later VM and names the earlier one; likewise between
+/// two channels, disks or switches.
 pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
     let mut v = Validator {
         cfg,
@@ -33,11 +35,13 @@ pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
         v.cmdline(i, vm);
         v.passthrough(i, vm);
         v.vm_disks(i, vm);
+        v.vm_nets(i, vm);
     }
     v.total_memory();
     v.critical_pcpus();
     v.channels();
     v.disks();
+    v.switches();
     v.problems
 }
 
@@ -89,6 +93,24 @@ fn earlier_slices(
             .take(n)
             .enumerate()
             .map(move |(k, s)| (o.name.as_str(), k, s))
+    })
+}
+
+/// Nets given before net `k` of VM `i`, with their owner's name and their
+/// own index in that VM.
+fn earlier_nets(
+    cfg: &SystemConfig,
+    i: usize,
+    k: usize,
+) -> impl Iterator<Item = (&str, usize, &VmNet)> {
+    let vms = cfg.vms.get(..=i).unwrap_or(&[]);
+    vms.iter().enumerate().flat_map(move |(j, o)| {
+        let n = if j == i { k } else { o.nets.len() };
+        o.nets
+            .iter()
+            .take(n)
+            .enumerate()
+            .map(move |(m, net)| (o.name.as_str(), m, net))
     })
 }
 
@@ -865,6 +887,142 @@ impl Validator<'_> {
         }
     }
 
+    /// Nets of VM `i`: at most [`MAX_VM_NETS`], none on a critical VM, no
+    /// more virtio-mmio devices with the VM's disks than [`MAX_VIRTIO`],
+    /// each on a switch that exists, with a unicast, nonzero MAC address no
+    /// other net in the system has. A duplicate is reported on the later
+    /// net and names the earlier one's VM.
+    fn vm_nets(&mut self, i: usize, vm: &VmConfig) {
+        let (disks, nets) = (vm.disks.len(), vm.nets.len());
+        if nets > MAX_VM_NETS {
+            self.report(
+                Field::Vm(i, "nets"),
+                format!("{nets} nets; a VM may have at most {MAX_VM_NETS}"),
+            );
+        }
+        // Without nets, too many disks is the disk limit's to report
+        // (MAX_VM_DISKS <= MAX_VIRTIO).
+        let devices = disks.saturating_add(nets);
+        if nets > 0 && devices > MAX_VIRTIO {
+            self.report(
+                Field::Vm(i, "nets"),
+                format!(
+                    "{disks} disk slices and {nets} nets make {devices} virtio-mmio devices; a VM \
+                     may have at most {MAX_VIRTIO} (its disks are devices 0, 1, ..., then its nets)"
+                ),
+            );
+        }
+        if vm.criticality == Criticality::Critical && nets > 0 {
+            self.report(
+                Field::Vm(i, "nets"),
+                "a critical VM cannot use a shared switch because its frames would wait behind \
+                 other VMs' traffic: give it no [[vm.net]], or make it criticality = \"normal\""
+                    .into(),
+            );
+        }
+        for (k, net) in vm.nets.iter().enumerate() {
+            self.vm_net(i, vm, k, net);
+        }
+    }
+
+    fn vm_net(&mut self, i: usize, vm: &VmConfig, k: usize, net: &VmNet) {
+        let field = |name| Field::VmNet(i, k, name);
+        let cfg = self.cfg;
+        if usize::from(net.switch) >= cfg.switches.len() {
+            self.report(
+                field("switch"),
+                format!(
+                    "switch {} does not exist; the config has {} switches",
+                    net.switch,
+                    cfg.switches.len()
+                ),
+            );
+        }
+        let mac = Mac(net.mac);
+        if net.mac == [0; 6] {
+            self.report(
+                field("mac"),
+                format!(
+                    "MAC address {mac} is all zeros; a net needs a unicast address, e.g. a \
+                     locally administered one like 02:00:00:00:00:01"
+                ),
+            );
+            return;
+        }
+        if net.mac[0] & 1 != 0 {
+            self.report(
+                field("mac"),
+                format!(
+                    "MAC address {mac} is a multicast address (bit 0 of its first byte is set); \
+                     a net needs a unicast address, e.g. a locally administered one like \
+                     02:00:00:00:00:01"
+                ),
+            );
+            return;
+        }
+        let clash = earlier_nets(cfg, i, k)
+            .find(|(_, _, o)| o.mac == net.mac)
+            .map(|(owner, m, _)| {
+                format!(
+                    "MAC address {mac} of vm '{}' (its net[{k}]) is already used by vm '{owner}' \
+                     (its net[{m}]); every net needs a MAC address of its own",
+                    vm.name
+                )
+            });
+        if let Some(message) = clash {
+            self.report(field("mac"), message);
+        }
+    }
+
+    /// The switches: valid, unique names, and at most [`MAX_UPLINKS`] of
+    /// them with the board's physical NIC as their uplink. An uplink over
+    /// the limit is reported on its switch and names the earlier ones.
+    fn switches(&mut self) {
+        for (k, switch) in self.cfg.switches.iter().enumerate() {
+            self.switch(k, switch);
+        }
+    }
+
+    fn switch(&mut self, k: usize, switch: &Switch) {
+        let field = Field::Switch(k, "name");
+        let name = &switch.name;
+        let earlier = &self.cfg.switches[..k];
+        if !valid_name(name) {
+            self.report(
+                field,
+                format!(
+                    "switch name '{name}' must be 1 to {MAX_NAME_LEN} of a-z, 0-9, '_' and '-'"
+                ),
+            );
+        }
+        if let Some(j) = earlier.iter().position(|o| o.name == *name) {
+            self.report(
+                field,
+                format!("name '{name}' is already used by switch[{j}]"),
+            );
+        }
+        if !switch.uplink {
+            return;
+        }
+        let uplinks: Vec<_> = earlier
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.uplink)
+            .map(|(j, o)| format!("switch[{j}] '{}'", o.name))
+            .collect();
+        if uplinks.len() >= MAX_UPLINKS {
+            self.report(
+                Field::Switch(k, "uplink"),
+                format!(
+                    "switch '{name}' cannot have the uplink too: {} already {} the board's \
+                     physical NIC, and at most {MAX_UPLINKS} switch may have uplink = true",
+                    uplinks.join(", "),
+                    if uplinks.len() == 1 { "has" } else { "have" }
+                ),
+            );
+        }
+    }
+
     /// All VM memory comes out of board RAM minus the hypervisor's reserve.
     /// Reported on the first VM that does not fit.
     fn total_memory(&mut self) {
@@ -919,6 +1077,7 @@ mod tests {
             passthrough: vec![],
             criticality: Criticality::Normal,
             disks: vec![],
+            nets: vec![],
         }
     }
 
@@ -936,6 +1095,7 @@ mod tests {
             ],
             channels: vec![],
             disks: vec![],
+            switches: vec![],
         }
     }
 
@@ -1988,5 +2148,221 @@ mod tests {
             c.vms[1].disks[0].serial = bad.into();
             assert_one(&c, "vm[1].disk[0].serial", "must be printable ASCII");
         }
+    }
+
+    fn switch(name: &str, uplink: bool) -> Switch {
+        Switch {
+            name: name.into(),
+            uplink,
+        }
+    }
+
+    fn net(switch: u16, last: u8) -> VmNet {
+        VmNet {
+            switch,
+            mac: [0x02, 0, 0, 0, 0, last],
+        }
+    }
+
+    /// [`good`] with two switches ("lan", which has the uplink, and
+    /// "dmz") and one port on "lan" for infotainment (vm[1]).
+    fn with_net() -> SystemConfig {
+        let mut c = good();
+        c.switches = vec![switch("lan", true), switch("dmz", false)];
+        c.vms[1].nets = vec![net(0, 1)];
+        c
+    }
+
+    #[test]
+    fn nets_on_switches_are_fine() {
+        assert_eq!(problems(&with_net()), vec![]);
+        let mut c = with_net();
+        c.vms[0].nets = vec![net(1, 2), net(0, 3)];
+        c.vms[1].nets.push(net(1, 4));
+        assert_eq!(problems(&c), vec![]);
+        // Switches without ports, or without an uplink, are fine too.
+        c.vms[0].nets.clear();
+        c.vms[1].nets.clear();
+        c.switches[0].uplink = false;
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn switch_name_follows_the_vm_name_rules_and_is_unique() {
+        let mut c = with_net();
+        for bad in [String::new(), "LAN".into(), "a b".into(), "a".repeat(32)] {
+            c.switches[0].name = bad;
+            assert_one(&c, "switch[0].name", "must be 1 to 31 of a-z");
+        }
+        let mut c = with_net();
+        c.switches[1].name = "lan".into();
+        assert_one(
+            &c,
+            "switch[1].name",
+            "name 'lan' is already used by switch[0]",
+        );
+    }
+
+    #[test]
+    fn at_most_one_switch_has_the_uplink() {
+        let mut c = with_net();
+        c.switches[1].uplink = true;
+        assert_one(
+            &c,
+            "switch[1].uplink",
+            "switch 'dmz' cannot have the uplink too: switch[0] 'lan' already has the board's physical NIC, and at most 1 switch may have uplink = true",
+        );
+        // A third names both earlier ones, and the second is still wrong.
+        c.switches.push(switch("wan", true));
+        let p = problems(&c);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[1].0, "switch[2].uplink");
+        assert!(
+            p[1].1
+                .contains("switch[0] 'lan', switch[1] 'dmz' already have"),
+            "{p:?}"
+        );
+        // The uplink may be on any one switch.
+        c.switches.pop();
+        c.switches[0].uplink = false;
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn net_must_name_a_switch_that_exists() {
+        let mut c = with_net();
+        c.vms[1].nets[0].switch = 2;
+        assert_one(
+            &c,
+            "vm[1].net[0].switch",
+            "switch 2 does not exist; the config has 2 switches",
+        );
+    }
+
+    #[test]
+    fn mac_must_be_unicast_and_not_zero() {
+        let mut c = with_net();
+        c.vms[1].nets[0].mac = [0; 6];
+        assert_one(
+            &c,
+            "vm[1].net[0].mac",
+            "MAC address 00:00:00:00:00:00 is all zeros; a net needs a unicast address",
+        );
+        for first in [0x01, 0x03, 0xff, 0x33] {
+            c.vms[1].nets[0].mac = [first, 0, 0x5e, 0, 0, 1];
+            assert_one(
+                &c,
+                "vm[1].net[0].mac",
+                "is a multicast address (bit 0 of its first byte is set)",
+            );
+        }
+        c.vms[1].nets[0].mac = [0xff; 6];
+        assert_one(
+            &c,
+            "vm[1].net[0].mac",
+            "MAC address ff:ff:ff:ff:ff:ff is a multicast",
+        );
+        // Bit 0 clear: unicast, globally or locally administered.
+        for first in [0x00, 0x02, 0x52, 0xfe] {
+            c.vms[1].nets[0].mac = [first, 0, 0, 0, 0, 1];
+            assert_eq!(problems(&c), vec![]);
+        }
+    }
+
+    #[test]
+    fn duplicate_mac_names_both_vms_and_their_nets() {
+        let mut c = with_net();
+        c.vms[0].nets = vec![net(1, 9), net(1, 1)];
+        // Reported on the later net in config order (vm[1]'s).
+        assert_one(
+            &c,
+            "vm[1].net[0].mac",
+            "MAC address 02:00:00:00:00:01 of vm 'infotainment' (its net[0]) is already used by vm 'safety' (its net[1]); every net needs a MAC address of its own",
+        );
+        // On another switch, or in the same VM, it is still a duplicate.
+        let mut c = with_net();
+        c.vms[1].nets.push(net(1, 2));
+        c.vms[1].nets.push(net(0, 1));
+        assert_one(
+            &c,
+            "vm[1].net[2].mac",
+            "of vm 'infotainment' (its net[2]) is already used by vm 'infotainment' (its net[0])",
+        );
+    }
+
+    #[test]
+    fn at_most_4_nets_per_vm() {
+        let mut c = with_net();
+        c.vms[1].nets = (0..5u8).map(|k| net(u16::from(k % 2), k + 1)).collect();
+        assert_one(&c, "vm[1].nets", "5 nets; a VM may have at most 4");
+        c.vms[1].nets.pop();
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn critical_vm_may_not_use_a_switch() {
+        let mut c = with_net();
+        c.vms[1].criticality = Criticality::Critical;
+        assert_one(
+            &c,
+            "vm[1].nets",
+            "a critical VM cannot use a shared switch because its frames would wait behind other VMs' traffic: give it no [[vm.net]], or make it criticality = \"normal\"",
+        );
+        // Even on a switch no other VM is a port of, without the uplink.
+        c.vms[1].nets[0].switch = 1;
+        assert_one(&c, "vm[1].nets", "a critical VM cannot use a shared switch");
+        c.vms[1].nets.clear();
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn disks_and_nets_share_the_8_virtio_devices() {
+        let mut c = with_net();
+        c.disks = vec![Disk {
+            name: "emmc".into(),
+            size: GIB,
+        }];
+        let slices = |n: u64| (0..n).map(|k| slice(0, k * 512, 512, false)).collect();
+        // 4 disks and 4 nets: the whole window.
+        c.vms[1].disks = slices(4);
+        c.vms[1].nets = (1..=4).map(|k| net(0, k)).collect();
+        assert_eq!(problems(&c), vec![]);
+        assert_eq!(c.vms[1].net_virtio_index(3), MAX_VIRTIO - 1);
+        // One more of either is over the window, and over its own limit.
+        c.vms[1].nets.push(net(1, 5));
+        assert_eq!(
+            problems(&c),
+            vec![
+                (
+                    "vm[1].nets".into(),
+                    "5 nets; a VM may have at most 4".into()
+                ),
+                (
+                    "vm[1].nets".into(),
+                    "4 disk slices and 5 nets make 9 virtio-mmio devices; a VM may have at most 8 (its disks are devices 0, 1, ..., then its nets)".into()
+                ),
+            ]
+        );
+        c.vms[1].nets.pop();
+        c.vms[1].disks = slices(5);
+        let p = problems(&c);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(
+            p[0],
+            (
+                "vm[1].disks".into(),
+                "5 disk slices; a VM may have at most 4".into()
+            )
+        );
+        assert_eq!(p[1].0, "vm[1].nets");
+        assert!(
+            p[1].1
+                .starts_with("5 disk slices and 4 nets make 9 virtio-mmio devices"),
+            "{p:?}"
+        );
+        // Disks alone over the limit are the disk limit's to report.
+        c.vms[1].nets.clear();
+        c.vms[1].disks = slices(9);
+        assert_one(&c, "vm[1].disks", "9 disk slices");
     }
 }

@@ -1073,17 +1073,20 @@ fn disk_unknown_keys_and_bad_values_are_parse_errors() {
     assert_eq!(d.field, "disk[0].colour");
 }
 
-/// The rejection files for disks and the virtio window fail exactly as
-/// their `# expect:` first line says (the rest of configs/bad/ needs the
+/// The rejection files for disks, nets and the virtio window fail exactly
+/// as their `# expect:` first line says (the rest of configs/bad/ needs the
 /// host tool, which checks them all).
 #[test]
-fn disk_and_virtio_rejection_files_fail_as_they_expect() {
+fn disk_net_and_virtio_rejection_files_fail_as_they_expect() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/bad");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if !(name.starts_with("disk-") || name.starts_with("passthrough-virtio-")) {
+        if !(name.starts_with("disk-")
+            || name.starts_with("net-")
+            || name.starts_with("passthrough-virtio-"))
+        {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
@@ -1105,5 +1108,231 @@ fn disk_and_virtio_rejection_files_fail_as_they_expect() {
         );
         checked += 1;
     }
-    assert!(checked >= 11, "only {checked} files");
+    assert!(checked >= 21, "only {checked} files");
+}
+
+/// Two bare-metal VMs on a 4-CPU board with switches `lan` (the uplink)
+/// and `dmz`; `first` and `second` go after each VM's table (e.g.
+/// `[[vm.net]]` tables).
+fn net_config(first: &str, second: &str) -> String {
+    format!(
+        "[board]\ncpus = 4\nmemory = \"1G\"\n\n\
+         [[switch]]\nname = \"lan\"\nuplink = true\n\n\
+         [[switch]]\nname = \"dmz\"\n\n\
+         [[vm]]\nname = \"safety\"\nguest = \"hello\"\nmemory = \"16M\"\npcpus = [0]\n{first}\n\
+         [[vm]]\nname = \"infotainment\"\nguest = \"hello\"\nmemory = \"16M\"\npcpus = [1]\n{second}"
+    )
+}
+
+const LAN: &str = "[[vm.net]]\nswitch = \"lan\"\nmac = \"52:54:00:12:34:56\"\n";
+
+#[test]
+fn switch_and_net_tables_parse_with_their_defaults() {
+    let dmz = "[[vm.net]]\nswitch = \"dmz\"\nmac = \"02:AB:cd:00:00:01\"\n";
+    let text = net_config(
+        dmz,
+        &format!("{ROOT}\n{LAN}\n{}", dmz.replace(":01", ":02")),
+    )
+    .replace(
+        "[[switch]]\nname = \"lan\"",
+        "[[disk]]\nname = \"emmc\"\nsize = \"8G\"\n\n[[switch]]\nname = \"lan\"",
+    );
+    let p = parse_ok(&text);
+    let c = &p.config;
+    assert_eq!(c.switches.len(), 2);
+    assert_eq!(c.switches[0].name, "lan");
+    assert!(c.switches[0].uplink);
+    assert!(!c.switches[1].uplink, "uplink defaults to false");
+    assert_eq!(c.vms[0].nets.len(), 1);
+    assert_eq!(c.vms[0].nets[0].switch, 1);
+    assert_eq!(
+        c.vms[0].nets[0].mac,
+        [0x02, 0xab, 0xcd, 0, 0, 1],
+        "any case"
+    );
+    let n = &c.vms[1].nets;
+    assert_eq!(n.len(), 2);
+    assert_eq!(
+        (n[0].switch, n[0].mac),
+        (0, [0x52, 0x54, 0, 0x12, 0x34, 0x56])
+    );
+    assert_eq!((n[1].switch, n[1].mac[5]), (1, 2));
+    // infotainment's disk is virtio device 0, its nets 1 and 2.
+    assert_eq!(c.vms[1].disks.len(), 1);
+    assert_eq!(c.vms[1].net_virtio_index(0), 1);
+    assert_eq!(c.vms[0].net_virtio_index(0), 0);
+    assert_eq!(p.check(IMAGE), Ok(()));
+    let bytes = bulkhead_config::encode(&p.config);
+    assert_eq!(bulkhead_config::decode(&bytes), Ok(p.config));
+}
+
+#[test]
+fn config_without_switches_has_none() {
+    let c = parse_ok(CAR).config;
+    assert!(c.switches.is_empty());
+    assert!(c.vms.iter().all(|vm| vm.nets.is_empty()));
+}
+
+#[test]
+fn net_on_an_unknown_switch_is_refused_on_its_switch_line() {
+    let text = net_config("", &LAN.replace("\"lan\"", "\"lna\""));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "\"lna\""));
+    assert_eq!(d.field, "vm[1].net[0].switch");
+    assert_eq!(
+        d.message,
+        "there is no switch named \"lna\"; the switches are \"lan\", \"dmz\""
+    );
+    let text = passthrough_config("", LAN);
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        d.message,
+        "there is no switch named \"lan\"; the config has no [[switch]]"
+    );
+}
+
+#[test]
+fn malformed_mac_is_refused_on_its_line() {
+    for bad in [
+        "52:54:00:12:34",
+        "52-54-00-12-34-56",
+        "52:54:00:12:34:5G",
+        "",
+    ] {
+        let text = net_config(&LAN.replace("52:54:00:12:34:56", bad), "");
+        let d = only(parse(&text, FILE).unwrap_err());
+        assert_eq!(d.line, line(&text, "mac ="));
+        assert_eq!(d.field, "vm[0].net[0].mac");
+        assert!(
+            d.message.starts_with(&format!("bad MAC address \"{bad}\"")),
+            "{}",
+            d.message
+        );
+    }
+    // Both a bad MAC and an unknown switch: one diagnostic each.
+    let text = net_config(&LAN.replace("\"lan\"", "\"x\"").replace("34:56", "34"), "");
+    let diags = parse(&text, FILE).unwrap_err();
+    let got: Vec<&str> = diags.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(got, ["vm[0].net[0].switch", "vm[0].net[0].mac"]);
+}
+
+#[test]
+fn net_problems_point_at_their_own_keys() {
+    let text = net_config(LAN, &LAN.replace("52:54", "52:55"));
+    assert_eq!(parse_ok(&text).check(IMAGE), Ok(()));
+    // Multicast, and the same MAC as safety's in upper case.
+    let text = net_config(
+        &format!("{LAN}\n{}", LAN.replace("52:54", "33:33")),
+        &LAN.replace(
+            "52:54:00:12:34:56",
+            "52:54:00:12:34:56".to_uppercase().as_str(),
+        ),
+    );
+    let diags = parse_ok(&text).check(IMAGE).unwrap_err();
+    let got: Vec<(usize, &str)> = diags.iter().map(|d| (d.line, d.field.as_str())).collect();
+    assert_eq!(
+        got,
+        vec![
+            (line(&text, "33:33"), "vm[0].net[1].mac"),
+            (
+                text.rfind("mac =")
+                    .map(|a| text[..a].matches('\n').count() + 1)
+                    .unwrap(),
+                "vm[1].net[0].mac"
+            ),
+        ]
+    );
+    assert!(
+        diags[0].message.contains("is a multicast address"),
+        "{}",
+        diags[0].message
+    );
+    assert_eq!(
+        diags[1].message,
+        "MAC address 52:54:00:12:34:56 of vm 'infotainment' (its net[0]) is already used by vm 'safety' (its net[0]); every net needs a MAC address of its own"
+    );
+}
+
+#[test]
+fn critical_vm_with_a_net_and_too_many_nets_point_at_the_first_net() {
+    let text = net_config(&format!("criticality = \"critical\"\n{LAN}"), "");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.field, "vm[0].net");
+    assert_eq!(d.line, line(&text, "[[vm.net]]"));
+    assert_eq!(
+        d.message,
+        "a critical VM cannot use a shared switch because its frames would wait behind other VMs' traffic: give it no [[vm.net]], or make it criticality = \"normal\""
+    );
+    let nets: String = (1..=5)
+        .map(|k| format!("[[vm.net]]\nswitch = \"dmz\"\nmac = \"02:00:00:00:00:0{k}\"\n"))
+        .collect();
+    let text = net_config("", &nets);
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.field, "vm[1].net");
+    assert_eq!(d.line, line(&text, "[[vm.net]]"));
+    assert_eq!(d.message, "5 nets; a VM may have at most 4");
+}
+
+#[test]
+fn switch_problems_are_reported_on_the_switch_tables() {
+    let text = net_config("", "").replace("name = \"dmz\"", "name = \"lan\"");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.field, "switch[1].name");
+    assert_eq!(
+        d.line,
+        text.rfind("name = \"lan\"")
+            .map(|a| text[..a].matches('\n').count() + 1)
+            .unwrap()
+    );
+    assert_eq!(d.message, "name 'lan' is already used by switch[0]");
+    let text = net_config("", "").replace("name = \"dmz\"", "name = \"dmz\"\nuplink = true");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (
+            text.rfind("uplink = true")
+                .map(|a| text[..a].matches('\n').count() + 1)
+                .unwrap(),
+            "switch[1].uplink"
+        )
+    );
+    assert!(
+        d.message.contains("switch[0] 'lan' already has"),
+        "{}",
+        d.message
+    );
+    let text = net_config("", "").replace("name = \"dmz\"", "name = \"DMZ\"");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "\"DMZ\""), "switch[1].name")
+    );
+}
+
+#[test]
+fn net_unknown_keys_and_bad_values_are_parse_errors() {
+    let text = net_config("", &format!("{LAN}vlan = 3\n"));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.field, "vm[1].net[0].vlan");
+    assert!(d.message.contains("unknown field `vlan`"), "{}", d.message);
+    let text = net_config("", &LAN.replace("mac = \"52:54:00:12:34:56\"\n", ""));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert!(d.message.contains("missing field `mac`"), "{}", d.message);
+    assert_eq!(d.line, line(&text, "[[vm.net]]"));
+    let text = net_config("", &LAN.replace("switch = \"lan\"\n", ""));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert!(
+        d.message.contains("missing field `switch`"),
+        "{}",
+        d.message
+    );
+    let text = net_config("", &LAN.replace("\"52:54:00:12:34:56\"", "0x525400123456"));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "0x525400123456"));
+    let text = net_config("", "").replace("uplink = true", "uplink = \"yes\"");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "\"yes\""));
+    let text = net_config("", "").replace("uplink = true", "uplink = true\nspeed = 1000");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.field, "switch[0].speed");
 }
