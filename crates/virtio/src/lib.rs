@@ -25,7 +25,9 @@ extern crate alloc;
 
 pub mod blk;
 pub mod mmio;
+pub mod net;
 pub mod queue;
+pub mod switch;
 
 mod mem;
 pub use mem::{offset_in, GuestMemory, MemError, SliceMem};

@@ -1,0 +1,528 @@
+//! The virtio network device (virtio 1.2, 5.1): one receive and one
+//! transmit queue, a fixed MAC, no offloads.
+//!
+//! Frames the guest sends are copied out of its transmit chains one at a
+//! time ([`Net::pop_tx`]) for the switch; frames for the guest are copied
+//! into its receive buffers ([`Net::deliver`]). Without
+//! VIRTIO_NET_F_MRG_RXBUF each receive buffer holds a whole frame, which
+//! Linux's small-buffer mode gives us. Every byte goes through
+//! [`GuestMemory`]; a frame that does not fit is dropped and counted, a
+//! broken ring makes the device need a reset, as for the block device.
+
+use crate::feature;
+use crate::mem::GuestMemory;
+use crate::mmio::{self, Event, Transport};
+use crate::queue::{Desc, Queue, QueueError};
+use alloc::vec::Vec;
+
+pub const DEVICE_ID: u32 = 1;
+
+/// Feature bits (5.1.3).
+pub mod f {
+    /// `mac` in the configuration space is valid.
+    pub const MAC: u64 = 1 << 5;
+    /// `status` in the configuration space is valid (link up).
+    pub const STATUS: u64 = 1 << 16;
+}
+
+/// `virtio_net_hdr_v1` before every frame: flags, gso_type, hdr_len,
+/// gso_size, csum_start, csum_offset, num_buffers (always there with
+/// VERSION_1).
+pub const HDR_LEN: usize = 12;
+/// The largest frame: 14 bytes of Ethernet header, a VLAN tag and an MTU
+/// of 1500 (no frame check sequence: devices do not carry it).
+pub const MAX_FRAME: usize = 1518;
+/// The smallest: an Ethernet header.
+pub const MIN_FRAME: usize = 14;
+pub const RX: usize = 0;
+pub const TX: usize = 1;
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Counters for the shell.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Transmit chains dropped: too short or long, or device-writable.
+    pub tx_dropped: u64,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    /// Frames for the guest dropped: no receive buffer, or one too small.
+    pub rx_dropped: u64,
+    pub kicks: u64,
+    pub interrupts: u64,
+    pub resets_needed: u64,
+}
+
+/// What a delivery came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// In the guest's buffer; whether it wants an interrupt.
+    Delivered { interrupt: bool },
+    /// Dropped: the guest has no buffer posted, or it is too small.
+    NoBuffer,
+    /// The device is not running (driver not ready, or needs a reset).
+    NotLive,
+    /// The receive ring is broken; the device now needs a reset.
+    Broken(QueueError),
+}
+
+/// What a register write asks of the hypervisor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetEvent {
+    /// The guest notified its transmit queue: call [`Net::pop_tx`].
+    pub tx: bool,
+    /// A queue was given up at setup (layout outside RAM).
+    pub refused: bool,
+}
+
+pub struct Net {
+    pub transport: Transport<2>,
+    pub mac: [u8; 6],
+    queues: [Option<Queue>; 2],
+    config: [u8; 8],
+    chain: Vec<Desc>,
+    pub stats: NetStats,
+}
+
+impl Net {
+    pub fn new(mac: [u8; 6]) -> Net {
+        let mut config = [0u8; 8];
+        config[..6].copy_from_slice(&mac);
+        config[6..8].copy_from_slice(&1u16.to_le_bytes()); // VIRTIO_NET_S_LINK_UP
+        Net {
+            transport: Transport::new(
+                DEVICE_ID,
+                f::MAC | f::STATUS | feature::RING_EVENT_IDX | feature::VERSION_1,
+                QUEUE_SIZE,
+            ),
+            mac,
+            queues: [None, None],
+            config,
+            chain: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            stats: NetStats::default(),
+        }
+    }
+
+    pub fn irq_level(&self) -> bool {
+        self.transport.interrupt_status != 0
+    }
+
+    pub fn reset(&mut self) {
+        self.transport.reset();
+        self.queues = [None, None];
+    }
+
+    pub fn mmio_read(&self, off: u64, size: u8) -> Option<u32> {
+        self.transport.read(off, size, &self.config)
+    }
+
+    #[allow(clippy::result_unit_err)]
+    pub fn mmio_write(
+        &mut self,
+        off: u64,
+        size: u8,
+        value: u32,
+        mem: &impl GuestMemory,
+    ) -> Result<NetEvent, ()> {
+        let mut ev = NetEvent::default();
+        match self.transport.write(off, size, value)? {
+            None | Some(Event::Interrupt) => {}
+            Some(Event::Reset) => self.queues = [None, None],
+            Some(Event::QueueReady(q)) => {
+                let q = usize::from(q);
+                let regs = self.transport.queues[q];
+                if regs.layout().check(mem).is_ok() {
+                    let event_idx = self.transport.negotiated() & feature::RING_EVENT_IDX != 0;
+                    self.queues[q] = Some(Queue::new(regs.layout(), event_idx));
+                } else {
+                    self.transport.queues[q].ready = false;
+                    ev.refused = true;
+                }
+            }
+            Some(Event::Notify(q)) => {
+                self.stats.kicks += 1;
+                // Receive buffers are used when a frame arrives; nothing
+                // waits for them here.
+                ev.tx = usize::from(q) == TX;
+            }
+        }
+        Ok(ev)
+    }
+
+    fn broken(&mut self, q: usize, e: QueueError) -> QueueError {
+        self.queues[q] = None;
+        self.transport.needs_reset();
+        self.stats.resets_needed += 1;
+        e
+    }
+
+    /// The next frame the guest sent, copied into `buf` (its length), or
+    /// `None` when it has sent nothing more. Chains that are no frame are
+    /// returned to the guest and counted as dropped.
+    pub fn pop_tx(
+        &mut self,
+        mem: &impl GuestMemory,
+        buf: &mut [u8; MAX_FRAME],
+    ) -> Result<Option<usize>, QueueError> {
+        if !self.transport.live() {
+            return Ok(None);
+        }
+        let Some(mut q) = self.queues[TX].take() else {
+            return Ok(None);
+        };
+        let r = self.pop_tx_from(&mut q, mem, buf);
+        match r {
+            Ok(v) => {
+                self.queues[TX] = Some(q);
+                Ok(v)
+            }
+            Err(e) => Err(self.broken(TX, e)),
+        }
+    }
+
+    fn pop_tx_from(
+        &mut self,
+        q: &mut Queue,
+        mem: &impl GuestMemory,
+        buf: &mut [u8; MAX_FRAME],
+    ) -> Result<Option<usize>, QueueError> {
+        loop {
+            let Some(head) = q.pop(mem, &mut self.chain)? else {
+                if q.rearm(mem)? {
+                    continue;
+                }
+                return Ok(None);
+            };
+            let frame = gather(mem, &self.chain, buf);
+            q.push_used(mem, head, 0)?;
+            match frame {
+                Some(len) => {
+                    self.stats.tx_frames += 1;
+                    self.stats.tx_bytes += len as u64;
+                    return Ok(Some(len));
+                }
+                None => self.stats.tx_dropped += 1,
+            }
+        }
+    }
+
+    /// After a transmit batch: whether the guest wants an interrupt for
+    /// the chains returned (and the InterruptStatus bit set if so).
+    pub fn tx_done(&mut self, mem: &impl GuestMemory) -> bool {
+        let Some(mut q) = self.queues[TX].take() else {
+            return false;
+        };
+        match q.needs_interrupt(mem) {
+            Ok(want) => {
+                self.queues[TX] = Some(q);
+                self.interrupt(want)
+            }
+            Err(e) => {
+                self.broken(TX, e);
+                true
+            }
+        }
+    }
+
+    fn interrupt(&mut self, want: bool) -> bool {
+        if want {
+            self.transport.interrupt_status |= mmio::INT_VRING;
+            self.stats.interrupts += 1;
+        }
+        want
+    }
+
+    /// Copies `frame` into the guest's next receive buffer.
+    pub fn deliver(&mut self, mem: &impl GuestMemory, frame: &[u8]) -> Delivery {
+        if !self.transport.live() {
+            return Delivery::NotLive;
+        }
+        let Some(mut q) = self.queues[RX].take() else {
+            return Delivery::NotLive;
+        };
+        match self.deliver_to(&mut q, mem, frame) {
+            Ok(Some(interrupt)) => {
+                self.queues[RX] = Some(q);
+                Delivery::Delivered {
+                    interrupt: self.interrupt(interrupt),
+                }
+            }
+            Ok(None) => {
+                self.queues[RX] = Some(q);
+                self.stats.rx_dropped += 1;
+                Delivery::NoBuffer
+            }
+            Err(e) => {
+                self.stats.rx_dropped += 1;
+                Delivery::Broken(self.broken(RX, e))
+            }
+        }
+    }
+
+    fn deliver_to(
+        &mut self,
+        q: &mut Queue,
+        mem: &impl GuestMemory,
+        frame: &[u8],
+    ) -> Result<Option<bool>, QueueError> {
+        let Some(head) = q.pop(mem, &mut self.chain)? else {
+            // Ask to be told when buffers come (event idx), then look once
+            // more: one may have been added meanwhile.
+            if !q.rearm(mem)? {
+                return Ok(None);
+            }
+            return self.deliver_to(q, mem, frame);
+        };
+        let room: u64 = self.chain.iter().map(|d| u64::from(d.len)).sum();
+        let need = (HDR_LEN + frame.len()) as u64;
+        if self.chain.iter().any(|d| !d.write) || room < need || frame.len() > MAX_FRAME {
+            // Not a receive buffer, or too small for this frame: give it
+            // back empty (the driver counts a length error).
+            q.push_used(mem, head, 0)?;
+            return Ok(None);
+        }
+        let mut header = [0u8; HDR_LEN];
+        header[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
+        let ok = scatter(mem, &self.chain, &[&header, frame]);
+        let len = if ok { need as u32 } else { 0 };
+        q.push_used(mem, head, len)?;
+        if !ok {
+            return Ok(None);
+        }
+        self.stats.rx_frames += 1;
+        self.stats.rx_bytes += frame.len() as u64;
+        Ok(Some(q.needs_interrupt(mem)?))
+    }
+}
+
+/// The frame in a transmit chain (after its header), if it is one: only
+/// device-readable buffers, 14 to 1518 bytes of frame, all guest RAM.
+fn gather(mem: &impl GuestMemory, chain: &[Desc], buf: &mut [u8; MAX_FRAME]) -> Option<usize> {
+    if chain.iter().any(|d| d.write) {
+        return None;
+    }
+    let total: u64 = chain.iter().map(|d| u64::from(d.len)).sum();
+    let len = usize::try_from(total).ok()?.checked_sub(HDR_LEN)?;
+    if !(MIN_FRAME..=MAX_FRAME).contains(&len) {
+        return None;
+    }
+    let mut skip = HDR_LEN;
+    let mut at = 0;
+    for d in chain {
+        let n = d.len as usize;
+        let s = skip.min(n);
+        skip -= s;
+        let piece = n - s;
+        if piece == 0 {
+            continue;
+        }
+        mem.read(d.addr.checked_add(s as u64)?, buf.get_mut(at..at + piece)?)
+            .ok()?;
+        at += piece;
+    }
+    Some(len)
+}
+
+/// Writes `parts` one after the other across the chain's buffers; false
+/// if a buffer is not guest RAM.
+fn scatter(mem: &impl GuestMemory, chain: &[Desc], parts: &[&[u8]]) -> bool {
+    let mut descs = chain.iter();
+    let (mut addr, mut left) = (0u64, 0u64);
+    for part in parts {
+        let mut rest: &[u8] = part;
+        while !rest.is_empty() {
+            if left == 0 {
+                let Some(d) = descs.next() else {
+                    return false;
+                };
+                (addr, left) = (d.addr, u64::from(d.len));
+                continue;
+            }
+            let n = (left.min(rest.len() as u64)) as usize;
+            if mem.write(addr, &rest[..n]).is_err() {
+                return false;
+            }
+            rest = &rest[n..];
+            addr = addr.wrapping_add(n as u64);
+            left -= n as u64;
+        }
+    }
+    true
+}
+
+/// Brings a device up as Linux's driver does, with both queues, for
+/// tests and fuzzing.
+pub fn driver_init(
+    net: &mut Net,
+    rx: crate::queue::Layout,
+    tx: crate::queue::Layout,
+    mem: &impl GuestMemory,
+) {
+    use crate::mmio::reg;
+    use crate::status;
+    let offered = net.transport.device_features;
+    let mut w = |off, v| {
+        let _ = net.mmio_write(off, 4, v, mem);
+    };
+    w(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+    w(reg::DRIVER_FEATURES_SEL, 0);
+    w(reg::DRIVER_FEATURES, offered as u32);
+    w(reg::DRIVER_FEATURES_SEL, 1);
+    w(reg::DRIVER_FEATURES, (offered >> 32) as u32);
+    w(reg::STATUS, status::FEATURES_OK);
+    for (i, l) in [rx, tx].into_iter().enumerate() {
+        w(reg::QUEUE_SEL, i as u32);
+        w(reg::QUEUE_NUM, u32::from(l.size));
+        w(reg::QUEUE_DESC_LOW, l.desc as u32);
+        w(reg::QUEUE_DESC_HIGH, (l.desc >> 32) as u32);
+        w(reg::QUEUE_DRIVER_LOW, l.avail as u32);
+        w(reg::QUEUE_DRIVER_HIGH, (l.avail >> 32) as u32);
+        w(reg::QUEUE_DEVICE_LOW, l.used as u32);
+        w(reg::QUEUE_DEVICE_HIGH, (l.used >> 32) as u32);
+        w(reg::QUEUE_READY, 1);
+    }
+    w(reg::STATUS, status::DRIVER_OK);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem::SliceMem;
+    use crate::queue::driver::Driver;
+    use alloc::vec;
+
+    const BASE: u64 = 0x4000_0000;
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+
+    fn frame(len: usize, fill: u8) -> Vec<u8> {
+        let mut f = vec![fill; len];
+        f[..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&MAC);
+        f
+    }
+
+    fn up(mem: &SliceMem) -> (Net, Driver, Driver) {
+        let rx = Driver::new(BASE, 16);
+        let tx = Driver::new(BASE + 0x1000, 16);
+        let mut net = Net::new(MAC);
+        driver_init(&mut net, rx.layout, tx.layout, mem);
+        assert!(net.transport.live());
+        (net, rx, tx)
+    }
+
+    #[test]
+    fn config_space_has_the_mac_and_link_up() {
+        let net = Net::new(MAC);
+        let lo = net.mmio_read(mmio::CONFIG, 4).unwrap();
+        assert_eq!(lo.to_le_bytes(), [0x52, 0x54, 0, 0]);
+        assert_eq!(net.mmio_read(mmio::CONFIG + 6, 2), Some(1));
+        assert_eq!(net.mmio_read(mmio::reg::DEVICE_ID, 4), Some(1));
+    }
+
+    #[test]
+    fn frames_go_out_and_come_in_across_split_buffers() {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, mut rx, mut tx) = up(&mem);
+        let f = frame(100, 0x77);
+        // Header in one buffer, the frame split in two.
+        mem.write(BASE + 0x10_000, &[0; HDR_LEN]).unwrap();
+        mem.write(BASE + 0x11_000, &f[..40]).unwrap();
+        mem.write(BASE + 0x12_000, &f[40..]).unwrap();
+        let h = tx.add(
+            &mem,
+            &[
+                (BASE + 0x10_000, HDR_LEN as u32, false),
+                (BASE + 0x11_000, 40, false),
+                (BASE + 0x12_000, 60, false),
+            ],
+        );
+        let ev = net.mmio_write(mmio::reg::QUEUE_NOTIFY, 4, 1, &mem).unwrap();
+        assert!(ev.tx);
+        let mut buf = [0u8; MAX_FRAME];
+        assert_eq!(net.pop_tx(&mem, &mut buf), Ok(Some(100)));
+        assert_eq!(&buf[..100], &f[..]);
+        assert_eq!(net.pop_tx(&mem, &mut buf), Ok(None));
+        assert_eq!(tx.take_used(&mem), Some((h, 0)));
+
+        // Receive: a buffer of 2 pieces.
+        let r = rx.add(
+            &mem,
+            &[(BASE + 0x20_000, 64, true), (BASE + 0x21_000, 1500, true)],
+        );
+        assert!(matches!(net.deliver(&mem, &f), Delivery::Delivered { .. }));
+        assert_eq!(rx.take_used(&mem), Some((r, (HDR_LEN + 100) as u32)));
+        let mut got = vec![0u8; 64];
+        mem.read(BASE + 0x20_000, &mut got).unwrap();
+        assert_eq!(&got[10..12], &[1, 0], "num_buffers");
+        assert_eq!(&got[HDR_LEN..], &f[..64 - HDR_LEN]);
+        let mut rest = vec![0u8; 100 - (64 - HDR_LEN)];
+        mem.read(BASE + 0x21_000, &mut rest).unwrap();
+        assert_eq!(&rest[..], &f[64 - HDR_LEN..]);
+        assert_eq!((net.stats.tx_frames, net.stats.rx_frames), (1, 1));
+    }
+
+    #[test]
+    fn bad_transmit_chains_are_dropped_not_sent() {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, _rx, mut tx) = up(&mem);
+        let mut buf = [0u8; MAX_FRAME];
+        for chain in [
+            vec![(BASE + 0x10_000, (HDR_LEN + 10) as u32, false)], // runt
+            vec![(BASE + 0x10_000, (HDR_LEN + MAX_FRAME + 1) as u32, false)], // giant
+            vec![(BASE + 0x10_000, 200, true)],                    // device-writable
+            vec![(0x4020_0000, 200, false)],                       // outside RAM
+            vec![(BASE + 0x10_000, u32::MAX, false)],
+        ] {
+            tx.add(&mem, &chain);
+        }
+        assert_eq!(net.pop_tx(&mem, &mut buf), Ok(None));
+        assert_eq!((net.stats.tx_frames, net.stats.tx_dropped), (0, 5));
+        assert!(net.transport.live(), "bad frames do not break the queue");
+    }
+
+    #[test]
+    fn a_frame_with_no_room_is_dropped() {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, mut rx, _tx) = up(&mem);
+        let f = frame(1000, 1);
+        assert_eq!(
+            net.deliver(&mem, &f),
+            Delivery::NoBuffer,
+            "no buffer posted"
+        );
+        let small = rx.add(&mem, &[(BASE + 0x20_000, 500, true)]);
+        assert_eq!(net.deliver(&mem, &f), Delivery::NoBuffer);
+        assert_eq!(rx.take_used(&mem), Some((small, 0)));
+        rx.add(&mem, &[(BASE + 0x20_000, 100, false)]);
+        assert_eq!(net.deliver(&mem, &f), Delivery::NoBuffer, "not writable");
+        assert_eq!(net.stats.rx_dropped, 3);
+        rx.add(&mem, &[(BASE + 0x20_000, 1600, true)]);
+        assert!(matches!(net.deliver(&mem, &f), Delivery::Delivered { .. }));
+    }
+
+    #[test]
+    fn a_broken_ring_needs_a_reset() {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, mut rx, _tx) = up(&mem);
+        rx.write_desc(
+            &mem,
+            0,
+            BASE + 0x20_000,
+            64,
+            crate::queue::DESC_F_NEXT | 2,
+            0,
+        );
+        rx.publish(&mem, 0);
+        assert_eq!(
+            net.deliver(&mem, &frame(60, 0)),
+            Delivery::Broken(QueueError::ChainTooLong)
+        );
+        assert!(!net.transport.live());
+        assert_eq!(net.deliver(&mem, &frame(60, 0)), Delivery::NotLive);
+    }
+}

@@ -1,0 +1,264 @@
+//! A learning Ethernet switch (pure): which ports a frame goes to.
+//!
+//! Ports are the VMs' virtio-net devices and, optionally, an uplink to the
+//! physical NIC. A VM port has the MAC its config gives and may send only
+//! from it: a frame with another source is dropped (a VM cannot pose as
+//! another, or as a host on the uplink). Those MACs are static entries of
+//! the table, never re-learned from another port, so no port can draw a
+//! VM's traffic to itself. Other sources (hosts behind the uplink) are
+//! learned, up to a fixed number of entries, the least recently seen
+//! replaced first. Broadcast, multicast and unknown destinations flood
+//! to every other port.
+
+use alloc::vec::Vec;
+
+pub type Mac = [u8; 6];
+
+/// What to do with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dest {
+    Port(usize),
+    /// Every port but the one it came from.
+    Flood,
+    Drop(Why),
+}
+
+/// Why a frame was dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Shorter than an Ethernet header or longer than 1518 bytes.
+    Size,
+    /// A VM port sent from a MAC not its own, or a port sent from a VM's.
+    Spoofed,
+    /// A multicast source address.
+    BadSource,
+    /// The destination is on the port it came from.
+    SamePort,
+    /// No such port.
+    NoPort,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwitchStats {
+    pub forwarded: u64,
+    pub flooded: u64,
+    pub dropped: u64,
+    pub spoofed: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    mac: Mac,
+    port: usize,
+    /// Static entries (a VM port's MAC) are never moved or replaced.
+    fixed: bool,
+    seen: u64,
+}
+
+pub struct Switch {
+    /// Each port's own MAC if it is a VM port.
+    ports: Vec<Option<Mac>>,
+    table: Vec<Entry>,
+    learned_max: usize,
+    clock: u64,
+    pub stats: SwitchStats,
+}
+
+pub fn is_multicast(mac: &Mac) -> bool {
+    mac[0] & 1 != 0
+}
+
+impl Switch {
+    /// `ports[i]` is `Some(mac)` for a VM port, `None` for the uplink;
+    /// at most `learned_max` addresses are learned besides the VMs'.
+    pub fn new(ports: Vec<Option<Mac>>, learned_max: usize) -> Switch {
+        let table = ports
+            .iter()
+            .enumerate()
+            .filter_map(|(port, m)| {
+                m.map(|mac| Entry {
+                    mac,
+                    port,
+                    fixed: true,
+                    seen: 0,
+                })
+            })
+            .collect();
+        Switch {
+            ports,
+            table,
+            learned_max,
+            clock: 0,
+            stats: SwitchStats::default(),
+        }
+    }
+
+    pub fn ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Where the port of `mac` is, if known.
+    pub fn lookup(&self, mac: &Mac) -> Option<usize> {
+        self.table.iter().find(|e| &e.mac == mac).map(|e| e.port)
+    }
+
+    /// Decides where `frame`, arriving on `port`, goes, learning its source.
+    pub fn forward(&mut self, port: usize, frame: &[u8]) -> Dest {
+        let d = self.decide(port, frame);
+        match d {
+            Dest::Port(_) => self.stats.forwarded += 1,
+            Dest::Flood => self.stats.flooded += 1,
+            Dest::Drop(Why::Spoofed) => {
+                self.stats.spoofed += 1;
+                self.stats.dropped += 1;
+            }
+            Dest::Drop(_) => self.stats.dropped += 1,
+        }
+        d
+    }
+
+    fn decide(&mut self, port: usize, frame: &[u8]) -> Dest {
+        if !(crate::net::MIN_FRAME..=crate::net::MAX_FRAME).contains(&frame.len()) {
+            return Dest::Drop(Why::Size);
+        }
+        let Some(&own) = self.ports.get(port) else {
+            return Dest::Drop(Why::NoPort);
+        };
+        let mut dst = [0u8; 6];
+        let mut src = [0u8; 6];
+        dst.copy_from_slice(&frame[..6]);
+        src.copy_from_slice(&frame[6..12]);
+        if is_multicast(&src) {
+            return Dest::Drop(Why::BadSource);
+        }
+        if own.is_some_and(|m| m != src) {
+            return Dest::Drop(Why::Spoofed);
+        }
+        if !self.learn(src, port) {
+            return Dest::Drop(Why::Spoofed);
+        }
+        if is_multicast(&dst) {
+            return Dest::Flood;
+        }
+        match self.lookup(&dst) {
+            Some(p) if p == port => Dest::Drop(Why::SamePort),
+            Some(p) => Dest::Port(p),
+            None => Dest::Flood,
+        }
+    }
+
+    /// Records that `mac` is on `port`; false if it is a VM's MAC seen on
+    /// another port.
+    fn learn(&mut self, mac: Mac, port: usize) -> bool {
+        self.clock += 1;
+        let now = self.clock;
+        if let Some(e) = self.table.iter_mut().find(|e| e.mac == mac) {
+            if e.fixed {
+                return e.port == port;
+            }
+            e.port = port;
+            e.seen = now;
+            return true;
+        }
+        let learned = self.table.iter().filter(|e| !e.fixed).count();
+        if learned >= self.learned_max {
+            let oldest = self
+                .table
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| !e.fixed)
+                .min_by_key(|(_, e)| e.seen)
+                .map(|(i, _)| i);
+            match oldest {
+                Some(i) => {
+                    self.table.swap_remove(i);
+                }
+                None => return true,
+            }
+        }
+        self.table.push(Entry {
+            mac,
+            port,
+            fixed: false,
+            seen: now,
+        });
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    const A: Mac = [0x52, 0x54, 0, 0, 0, 0xa];
+    const B: Mac = [0x52, 0x54, 0, 0, 0, 0xb];
+    const HOST: Mac = [0x02, 0, 0, 0, 0, 0xfe];
+    const BCAST: Mac = [0xff; 6];
+
+    fn f(dst: Mac, src: Mac) -> Vec<u8> {
+        let mut v = vec![0u8; 60];
+        v[..6].copy_from_slice(&dst);
+        v[6..12].copy_from_slice(&src);
+        v
+    }
+
+    fn sw() -> Switch {
+        // Port 0: VM a, port 1: VM b, port 2: the uplink.
+        Switch::new(vec![Some(A), Some(B), None], 4)
+    }
+
+    #[test]
+    fn vm_to_vm_is_forwarded_broadcast_is_flooded() {
+        let mut s = sw();
+        assert_eq!(s.forward(0, &f(B, A)), Dest::Port(1));
+        assert_eq!(s.forward(1, &f(A, B)), Dest::Port(0));
+        assert_eq!(s.forward(0, &f(BCAST, A)), Dest::Flood);
+        // Unknown destination: flooded until learned.
+        assert_eq!(s.forward(0, &f(HOST, A)), Dest::Flood);
+        assert_eq!(s.forward(2, &f(A, HOST)), Dest::Port(0));
+        assert_eq!(s.forward(0, &f(HOST, A)), Dest::Port(2));
+        assert_eq!(s.stats.forwarded, 4);
+    }
+
+    #[test]
+    fn no_port_can_pose_as_a_vm() {
+        let mut s = sw();
+        // VM a sends from b's MAC: dropped.
+        assert_eq!(s.forward(0, &f(BCAST, B)), Dest::Drop(Why::Spoofed));
+        // The uplink sends from a's MAC: dropped, and a's traffic still
+        // goes to a.
+        assert_eq!(s.forward(2, &f(B, A)), Dest::Drop(Why::Spoofed));
+        assert_eq!(s.forward(1, &f(A, B)), Dest::Port(0));
+        assert_eq!(s.stats.spoofed, 2);
+        assert_eq!(
+            s.forward(0, &f(BCAST, [2, 2, 3, 4, 5, 6])),
+            Dest::Drop(Why::Spoofed)
+        );
+        assert_eq!(
+            s.forward(2, &f(A, [1, 0, 0, 0, 0, 1])),
+            Dest::Drop(Why::BadSource)
+        );
+    }
+
+    #[test]
+    fn bad_sizes_ports_and_hairpins_are_dropped() {
+        let mut s = sw();
+        assert_eq!(s.forward(0, &[0u8; 13]), Dest::Drop(Why::Size));
+        assert_eq!(s.forward(0, &vec![0u8; 1519]), Dest::Drop(Why::Size));
+        assert_eq!(s.forward(9, &f(B, A)), Dest::Drop(Why::NoPort));
+        assert_eq!(s.forward(0, &f(A, A)), Dest::Drop(Why::SamePort));
+    }
+
+    #[test]
+    fn learning_is_bounded_and_forgets_the_oldest() {
+        let mut s = sw();
+        for i in 0..10u8 {
+            s.forward(2, &f(BCAST, [2, 0, 0, 0, 0, i]));
+        }
+        assert_eq!(s.table.len(), 2 + 4, "two VMs and four learned hosts");
+        assert_eq!(s.lookup(&[2, 0, 0, 0, 0, 9]), Some(2));
+        assert_eq!(s.lookup(&[2, 0, 0, 0, 0, 0]), None, "the oldest went");
+        assert_eq!(s.lookup(&A), Some(0), "VM entries are never replaced");
+    }
+}
