@@ -106,6 +106,13 @@ impl Layout {
     }
 }
 
+/// `base + off`: an address past 2^64 is not guest RAM either. A layout
+/// that passed [`Layout::check`] never gets here, but `Queue` takes any.
+fn ipa(base: u64, off: u64) -> Result<u64, QueueError> {
+    base.checked_add(off)
+        .ok_or(QueueError::Memory { ipa: base })
+}
+
 /// The device's side of one split virtqueue.
 #[derive(Clone, Debug)]
 pub struct Queue {
@@ -137,7 +144,7 @@ impl Queue {
 
     /// Reads `avail.idx` and checks it against what we took.
     fn avail_idx(&self, mem: &impl GuestMemory) -> Result<u16, QueueError> {
-        let at = self.layout.avail + 2;
+        let at = ipa(self.layout.avail, 2)?;
         let idx = mem
             .read_u16(at)
             .map_err(|_| QueueError::Memory { ipa: at })?;
@@ -165,7 +172,7 @@ impl Queue {
         // The entries and descriptors were written before the index.
         mem.fence();
         let n = self.size();
-        let slot = self.layout.avail + 4 + 2 * u64::from(self.last_avail % n);
+        let slot = ipa(self.layout.avail, 4 + 2 * u64::from(self.last_avail % n))?;
         let head = mem
             .read_u16(slot)
             .map_err(|_| QueueError::Memory { ipa: slot })?;
@@ -177,7 +184,7 @@ impl Queue {
             if chain.len() >= usize::from(n) {
                 return Err(QueueError::ChainTooLong);
             }
-            let at = self.layout.desc + 16 * u64::from(index);
+            let at = ipa(self.layout.desc, 16 * u64::from(index))?;
             let mut raw = [0u8; 16];
             mem.read(at, &mut raw)
                 .map_err(|_| QueueError::Memory { ipa: at })?;
@@ -205,7 +212,8 @@ impl Queue {
         Ok(Some(head))
     }
 
-    /// Gives chain `head` back with `len` bytes written into it.
+    /// Gives chain `head` back with `len` bytes written into it. A head
+    /// past the table (any head, for a queue of size 0) was never taken.
     pub fn push_used(
         &mut self,
         mem: &impl GuestMemory,
@@ -213,7 +221,10 @@ impl Queue {
         len: u32,
     ) -> Result<(), QueueError> {
         let n = self.size();
-        let slot = self.layout.used + 4 + 8 * u64::from(self.used_idx % n);
+        if head >= n {
+            return Err(QueueError::DescIndex { index: head });
+        }
+        let slot = ipa(self.layout.used, 4 + 8 * u64::from(self.used_idx % n))?;
         let mut elem = [0u8; 8];
         elem[..4].copy_from_slice(&u32::from(head).to_le_bytes());
         elem[4..].copy_from_slice(&len.to_le_bytes());
@@ -222,7 +233,7 @@ impl Queue {
         // The entry before the index that publishes it.
         mem.fence();
         self.used_idx = self.used_idx.wrapping_add(1);
-        let at = self.layout.used + 2;
+        let at = ipa(self.layout.used, 2)?;
         mem.write_u16(at, self.used_idx)
             .map_err(|_| QueueError::Memory { ipa: at })
     }
@@ -233,7 +244,7 @@ impl Queue {
     /// the driver will not send. True if there is more to do.
     pub fn rearm(&mut self, mem: &impl GuestMemory) -> Result<bool, QueueError> {
         if self.event_idx {
-            let at = self.layout.used + 4 + 8 * u64::from(self.size());
+            let at = ipa(self.layout.used, 4 + 8 * u64::from(self.size()))?;
             mem.write_u16(at, self.last_avail)
                 .map_err(|_| QueueError::Memory { ipa: at })?;
             mem.fence();
@@ -252,7 +263,7 @@ impl Queue {
         // Our used.idx store before the driver's event index load.
         mem.fence();
         let want = if self.event_idx {
-            let at = self.layout.avail + 4 + 2 * u64::from(self.size());
+            let at = ipa(self.layout.avail, 4 + 2 * u64::from(self.size()))?;
             let event = mem
                 .read_u16(at)
                 .map_err(|_| QueueError::Memory { ipa: at })?;
@@ -592,5 +603,78 @@ mod tests {
             q.push_used(&mem, h, 1).unwrap();
             assert_eq!(d.take_used(&mem), Some((h, 1)));
         }
+    }
+
+    #[test]
+    fn an_unchecked_layout_at_the_top_of_the_address_space_is_a_memory_error() {
+        // Found by the virtqueue fuzz target: `avail + 2` (and each other
+        // area's `base + offset`) overflowed, a panic with overflow checks
+        // and a wrapped address without them.
+        let mut buf = vec![0u8; 4096];
+        let mem = SliceMem::new(BASE, &mut buf);
+        for base in [u64::MAX, u64::MAX - 1, u64::MAX - 3] {
+            let layout = Layout {
+                size: 4,
+                desc: base,
+                avail: base,
+                used: base,
+            };
+            let mut q = Queue::new(layout, true);
+            let mut chain = Vec::new();
+            assert!(matches!(
+                q.pop(&mem, &mut chain),
+                Err(QueueError::Memory { .. })
+            ));
+            assert!(matches!(q.rearm(&mem), Err(QueueError::Memory { .. })));
+            assert!(matches!(
+                q.push_used(&mem, 0, 1),
+                Err(QueueError::Memory { .. })
+            ));
+            // The table alone at the top: the ring is read, the descriptor
+            // address overflows.
+            let d = Driver::new(BASE, 4);
+            let mut q = Queue::new(
+                Layout {
+                    desc: base,
+                    ..d.layout
+                },
+                false,
+            );
+            mem.write_u16(d.layout.avail + 2, 1).unwrap();
+            mem.write_u16(d.layout.avail + 4, 3).unwrap();
+            assert!(matches!(
+                q.pop(&mem, &mut chain),
+                Err(QueueError::Memory { .. })
+            ));
+            mem.write_u16(d.layout.avail + 2, 0).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_queue_of_size_0_or_a_head_past_the_table_is_not_pushed() {
+        // Found writing the virtqueue fuzz target: push_used on a queue of
+        // size 0 divided by zero (`used_idx % 0`).
+        let mut buf = vec![0u8; 64 << 10];
+        let mem = SliceMem::new(BASE, &mut buf);
+        let d = Driver::new(BASE, 4);
+        let mut q = Queue::new(
+            Layout {
+                size: 0,
+                ..d.layout
+            },
+            true,
+        );
+        assert_eq!(q.pop(&mem, &mut Vec::new()), Ok(None));
+        assert_eq!(
+            q.push_used(&mem, 0, 1),
+            Err(QueueError::DescIndex { index: 0 })
+        );
+        let mut q = Queue::new(d.layout, true);
+        assert_eq!(
+            q.push_used(&mem, 4, 1),
+            Err(QueueError::DescIndex { index: 4 })
+        );
+        assert_eq!(mem.read_u16(d.layout.used + 2), Ok(0), "nothing published");
+        assert_eq!(q.in_flight(), 0);
     }
 }
