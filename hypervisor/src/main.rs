@@ -9,6 +9,7 @@ extern crate alloc;
 mod arch;
 mod channel;
 mod console;
+mod net;
 mod percpu;
 mod platform;
 mod shell;
@@ -163,6 +164,7 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     // (INTID 26 on SBSA-style boards); it times console flow control.
     system::set_el2_timer_intid(plat.timer_intids.get(3).copied().unwrap_or(26));
     virtio::probe(&plat.virtio);
+    net::probe(&plat.virtio);
     let sys = build_system(plat, &payload, &mut free, pa_range, pa_bits.min(39));
     let sys = system::install(sys);
     let focus = cfg_focus(sys);
@@ -172,6 +174,13 @@ extern "C" fn primary_main(dtb: usize) -> ! {
         log::info!("console input is taken on cpu{cpu}");
         gic::enable_spi(intid, plat.cpus.get(cpu).copied().unwrap_or(0));
         console::enable_rx(intid);
+    }
+    // Frames from the physical NIC are switched where console input is
+    // taken: never on a critical VM's pCPU.
+    if let Some(intid) = net::uplink_intid() {
+        let cpu = console_cpu(sys, focus);
+        log::info!("the uplink's interrupt {intid} is taken on cpu{cpu}");
+        gic::enable_spi(intid, plat.cpus.get(cpu).copied().unwrap_or(0));
     }
     match focus.and_then(|i| sys.vms.get(i)) {
         Some(vm) => log::info!(
@@ -310,6 +319,9 @@ fn passthrough_conflict(
     // stage 2 table would have to map it).
     for d in virtio::disks() {
         owned.push((d.lock().base & !0xfff, 0x1000, "a shared disk"));
+    }
+    if let Some(u) = net::uplink() {
+        owned.push((u.lock().base & !0xfff, 0x1000, "the shared NIC"));
     }
     for d in &vc.passthrough {
         let Some(end) = d.base.checked_add(d.size) else {
@@ -464,7 +476,7 @@ fn build_el2_map(
     // virtio-mmio register pages, for the shared disks (several slots
     // share a page on QEMU virt).
     let mut last = None;
-    for &(base, size) in &plat.virtio {
+    for &(base, size, _) in &plat.virtio {
         let (start, end) = (page(base), align_up(base + size.max(1), 0x1000));
         if last.is_some_and(|l| start < l) {
             continue;
@@ -522,6 +534,9 @@ fn build_system(
             state: bulkhead_channel::Channel::new(size),
         });
     }
+    // Switch ports are fixed by the config, so VMs know theirs as they
+    // are built.
+    let net_ports = net::build(&cfg);
     let mut by_config = alloc::vec![None; cfg.vms.len()];
     for (ci, vc) in cfg.vms.iter().enumerate() {
         let id = VmId(vms.len() as u16);
@@ -587,8 +602,12 @@ fn build_system(
             failed += 1;
             continue;
         }
+        let ports = net_ports.get(ci).map_or(&[][..], Vec::as_slice);
         let virtio = match disk_slices(vc, &cfg) {
-            Ok(v) => v,
+            Ok(mut v) => {
+                v.extend(nics(vc, ports));
+                v
+            }
             Err(why) => {
                 refuse(why);
                 free.free(ram);
@@ -680,6 +699,7 @@ fn build_system(
 /// The VM's `[[vm.disk]]` slices as virtio devices, each checked against
 /// the physical disk this machine really has (the host tool only knew the
 /// size the config claims).
+#[inline(never)]
 fn disk_slices(
     vc: &bulkhead_config::VmConfig,
     cfg: &bulkhead_config::SystemConfig,
@@ -724,9 +744,30 @@ fn disk_slices(
         };
         let ipa = bulkhead_config::VIRTIO_IPA + n as u64 * bulkhead_config::VIRTIO_STRIDE;
         let intid = 32 + bulkhead_config::VIRTIO_SPI_BASE + n as u32;
-        out.push(virtio::VirtioDev::new(ipa, intid, i, slice));
+        out.push(virtio::VirtioDev::new_blk(ipa, intid, i, slice));
     }
     Ok(out)
+}
+
+/// The VM's `[[vm.net]]` devices, after its disks in the virtio window,
+/// each on the switch port `net::build` gave it.
+#[inline(never)]
+fn nics(vc: &bulkhead_config::VmConfig, ports: &[(usize, usize)]) -> Vec<virtio::VirtioDev> {
+    vc.nets
+        .iter()
+        .zip(ports)
+        .enumerate()
+        .map(|(k, (n, &(switch, port)))| {
+            let d = vc.net_virtio_index(k);
+            virtio::VirtioDev::new_net(
+                bulkhead_config::virtio_ipa(d),
+                32 + bulkhead_config::virtio_spi(d),
+                n.mac,
+                switch,
+                port,
+            )
+        })
+        .collect()
 }
 
 #[panic_handler]

@@ -18,9 +18,9 @@ pub struct Platform {
     /// Architected timer interrupts (INTIDs): secure phys, non-secure phys,
     /// virtual, hypervisor.
     pub timer_intids: Vec<u32>,
-    /// virtio-mmio register pages (base, size), by address; empty slots
-    /// included (their device ID reads 0).
-    pub virtio: Vec<(u64, u64)>,
+    /// virtio-mmio register pages (base, size, INTID), by address; empty
+    /// slots included (their device ID reads 0).
+    pub virtio: Vec<(u64, u64, Option<u32>)>,
 }
 
 #[derive(Debug)]
@@ -124,7 +124,7 @@ pub fn parse(fdt: &Fdt) -> Result<Platform, PlatformError> {
             v.chunks_exact(3).map(|c| intid(c[0], c[1])).collect()
         })
         .unwrap_or_default();
-    let mut virtio: Vec<(u64, u64)> = fdt
+    let mut virtio: Vec<(u64, u64, Option<u32>)> = fdt
         .all_nodes()
         .filter(|n| {
             n.compatible()
@@ -132,7 +132,15 @@ pub fn parse(fdt: &Fdt) -> Result<Platform, PlatformError> {
         })
         .filter_map(|n| {
             let r = n.reg()?.next()?;
-            Some((r.starting_address as u64, r.size.unwrap_or(0x200) as u64))
+            let irq = n.property("interrupts").and_then(|p| {
+                let v: Vec<u32> = cells(p.value).collect();
+                (v.len() >= 2).then(|| intid(v[0], v[1]))
+            });
+            Some((
+                r.starting_address as u64,
+                r.size.unwrap_or(0x200) as u64,
+                irq,
+            ))
         })
         .collect();
     virtio.sort_unstable();

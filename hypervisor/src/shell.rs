@@ -160,30 +160,7 @@ fn run(line: &str) {
                 }
             }
             for (n, d) in vm.virtio.iter().enumerate() {
-                let b = d.blk.lock();
-                let (sl, st) = (&b.slice, b.stats);
-                let serial = core::str::from_utf8(&sl.serial)
-                    .unwrap_or("?")
-                    .trim_end_matches('\0');
-                say!(
-                    "  disk {n}: disk{} sectors {}..{} ({} MiB, {}), serial '{serial}', virtio-mmio at {:#x}, SPI {}",
-                    d.disk,
-                    sl.start,
-                    sl.start + sl.sectors,
-                    sl.sectors >> 11,
-                    if sl.read_only { "read-only" } else { "read-write" },
-                    d.ipa,
-                    d.intid - 32
-                );
-                say!(
-                    "    reads {} ({} KiB), writes {} ({} KiB), flushes {}, errors {}",
-                    st.reads,
-                    st.read_bytes >> 10,
-                    st.writes,
-                    st.write_bytes >> 10,
-                    st.flushes,
-                    st.errors
-                );
+                info_device(n, d);
             }
             say!(
                 "  RAM {:#x}..{:#x} (host) at IPA {:#x}, VMID {}",
@@ -280,16 +257,7 @@ fn run(line: &str) {
                     vm.stats.refused.load(Ordering::Relaxed)
                 );
                 for (n, d) in vm.virtio.iter().enumerate() {
-                    let st = d.blk.lock().stats;
-                    say!(
-                        "{:<16} disk {n}: kicks {}, requests {}, interrupts {}, errors {}, needed reset {}",
-                        vm.name,
-                        st.kicks,
-                        st.reads + st.writes + st.flushes,
-                        st.interrupts,
-                        st.errors,
-                        st.resets_needed
-                    );
+                    stats_device(&vm.name, n, d);
                 }
             }
             if which.is_none() {
@@ -303,7 +271,115 @@ fn run(line: &str) {
                         d.stats.errors
                     );
                 }
+                if let Some(u) = crate::net::uplink() {
+                    let u = u.lock();
+                    say!(
+                        "nic0 (virtio-net at {:#x}): sent {}, received {}, errors {}/{}",
+                        u.base,
+                        u.stats.tx,
+                        u.stats.rx,
+                        u.stats.tx_errors,
+                        u.stats.rx_errors
+                    );
+                }
+                for s in crate::net::switches() {
+                    let st = s.table.lock().stats;
+                    say!(
+                        "switch '{}' ({} ports): forwarded {}, flooded {}, dropped {} ({} spoofed)",
+                        s.name,
+                        s.ports.len(),
+                        st.forwarded,
+                        st.flooded,
+                        st.dropped,
+                        st.spoofed
+                    );
+                }
             }
+        }
+    }
+}
+
+/// `info VM`: one virtio device and its counters.
+fn info_device(n: usize, d: &crate::virtio::VirtioDev) {
+    use crate::virtio::Model;
+    match &d.model {
+        Model::Blk { blk, disk } => {
+            let b = blk.lock();
+            let (sl, st) = (&b.slice, b.stats);
+            let serial = core::str::from_utf8(&sl.serial)
+                .unwrap_or("?")
+                .trim_end_matches('\0');
+            say!(
+                "  virtio {n}: disk{disk} sectors {}..{} ({} MiB, {}), serial '{serial}', at {:#x}, SPI {}",
+                sl.start,
+                sl.start + sl.sectors,
+                sl.sectors >> 11,
+                if sl.read_only { "read-only" } else { "read-write" },
+                d.ipa,
+                d.intid - 32
+            );
+            say!(
+                "    reads {} ({} KiB), writes {} ({} KiB), flushes {}, errors {}",
+                st.reads,
+                st.read_bytes >> 10,
+                st.writes,
+                st.write_bytes >> 10,
+                st.flushes,
+                st.errors
+            );
+        }
+        Model::Net { net, switch, port } => {
+            let n_ = net.lock();
+            let (m, st) = (n_.mac, n_.stats);
+            let name = crate::net::switches()
+                .get(*switch)
+                .map_or("?", |s| s.name.as_str());
+            say!(
+                "  virtio {n}: NIC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} on switch '{name}' port {port}, at {:#x}, SPI {}",
+                m[0], m[1], m[2], m[3], m[4], m[5],
+                d.ipa,
+                d.intid - 32
+            );
+            say!(
+                "    sent {} frames ({} KiB, {} dropped), received {} ({} KiB, {} dropped)",
+                st.tx_frames,
+                st.tx_bytes >> 10,
+                st.tx_dropped,
+                st.rx_frames,
+                st.rx_bytes >> 10,
+                st.rx_dropped
+            );
+        }
+    }
+}
+
+/// `stats`: one virtio device's queue activity.
+fn stats_device(vm: &str, n: usize, d: &crate::virtio::VirtioDev) {
+    use crate::virtio::Model;
+    match &d.model {
+        Model::Blk { blk, .. } => {
+            let st = blk.lock().stats;
+            say!(
+                "{vm:<16} virtio {n} (blk): kicks {}, requests {}, interrupts {}, errors {}, needed reset {}",
+                st.kicks,
+                st.reads + st.writes + st.flushes,
+                st.interrupts,
+                st.errors,
+                st.resets_needed
+            );
+        }
+        Model::Net { net, .. } => {
+            let st = net.lock().stats;
+            say!(
+                "{vm:<16} virtio {n} (net): kicks {}, frames out {}, in {}, interrupts {}, dropped {}/{}, needed reset {}",
+                st.kicks,
+                st.tx_frames,
+                st.rx_frames,
+                st.interrupts,
+                st.tx_dropped,
+                st.rx_dropped,
+                st.resets_needed
+            );
         }
     }
 }

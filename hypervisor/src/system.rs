@@ -408,6 +408,8 @@ pub fn service_interrupts_without_vcpu() {
             console_input();
         } else if Some(intid) == el2_timer_intid() {
             console_stall_check();
+        } else if Some(intid) == crate::net::uplink_intid() {
+            crate::net::uplink_interrupt();
         }
     }
 }

@@ -369,6 +369,8 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
             system::console_input();
         } else if Some(intid) == system::el2_timer_intid() {
             system::console_stall_check();
+        } else if Some(intid) == crate::net::uplink_intid() {
+            crate::net::uplink_interrupt();
         } else {
             log::warn!("unexpected physical interrupt {intid}");
         }

@@ -1,6 +1,7 @@
-//! Shared disks (issue 11): the physical virtio-blk devices Bulkhead
+//! Shared hardware (issue 11): the physical virtio-blk devices Bulkhead
 //! drives at EL2 with the `virtio-drivers` crate, and each VM's
-//! virtio-mmio block device over a slice of one of them.
+//! virtio-mmio devices: block devices over a slice of a disk, network
+//! devices on a port of a switch (`net.rs`).
 //!
 //! A request is served on the pCPU of the vCPU that notified, inside its
 //! QueueNotify trap: the VM pays for its own I/O with its own time, and
@@ -14,6 +15,7 @@ use crate::vm::Vm;
 use alloc::vec::Vec;
 use bulkhead_types::VcpuId;
 use bulkhead_virtio::blk::{self, BlockBackend, IoError, Seg};
+use bulkhead_virtio::net;
 use bulkhead_virtio::GuestMemory;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -112,9 +114,9 @@ bitflags::bitflags! {
 /// Finds the virtio-blk devices among the host's virtio-mmio nodes and
 /// brings each up. Empty slots (device ID 0) are skipped; a device that
 /// fails to initialise is logged and left out.
-pub fn probe(nodes: &[(u64, u64)]) {
+pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
     let mut found = Vec::new();
-    for &(base, size) in nodes {
+    for &(base, size, _) in nodes {
         let Some(header) = NonNull::new(base as *mut VirtIOHeader) else {
             continue;
         };
@@ -285,32 +287,77 @@ impl GuestMemory for VmMem {
     }
 }
 
-/// A VM's virtio-blk device.
+/// What a VM's virtio device is.
+pub enum Model {
+    /// A slice of physical disk `disk` (an index into [`disks`]).
+    Blk { blk: Mutex<blk::Blk>, disk: usize },
+    /// Port `port` of switch `switch` (indices into `net::switches`).
+    Net {
+        net: Mutex<net::Net>,
+        switch: usize,
+        port: usize,
+    },
+}
+
+/// One of a VM's virtio-mmio devices.
 pub struct VirtioDev {
     pub ipa: u64,
     pub intid: u32,
-    /// Index into [`disks`].
-    pub disk: usize,
-    pub blk: Mutex<blk::Blk>,
-    /// The level last given to the vGIC (changed with `blk` held).
+    pub model: Model,
+    /// The level last given to the vGIC (changed with the model's lock
+    /// held).
     level: AtomicBool,
 }
 
 impl VirtioDev {
-    pub fn new(ipa: u64, intid: u32, disk: usize, slice: blk::Slice) -> VirtioDev {
+    pub fn new_blk(ipa: u64, intid: u32, disk: usize, slice: blk::Slice) -> VirtioDev {
+        VirtioDev::with(
+            ipa,
+            intid,
+            Model::Blk {
+                blk: Mutex::new(blk::Blk::new(slice)),
+                disk,
+            },
+        )
+    }
+
+    pub fn new_net(ipa: u64, intid: u32, mac: [u8; 6], switch: usize, port: usize) -> VirtioDev {
+        VirtioDev::with(
+            ipa,
+            intid,
+            Model::Net {
+                net: Mutex::new(net::Net::new(mac)),
+                switch,
+                port,
+            },
+        )
+    }
+
+    fn with(ipa: u64, intid: u32, model: Model) -> VirtioDev {
         VirtioDev {
             ipa,
             intid,
-            disk,
-            blk: Mutex::new(blk::Blk::new(slice)),
+            model,
             level: AtomicBool::new(false),
         }
     }
 
-    /// The VM (re)starts: the device is as after power-on.
+    /// The VM stops or (re)starts: the device is as after power-on, and
+    /// nothing is delivered into the VM's memory any more until its new
+    /// driver sets the device up. Called before the memory is scrubbed.
     pub fn reset(&self) {
-        self.blk.lock().reset();
+        match &self.model {
+            Model::Blk { blk, .. } => blk.lock().reset(),
+            Model::Net { net, .. } => net.lock().reset(),
+        }
         self.level.store(false, Ordering::Relaxed);
+    }
+
+    /// Gives the vGIC the device's level if it changed; call with the
+    /// model's lock held, act on the kicks after releasing it.
+    fn line(&self, vm: &Vm, level: bool) -> Option<bulkhead_vgic::Kicks> {
+        (self.level.swap(level, Ordering::Relaxed) != level)
+            .then(|| vm.vgic.lock().set_line(0, self.intid, level))
     }
 }
 
@@ -325,11 +372,56 @@ pub fn access(
     write: Option<u64>,
 ) -> Option<u64> {
     let dev = vm.virtio.get(i)?;
-    let mut blk = dev.blk.lock();
+    match &dev.model {
+        Model::Blk { blk, disk } => blk_access(vm, vcpu, i, dev, blk, *disk, off, size, write),
+        Model::Net { net, switch, port } => {
+            let mem = vm.memory();
+            let mut n = net.lock();
+            let (r, tx) = match write {
+                None => (n.mmio_read(off, size).map(u64::from), false),
+                Some(value) => {
+                    let ev = n.mmio_write(off, size, value as u32, &mem).ok()?;
+                    if ev.refused {
+                        vm.complain(
+                            vcpu,
+                            format_args!(
+                                "virtio-net {i}: queue outside RAM or misaligned, not made ready"
+                            ),
+                        );
+                    }
+                    (Some(0), ev.tx)
+                }
+            };
+            let kicks = dev.line(vm, n.irq_level());
+            drop(n);
+            if let Some(k) = kicks {
+                vm.apply_kicks(k, Some(vcpu));
+            }
+            if tx {
+                net_tx(vm, vcpu, i, dev, net, *switch, *port);
+            }
+            r
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn blk_access(
+    vm: &Vm,
+    vcpu: VcpuId,
+    i: usize,
+    dev: &VirtioDev,
+    blk: &Mutex<blk::Blk>,
+    disk: usize,
+    off: u64,
+    size: u8,
+    write: Option<u64>,
+) -> Option<u64> {
+    let mut blk = blk.lock();
     let r = match write {
         None => blk.mmio_read(off, size).map(u64::from),
         Some(value) => {
-            let disk = disks().get(dev.disk)?;
+            let disk = disks().get(disk)?;
             let mem = vm.memory();
             let out = blk
                 .mmio_write(off, size, value as u32, &mem, &mut Backend(disk))
@@ -346,12 +438,67 @@ pub fn access(
             Some(0)
         }
     };
-    let level = blk.irq_level();
-    let kicks = (dev.level.swap(level, Ordering::Relaxed) != level)
-        .then(|| vm.vgic.lock().set_line(0, dev.intid, level));
+    let kicks = dev.line(vm, blk.irq_level());
     drop(blk);
     if let Some(k) = kicks {
         vm.apply_kicks(k, Some(vcpu));
     }
     r
+}
+
+/// The guest notified its transmit queue: every frame it queued goes to
+/// the switch, one at a time, with the device's lock released while the
+/// frame is forwarded (a delivery takes the receiving device's lock, and
+/// two VMs may send to each other at once).
+fn net_tx(
+    vm: &Vm,
+    vcpu: VcpuId,
+    i: usize,
+    dev: &VirtioDev,
+    net: &Mutex<net::Net>,
+    switch: usize,
+    port: usize,
+) {
+    let mem = vm.memory();
+    let mut frame = [0u8; net::MAX_FRAME];
+    loop {
+        let r = net.lock().pop_tx(&mem, &mut frame);
+        match r {
+            Ok(Some(len)) => crate::net::send(switch, port, &frame[..len]),
+            Ok(None) => break,
+            Err(e) => {
+                vm.complain(
+                    vcpu,
+                    format_args!(
+                        "virtio-net {i}: transmit queue given up ({e}); the device needs a reset"
+                    ),
+                );
+                break;
+            }
+        }
+    }
+    let mut n = net.lock();
+    n.tx_done(&mem);
+    let kicks = dev.line(vm, n.irq_level());
+    drop(n);
+    if let Some(k) = kicks {
+        vm.apply_kicks(k, Some(vcpu));
+    }
+}
+
+/// A frame from the switch for `dev`, a virtio-net device of `vm`. Runs
+/// on the sender's pCPU (or the uplink's); the VM's vCPUs are kicked if
+/// its interrupt rose.
+pub fn net_deliver(vm: &Vm, dev: &VirtioDev, frame: &[u8]) -> Option<net::Delivery> {
+    let Model::Net { net, .. } = &dev.model else {
+        return None;
+    };
+    let mut n = net.lock();
+    let d = n.deliver(&vm.memory(), frame);
+    let kicks = dev.line(vm, n.irq_level());
+    drop(n);
+    if let Some(k) = kicks {
+        vm.apply_kicks(k, None);
+    }
+    Some(d)
 }

@@ -3,6 +3,7 @@
 
 use crate::arch::{self, cache, gic, ich, mmu::IdentityTables, regs};
 use crate::{percpu, system};
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_config::{RestartPolicy, VmConfig, RAM_IPA};
@@ -163,8 +164,10 @@ pub struct Vm {
     pub passthrough: Vec<bulkhead_config::Passthrough>,
     load_offset: u64,
     pub state: Mutex<VmState>,
-    pub vgic: Mutex<VGic>,
-    pub uart: Mutex<Pl011>,
+    // Boxed, as the two big models (the UART holds a 4 KiB input ring):
+    // a `Vm` moves through a few stack slots while it is built at boot.
+    pub vgic: Box<Mutex<VGic>>,
+    pub uart: Box<Mutex<Pl011>>,
     /// The level last given to the vGIC for the UART's SPI (changed only
     /// with the `uart` lock held).
     uart_level: AtomicBool,
@@ -183,7 +186,7 @@ pub struct Vm {
     pub criticality: bulkhead_config::Criticality,
     /// The channel ends it holds.
     pub ends: Vec<crate::channel::End>,
-    /// Its virtio devices (shared-disk slices), at `VIRTIO_IPA` on.
+    /// Its virtio devices (disk slices, then NICs), at `VIRTIO_IPA` on.
     pub virtio: Vec<crate::virtio::VirtioDev>,
 }
 
@@ -314,13 +317,13 @@ impl Vm {
             cmdline: cfg.cmdline.clone(),
             passthrough: cfg.passthrough.clone(),
             load_offset,
-            vgic: Mutex::new(vgic),
+            vgic: Box::new(Mutex::new(vgic)),
             state: Mutex::new(VmState {
                 lifecycle: Lifecycle::Stopped,
                 power: PowerState::new(cfg.pcpus.len() as u16),
                 running: 0,
             }),
-            uart: Mutex::new(Pl011::new()),
+            uart: Box::new(Mutex::new(Pl011::new())),
             uart_level: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
             ended: AtomicU8::new(0),
@@ -493,11 +496,13 @@ impl Vm {
     /// the state lock held and no vCPU running.
     pub fn boot(&self, st: &mut VmState) {
         crate::channel::vm_starting(self);
-        let dtb = self.load_image();
-        self.vgic.lock().reset();
+        // Before the memory is scrubbed: nothing may be delivered into the
+        // old instance's rings once the new one's memory is laid out.
         for d in &self.virtio {
             d.reset();
         }
+        let dtb = self.load_image();
+        self.vgic.lock().reset();
         // No register state and no unread console input of the old instance.
         system::reset_vm_uart(self);
         self.uart_level.store(false, Ordering::Relaxed);
@@ -617,6 +622,12 @@ impl Vm {
         );
         st.lifecycle = Lifecycle::Stopping(end);
         st.power.stop_all();
+        // No more frames into its memory from other VMs or the uplink.
+        for d in &self.virtio {
+            if matches!(d.model, crate::virtio::Model::Net { .. }) {
+                d.reset();
+            }
+        }
         for v in 0..self.n_vcpus() {
             if st.running & (1 << v) != 0 {
                 self.kick_vcpu(VcpuId(v));

@@ -237,6 +237,21 @@ pub fn run(quick: bool) -> Result<ExitCode> {
         Err(e) => Some(e),
     };
 
+    // The shared disk, native virtio-blk vs Bulkhead's; with --quick too
+    // (it is short, and the figures matter).
+    let disk_failed = match disk_bench() {
+        Ok((n, b)) => {
+            for (all, new) in native.iter_mut().zip(n) {
+                all.extend(new);
+            }
+            for (all, new) in bulkhead.iter_mut().zip(b) {
+                all.extend(new);
+            }
+            None
+        }
+        Err(e) => Some(e),
+    };
+
     // Mixed criticality: Bulkhead only (there is no native pair); skipped
     // by --quick, which checks the harness, not the figures.
     let mixed_failed = if quick {
@@ -277,6 +292,10 @@ pub fn run(quick: bool) -> Result<ExitCode> {
     println!("wrote {}", path.display());
     if let Some(e) = linux_failed {
         println!("\nthe Linux boot benchmark failed: {e:#}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some(e) = disk_failed {
+        println!("\nthe disk benchmark failed: {e:#}");
         return Ok(ExitCode::FAILURE);
     }
     if let Some(e) = mixed_failed {
@@ -344,6 +363,45 @@ fn linux_boot() -> Result<(TwoRuns, TwoRuns)> {
     let bulkhead = [
         measure("bulkhead linux", 1, &bulkhead_args, LINUX_TIMEOUT)?,
         measure("bulkhead linux", 2, &bulkhead_args, LINUX_TIMEOUT)?,
+    ];
+    Ok((native, bulkhead))
+}
+
+/// The shared-disk benchmark's config.
+const DISK_CONFIG: &str = "configs/bench-disk.toml";
+
+/// Two native and two Bulkhead runs of configs/bench-disk.toml, each on a
+/// blank disk image: natively the kernel drives QEMU's virtio-blk-device
+/// itself, under Bulkhead it drives Bulkhead's over the same device.
+fn disk_bench() -> Result<(TwoRuns, TwoRuns)> {
+    let config = Path::new(DISK_CONFIG);
+    println!("building {}…", config.display());
+    let built = build::build(config, Output::Progress)?;
+    let linux = build::native_linux(config)?;
+    let mut bulkhead_args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
+    bulkhead_args.extend(ICOUNT.map(String::from));
+    bulkhead_args.extend(qemu::disk_args(&built.disks));
+    bulkhead_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+    let mut native_args = qemu::native_linux_args(&linux, ",dtb-randomness=off", CAPTURED_CONSOLE);
+    native_args.extend(ICOUNT.map(String::from));
+    native_args.extend(qemu::disk_args(&built.disks));
+    let run = |side: &str, i: usize, args: &[String]| -> Result<Vec<Figure>> {
+        build::blank_disks(&built)?;
+        let figures = measure(side, i, args, LINUX_TIMEOUT)?;
+        for name in ["virtio_blk_write", "virtio_blk_read", "virtio_blk_4k_iops"] {
+            if !figures.iter().any(|f| f.name == name) {
+                bail!("{side} run {i} printed no {name} figure");
+            }
+        }
+        Ok(figures)
+    };
+    let native = [
+        run("native disk", 1, &native_args)?,
+        run("native disk", 2, &native_args)?,
+    ];
+    let bulkhead = [
+        run("bulkhead disk", 1, &bulkhead_args)?,
+        run("bulkhead disk", 2, &bulkhead_args)?,
     ];
     Ok((native, bulkhead))
 }

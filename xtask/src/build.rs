@@ -40,6 +40,8 @@ pub struct Built {
     /// The board's physical disks (`[[disk]]`), raw image files under
     /// `target/disks/`, in the config's order.
     pub disks: Vec<PathBuf>,
+    /// A switch has the uplink: the board needs its physical NIC.
+    pub uplink: bool,
 }
 
 /// Config problems, one `file:line: field: message` per line.
@@ -203,6 +205,7 @@ pub fn build_with_features(config: &Path, output: Output, features: &[&str]) -> 
         ram_mib: parsed.config.board.ram_size >> 20,
         vcpus: parsed.config.vms.iter().map(|vm| vm.pcpus.len()).sum(),
         disks,
+        uplink: parsed.config.switches.iter().any(|s| s.uplink),
     })
 }
 
@@ -366,8 +369,9 @@ fn vms_using(parsed: &Parsed, text: &str, source: &ImageSource) -> Vec<(usize, &
 
 /// What a Linux VM needs in its initramfs besides busybox, from each
 /// Debian kernel that boots with initramfs `index`: with channels,
-/// `/bin/bulkhead-chan` and the UIO modules; with disks, the virtio-mmio
-/// and virtio-blk modules. Nothing for a VM with neither.
+/// `/bin/bulkhead-chan` and the UIO modules; with disks or NICs, the
+/// virtio-mmio modules and virtio-blk's or virtio-net's. Nothing for a VM
+/// with none of these.
 fn initramfs_extras(
     parsed: &Parsed,
     index: usize,
@@ -395,9 +399,17 @@ fn initramfs_extras(
             out.extend(debian::modules(k, debian::UIO_MODULES)?);
         }
     }
-    if users().any(|vm| !vm.disks.is_empty()) {
-        for &k in &kernels {
+    let disks = users().any(|vm| !vm.disks.is_empty());
+    let nets = users().any(|vm| !vm.nets.is_empty());
+    for &k in &kernels {
+        if disks || nets {
+            out.extend(debian::modules(k, debian::VIRTIO_MODULES)?);
+        }
+        if disks {
             out.extend(debian::modules(k, debian::VIRTIO_BLK_MODULES)?);
+        }
+        if nets {
+            out.extend(debian::modules(k, debian::VIRTIO_NET_MODULES)?);
         }
     }
     Ok(out)
@@ -562,7 +574,10 @@ pub fn native_linux(config: &Path) -> Result<NativeLinux> {
         Some(ImageSource::Initramfs(init)) => {
             let script = std::fs::read(init)
                 .with_context(|| format!("cannot read init script {}", init.display()))?;
-            Some(initramfs(init, &script, &[])?.0)
+            // The same extra files (modules, tools) as under Bulkhead.
+            let index = vm.initramfs.map_or(0, usize::from);
+            let extra = initramfs_extras(&parsed, index, Output::Quiet)?;
+            Some(initramfs(init, &script, &extra)?.0)
         }
         Some(ImageSource::File(path)) => Some(path.clone()),
         Some(other) => bail!("vm[{i}]'s initramfs is neither a file nor generated: {other:?}"),

@@ -143,12 +143,19 @@ pub fn kernel_image(kernel: DebianKernel) -> Result<PathBuf> {
 /// (directory under `kernel/`, module).
 pub const UIO_MODULES: &[(&str, &str)] =
     &[("drivers/uio", "uio"), ("drivers/uio", "uio_pci_generic")];
-/// What a Linux VM with a shared disk loads, in dependency order.
-pub const VIRTIO_BLK_MODULES: &[(&str, &str)] = &[
+/// What a Linux VM with any virtio device loads first, in dependency order.
+pub const VIRTIO_MODULES: &[(&str, &str)] = &[
     ("drivers/virtio", "virtio"),
     ("drivers/virtio", "virtio_ring"),
     ("drivers/virtio", "virtio_mmio"),
-    ("drivers/block", "virtio_blk"),
+];
+/// Then, with a shared disk:
+pub const VIRTIO_BLK_MODULES: &[(&str, &str)] = &[("drivers/block", "virtio_blk")];
+/// And with a NIC:
+pub const VIRTIO_NET_MODULES: &[(&str, &str)] = &[
+    ("net/core", "failover"),
+    ("drivers/net", "net_failover"),
+    ("drivers/net", "virtio_net"),
 ];
 
 /// Modules of a Debian kernel that a Linux VM loads with busybox's

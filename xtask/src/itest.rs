@@ -320,6 +320,26 @@ pub const CASES: &[Case] = &[
         uboot: false,
     },
     Case {
+        name: "safety_io",
+        config: "configs/test-safety-io.toml",
+        timeout_s: 400,
+        expect: &[
+            "[safety] safety RTOS: 1 ms control task",
+            "[infotainment] BULKHEAD-TEST io stress start",
+            "[safety] t=3s periods=3000 misses=0",
+            "[safety] t=6s periods=6000 misses=0",
+            "[safety] PASS safety: 6000 periods, 0 deadline misses",
+            "[infotainment] BULKHEAD-TEST io stress done",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[],
+        forbid: &["Kernel panic", "Oops", "BUG:", " 0 disk reads", " 0 frames in"],
+        exit: 0,
+        input: &[],
+        qemu_extra: &["-icount", "shift=0,sleep=off"],
+        uboot: false,
+    },
+    Case {
         name: "uboot_booti",
         config: "configs/test-two-vms.toml",
         timeout_s: 180,
@@ -570,6 +590,30 @@ pub const CASES: &[Case] = &[
         uboot: false,
     },
     Case {
+        name: "net",
+        config: "configs/test-net.toml",
+        timeout_s: 300,
+        expect: &[
+            "nic0: virtio-net at",
+            "switch 'lan': 3 port(s), port 0 the uplink",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[
+            "[a] BULKHEAD-TEST a: ping 10.0.2.2: 3 packets received",
+            "[b] BULKHEAD-TEST b: ping 10.0.2.1: 3 packets received",
+            "[b] BULKHEAD-TEST b: fetched 4194304 bytes",
+            "[a] BULKHEAD-TEST a: host said: hello from the host behind the uplink|echo: ping from a|",
+            "[a] BULKHEAD-TEST a: b is done",
+            // The host's side of the uplink: a TCP session, opened and closed.
+            "TCP: 1 session(s), 1 ended",
+        ],
+        forbid: LINUX_FORBID,
+        exit: 0,
+        input: &[],
+        qemu_extra: &[],
+        uboot: false,
+    },
+    Case {
         name: "linux_reboot",
         config: "configs/test-linux-reboot.toml",
         timeout_s: 240,
@@ -603,7 +647,22 @@ const LOG_CHECKS: &[(&str, LogCheck)] = &[
     ("paste", paste_arrived),
     ("disk", disk_checks),
     ("isolation", attacker_disk),
+    ("net", same_blob),
 ];
+
+/// The `net` case: what b fetched from a over TCP is what a served.
+fn same_blob(log: &str) -> Result<(), String> {
+    let sum = |marker: &str| {
+        log.lines()
+            .find_map(|l| l.split(marker).nth(1))
+            .and_then(|rest| rest.split("sha256 ").nth(1))
+            .map(str::trim)
+    };
+    match (sum("a: serving "), sum("b: fetched ")) {
+        (Some(a), Some(b)) if a == b => Ok(()),
+        (a, b) => Err(format!("a served sha256 {a:?}, b fetched {b:?}")),
+    }
+}
 
 /// The `isolation` case: of the 4 MiB disk, the attacker's slice is
 /// 1..2 MiB. It wrote 0xa5 over its first 4 KiB and everything else it
@@ -1170,8 +1229,19 @@ fn run_case(case: &Case) -> Result<()> {
         args.extend(qemu::disk_args(&built.disks));
         args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
     }
+    let peer = if built.uplink {
+        let peer = qemu::host_peer()?;
+        args.extend(qemu::nic_args(&peer));
+        Some(peer)
+    } else {
+        None
+    };
     let timeout = Duration::from_secs(case.timeout_s);
-    let outcome = qemu::run_scripted(&args, timeout, case.input)?;
+    let mut outcome = qemu::run_scripted(&args, timeout, case.input)?;
+    // What the host behind the uplink saw, for the checks and the log.
+    if let Some(peer) = peer {
+        outcome.log.push_str(&format!("\n{}", peer.stop()));
+    }
 
     let forbid: Vec<&str> = FORBID.iter().chain(case.forbid).copied().collect();
     let mut problems: Vec<String> = check_log(&outcome.log, case.expect, &forbid)

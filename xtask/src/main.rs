@@ -18,6 +18,7 @@ mod elf;
 mod fuzz;
 mod image;
 mod itest;
+mod netpeer;
 mod prereq;
 mod qemu;
 
@@ -93,10 +94,10 @@ enum Verb {
     },
     /// Fuzz the guest-facing decoders and device models with libFuzzer.
     Fuzz {
-        /// One target (default: all): exit_decode, psci, pl011, vgic_regs,
-        /// config, guest_fdt.
+        /// One target (default: all): channel, exit_decode, psci, pl011,
+        /// vgic_regs, config, guest_fdt, virtqueue, virtio_blk.
         target: Option<String>,
-        /// Seconds per target [default: 60 with --smoke, else 300; 0 runs
+        /// Seconds per target [default: 47 with --smoke, else 300; 0 runs
         /// one target until interrupted].
         #[arg(long)]
         seconds: Option<u64>,

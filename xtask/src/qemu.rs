@@ -66,6 +66,30 @@ pub fn disk_args(disks: &[PathBuf]) -> Vec<String> {
     args
 }
 
+/// The board's physical NIC: a virtio-net on virtio-mmio whose backend is
+/// `peer`'s stream socket on 127.0.0.1, never a route off this machine.
+pub fn nic_args(peer: &crate::netpeer::NetPeer) -> Vec<String> {
+    let mut args = peer.netdev_args();
+    args.extend(["-global", "virtio-mmio.force-legacy=false", "-device"].map(String::from));
+    args.push(format!(
+        "virtio-net-device,netdev={},mac=52:54:00:00:00:fe",
+        crate::netpeer::NETDEV_ID
+    ));
+    args
+}
+
+/// The host at the far end of the uplink in tests and `run`: 10.0.2.254,
+/// a TCP greeting and echo server on port 7 (docs/network.md).
+pub fn host_peer() -> Result<crate::netpeer::NetPeer> {
+    crate::netpeer::NetPeer::start(crate::netpeer::PeerConfig {
+        mac: [0x02, 0, 0, 0, 0, 0xfe],
+        ip: [10, 0, 2, 254],
+        prefix: 24,
+        tcp_port: 7,
+        greeting: "hello from the host behind the uplink".into(),
+    })
+}
+
 /// Console for tests and benchmarks: serial on stdio, nothing else.
 pub const CAPTURED_CONSOLE: &[&str] = &["-display", "none", "-monitor", "none", "-serial", "stdio"];
 
@@ -197,6 +221,17 @@ pub fn run_interactive(built: &Built, log: Option<PathBuf>, time: Time) -> Resul
         "chardev=console,mode=readline",
     ];
     args.extend(disk_args(&built.disks));
+    let peer = if built.uplink {
+        let peer = host_peer()?;
+        args.extend(nic_args(&peer));
+        println!(
+            "the uplink's far end: a host at 10.0.2.254 (TCP port 7 greets and echoes), on 127.0.0.1:{}",
+            peer.port()
+        );
+        Some(peer)
+    } else {
+        None
+    };
     args.extend(console_and_kernel(&console, &built.image));
     println!(
         "Booting {} in QEMU; press Ctrl-A then X to quit.\n{line}\nconsole log: {}",
@@ -207,6 +242,9 @@ pub fn run_interactive(built: &Built, log: Option<PathBuf>, time: Time) -> Resul
         .args(&args)
         .status()
         .with_context(|| format!("cannot start {QEMU}"))?;
+    if let Some(peer) = peer {
+        print!("{}", peer.stop());
+    }
     let text = std::fs::read(&log).unwrap_or_default();
     let ending = Ending::of(&String::from_utf8_lossy(&text));
     match &ending {

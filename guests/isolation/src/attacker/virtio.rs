@@ -105,7 +105,10 @@ impl Driver {
     fn desc(i: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let at = DESC + 16 * i as usize;
         write64(at, addr);
-        write64(at + 8, u64::from(len) | u64::from(flags) << 32 | u64::from(next) << 48);
+        write64(
+            at + 8,
+            u64::from(len) | u64::from(flags) << 32 | u64::from(next) << 48,
+        );
     }
 
     /// Makes chain `head` available, moving avail.idx by `step` (1 for
@@ -198,14 +201,56 @@ pub fn virtio(t: &mut Tally) {
 
     // Requests the device must refuse with IOERR.
     let bad: [(&str, u32, u64, u64, u32); 8] = [
-        ("read of the sector just past our slice", IN, sectors, DATA as u64, 512),
-        ("read straddling the end of our slice", IN, sectors - 1, DATA as u64, 1024),
-        ("write past our slice (into the next VM's sectors)", OUT, sectors, DATA as u64, 512),
-        ("read at sector 2^64-1 (sector + count overflows)", IN, u64::MAX, DATA as u64, 512),
+        (
+            "read of the sector just past our slice",
+            IN,
+            sectors,
+            DATA as u64,
+            512,
+        ),
+        (
+            "read straddling the end of our slice",
+            IN,
+            sectors - 1,
+            DATA as u64,
+            1024,
+        ),
+        (
+            "write past our slice (into the next VM's sectors)",
+            OUT,
+            sectors,
+            DATA as u64,
+            512,
+        ),
+        (
+            "read at sector 2^64-1 (sector + count overflows)",
+            IN,
+            u64::MAX,
+            DATA as u64,
+            512,
+        ),
         ("read into the victim's RAM", IN, 0, VICTIM, 4096),
-        ("write from the hypervisor's image to disk", OUT, 0, HYPERVISOR, 4096),
-        ("read of 4 GiB - 512 from our RAM (past its end)", IN, 0, DATA as u64, u32::MAX - 511),
-        ("read into a buffer that wraps the address space", IN, 0, u64::MAX - 511, 4096),
+        (
+            "write from the hypervisor's image to disk",
+            OUT,
+            0,
+            HYPERVISOR,
+            4096,
+        ),
+        (
+            "read of 4 GiB - 512 from our RAM (past its end)",
+            IN,
+            0,
+            DATA as u64,
+            u32::MAX - 511,
+        ),
+        (
+            "read into a buffer that wraps the address space",
+            IN,
+            0,
+            u64::MAX - 511,
+            4096,
+        ),
     ];
     for (what, kind, sector, addr, len) in bad {
         let s = d.request(kind, sector, addr, len);
@@ -244,11 +289,14 @@ pub fn virtio(t: &mut Tally) {
             Driver::desc(0, HDR as u64, 16, F_NEXT, 200);
             d.publish(0, 1);
         }),
-        ("avail.idx moved on by 100 entries in a 16-entry queue", |d| {
-            Driver::header(IN, 0);
-            Driver::desc(0, HDR as u64, 16, 0, 0);
-            d.publish(0, 100);
-        }),
+        (
+            "avail.idx moved on by 100 entries in a 16-entry queue",
+            |d| {
+                Driver::header(IN, 0);
+                Driver::desc(0, HDR as u64, 16, 0, 0);
+                d.publish(0, 100);
+            },
+        ),
         ("an indirect descriptor, never offered", |d| {
             Driver::desc(0, DATA as u64, 64, F_INDIRECT, 0);
             d.publish(0, 1);

@@ -1,0 +1,308 @@
+//! Shared network (issue 11): virtual switches between VMs' virtio-net
+//! devices, and an uplink to the board's physical NIC, a virtio-net
+//! device the hypervisor drives with `virtio-drivers`.
+//!
+//! Each `[[switch]]` is a learning Ethernet switch (`bulkhead_virtio::
+//! switch`, pure). Its ports are, in order: the uplink (if the switch has
+//! it), then every `[[vm.net]]` that names it, in config order. A frame a
+//! VM sends is forwarded on the sending vCPU's pCPU, in its QueueNotify
+//! trap: the decision under the switch's lock, then each delivery under
+//! the receiving device's lock alone (no two device locks are ever held
+//! together). Frames from the uplink arrive on the physical NIC's
+//! interrupt, which goes to the console pCPU (never a critical VM's).
+
+use crate::system;
+use crate::virtio::El2Hal;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use bulkhead_virtio::net::MAX_FRAME;
+use bulkhead_virtio::switch::{Dest, Switch};
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, Ordering};
+use spin::Mutex;
+use virtio_drivers::device::net::VirtIONetRaw;
+use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
+use virtio_drivers::transport::{DeviceType, Transport};
+
+/// Receive buffers posted to the physical NIC (and its queue size).
+const UPLINK_QUEUE: usize = 16;
+/// One receive buffer: the virtio-net header and the largest frame.
+const RX_BUF: usize = 2048;
+/// Hosts the uplink may teach each switch, besides the VMs' own MACs.
+const LEARNED: usize = 256;
+
+/// Where a switch port leads.
+#[derive(Clone, Copy, Debug)]
+pub enum Port {
+    Uplink,
+    /// `[[vm.net]]` `net` of config VM `vm`: its virtio device `dev`.
+    Vm {
+        vm: u16,
+        dev: usize,
+    },
+}
+
+pub struct SwitchHw {
+    pub name: String,
+    pub ports: Vec<Port>,
+    pub table: Mutex<Switch>,
+}
+
+static SWITCHES: spin::Once<Vec<SwitchHw>> = spin::Once::new();
+
+pub fn switches() -> &'static [SwitchHw] {
+    SWITCHES.get().map_or(&[], Vec::as_slice)
+}
+
+/// Builds the switches from the config: for each, its ports (see the
+/// module comment), with each VM port's MAC fixed in its table. Returns,
+/// per config VM and per `[[vm.net]]`, the (switch, port) it got.
+#[inline(never)]
+pub fn build(cfg: &bulkhead_config::SystemConfig) -> Vec<Vec<(usize, usize)>> {
+    let mut of_vm: Vec<Vec<(usize, usize)>> = cfg.vms.iter().map(|_| Vec::new()).collect();
+    let mut all = Vec::new();
+    for (si, sc) in cfg.switches.iter().enumerate() {
+        let mut ports = Vec::new();
+        let mut macs = Vec::new();
+        if sc.uplink {
+            ports.push(Port::Uplink);
+            macs.push(None);
+        }
+        for (vi, vc) in cfg.vms.iter().enumerate() {
+            for (k, n) in vc.nets.iter().enumerate() {
+                if usize::from(n.switch) != si {
+                    continue;
+                }
+                if let Some(v) = of_vm.get_mut(vi) {
+                    v.push((si, ports.len()));
+                }
+                ports.push(Port::Vm {
+                    vm: vi as u16,
+                    dev: vc.disks.len() + k,
+                });
+                macs.push(Some(n.mac));
+            }
+        }
+        log::info!(
+            "switch '{}': {} port(s){}",
+            sc.name,
+            ports.len(),
+            if sc.uplink { ", port 0 the uplink" } else { "" }
+        );
+        all.push(SwitchHw {
+            name: sc.name.clone(),
+            ports,
+            table: Mutex::new(Switch::new(macs, LEARNED)),
+        });
+    }
+    SWITCHES.call_once(|| all);
+    of_vm
+}
+
+/// A frame that came in on `port` of switch `sw`.
+pub fn send(sw: usize, port: usize, frame: &[u8]) {
+    let Some(s) = switches().get(sw) else {
+        return;
+    };
+    let dest = s.table.lock().forward(port, frame);
+    match dest {
+        Dest::Port(p) => deliver(s, p, frame),
+        Dest::Flood => {
+            for p in (0..s.ports.len()).filter(|&p| p != port) {
+                deliver(s, p, frame);
+            }
+        }
+        Dest::Drop(_) => {}
+    }
+}
+
+fn deliver(s: &SwitchHw, port: usize, frame: &[u8]) {
+    match s.ports.get(port) {
+        Some(Port::Uplink) => uplink_send(frame),
+        Some(&Port::Vm { vm, dev }) => {
+            let Some(vm) = system::vm_by_config(vm) else {
+                return;
+            };
+            if let Some(d) = vm.virtio.get(dev) {
+                crate::virtio::net_deliver(vm, d, frame);
+            }
+        }
+        None => {}
+    }
+}
+
+/// Counters of the physical NIC, for `stats`.
+#[derive(Clone, Copy, Default)]
+pub struct UplinkStats {
+    pub tx: u64,
+    pub rx: u64,
+    pub tx_errors: u64,
+    pub rx_errors: u64,
+}
+
+pub struct Uplink {
+    pub base: u64,
+    nic: VirtIONetRaw<El2Hal, MmioTransport<'static>, UPLINK_QUEUE>,
+    bufs: Vec<Box<[u8; RX_BUF]>>,
+    /// The receive token each buffer is posted under.
+    tokens: Vec<Option<u16>>,
+    pub stats: UplinkStats,
+}
+
+// SAFETY: the NIC's MMIO page, its queues' DMA memory and the receive
+// buffers belong to the uplink alone and are used only under its mutex.
+unsafe impl Send for Uplink {}
+
+static UPLINK: spin::Once<Option<Mutex<Uplink>>> = spin::Once::new();
+
+pub fn uplink() -> Option<&'static Mutex<Uplink>> {
+    UPLINK.get().and_then(Option::as_ref)
+}
+
+/// The physical NIC's interrupt, once it is up.
+pub fn uplink_intid() -> Option<u32> {
+    let v = UPLINK_INTID.load(Ordering::Relaxed);
+    (v != u32::MAX).then_some(v)
+}
+
+/// [`uplink_intid`] without the uplink's lock (read on the interrupt path).
+static UPLINK_INTID: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Brings up the first virtio-net among the host's virtio-mmio nodes.
+pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
+    let mut found = None;
+    for &(base, size, intid) in nodes {
+        let Some(header) = NonNull::new(base as *mut VirtIOHeader) else {
+            continue;
+        };
+        // SAFETY: a virtio-mmio register page from the host device tree,
+        // mapped as Device memory at EL2 and used by nothing else.
+        let Ok(transport) = (unsafe { MmioTransport::new(header, size as usize) }) else {
+            continue;
+        };
+        if transport.device_type() != DeviceType::Network {
+            continue;
+        }
+        match Uplink::new(base, transport) {
+            Ok(u) => {
+                log::info!(
+                    "nic0: virtio-net at {base:#x}, MAC {:02x?}, irq {intid:?}: the uplink",
+                    u.nic.mac_address()
+                );
+                if let Some(i) = intid {
+                    UPLINK_INTID.store(i, Ordering::Relaxed);
+                }
+                found = Some(Mutex::new(u));
+                break;
+            }
+            Err(e) => log::error!("virtio-net at {base:#x} not usable: {e:?}"),
+        }
+    }
+    UPLINK.call_once(|| found);
+}
+
+impl Uplink {
+    fn new(base: u64, transport: MmioTransport<'static>) -> virtio_drivers::Result<Uplink> {
+        let nic = VirtIONetRaw::new(transport)?;
+        let mut u = Uplink {
+            base,
+            nic,
+            bufs: (0..UPLINK_QUEUE).map(|_| Box::new([0u8; RX_BUF])).collect(),
+            tokens: alloc::vec![None; UPLINK_QUEUE],
+            stats: UplinkStats::default(),
+        };
+        for i in 0..UPLINK_QUEUE {
+            u.post(i)?;
+        }
+        u.nic.enable_interrupts();
+        Ok(u)
+    }
+
+    /// Posts receive buffer `i`.
+    fn post(&mut self, i: usize) -> virtio_drivers::Result<()> {
+        let buf = &mut self.bufs[i][..];
+        // SAFETY: the buffer is boxed (it does not move) and is not touched
+        // until `receive_complete` with the token recorded here.
+        let token = unsafe { self.nic.receive_begin(buf) }?;
+        self.tokens[i] = Some(token);
+        Ok(())
+    }
+
+    /// The next received frame, copied into `out` (its length).
+    fn receive(&mut self, out: &mut [u8; MAX_FRAME]) -> Option<usize> {
+        let token = self.nic.poll_receive()?;
+        let Some(i) = self.tokens.iter().position(|&t| t == Some(token)) else {
+            // Not ours: nothing sane to do but stop looking.
+            self.stats.rx_errors += 1;
+            return None;
+        };
+        self.tokens[i] = None;
+        let buf = &mut self.bufs[i][..];
+        // SAFETY: the same buffer that was posted under `token`.
+        let r = unsafe { self.nic.receive_complete(token, buf) };
+        let len = match r {
+            Ok((hdr, len)) if len <= MAX_FRAME && hdr + len <= RX_BUF => {
+                out[..len].copy_from_slice(&self.bufs[i][hdr..hdr + len]);
+                Some(len)
+            }
+            _ => {
+                self.stats.rx_errors += 1;
+                Some(0)
+            }
+        };
+        if self.post(i).is_err() {
+            self.stats.rx_errors += 1;
+        }
+        len
+    }
+}
+
+/// Sends a frame out of the physical NIC (waits for it to be taken).
+fn uplink_send(frame: &[u8]) {
+    let Some(u) = uplink() else {
+        return;
+    };
+    let mut u = u.lock();
+    match u.nic.send(frame) {
+        Ok(()) => u.stats.tx += 1,
+        Err(_) => u.stats.tx_errors += 1,
+    }
+}
+
+/// The physical NIC's interrupt: every frame it received goes to the
+/// uplink's switch, one at a time, the NIC's lock released while it is
+/// forwarded.
+pub fn uplink_interrupt() {
+    let Some(u) = uplink() else {
+        return;
+    };
+    let Some(sw) = switches()
+        .iter()
+        .position(|s| matches!(s.ports.first(), Some(Port::Uplink)))
+    else {
+        // No switch has the uplink: drain and drop.
+        let mut frame = [0u8; MAX_FRAME];
+        let mut u = u.lock();
+        u.nic.ack_interrupt();
+        while u.receive(&mut frame).is_some() {}
+        return;
+    };
+    u.lock().nic.ack_interrupt();
+    let mut frame = [0u8; MAX_FRAME];
+    loop {
+        let got = {
+            let mut u = u.lock();
+            let got = u.receive(&mut frame);
+            if got.is_some_and(|n| n > 0) {
+                u.stats.rx += 1;
+            }
+            got
+        };
+        match got {
+            Some(0) => continue,
+            Some(len) => send(sw, 0, &frame[..len]),
+            None => break,
+        }
+    }
+}
