@@ -95,9 +95,9 @@ enum Verb {
     /// Fuzz the guest-facing decoders and device models with libFuzzer.
     Fuzz {
         /// One target (default: all): channel, exit_decode, psci, pl011,
-        /// vgic_regs, config, guest_fdt, virtqueue, virtio_blk.
+        /// vgic_regs, config, guest_fdt, virtqueue, virtio_blk, virtio_net.
         target: Option<String>,
-        /// Seconds per target [default: 47 with --smoke, else 300; 0 runs
+        /// Seconds per target [default: 42 with --smoke, else 300; 0 runs
         /// one target until interrupted].
         #[arg(long)]
         seconds: Option<u64>,
