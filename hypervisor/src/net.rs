@@ -173,6 +173,10 @@ static UPLINK_INTID: AtomicU32 = AtomicU32::new(u32::MAX);
 pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
     let mut found = None;
     for &(base, size, intid) in nodes {
+        // Only the NIC gets a transport: dropping one resets its device.
+        if crate::virtio::device_id(base) != Some(bulkhead_virtio::net::DEVICE_ID) {
+            continue;
+        }
         let Some(header) = NonNull::new(base as *mut VirtIOHeader) else {
             continue;
         };

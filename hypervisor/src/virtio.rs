@@ -117,6 +117,11 @@ bitflags::bitflags! {
 pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
     let mut found = Vec::new();
     for &(base, size, _) in nodes {
+        // Only a block device gets a transport: dropping one resets the
+        // device (virtio-drivers), which must not happen to the NIC.
+        if device_id(base) != Some(blk::DEVICE_ID) {
+            continue;
+        }
         let Some(header) = NonNull::new(base as *mut VirtIOHeader) else {
             continue;
         };
@@ -144,6 +149,22 @@ pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
         }
     }
     DISKS.call_once(|| found);
+}
+
+/// The DeviceID register of the virtio-mmio page at `base`, if its magic
+/// says it is one (an empty slot reads 0).
+pub fn device_id(base: u64) -> Option<u32> {
+    let at = base as *const u32;
+    // SAFETY: `base` is a virtio-mmio register page from the host device
+    // tree, mapped as Device memory at EL2; reading MagicValue (0x0) and
+    // DeviceID (0x8) has no side effect.
+    let (magic, id) = unsafe {
+        (
+            core::ptr::read_volatile(at),
+            core::ptr::read_volatile(at.add(2)),
+        )
+    };
+    (magic == bulkhead_virtio::mmio::MAGIC).then_some(id)
 }
 
 impl PhysDisk {
