@@ -13,6 +13,21 @@ if [ -x /bin/bulkhead-chan ]; then
     done
 fi
 
+# Shared disks and NICs (virtio-mmio): Debian's modules, if the image
+# carries them. `bulkhead.ip=ADDR/PREFIX` on the command line configures
+# eth0 (there is no DHCP server behind Bulkhead's switches).
+for m in virtio virtio_ring virtio_mmio virtio_blk failover net_failover virtio_net; do
+    [ -e /lib/modules/$(uname -r)/$m.ko ] && insmod /lib/modules/$(uname -r)/$m.ko
+done
+for word in $(cat /proc/cmdline); do
+    case $word in
+        bulkhead.ip=*)
+            for i in $(seq 20); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
+            ip link set lo up
+            ip link set eth0 up && ip addr add ${word#bulkhead.ip=} dev eth0 ;;
+    esac
+done
+
 # How often Bulkhead has restarted this VM: a big-endian u32 in the
 # device tree (the command line stays what the config says).
 set -- $(od -An -tu1 /proc/device-tree/chosen/bulkhead,restarts)
