@@ -84,9 +84,20 @@ pub struct PhysDisk {
     pub read_only: bool,
     transport: MmioTransport<'static>,
     queue: VirtQueue<El2Hal, PHYS_QUEUE>,
+    /// Requests in flight on the physical queue, at most one per slot.
+    slots: Vec<Slot>,
+    pub stats: PhysStats,
+}
+
+/// One request on the physical queue: its header and status byte live
+/// here (the device reads and writes them by DMA), with the guest buffers
+/// it was given, so the same buffers can be handed back when it is done.
+struct Slot {
     header: [u8; 16],
     status: [u8; 1],
-    pub stats: PhysStats,
+    op: blk::Op,
+    segs: Vec<Seg>,
+    token: Option<u16>,
 }
 
 // SAFETY: the transport's MMIO page and the queue's DMA memory belong to
@@ -167,6 +178,42 @@ pub fn device_id(base: u64) -> Option<u32> {
     (magic == bulkhead_virtio::mmio::MAGIC).then_some(id)
 }
 
+/// Declares `$ins` and `$outs`, a slot's buffers as virtio-drivers
+/// wants them: the header, then the data (for a write), device-readable;
+/// the data (for a read), then the status byte, device-writable. A macro,
+/// not a function, because `VirtQueue::pop_used` wants one lifetime for
+/// the slices and what they point to.
+macro_rules! slot_buffers {
+    ($slot:expr, $ins:ident, $outs:ident) => {
+        let slot: &mut Slot = $slot;
+        let mut ins_store: [&[u8]; PHYS_QUEUE] = [&[]; PHYS_QUEUE];
+        let mut outs_store: [&mut [u8]; PHYS_QUEUE] =
+            core::array::from_fn(|_| <&mut [u8]>::default());
+        ins_store[0] = &slot.header[..];
+        let (mut n_in, mut n_out) = (1, 0);
+        for s in slot.segs.iter().take(PHYS_QUEUE - 2) {
+            let ptr = s.host as *mut u8;
+            if slot.op == blk::Op::Write {
+                // SAFETY: `bulkhead_virtio` checked [host, host + len) is
+                // the VM's own RAM, identity-mapped at EL2. We never read
+                // it: only the device does, so the guest changing it
+                // meanwhile changes only what the device writes to disk.
+                ins_store[n_in] = unsafe { core::slice::from_raw_parts(ptr, s.len as usize) };
+                n_in += 1;
+            } else {
+                // SAFETY: as above; the device writes the guest's buffer,
+                // which the guest gave us for that.
+                outs_store[n_out] = unsafe { core::slice::from_raw_parts_mut(ptr, s.len as usize) };
+                n_out += 1;
+            }
+        }
+        outs_store[n_out] = &mut slot.status[..];
+        n_out += 1;
+        let $ins = &ins_store[..n_in];
+        let $outs = &mut outs_store[..n_out];
+    };
+}
+
 impl PhysDisk {
     fn new(base: u64, mut transport: MmioTransport<'static>) -> virtio_drivers::Result<PhysDisk> {
         let want = PhysFeatures::RO | PhysFeatures::FLUSH | PhysFeatures::VERSION_1;
@@ -181,86 +228,163 @@ impl PhysDisk {
             read_only: got.contains(PhysFeatures::RO),
             transport,
             queue,
-            header: [0; 16],
-            status: [0xff],
+            slots: (0..blk::MAX_BATCH)
+                .map(|_| Slot {
+                    header: [0; 16],
+                    status: [0xff],
+                    op: blk::Op::Flush,
+                    segs: Vec::with_capacity(PHYS_QUEUE),
+                    token: None,
+                })
+                .collect(),
             stats: PhysStats::default(),
         })
     }
 
-    /// One request, waited for: `kind` at `sector` with guest buffers
-    /// `segs` (device-written for IN, device-read for OUT, none for FLUSH).
-    fn request(&mut self, kind: u32, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
-        if segs.len() > PHYS_QUEUE - 2 {
-            return Err(IoError);
-        }
+    /// Puts a request on the physical queue in slot `i`, without waiting:
+    /// `op` at `sector` with guest buffers `segs` (device-written for a
+    /// read, device-read for a write, none for a flush).
+    fn start(&mut self, i: usize, op: blk::Op, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
+        let kind = match op {
+            blk::Op::Read => blk::req::IN,
+            blk::Op::Write => blk::req::OUT,
+            blk::Op::Flush => blk::req::FLUSH,
+        };
         let PhysDisk {
             transport,
             queue,
-            header,
-            status,
-            stats,
+            slots,
             ..
         } = self;
-        header[..4].copy_from_slice(&kind.to_le_bytes());
-        header[4..8].fill(0);
-        header[8..].copy_from_slice(&sector.to_le_bytes());
-        status[0] = 0xff;
-        let mut ins: [&[u8]; PHYS_QUEUE] = [&[]; PHYS_QUEUE];
-        let mut outs: [&mut [u8]; PHYS_QUEUE] = core::array::from_fn(|_| <&mut [u8]>::default());
-        ins[0] = &header[..];
-        let (mut n_in, mut n_out) = (1, 0);
-        for s in segs {
-            let ptr = s.host as *mut u8;
-            if kind == blk::req::OUT {
-                // SAFETY: `bulkhead_virtio` checked [host, host + len) is the
-                // VM's own RAM, identity-mapped at EL2. We never read it:
-                // only the device does, so the guest changing it meanwhile
-                // changes only what the device writes to disk.
-                ins[n_in] = unsafe { core::slice::from_raw_parts(ptr, s.len as usize) };
-                n_in += 1;
-            } else {
-                // SAFETY: as above; the device writes the guest's buffer,
-                // which the guest gave us for that.
-                outs[n_out] = unsafe { core::slice::from_raw_parts_mut(ptr, s.len as usize) };
-                n_out += 1;
-            }
-        }
-        outs[n_out] = &mut status[..];
-        n_out += 1;
-        let (ins, outs) = (&ins[..n_in], &mut outs[..n_out]);
-        // SAFETY: the buffers stay valid and untouched by us until the
-        // pop below, which waits for exactly this token.
-        let token = unsafe { queue.add(ins, outs) }.map_err(|_| IoError)?;
+        let slot = slots.get_mut(i).ok_or(IoError)?;
+        slot.header[..4].copy_from_slice(&kind.to_le_bytes());
+        slot.header[4..8].fill(0);
+        slot.header[8..].copy_from_slice(&sector.to_le_bytes());
+        slot.status[0] = 0xff;
+        slot.op = op;
+        slot.segs.clear();
+        slot.segs.extend_from_slice(segs);
+        let token = {
+            slot_buffers!(slot, ins, outs);
+            // SAFETY: the buffers stay valid and untouched by us until
+            // `finish` pops this token with the same buffers (rebuilt from
+            // the slot, which does not move: `slots` is never resized).
+            unsafe { queue.add(ins, outs) }.map_err(|_| IoError)?
+        };
+        slot.token = Some(token);
         if queue.should_notify() {
             transport.notify(0);
         }
-        while !queue.can_pop() {
-            core::hint::spin_loop();
-        }
-        // SAFETY: the same buffers as given to `add` for `token`.
-        let r = unsafe { queue.pop_used(token, ins, outs) };
-        stats.requests += 1;
-        stats.bytes += segs.iter().map(|s| u64::from(s.len)).sum::<u64>();
-        if r.is_err() || status[0] != blk::req::S_OK {
-            stats.errors += 1;
-            return Err(IoError);
-        }
         Ok(())
+    }
+
+    /// Waits for the next request to complete and takes it off the queue:
+    /// its slot and result.
+    fn finish(&mut self) -> Option<(usize, Result<(), IoError>)> {
+        self.slots.iter().any(|s| s.token.is_some()).then_some(())?;
+        let token = loop {
+            if let Some(t) = self.queue.peek_used() {
+                break t;
+            }
+            core::hint::spin_loop();
+        };
+        let PhysDisk {
+            queue,
+            slots,
+            stats,
+            ..
+        } = self;
+        let Some(i) = slots.iter().position(|s| s.token == Some(token)) else {
+            // The device used a chain we never gave it: nothing sane to do.
+            log::error!("virtio-blk: the device returned unknown token {token}");
+            return None;
+        };
+        let r = {
+            slot_buffers!(&mut slots[i], ins, outs);
+            // SAFETY: the same buffers as given to `add` for `token`.
+            unsafe { queue.pop_used(token, ins, outs) }
+        };
+        let slot = &mut slots[i];
+        slot.token = None;
+        stats.requests += 1;
+        stats.bytes += slot.segs.iter().map(|s| u64::from(s.len)).sum::<u64>();
+        if r.is_err() || slot.status[0] != blk::req::S_OK {
+            stats.errors += 1;
+            return Some((i, Err(IoError)));
+        }
+        Some((i, Ok(())))
+    }
+
+    /// One request, waited for.
+    fn request(&mut self, op: blk::Op, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
+        while self.finish().is_some() {}
+        self.start(0, op, sector, segs)?;
+        self.finish().map_or(Err(IoError), |(_, r)| r)
     }
 }
 
-/// A VM's requests go to a physical disk, one at a time under its lock.
-struct Backend(&'static Mutex<PhysDisk>);
+/// A VM's requests go to a physical disk. A batch (`submit`s, then
+/// `wait`) holds the disk's lock from its first request to its end, so
+/// the disk's queue only ever holds one VM's batch and every completion
+/// is this batch's.
+struct Backend<'a> {
+    disk: &'a Mutex<PhysDisk>,
+    held: Option<spin::MutexGuard<'a, PhysDisk>>,
+    /// Results of requests finished early to make room.
+    early: Vec<(u16, Result<(), IoError>)>,
+}
 
-impl BlockBackend for Backend {
+impl<'a> Backend<'a> {
+    fn new(disk: &'a Mutex<PhysDisk>) -> Backend<'a> {
+        Backend {
+            disk,
+            held: None,
+            early: Vec::new(),
+        }
+    }
+}
+
+impl BlockBackend for Backend<'_> {
     fn read(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
-        self.0.lock().request(blk::req::IN, sector, segs)
+        self.disk.lock().request(blk::Op::Read, sector, segs)
     }
     fn write(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
-        self.0.lock().request(blk::req::OUT, sector, segs)
+        self.disk.lock().request(blk::Op::Write, sector, segs)
     }
     fn flush(&mut self) -> Result<(), IoError> {
-        self.0.lock().request(blk::req::FLUSH, 0, &[])
+        self.disk.lock().request(blk::Op::Flush, 0, &[])
+    }
+
+    fn submit(&mut self, op: blk::Op, sector: u64, segs: &[Seg]) -> blk::Submitted {
+        let disk = self.disk;
+        let d = self.held.get_or_insert_with(|| disk.lock());
+        // A free slot and room on the queue, else finish what is there.
+        let need = segs.len() + 2;
+        let free = |d: &PhysDisk| d.slots.iter().position(|s| s.token.is_none());
+        while free(d).is_none() || d.queue.available_desc() < need {
+            match d.finish() {
+                Some((i, r)) => self.early.push((i as u16, r)),
+                None => break,
+            }
+        }
+        let Some(i) = free(d) else {
+            return blk::Submitted::Done(Err(IoError));
+        };
+        match d.start(i, op, sector, segs) {
+            Ok(()) => blk::Submitted::Pending(i as u16),
+            Err(e) => blk::Submitted::Done(Err(e)),
+        }
+    }
+
+    fn wait(&mut self, done: &mut dyn FnMut(u16, Result<(), IoError>)) {
+        for (t, r) in self.early.drain(..) {
+            done(t, r);
+        }
+        if let Some(mut d) = self.held.take() {
+            while let Some((i, r)) = d.finish() {
+                done(i as u16, r);
+            }
+        }
     }
 }
 
@@ -445,7 +569,7 @@ fn blk_access(
             let disk = disks().get(disk)?;
             let mem = vm.memory();
             let out = blk
-                .mmio_write(off, size, value as u32, &mem, &mut Backend(disk))
+                .mmio_write(off, size, value as u32, &mem, &mut Backend::new(disk))
                 .ok()?;
             if let Some(e) = out.refused {
                 vm.complain(vcpu, format_args!("virtio-blk {i}: request refused: {e}"));

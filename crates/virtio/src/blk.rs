@@ -58,14 +58,50 @@ pub struct Seg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IoError;
 
+/// What a request asks of the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    Write,
+    Flush,
+}
+
+/// What [`BlockBackend::submit`] did with a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Done already, with this result.
+    Done(Result<(), IoError>),
+    /// In flight under this ticket until [`BlockBackend::wait`].
+    Pending(u16),
+}
+
 /// The shared disk behind every VM's slice. Sectors are absolute (the
 /// slice offset already added and the range checked); `segs` are in order
 /// and their lengths add up to a whole number of sectors.
+///
+/// [`Blk`] hands a batch of requests over with `submit`, then `wait`s for
+/// all of them, so a disk that can run several at once may; the default
+/// `submit` runs each one at once with `read`, `write` or `flush`.
 pub trait BlockBackend {
     fn read(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError>;
     fn write(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError>;
     fn flush(&mut self) -> Result<(), IoError>;
+
+    fn submit(&mut self, op: Op, sector: u64, segs: &[Seg]) -> Submitted {
+        Submitted::Done(match op {
+            Op::Read => self.read(sector, segs),
+            Op::Write => self.write(sector, segs),
+            Op::Flush => self.flush(),
+        })
+    }
+
+    /// Waits for every request `submit` left pending and calls `done` with
+    /// each ticket and its result, in any order.
+    fn wait(&mut self, _done: &mut dyn FnMut(u16, Result<(), IoError>)) {}
 }
+
+/// Requests taken from the queue and handed to the disk together.
+pub const MAX_BATCH: usize = 16;
 
 /// A VM's view of its disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -165,8 +201,33 @@ pub struct Blk {
     queue: Option<Queue>,
     config: [u8; 24],
     chain: Vec<Desc>,
+    /// The data buffers of every request in the batch, one range each.
     segs: Vec<Seg>,
+    batch: Vec<Entry>,
     pub stats: BlkStats,
+}
+
+/// A checked request: either its result is known already, or it goes to
+/// the disk.
+#[derive(Clone, Debug)]
+enum Plan {
+    Done(Result<u32, ReqError>),
+    Io {
+        op: Op,
+        sector: u64,
+        segs: core::ops::Range<usize>,
+        bytes: u64,
+    },
+}
+
+/// One request of a batch.
+#[derive(Clone, Debug)]
+struct Entry {
+    head: u16,
+    status_at: u64,
+    plan: Plan,
+    ticket: Option<u16>,
+    result: Option<Result<(), IoError>>,
 }
 
 impl Blk {
@@ -187,6 +248,7 @@ impl Blk {
             config,
             chain: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
+            batch: Vec::with_capacity(MAX_BATCH),
             stats: BlkStats::default(),
         }
     }
@@ -283,21 +345,67 @@ impl Blk {
         out: &mut Outcome,
     ) -> Result<(), QueueError> {
         loop {
-            while let Some(head) = q.pop(mem, &mut self.chain)? {
-                let (status_at, len, result) = self.serve(mem, backend);
-                let Some(status_at) = status_at else {
-                    // Nowhere to say what happened: give the chain back so
-                    // the driver is not left waiting, and give up the queue.
-                    out.refused.get_or_insert(ReqError::NoStatus);
-                    q.push_used(mem, head, 0)?;
-                    return Err(QueueError::Unanswerable);
+            // Take a batch: each chain checked, its buffers translated.
+            self.batch.clear();
+            self.segs.clear();
+            let mut unanswerable = None;
+            while self.batch.len() < MAX_BATCH {
+                let Some(head) = q.pop(mem, &mut self.chain)? else {
+                    break;
                 };
+                let Some(status_at) = self.status_byte(mem) else {
+                    // Nowhere to say what happened: the chain goes back
+                    // empty once the batch is done, and the queue is given
+                    // up.
+                    unanswerable = Some(head);
+                    break;
+                };
+                let plan = self.plan(mem);
+                self.batch.push(Entry {
+                    head,
+                    status_at,
+                    plan,
+                    ticket: None,
+                    result: None,
+                });
+            }
+            if self.batch.is_empty() && unanswerable.is_none() {
+                if !q.rearm(mem)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            // Hand the batch to the disk, then wait for all of it.
+            for e in &mut self.batch {
+                if let Plan::Io {
+                    op,
+                    sector,
+                    ref segs,
+                    ..
+                } = e.plan
+                {
+                    match backend.submit(op, sector, &self.segs[segs.clone()]) {
+                        Submitted::Done(r) => e.result = Some(r),
+                        Submitted::Pending(t) => e.ticket = Some(t),
+                    }
+                }
+            }
+            let batch = &mut self.batch;
+            backend.wait(&mut |t, r| {
+                if let Some(e) = batch.iter_mut().find(|e| e.ticket == Some(t)) {
+                    e.result = Some(r);
+                }
+            });
+            // Answer in the order the guest made them available.
+            for i in 0..self.batch.len() {
+                let (len, result) = self.finish(i);
+                let e = &self.batch[i];
                 let code = match result {
                     Ok(()) => req::S_OK,
-                    Err(e) => {
+                    Err(err) => {
                         self.stats.errors += 1;
-                        out.refused.get_or_insert(e);
-                        if let ReqError::Unsupported { .. } = e {
+                        out.refused.get_or_insert(err);
+                        if let ReqError::Unsupported { .. } = err {
                             req::S_UNSUPP
                         } else {
                             req::S_IOERR
@@ -305,44 +413,65 @@ impl Blk {
                     }
                 };
                 // The status byte was checked to be guest RAM.
-                let _ = mem.write(status_at, &[code]);
-                q.push_used(mem, head, len)?;
+                let _ = mem.write(e.status_at, &[code]);
+                q.push_used(mem, e.head, len)?;
                 out.used += 1;
             }
-            if !q.rearm(mem)? {
-                return Ok(());
+            if let Some(head) = unanswerable {
+                out.refused.get_or_insert(ReqError::NoStatus);
+                q.push_used(mem, head, 0)?;
+                return Err(QueueError::Unanswerable);
             }
         }
     }
 
-    /// Serves the chain in `self.chain`: where its status byte is (if it
-    /// has a usable one), the bytes written into the chain, and the result.
-    fn serve(
-        &mut self,
-        mem: &impl GuestMemory,
-        backend: &mut impl BlockBackend,
-    ) -> (Option<u64>, u32, Result<(), ReqError>) {
-        // The status byte: the last byte of the last descriptor, which must
-        // be device-writable and guest RAM.
-        let status_at = self.chain.last().and_then(|d| {
-            let at = d.addr.checked_add(u64::from(d.len))?.checked_sub(1)?;
-            (d.write && d.len > 0 && mem.translate(at, 1).is_some()).then_some(at)
-        });
-        if status_at.is_none() {
-            return (None, 0, Err(ReqError::NoStatus));
-        }
-        match self.request(mem, backend) {
-            Ok(data_written) => (status_at, data_written + 1, Ok(())),
-            Err(e) => (status_at, 1, Err(e)),
+    /// Entry `i` of the batch is done: the bytes written into its chain
+    /// (data and status) and its result, with the counters updated.
+    fn finish(&mut self, i: usize) -> (u32, Result<(), ReqError>) {
+        let e = &self.batch[i];
+        match e.plan {
+            Plan::Done(Ok(written)) => (written + 1, Ok(())),
+            Plan::Done(Err(err)) => (1, Err(err)),
+            Plan::Io { op, bytes, .. } => match e.result {
+                Some(Ok(())) => {
+                    let (count, total, data) = match op {
+                        Op::Read => (&mut self.stats.reads, &mut self.stats.read_bytes, bytes),
+                        Op::Write => (&mut self.stats.writes, &mut self.stats.write_bytes, 0),
+                        Op::Flush => (&mut self.stats.flushes, &mut 0u64, 0),
+                    };
+                    *count += 1;
+                    *total += bytes;
+                    (data as u32 + 1, Ok(()))
+                }
+                // Failed, or a backend that never reported it.
+                Some(Err(IoError)) | None => (1, Err(ReqError::Io)),
+            },
         }
     }
 
-    /// Checks and runs one request; the data bytes written on success.
-    fn request(
-        &mut self,
-        mem: &impl GuestMemory,
-        backend: &mut impl BlockBackend,
-    ) -> Result<u32, ReqError> {
+    /// Where the chain in `self.chain` wants its status: the last byte of
+    /// the last descriptor, which must be device-writable guest RAM.
+    fn status_byte(&self, mem: &impl GuestMemory) -> Option<u64> {
+        self.chain.last().and_then(|d| {
+            let at = d.addr.checked_add(u64::from(d.len))?.checked_sub(1)?;
+            (d.write && d.len > 0 && mem.translate(at, 1).is_some()).then_some(at)
+        })
+    }
+
+    /// Checks the chain in `self.chain` (which has a status byte) and says
+    /// what to do with it; its data buffers go on the end of `self.segs`.
+    fn plan(&mut self, mem: &impl GuestMemory) -> Plan {
+        let first = self.segs.len();
+        match self.check(mem, first) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.segs.truncate(first);
+                Plan::Done(Err(e))
+            }
+        }
+    }
+
+    fn check(&mut self, mem: &impl GuestMemory, first: usize) -> Result<Plan, ReqError> {
         // Device-readable buffers come first (2.7.4.2).
         let readable = self.chain.iter().take_while(|d| !d.write).count();
         if self.chain[readable..].iter().any(|d| !d.write) {
@@ -353,7 +482,6 @@ impl Blk {
         // status byte (IN, GET_ID).
         let mut header = [0u8; 16];
         let mut header_left = header.len();
-        self.segs.clear();
         let last = self.chain.len() - 1;
         let (mut readable_data, mut writable_data) = (false, false);
         for (i, d) in self.chain.iter().enumerate() {
@@ -395,7 +523,11 @@ impl Blk {
         let mut sector_bytes = [0u8; 8];
         sector_bytes.copy_from_slice(&header[8..16]);
         let sector = u64::from_le_bytes(sector_bytes);
-        let total: u64 = self.segs.iter().map(|s| u64::from(s.len)).sum();
+        let segs = first..self.segs.len();
+        let total: u64 = self.segs[segs.clone()]
+            .iter()
+            .map(|s| u64::from(s.len))
+            .sum();
         match kind {
             req::IN | req::OUT => {
                 let (ok_dir, wrong) = if kind == req::IN {
@@ -420,28 +552,25 @@ impl Blk {
                     return Err(ReqError::ReadOnly);
                 }
                 if n == 0 {
-                    return Ok(0);
+                    return Ok(Plan::Done(Ok(0)));
                 }
-                let abs = self.slice.start + sector;
-                if kind == req::IN {
-                    backend.read(abs, &self.segs).map_err(|_| ReqError::Io)?;
-                    self.stats.reads += 1;
-                    self.stats.read_bytes += total;
-                    Ok(total as u32)
-                } else {
-                    backend.write(abs, &self.segs).map_err(|_| ReqError::Io)?;
-                    self.stats.writes += 1;
-                    self.stats.write_bytes += total;
-                    Ok(0)
-                }
+                Ok(Plan::Io {
+                    op: if kind == req::IN { Op::Read } else { Op::Write },
+                    sector: self.slice.start + sector,
+                    segs,
+                    bytes: total,
+                })
             }
             req::FLUSH => {
                 if self.slice.read_only {
-                    return Ok(0);
+                    return Ok(Plan::Done(Ok(0)));
                 }
-                backend.flush().map_err(|_| ReqError::Io)?;
-                self.stats.flushes += 1;
-                Ok(0)
+                Ok(Plan::Io {
+                    op: Op::Flush,
+                    sector: 0,
+                    segs: first..first,
+                    bytes: 0,
+                })
             }
             req::GET_ID => {
                 if readable_data || !writable_data {
@@ -449,14 +578,15 @@ impl Blk {
                 }
                 let mut left = &self.slice.serial[..];
                 let mut written = 0u32;
-                for s in &self.segs {
+                for s in &self.segs[segs] {
                     let n = left.len().min(s.len as usize);
                     mem.write(s.ipa, &left[..n])
                         .map_err(|_| ReqError::Memory { ipa: s.ipa })?;
                     left = &left[n..];
                     written += n as u32;
                 }
-                Ok(written)
+                self.segs.truncate(first);
+                Ok(Plan::Done(Ok(written)))
             }
             kind => Err(ReqError::Unsupported { kind }),
         }
@@ -900,5 +1030,97 @@ mod tests {
         assert_eq!(c(12, 4), SEG_MAX);
         assert_eq!(c(20, 4), 512);
         assert_eq!(blk.mmio_read(mmio::reg::DEVICE_ID, 4), Some(2));
+    }
+    /// A disk that runs a batch at once and reports it backwards, failing
+    /// the requests that touch sector 7.
+    struct Async<'m, 'a> {
+        disk: MemDisk<'m, SliceMem<'a>>,
+        pending: Vec<(u16, Result<(), IoError>)>,
+        batches: Vec<usize>,
+    }
+
+    impl BlockBackend for Async<'_, '_> {
+        fn read(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
+            self.disk.read(sector, segs)
+        }
+        fn write(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
+            self.disk.write(sector, segs)
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            self.disk.flush()
+        }
+        fn submit(&mut self, op: Op, sector: u64, segs: &[Seg]) -> Submitted {
+            let r = if sector == 7 {
+                Err(IoError)
+            } else {
+                match op {
+                    Op::Read => self.disk.read(sector, segs),
+                    Op::Write => self.disk.write(sector, segs),
+                    Op::Flush => self.disk.flush(),
+                }
+            };
+            let t = 100 + self.pending.len() as u16;
+            self.pending.push((t, r));
+            Submitted::Pending(t)
+        }
+        fn wait(&mut self, done: &mut dyn FnMut(u16, Result<(), IoError>)) {
+            self.batches.push(self.pending.len());
+            while let Some((t, r)) = self.pending.pop() {
+                done(t, r);
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_to_the_disk_together_and_is_answered_in_order() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut a = Async {
+            disk: disk(&mem),
+            pending: Vec::new(),
+            batches: Vec::new(),
+        };
+        let mut r = rig(&mem, slice(0, 64, false));
+        // Five reads, each with its own header, data and status; the third
+        // is at sector 7, which the disk fails.
+        let mut heads = Vec::new();
+        for k in 0..5u64 {
+            let at = |off: u64| BASE + 0x4_0000 + k * 0x1000 + off;
+            let mut h = [0u8; 16];
+            h[8..].copy_from_slice(&(5 + k).to_le_bytes());
+            mem.write(at(0), &h).unwrap();
+            mem.write(at(0x100), &[0xff]).unwrap();
+            heads.push(r.drv.add(
+                &mem,
+                &[
+                    (at(0), 16, false),
+                    (at(0x200), 512, true),
+                    (at(0x100), 1, true),
+                ],
+            ));
+        }
+        let out = r
+            .blk
+            .mmio_write(mmio::reg::QUEUE_NOTIFY, 4, 0, &mem, &mut a)
+            .unwrap();
+        assert_eq!(out.used, 5);
+        assert_eq!(a.batches, [5], "one batch of five");
+        for (k, &h) in heads.iter().enumerate() {
+            let (head, len) = r.drv.take_used(&mem).unwrap();
+            assert_eq!(head, h, "answered in the order made available");
+            let mut st = [0u8];
+            mem.read(BASE + 0x4_0000 + k as u64 * 0x1000 + 0x100, &mut st)
+                .unwrap();
+            if k == 2 {
+                assert_eq!((st[0], len), (req::S_IOERR, 1));
+            } else {
+                assert_eq!((st[0], len), (req::S_OK, 513));
+                let mut b = [0u8; 512];
+                mem.read(BASE + 0x4_0000 + k as u64 * 0x1000 + 0x200, &mut b)
+                    .unwrap();
+                assert!(b.iter().all(|&x| x == 5 + k as u8), "sector {}", 5 + k);
+            }
+        }
+        assert_eq!((r.blk.stats.reads, r.blk.stats.errors), (4, 1));
     }
 }
