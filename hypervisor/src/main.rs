@@ -718,6 +718,22 @@ fn disk_slices(
             let p = phys.lock();
             (p.sectors, p.read_only)
         };
+        let (offset, size) = slice_range(d, cfg)?;
+        if d.partition.is_some() && undeclared(d, cfg) {
+            // Resolved here, from the disk's own table: the host tool could
+            // not check it against the other slices, so this does.
+            if let Some(other) = overlapping(cfg, vc, n, (offset, size))? {
+                return Err(alloc::format!(
+                    "its disk {n} (partition '{}' of '{name}') overlaps {other}, and one of them is read-write",
+                    d.partition.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        let d = &bulkhead_config::VmDisk {
+            offset,
+            size,
+            ..d.clone()
+        };
         let end = d.offset.checked_add(d.size);
         if end.is_none_or(|e| e > sectors * 512) {
             return Err(alloc::format!(
@@ -751,6 +767,83 @@ fn disk_slices(
 
 /// The VM's `[[vm.net]]` devices, after its disks in the virtio window,
 /// each on the switch port `net::build` gave it.
+/// Whether slice `d` names a partition its `[[disk]]` does not lay out
+/// (so only the disk's own table says where it is).
+fn undeclared(d: &bulkhead_config::VmDisk, cfg: &bulkhead_config::SystemConfig) -> bool {
+    cfg.disks
+        .get(usize::from(d.disk))
+        .is_none_or(|c| c.partitions.is_empty())
+}
+
+/// Where slice `d` is on its disk, in bytes: its offset and size, or for a
+/// named partition the range the disk's GUID partition table gives it. A
+/// partition the config lays out must be where the config says.
+fn slice_range(
+    d: &bulkhead_config::VmDisk,
+    cfg: &bulkhead_config::SystemConfig,
+) -> Result<(u64, u64), String> {
+    let Some(part) = &d.partition else {
+        return Ok((d.offset, d.size));
+    };
+    let i = usize::from(d.disk);
+    let name = cfg.disks.get(i).map_or("?", |c| c.name.as_str());
+    let phys = virtio::disks().get(i).ok_or_else(|| {
+        alloc::format!("disk '{name}' is [[disk]] {i}, which this machine does not have")
+    })?;
+    let p = phys.lock();
+    let Some(found) = p.partitions.iter().find(|q| &q.name == part) else {
+        return Err(if p.partitions.is_empty() {
+            alloc::format!("disk '{name}' has no GUID partition table, so no partition '{part}'")
+        } else {
+            alloc::format!(
+                "disk '{name}' has no partition '{part}'; its partitions are {}",
+                p.partitions
+                    .iter()
+                    .map(|q| alloc::format!("'{}'", q.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        });
+    };
+    let range = (found.first * 512, found.sectors() * 512);
+    if !undeclared(d, cfg) && range != (d.offset, d.size) {
+        return Err(alloc::format!(
+            "partition '{part}' of '{name}' is {:#x}+{:#x} on the disk, but the config lays it out at {:#x}+{:#x}",
+            range.0,
+            range.1,
+            d.offset,
+            d.size
+        ));
+    }
+    Ok(range)
+}
+
+/// Another slice of the same disk that overlaps `range` (slice `n` of
+/// `vc`) with one of the two read-write, named for the log.
+fn overlapping(
+    cfg: &bulkhead_config::SystemConfig,
+    vc: &bulkhead_config::VmConfig,
+    n: usize,
+    range: (u64, u64),
+) -> Result<Option<String>, String> {
+    let me = &vc.disks[n];
+    for other in &cfg.vms {
+        for (m, d) in other.disks.iter().enumerate() {
+            let same = core::ptr::eq(other, vc) && m == n;
+            if same || d.disk != me.disk || (d.read_only && me.read_only) {
+                continue;
+            }
+            let Ok((o, s)) = slice_range(d, cfg) else {
+                continue;
+            };
+            if o < range.0 + range.1 && range.0 < o + s {
+                return Ok(Some(alloc::format!("vm '{}' disk {m}", other.name)));
+            }
+        }
+    }
+    Ok(None)
+}
+
 #[inline(never)]
 fn nics(vc: &bulkhead_config::VmConfig, ports: &[(usize, usize)]) -> Vec<virtio::VirtioDev> {
     vc.nets

@@ -86,6 +86,8 @@ pub struct PhysDisk {
     queue: VirtQueue<El2Hal, PHYS_QUEUE>,
     /// Requests in flight on the physical queue, at most one per slot.
     slots: Vec<Slot>,
+    /// Its GUID partition table, read at boot (empty without one).
+    pub partitions: Vec<bulkhead_virtio::gpt::Partition>,
     pub stats: PhysStats,
 }
 
@@ -147,13 +149,14 @@ pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
             continue;
         }
         match PhysDisk::new(base, transport) {
-            Ok(d) => {
+            Ok(mut d) => {
                 log::info!(
                     "disk{}: virtio-blk at {base:#x}, {} MiB{}",
                     found.len(),
                     d.sectors >> 11,
                     if d.read_only { ", read-only" } else { "" }
                 );
+                d.read_gpt(found.len());
                 found.push(Mutex::new(d));
             }
             Err(e) => log::error!("virtio-blk at {base:#x} not usable: {e:?}"),
@@ -195,9 +198,10 @@ macro_rules! slot_buffers {
             let ptr = s.host as *mut u8;
             if slot.op == blk::Op::Write {
                 // SAFETY: `bulkhead_virtio` checked [host, host + len) is
-                // the VM's own RAM, identity-mapped at EL2. We never read
-                // it: only the device does, so the guest changing it
-                // meanwhile changes only what the device writes to disk.
+                // the VM's own RAM (or it is a buffer of ours, from
+                // `read_into`), identity-mapped at EL2. We never read it:
+                // only the device does, so the guest changing it meanwhile
+                // changes only what the device writes to disk.
                 ins_store[n_in] = unsafe { core::slice::from_raw_parts(ptr, s.len as usize) };
                 n_in += 1;
             } else {
@@ -237,6 +241,7 @@ impl PhysDisk {
                     token: None,
                 })
                 .collect(),
+            partitions: Vec::new(),
             stats: PhysStats::default(),
         })
     }
@@ -313,6 +318,59 @@ impl PhysDisk {
             return Some((i, Err(IoError)));
         }
         Some((i, Ok(())))
+    }
+
+    /// Reads the disk's GUID partition table, if it has one, into
+    /// `partitions` (logged).
+    fn read_gpt(&mut self, index: usize) {
+        use bulkhead_virtio::gpt;
+        let mut sector = alloc::vec![0u8; 512];
+        if self.read_into(1, &mut sector).is_err() {
+            log::error!("disk{index}: cannot read LBA 1 for its partition table");
+            return;
+        }
+        let header = match gpt::header(&sector) {
+            Ok(h) => h,
+            Err(gpt::GptError::NoTable) => return,
+            Err(e) => {
+                log::error!("disk{index}: partition table not used: {e}");
+                return;
+            }
+        };
+        let mut array = alloc::vec![0u8; header.entries_bytes().next_multiple_of(512)];
+        let in_disk = header
+            .entries_lba
+            .checked_add(array.len() as u64 / 512)
+            .is_some_and(|end| end <= self.sectors);
+        if !in_disk || self.read_into(header.entries_lba, &mut array).is_err() {
+            log::error!("disk{index}: cannot read its partition entries");
+            return;
+        }
+        match gpt::partitions(&header, &array) {
+            Ok(p) => {
+                for part in &p {
+                    log::info!(
+                        "disk{index}: partition '{}' sectors {}..={} ({} MiB)",
+                        part.name,
+                        part.first,
+                        part.last,
+                        part.sectors() >> 11
+                    );
+                }
+                self.partitions = p;
+            }
+            Err(e) => log::error!("disk{index}: partition table not used: {e}"),
+        }
+    }
+
+    /// Reads sectors from `lba` on into a buffer of the hypervisor's own.
+    fn read_into(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        let seg = Seg {
+            ipa: 0,
+            host: buf.as_mut_ptr() as u64,
+            len: u32::try_from(buf.len()).map_err(|_| IoError)?,
+        };
+        self.request(blk::Op::Read, lba, &[seg])
     }
 
     /// One request, waited for.

@@ -40,6 +40,8 @@ pub struct Built {
     /// The board's physical disks (`[[disk]]`), raw image files under
     /// `target/disks/`, in the config's order.
     pub disks: Vec<PathBuf>,
+    /// Their `[[disk]]` tables, for [`blank_disks`].
+    pub disk_configs: Vec<bulkhead_config::Disk>,
     /// A switch has the uplink: the board needs its physical NIC.
     pub uplink: bool,
 }
@@ -205,13 +207,15 @@ pub fn build_with_features(config: &Path, output: Output, features: &[&str]) -> 
         ram_mib: parsed.config.board.ram_size >> 20,
         vcpus: parsed.config.vms.iter().map(|vm| vm.pcpus.len()).sum(),
         disks,
+        disk_configs: parsed.config.disks.clone(),
         uplink: parsed.config.switches.iter().any(|s| s.uplink),
     })
 }
 
 /// The raw image of each `[[disk]]`: `target/disks/<config>-<name>.raw`,
-/// created sparse at the config's size when missing or of another size,
-/// otherwise kept, so what the VMs wrote survives to the next run.
+/// created sparse at the config's size (with the GUID partition table the
+/// config lays out, if any) when missing or of another size, otherwise
+/// kept, so what the VMs wrote survives to the next run.
 fn disk_images(stem: &str, disks: &[bulkhead_config::Disk]) -> Result<Vec<PathBuf>> {
     let dir = target_dir().join("disks");
     if !disks.is_empty() {
@@ -224,25 +228,99 @@ fn disk_images(stem: &str, disks: &[bulkhead_config::Disk]) -> Result<Vec<PathBu
             let path = dir.join(format!("{stem}-{}.raw", d.name));
             let fits = std::fs::metadata(&path).is_ok_and(|m| m.len() == d.size);
             if !fits {
-                let f = std::fs::File::create(&path)
-                    .with_context(|| format!("cannot create {}", path.display()))?;
-                f.set_len(d.size)
-                    .with_context(|| format!("cannot size {}", path.display()))?;
+                fresh_disk(&path, d)?;
+            } else if !d.partitions.is_empty() && !table_matches(&path, d)? {
+                // The layout changed: a new table, the data left as it is.
+                println!(
+                    "{}: partition table rewritten for the config's layout",
+                    path.display()
+                );
+                write_table(&path, d)?;
             }
             Ok(path)
         })
         .collect()
 }
 
-/// Starts every disk of `built` from zeros (a test wants a known disk).
+/// A blank sparse image of `disk`, with its GUID partition table if the
+/// config lays one out (bulkhead_config::partition_layout).
+fn fresh_disk(path: &Path, disk: &bulkhead_config::Disk) -> Result<()> {
+    let f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.set_len(disk.size)
+        .with_context(|| format!("cannot size {}", path.display()))?;
+    drop(f);
+    if disk.partitions.is_empty() {
+        return Ok(());
+    }
+    write_table(path, disk)
+}
+
+/// The partitions `disk` lays out: (name, byte offset, bytes).
+fn layout(disk: &bulkhead_config::Disk) -> Result<Vec<(&str, u64, u64)>> {
+    let layout = bulkhead_config::partition_layout(&disk.partitions, disk.size)
+        .map_err(|e| anyhow::anyhow!("disk '{}': {e}", disk.name))?;
+    Ok(disk
+        .partitions
+        .iter()
+        .zip(layout)
+        .map(|(p, (offset, size))| (p.name.as_str(), offset, size))
+        .collect())
+}
+
+/// Writes `disk`'s GUID partition table (both copies) into its image.
+fn write_table(path: &Path, disk: &bulkhead_config::Disk) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let parts = layout(disk)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let seed = disk
+        .name
+        .bytes()
+        .fold(0x5eed_u64, |h, b| h.rotate_left(5) ^ u64::from(b));
+    for (at, bytes) in bulkhead_virtio::gpt::build(disk.size / 512, &parts, seed) {
+        f.seek(SeekFrom::Start(at))?;
+        f.write_all(&bytes)
+            .with_context(|| format!("cannot write the partition table of {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether the image's own table has exactly the partitions `disk` lays
+/// out, where it lays them out.
+fn table_matches(path: &Path, disk: &bulkhead_config::Disk) -> Result<bool> {
+    use bulkhead_virtio::gpt;
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut sector = vec![0u8; 512];
+    f.seek(SeekFrom::Start(512))?;
+    f.read_exact(&mut sector)?;
+    let Ok(h) = gpt::header(&sector) else {
+        return Ok(false);
+    };
+    let mut array = vec![0u8; h.entries_bytes()];
+    f.seek(SeekFrom::Start(h.entries_lba.saturating_mul(512)))?;
+    if f.read_exact(&mut array).is_err() {
+        return Ok(false);
+    }
+    let Ok(found) = gpt::partitions(&h, &array) else {
+        return Ok(false);
+    };
+    let want = layout(disk)?;
+    Ok(found.len() == want.len()
+        && found.iter().zip(&want).all(|(p, &(name, offset, size))| {
+            p.name == name && p.first * 512 == offset && p.sectors() * 512 == size
+        }))
+}
+
+/// Starts every disk of `built` from zeros (and its partition table): a
+/// test wants a known disk.
 pub fn blank_disks(built: &Built) -> Result<()> {
-    for p in &built.disks {
-        let len = std::fs::metadata(p)
-            .with_context(|| format!("cannot stat {}", p.display()))?
-            .len();
-        let f =
-            std::fs::File::create(p).with_context(|| format!("cannot truncate {}", p.display()))?;
-        f.set_len(len)?;
+    for (p, d) in built.disks.iter().zip(&built.disk_configs) {
+        fresh_disk(p, d)?;
     }
     Ok(())
 }

@@ -580,6 +580,8 @@ pub const CASES: &[Case] = &[
         timeout_s: 300,
         expect: &[
             "disk0: virtio-blk at",
+            "disk0: partition 'store' sectors 2048..=133119 (64 MiB)",
+            "disk0: partition 'other' sectors 133120..=165887 (16 MiB)",
             "[store] BULKHEAD-TEST store-root: vda 131072 sectors, boot 0",
             "[store] BULKHEAD-TEST store-root: sums",
             "[store] BULKHEAD-TEST store-root: written, rebooting",
@@ -705,7 +707,8 @@ fn attacker_disk(_log: &str) -> Result<(), String> {
 
 /// The `disk` case: the store VM's checksums are the same before and
 /// after its reboot, and the other VM's pattern is on the physical disk
-/// image, at its slice (64 MiB..80 MiB), as the guest hashed it.
+/// image, at its partition (65 MiB..81 MiB: the first partition starts
+/// at 1 MiB), as the guest hashed it.
 fn disk_checks(log: &str) -> Result<(), String> {
     let sums: Vec<&str> = log
         .lines()
@@ -720,13 +723,13 @@ fn disk_checks(log: &str) -> Result<(), String> {
     let bytes =
         std::fs::read(&image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
     let slice = bytes
-        .get(64 << 20..80 << 20)
-        .ok_or("the disk image is smaller than 80 MiB")?;
+        .get(65 << 20..81 << 20)
+        .ok_or("the disk image is smaller than 81 MiB")?;
     let hash = crate::debian::sha256_hex(slice);
     let line = format!("other-disk0: pattern sha256 {}", &hash[..16]);
     if !log.contains(&line) {
         return Err(format!(
-            "the disk image's bytes 64..80 MiB hash to {}, which the guest never printed ({line:?})",
+            "the disk image's bytes 65..81 MiB hash to {}, which the guest never printed ({line:?})",
             &hash[..16]
         ));
     }

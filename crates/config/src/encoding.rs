@@ -4,12 +4,16 @@
 //!
 //! ```text
 //! magic     [u8; 8] = "BHCFG001"
-//! version   u32     = 7
+//! version   u32     = 8
 //! board     cpus u16, ram_base u64, ram_size u64
 //! disk_count u32
 //! disk_count times:
 //!   name_len u32, name [u8; name_len] (UTF-8)
 //!   size u64
+//!   partition_count u32 (at most MAX_PARTITIONS)
+//!   partition_count times:
+//!     name_len u32, name [u8; name_len] (UTF-8)
+//!     size u64
 //! switch_count u32
 //! switch_count times:
 //!   name_len u32, name [u8; name_len] (UTF-8)
@@ -37,6 +41,8 @@
 //!     disk u16, offset u64, size u64
 //!     read_only u8 (0 or 1)
 //!     serial_len u32, serial [u8; serial_len] (UTF-8)
+//!     has_partition u8 (0 or 1)
+//!     only if 1: partition_len u32, partition [u8; partition_len] (UTF-8)
 //!   net_count u32 (at most MAX_VM_NETS)
 //!   net_count times:
 //!     switch u16, mac [u8; 6]
@@ -50,7 +56,8 @@
 //! Version 2 added the initramfs and the command line; version 3 the
 //! passthrough devices; version 4 the criticality and the channels;
 //! version 5 a device tree the user gives; version 6 the board's disks and
-//! each VM's slices of them; version 7 the switches and each VM's nets.
+//! each VM's slices of them; version 7 the switches and each VM's nets;
+//! version 8 the disks' partitions and the partition a slice names.
 //!
 //! Nothing may follow the last channel. [`decode`] reads the bytes from the image,
 //! so every length is checked against what is left before it is used, and no
@@ -61,15 +68,15 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::{
-    Board, Channel, Criticality, Disk, Passthrough, RestartPolicy, Switch, SystemConfig, VmConfig,
-    VmDisk, VmNet, MAX_CHANNELS, MAX_COMPATIBLE, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS,
-    MAX_VM_DISKS, MAX_VM_NETS,
+    Board, Channel, Criticality, Disk, DiskPartition, Passthrough, RestartPolicy, Switch,
+    SystemConfig, VmConfig, VmDisk, VmNet, MAX_CHANNELS, MAX_COMPATIBLE, MAX_PARTITIONS,
+    MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS, MAX_VM_DISKS, MAX_VM_NETS,
 };
 
 /// First eight bytes of an encoded config.
 pub const MAGIC: [u8; 8] = *b"BHCFG001";
 /// Encoding version written by [`encode`] and accepted by [`decode`].
-pub const VERSION: u32 = 7;
+pub const VERSION: u32 = 8;
 
 /// Why [`decode`] refused its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,8 +89,9 @@ pub enum DecodeError {
     Truncated(usize),
     /// A VM name is not UTF-8.
     BadName,
-    /// A presence byte (host address, initramfs), a disk slice's
-    /// read-only byte or a switch's uplink byte is neither 0 nor 1.
+    /// A presence byte (host address, initramfs, a slice's partition), a
+    /// disk slice's read-only byte or a switch's uplink byte is neither 0
+    /// nor 1.
     BadOptionTag(u8),
     /// The restart byte is not a known policy.
     BadRestartPolicy(u8),
@@ -95,13 +103,14 @@ pub enum DecodeError {
     BadPassthroughText,
     /// A channel name is not UTF-8.
     BadChannelName,
-    /// A disk name or a disk slice's serial is not UTF-8.
+    /// A disk name, a partition name or a disk slice's serial is not
+    /// UTF-8.
     BadDiskText,
     /// A switch name is not UTF-8.
     BadSwitchName,
-    /// A list count (passthrough devices, irqs, compatibles, channels, disk
-    /// slices, nets) at this byte offset is larger than any valid config
-    /// has.
+    /// A list count (passthrough devices, irqs, compatibles, channels,
+    /// partitions, disk slices, nets) at this byte offset is larger than
+    /// any valid config has.
     TooMany(usize),
     /// Bytes are left after the last channel, starting at this offset.
     TrailingBytes(usize),
@@ -125,7 +134,7 @@ impl fmt::Display for DecodeError {
                 write!(f, "a passthrough device's name or compatible is not UTF-8")
             }
             Self::BadChannelName => write!(f, "a channel name is not UTF-8"),
-            Self::BadDiskText => write!(f, "a disk name or serial is not UTF-8"),
+            Self::BadDiskText => write!(f, "a disk name, partition name or serial is not UTF-8"),
             Self::BadSwitchName => write!(f, "a switch name is not UTF-8"),
             Self::TooMany(at) => write!(f, "a list at byte {at} is too long"),
             Self::BadRestartPolicy(t) => write!(f, "bad restart policy {t}"),
@@ -151,6 +160,11 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
     for disk in &cfg.disks {
         put_str(&mut out, &disk.name);
         out.extend_from_slice(&disk.size.to_le_bytes());
+        put_len(&mut out, disk.partitions.len());
+        for part in &disk.partitions {
+            put_str(&mut out, &part.name);
+            out.extend_from_slice(&part.size.to_le_bytes());
+        }
     }
     put_len(&mut out, cfg.switches.len());
     for switch in &cfg.switches {
@@ -214,6 +228,13 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
             out.extend_from_slice(&slice.size.to_le_bytes());
             out.push(u8::from(slice.read_only));
             put_str(&mut out, &slice.serial);
+            match &slice.partition {
+                Some(name) => {
+                    out.push(1);
+                    put_str(&mut out, name);
+                }
+                None => out.push(0),
+            }
         }
         put_len(&mut out, vm.nets.len());
         for net in &vm.nets {
@@ -423,7 +444,18 @@ impl<'a> Reader<'a> {
     fn disk(&mut self) -> Result<Disk, DecodeError> {
         let name = self.utf8(DecodeError::BadDiskText)?;
         let size = self.u64()?;
-        Ok(Disk { name, size })
+        let count = self.count(MAX_PARTITIONS)?;
+        let mut partitions = Vec::new();
+        for _ in 0..count {
+            let name = self.utf8(DecodeError::BadDiskText)?;
+            let size = self.u64()?;
+            partitions.push(DiskPartition { name, size });
+        }
+        Ok(Disk {
+            name,
+            size,
+            partitions,
+        })
     }
 
     fn vm_disk(&mut self) -> Result<VmDisk, DecodeError> {
@@ -436,10 +468,16 @@ impl<'a> Reader<'a> {
             t => return Err(DecodeError::BadOptionTag(t)),
         };
         let serial = self.utf8(DecodeError::BadDiskText)?;
+        let partition = match self.u8()? {
+            0 => None,
+            1 => Some(self.utf8(DecodeError::BadDiskText)?),
+            t => return Err(DecodeError::BadOptionTag(t)),
+        };
         Ok(VmDisk {
             disk,
             offset,
             size,
+            partition,
             read_only,
             serial,
         })
@@ -587,8 +625,9 @@ mod tests {
                     disks: vec![
                         VmDisk {
                             disk: 0,
-                            offset: 0,
+                            offset: 1 << 20,
                             size: 1 << 30,
+                            partition: Some("root".into()),
                             read_only: false,
                             serial: "infotainment-disk0".into(),
                         },
@@ -596,8 +635,17 @@ mod tests {
                             disk: 1,
                             offset: 0x1_0000_0200,
                             size: 512,
+                            partition: None,
                             read_only: true,
                             serial: String::new(),
+                        },
+                        VmDisk {
+                            disk: 1,
+                            offset: 0,
+                            size: 0,
+                            partition: Some("Linux data 2".into()),
+                            read_only: true,
+                            serial: "x".into(),
                         },
                     ],
                     nets: vec![
@@ -643,10 +691,21 @@ mod tests {
                 Disk {
                     name: "emmc".into(),
                     size: 8 << 30,
+                    partitions: vec![
+                        DiskPartition {
+                            name: "root".into(),
+                            size: 1 << 30,
+                        },
+                        DiskPartition {
+                            name: "EFI system partition".into(),
+                            size: u64::MAX,
+                        },
+                    ],
                 },
                 Disk {
                     name: "nvme-1".into(),
                     size: u64::MAX - 511,
+                    partitions: vec![],
                 },
             ],
             switches: vec![
@@ -663,12 +722,20 @@ mod tests {
     }
 
     /// Bytes of the board's disks in [`sample`]'s encoding, count included:
-    /// where the VM count follows the 12-byte header and 18-byte board.
+    /// they follow the 12-byte header and 18-byte board.
     fn disks_len(cfg: &SystemConfig) -> usize {
         4 + cfg
             .disks
             .iter()
-            .map(|d| 4 + d.name.len() + 8)
+            .map(|d| {
+                4 + d.name.len()
+                    + 8
+                    + 4
+                    + d.partitions
+                        .iter()
+                        .map(|p| 4 + p.name.len() + 8)
+                        .sum::<usize>()
+            })
             .sum::<usize>()
     }
 
@@ -755,8 +822,8 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(decode(&b), Err(DecodeError::BadMagic));
         let mut b = bytes.clone();
-        b[8] = 8;
-        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(8)));
+        b[8] = 9;
+        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(9)));
         // The last VM ends with restart u8, criticality u8, initramfs tag
         // u8 + u16, dtb tag u8 (none), an empty command line (length u32),
         // no passthrough (count u32), no disks (count u32) and no nets
@@ -876,7 +943,7 @@ mod tests {
 
     #[test]
     fn older_versions_are_refused() {
-        for old in [1u32, 2, 3, 4, 5, 6] {
+        for old in [1u32, 2, 3, 4, 5, 6, 7] {
             let mut bytes = encode(&sample());
             bytes[8..12].copy_from_slice(&old.to_le_bytes());
             assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(old)));
@@ -1027,6 +1094,7 @@ mod tests {
                 disk: k,
                 offset: u64::from(k) << 9,
                 size: 512,
+                partition: (k % 2 == 1).then(|| alloc::format!("p{k}")),
                 read_only: k % 2 == 0,
                 serial: alloc::format!("s{k}"),
             })
@@ -1035,15 +1103,17 @@ mod tests {
     }
 
     /// [`no_channels`] cut to its first VM with one disk slice serialled
-    /// `serial`, and its encoding; the slice ends the VM's disks, then come
-    /// its net count and the channel count (4 bytes each).
-    fn one_slice(serial: &str) -> Vec<u8> {
+    /// `serial` of `partition`, and its encoding; the slice ends the VM's
+    /// disks, then come its net count and the channel count (4 bytes
+    /// each).
+    fn one_slice(serial: &str, partition: Option<&str>) -> Vec<u8> {
         let mut cfg = no_channels();
         cfg.vms.truncate(1);
         cfg.vms[0].disks = vec![VmDisk {
             disk: 1,
             offset: 512,
             size: 1024,
+            partition: partition.map(String::from),
             read_only: true,
             serial: serial.into(),
         }];
@@ -1052,10 +1122,10 @@ mod tests {
 
     #[test]
     fn slice_count_above_the_limit_is_refused_before_reading() {
-        let bytes = one_slice("");
-        // count, disk u16, offset, size, read-only, empty serial, nets,
-        // channels.
-        let at = bytes.len() - (4 + 2 + 8 + 8 + 1 + 4 + 4 + 4);
+        let bytes = one_slice("", None);
+        // count, disk u16, offset, size, read-only, empty serial, no
+        // partition, nets, channels.
+        let at = bytes.len() - (4 + 2 + 8 + 8 + 1 + 4 + 1 + 4 + 4);
         assert_eq!(bytes[at..at + 4], 1u32.to_le_bytes());
         let mut b = bytes.clone();
         b[at..at + 4].copy_from_slice(&(MAX_VM_DISKS as u32 + 1).to_le_bytes());
@@ -1067,8 +1137,8 @@ mod tests {
 
     #[test]
     fn read_only_byte_other_than_0_or_1_is_refused() {
-        let mut bytes = one_slice("");
-        let at = bytes.len() - (1 + 4 + 4 + 4);
+        let mut bytes = one_slice("", None);
+        let at = bytes.len() - (1 + 4 + 1 + 4 + 4);
         assert_eq!(bytes[at], 1);
         bytes[at] = 2;
         assert_eq!(decode(&bytes), Err(DecodeError::BadOptionTag(2)));
@@ -1076,8 +1146,9 @@ mod tests {
 
     #[test]
     fn non_utf8_disk_name_or_serial_is_refused() {
-        let mut bytes = one_slice("ab");
-        let n = bytes.len() - 4 - 4;
+        let mut bytes = one_slice("ab", None);
+        // The serial's last byte, before the partition tag.
+        let n = bytes.len() - 4 - 4 - 1;
         bytes[n - 1] = 0xff;
         assert_eq!(decode(&bytes), Err(DecodeError::BadDiskText));
         // The first disk's name, after its length.
@@ -1087,8 +1158,120 @@ mod tests {
     }
 
     #[test]
+    fn partitions_round_trip() {
+        let cfg = sample();
+        let back = decode(&encode(&cfg)).unwrap();
+        assert_eq!(back.disks[0].partitions, cfg.disks[0].partitions);
+        assert_eq!(back.disks[0].partitions[1].name, "EFI system partition");
+        assert_eq!(back.disks[0].partitions[1].size, u64::MAX);
+        assert!(back.disks[1].partitions.is_empty());
+        assert_eq!(back.vms[1].disks[0].partition.as_deref(), Some("root"));
+        assert_eq!(back.vms[1].disks[1].partition, None);
+        assert_eq!(
+            back.vms[1].disks[2].partition.as_deref(),
+            Some("Linux data 2")
+        );
+        // Every partition count up to the limit round-trips, and an empty
+        // partition name is still a partition.
+        let mut cfg = sample();
+        cfg.disks[1].partitions = (0..MAX_PARTITIONS as u64)
+            .map(|k| DiskPartition {
+                name: alloc::format!("part {k}"),
+                size: k << 20,
+            })
+            .collect();
+        cfg.vms[1].disks[1].partition = Some(String::new());
+        assert_eq!(decode(&encode(&cfg)), Ok(cfg));
+    }
+
+    /// The encoding of a config whose only table is one disk `"d"` with
+    /// one partition named `name`, and the offset of its partition count.
+    fn one_partition(name: &str) -> (Vec<u8>, usize) {
+        let bytes = encode(&SystemConfig {
+            board: sample().board,
+            vms: vec![],
+            channels: vec![],
+            disks: vec![Disk {
+                name: "d".into(),
+                size: 8 << 20,
+                partitions: vec![DiskPartition {
+                    name: name.into(),
+                    size: 1 << 20,
+                }],
+            }],
+            switches: vec![],
+        });
+        // Header, board, disk count, the disk's name and size.
+        let at = 12 + 18 + 4 + 4 + 1 + 8;
+        assert_eq!(bytes[at..at + 4], 1u32.to_le_bytes());
+        (bytes, at)
+    }
+
+    #[test]
+    fn partition_count_above_the_limit_is_refused_before_reading() {
+        let (bytes, at) = one_partition("a");
+        for n in [MAX_PARTITIONS as u32 + 1, u32::MAX] {
+            let mut b = bytes.clone();
+            b[at..at + 4].copy_from_slice(&n.to_le_bytes());
+            assert_eq!(decode(&b), Err(DecodeError::TooMany(at)));
+        }
+        // At the limit the partitions are missing: truncation.
+        let mut b = bytes;
+        b[at..at + 4].copy_from_slice(&(MAX_PARTITIONS as u32).to_le_bytes());
+        assert!(matches!(decode(&b), Err(DecodeError::Truncated(_))));
+    }
+
+    #[test]
+    fn non_utf8_or_huge_partition_names_are_refused() {
+        let (mut bytes, at) = one_partition("ab");
+        bytes[at + 4 + 4] = 0xff;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadDiskText));
+        let (mut bytes, at) = one_partition("ab");
+        bytes[at + 4..at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::Truncated(at + 8)));
+        // A slice's partition name, before the net and channel counts.
+        let mut bytes = one_slice("", Some("ab"));
+        let n = bytes.len() - 4 - 4;
+        bytes[n - 1] = 0xff;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadDiskText));
+        let mut bytes = one_slice("", Some("ab"));
+        let at = n - 2 - 4;
+        assert_eq!(bytes[at - 1], 1, "the partition tag");
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(decode(&bytes), Err(DecodeError::Truncated(at + 4)));
+    }
+
+    #[test]
+    fn partition_tag_other_than_0_or_1_is_refused() {
+        for partition in [None, Some("root")] {
+            let mut bytes = one_slice("s", partition);
+            // After the serial (length and one byte).
+            let at = bytes.len() - 4 - 4 - partition.map_or(0, |p| 4 + p.len()) - 1;
+            assert_eq!(bytes[at], u8::from(partition.is_some()));
+            assert_eq!(bytes[at - 1], b's');
+            bytes[at] = 2;
+            assert_eq!(decode(&bytes), Err(DecodeError::BadOptionTag(2)));
+        }
+    }
+
+    #[test]
     fn huge_disk_count_is_truncation_not_allocation() {
         let mut bytes = encode(&sample());
+        bytes[12 + 18..12 + 18 + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        // The disks past the real ones are read from what follows them,
+        // until the bytes run out or a partition count is absurd.
+        assert!(matches!(
+            decode(&bytes),
+            Err(DecodeError::Truncated(_) | DecodeError::TooMany(_))
+        ));
+        // With nothing after the disks but zero counts, it is truncation.
+        let mut cfg = sample();
+        cfg.disks.truncate(1);
+        cfg.disks[0].partitions.clear();
+        cfg.switches.clear();
+        cfg.vms.clear();
+        cfg.channels.clear();
+        let mut bytes = encode(&cfg);
         bytes[12 + 18..12 + 18 + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode(&bytes), Err(DecodeError::Truncated(_))));
     }

@@ -382,11 +382,131 @@ pub struct Disk {
     /// Bytes the slices may use, a nonzero multiple of [`SECTOR_SIZE`], at
     /// most the device's capacity.
     pub size: u64,
+    /// The disk's GPT layout (`[[disk.partition]]`), in order, at most
+    /// [`MAX_PARTITIONS`]; empty when the config declares none. Where each
+    /// one lies is [`partition_layout`]'s rule; the host tool writes that
+    /// GPT into the disk image it creates.
+    pub partitions: Vec<DiskPartition>,
+}
+
+/// A partition of a [`Disk`]'s GPT (`[[disk.partition]]`), which a
+/// `[[vm.disk]]` may name instead of giving an offset and a size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskPartition {
+    /// 1 to [`MAX_PARTITION_NAME_LEN`] printable ASCII characters (space
+    /// included), unique within the disk: the GPT entry's name.
+    pub name: String,
+    /// Bytes of the partition, a nonzero multiple of [`SECTOR_SIZE`].
+    pub size: u64,
+}
+
+/// Most `[[disk.partition]]` one disk may declare.
+pub const MAX_PARTITIONS: usize = 16;
+/// Longest partition name: a GPT entry's name is 36 UTF-16 code units
+/// (UEFI 2.10, 5.3.3 "GPT Partition Entry Array", `PartitionName`), and
+/// partition names are ASCII, one code unit each.
+pub const MAX_PARTITION_NAME_LEN: usize = 36;
+/// Where the first partition starts, what every partition's start is
+/// rounded up to, and what is kept free at the end of the disk for the
+/// backup GPT ([`partition_layout`]).
+pub const PARTITION_ALIGN: u64 = 1 << 20;
+/// Entries in the GPT partition entry array the host tool writes: the
+/// standard size (UEFI 2.10, 5.3.2: at least 16 KiB of entries).
+pub const GPT_PARTITION_ENTRIES: u32 = 128;
+/// Bytes of one GPT partition entry (UEFI 2.10, 5.3.2
+/// `SizeOfPartitionEntry`, the standard 128).
+pub const GPT_ENTRY_SIZE: u32 = 128;
+// The protective MBR, the GPT header and the entry array fit before the
+// first partition, and the backup header and array in the end reserve.
+const _: () = assert!(
+    2 * SECTOR_SIZE + GPT_PARTITION_ENTRIES as u64 * GPT_ENTRY_SIZE as u64 <= PARTITION_ALIGN
+);
+const _: () = assert!(MAX_PARTITIONS <= GPT_PARTITION_ENTRIES as usize);
+
+/// A partition that does not fit its disk ([`partition_layout`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionError {
+    /// Its index in the disk's partitions.
+    pub index: usize,
+    /// Its name.
+    pub name: String,
+    /// Where the layout would start it.
+    pub offset: u64,
+    /// Its size.
+    pub size: u64,
+    /// Where partitions must end by: the disk's size less
+    /// [`PARTITION_ALIGN`] (0 for a disk smaller than that).
+    pub limit: u64,
+}
+
+impl fmt::Display for PartitionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "partition '{}' at {:#x}..{:#x} ({}) does not fit: partitions must end by {:#x}, \
+             the disk's size less {} for the backup GPT",
+            self.name,
+            self.offset,
+            self.offset.wrapping_add(self.size),
+            Size(self.size),
+            self.limit,
+            Size(PARTITION_ALIGN)
+        )
+    }
+}
+
+/// Where each of `parts` lies in a disk of `disk_size` bytes, as (byte
+/// offset, size): the first starts at [`PARTITION_ALIGN`] (1 MiB, after
+/// the protective MBR and the primary GPT), each next one where the one
+/// before ends, rounded up to 1 MiB, and every one must end by
+/// `disk_size - PARTITION_ALIGN`, leaving the last 1 MiB for the backup
+/// GPT. The host tool writes this layout into the GPT of the disk image it
+/// creates, and [`validate`] checks it; the sizes themselves (nonzero,
+/// sector multiples) are [`validate`]'s to check, not this function's.
+///
+/// `Err` names the first partition that does not fit; the arithmetic is
+/// checked, so absurd sizes are an `Err`, never a wrap.
+pub fn partition_layout(
+    parts: &[DiskPartition],
+    disk_size: u64,
+) -> Result<Vec<(u64, u64)>, PartitionError> {
+    let limit = disk_size.saturating_sub(PARTITION_ALIGN);
+    let mut layout = Vec::new();
+    let mut next = Some(PARTITION_ALIGN);
+    for (index, part) in parts.iter().enumerate() {
+        let fail = |offset| PartitionError {
+            index,
+            name: part.name.clone(),
+            offset,
+            size: part.size,
+            limit,
+        };
+        // A start past u64 cannot follow a partition that fit, but the
+        // arithmetic does not rely on that.
+        let offset = next.ok_or_else(|| fail(u64::MAX))?;
+        let end = match offset.checked_add(part.size) {
+            Some(end) if end <= limit => end,
+            _ => return Err(fail(offset)),
+        };
+        layout.push((offset, part.size));
+        next = end.checked_next_multiple_of(PARTITION_ALIGN);
+    }
+    Ok(layout)
 }
 
 /// A slice of a [`Disk`] given to a VM as a virtio-blk device of its own
 /// (`[[vm.disk]]`): the guest sees sectors `0..size / 512`, which are the
 /// disk's bytes `offset..offset + size`.
+///
+/// A slice may instead be a named partition of the disk
+/// ([`partition`](Self::partition)). When the disk declares its layout
+/// ([`Disk::partitions`]), `offset` and `size` are that partition's, from
+/// [`partition_layout`] (the TOML front-end fills them in, and
+/// [`validate`] checks they match), and every slice rule applies to them
+/// as to any slice. When it declares none, the hypervisor finds the
+/// partition in the disk's real GPT at boot: `offset` and `size` are 0
+/// until then, and [`validate`] skips the range and overlap checks of such
+/// a slice (the hypervisor makes them at boot, when it fills them in).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmDisk {
     /// Index into [`SystemConfig::disks`].
@@ -395,6 +515,9 @@ pub struct VmDisk {
     pub offset: u64,
     /// Bytes of the slice, a nonzero multiple of [`SECTOR_SIZE`].
     pub size: u64,
+    /// The name of the disk's GPT partition the slice is, if it is one: 1
+    /// to [`MAX_PARTITION_NAME_LEN`] printable ASCII characters.
+    pub partition: Option<String>,
     /// Whether the guest may only read it. Read-only slices of one disk may
     /// overlap; a read-write slice overlaps no other slice.
     pub read_only: bool,
@@ -522,10 +645,13 @@ pub enum Field {
     Passthrough(usize, usize, &'static str),
     /// A field of channel `c` (`"name"`, `"vms"`, `"size"`).
     Channel(usize, &'static str),
-    /// A field of disk `k` (`"name"`, `"size"`).
+    /// A field of disk `k` (`"name"`, `"size"`), or `"partitions"` for
+    /// its list of partitions as a whole.
     Disk(usize, &'static str),
+    /// A field of partition `p` of disk `k` (`"name"`, `"size"`).
+    DiskPartition(usize, usize, &'static str),
     /// A field of disk slice `d` of VM `n` (`"disk"`, `"offset"`, `"size"`,
-    /// `"read_only"`, `"serial"`).
+    /// `"partition"`, `"read_only"`, `"serial"`).
     VmDisk(usize, usize, &'static str),
     /// A field of switch `k` (`"name"`, `"uplink"`).
     Switch(usize, &'static str),
@@ -541,6 +667,7 @@ impl fmt::Display for Field {
             Self::Passthrough(i, d, name) => write!(f, "vm[{i}].passthrough[{d}].{name}"),
             Self::Channel(c, name) => write!(f, "channel[{c}].{name}"),
             Self::Disk(k, name) => write!(f, "disk[{k}].{name}"),
+            Self::DiskPartition(k, p, name) => write!(f, "disk[{k}].partition[{p}].{name}"),
             Self::VmDisk(i, d, name) => write!(f, "vm[{i}].disk[{d}].{name}"),
             Self::Switch(k, name) => write!(f, "switch[{k}].{name}"),
             Self::VmNet(i, k, name) => write!(f, "vm[{i}].net[{k}].{name}"),
@@ -636,6 +763,10 @@ mod tests {
             format!("{}", Field::VmDisk(0, 3, "offset")),
             "vm[0].disk[3].offset"
         );
+        assert_eq!(
+            format!("{}", Field::DiskPartition(1, 15, "size")),
+            "disk[1].partition[15].size"
+        );
     }
 
     #[test]
@@ -661,6 +792,7 @@ mod tests {
             disk: 0,
             offset: 0,
             size: 512,
+            partition: None,
             read_only: false,
             serial: String::new(),
         };
@@ -712,12 +844,93 @@ mod tests {
             disk: 0,
             offset: u64::MAX - 511,
             size: 1024,
+            partition: None,
             read_only: false,
             serial: String::new(),
         };
         assert_eq!(d.end(), u64::MAX);
         let d = VmDisk { offset: 512, ..d };
         assert_eq!(d.end(), 1536);
+    }
+
+    fn parts(sizes: &[u64]) -> Vec<DiskPartition> {
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &size)| DiskPartition {
+                name: format!("p{k}"),
+                size,
+            })
+            .collect()
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn partitions_start_at_1_mib_and_on_1_mib_boundaries() {
+        assert_eq!(partition_layout(&[], 0), Ok(Vec::new()));
+        assert_eq!(
+            partition_layout(&parts(&[512, MIB, 3 * MIB + 512, 512]), 16 * MIB),
+            Ok(alloc::vec![
+                (MIB, 512),
+                (2 * MIB, MIB),
+                (3 * MIB, 3 * MIB + 512),
+                (7 * MIB, 512)
+            ])
+        );
+    }
+
+    #[test]
+    fn partitions_leave_the_last_mib_for_the_backup_gpt() {
+        // To the last byte before the reserve.
+        assert_eq!(
+            partition_layout(&parts(&[6 * MIB]), 8 * MIB),
+            Ok(alloc::vec![(MIB, 6 * MIB)])
+        );
+        let e = partition_layout(&parts(&[6 * MIB + 512]), 8 * MIB).unwrap_err();
+        assert_eq!(
+            e,
+            PartitionError {
+                index: 0,
+                name: "p0".into(),
+                offset: MIB,
+                size: 6 * MIB + 512,
+                limit: 7 * MIB,
+            }
+        );
+        assert_eq!(
+            format!("{e}"),
+            "partition 'p0' at 0x100000..0x700200 (6.0 MiB) does not fit: partitions must end by \
+             0x700000, the disk's size less 1 MiB for the backup GPT"
+        );
+        // The second one is the one that does not fit: it names it.
+        let e = partition_layout(&parts(&[6 * MIB, 512]), 8 * MIB).unwrap_err();
+        assert_eq!((e.index, e.name.as_str(), e.offset), (1, "p1", 7 * MIB));
+        // Disks too small for any partition.
+        for disk in [0, 512, MIB, 2 * MIB] {
+            let e = partition_layout(&parts(&[512]), disk).unwrap_err();
+            assert_eq!((e.index, e.limit), (0, disk.saturating_sub(MIB)));
+        }
+        assert_eq!(
+            partition_layout(&parts(&[512]), 2 * MIB + 512),
+            Ok(alloc::vec![(MIB, 512)])
+        );
+    }
+
+    #[test]
+    fn partition_layout_never_overflows() {
+        let e = partition_layout(&parts(&[u64::MAX]), u64::MAX).unwrap_err();
+        assert_eq!((e.index, e.offset, e.limit), (0, MIB, u64::MAX - MIB));
+        assert_eq!(format!("{e}").split(' ').nth(3), Some("0x100000..0xfffff"));
+        // Up to the reserve of the largest disk, then one more: its start
+        // is the last 1 MiB boundary, and it cannot end in the disk.
+        let first = u64::MAX - 2 * MIB;
+        let e = partition_layout(&parts(&[first, 512]), u64::MAX).unwrap_err();
+        assert_eq!((e.index, e.offset), (1, u64::MAX - MIB + 1));
+        assert_eq!(
+            partition_layout(&parts(&[first]), u64::MAX),
+            Ok(alloc::vec![(MIB, first)])
+        );
     }
 
     #[test]

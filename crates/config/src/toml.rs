@@ -46,10 +46,15 @@
 //! name = "emmc"           # 1 to 31 of a-z 0-9 _ -, unique among disks
 //! size = "8G"             # a size, like `memory`; a nonzero multiple of 512
 //!
+//! [[disk.partition]]      # optional, up to 16: the disk's GPT layout, in order
+//! name = "root"           # 1 to 36 printable ASCII characters, unique within the disk
+//! size = "2G"             # a size; a nonzero multiple of 512
+//!
 //! [[vm.disk]]             # optional, up to 4 (not on a critical VM): a slice of a disk
 //! disk = "emmc"           # a [[disk]] by name
 //! offset = "1G"           # optional, default 0: where the slice starts; multiple of 512
 //! size = "2G"             # bytes of the slice; nonzero multiple of 512; must end in the disk
+//! # partition = "root"    # instead of offset and size: a GPT partition of the disk, by name
 //! read-only = true        # optional, default false
 //! serial = "logs"         # optional, default "<vm name>-disk<n>" cut to 20 bytes; ASCII, at most 20
 //!
@@ -105,6 +110,16 @@
 //!   (disks first, then nets); a MAC address is unicast, not all zeros and
 //!   used once in the system; switch names are unique, and at most one
 //!   switch has the uplink.
+//! - **Partitions** (`[[disk.partition]]`) are laid out by
+//!   [`partition_layout`]: the first at 1 MiB, each next one where the one
+//!   before ends rounded up to 1 MiB, all ending by the disk's size less
+//!   1 MiB (room for the backup GPT); the host tool writes that GPT into
+//!   the disk image it creates. A `[[vm.disk]]` with `partition` (and no
+//!   `offset` or `size`) is that partition: on a disk that declares its
+//!   partitions the name must be one of them, and the slice gets its
+//!   offset and size here, so every slice rule applies to it; on a disk
+//!   that declares none, the hypervisor finds the partition in the disk's
+//!   GPT at boot and checks the slice then.
 //! - **`disk`** in `[[vm.disk]]` must name a `[[disk]]` of the file, and
 //!   **`switch`** in `[[vm.net]]` a `[[switch]]`; an unknown name is
 //!   reported on its own line, as is a `mac` that is not six hex bytes.
@@ -129,9 +144,9 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use crate::{
-    validate, Board, Channel, Criticality, Disk, Field, ImageInfo, Passthrough, RestartPolicy,
-    Switch, SystemConfig, VmConfig, VmDisk, VmNet, DEFAULT_CMDLINE, LINUX_CMDLINE, MAX_CHANNELS,
-    MAX_SERIAL_LEN, MIN_CHANNEL_SIZE, RAM_IPA,
+    partition_layout, validate, Board, Channel, Criticality, Disk, DiskPartition, Field, ImageInfo,
+    Passthrough, RestartPolicy, Switch, SystemConfig, VmConfig, VmDisk, VmNet, DEFAULT_CMDLINE,
+    LINUX_CMDLINE, MAX_CHANNELS, MAX_SERIAL_LEN, MIN_CHANNEL_SIZE, RAM_IPA,
 };
 
 /// Where a VM's image comes from.
@@ -239,6 +254,8 @@ struct Table {
     disks: Vec<Table>,
     /// A VM's `[[vm.net]]` tables, in order.
     nets: Vec<Table>,
+    /// A disk's `[[disk.partition]]` tables, in order.
+    partitions: Vec<Table>,
 }
 
 impl Table {
@@ -293,6 +310,11 @@ impl Parsed {
             ),
             Field::Channel(c, name) => (self.lines.channels.get(c), format!("channel[{c}]"), name),
             Field::Disk(k, name) => (self.lines.disks.get(k), format!("disk[{k}]"), name),
+            Field::DiskPartition(k, p, name) => (
+                self.lines.disks.get(k).and_then(|t| t.partitions.get(p)),
+                format!("disk[{k}].partition[{p}]"),
+                name,
+            ),
             Field::VmDisk(i, d, name) => (
                 self.lines.vms.get(i).and_then(|t| t.disks.get(d)),
                 format!("vm[{i}].disk[{d}]"),
@@ -399,10 +421,40 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
             ));
             0
         });
+        let mut partitions = Vec::new();
+        for (p, spart) in d.partition.into_iter().enumerate() {
+            let part_header = spart.span();
+            let part = spart.into_inner();
+            let mut pt = Table {
+                header: at(part_header),
+                ..Table::default()
+            };
+            pt.add("name", "name", at(part.name.span()));
+            pt.add("size", "size", at(part.size.span()));
+            if p == 0 {
+                // A problem with the list as a whole (too many partitions)
+                // points at its first table.
+                t.add("partitions", "partition", pt.header);
+            }
+            let size = self::size(&part.size).unwrap_or_else(|m| {
+                diags.push(diag(
+                    Some(part.size.span().start),
+                    format!("disk[{k}].partition[{p}].size"),
+                    m,
+                ));
+                0
+            });
+            t.partitions.push(pt);
+            partitions.push(DiskPartition {
+                name: part.name.into_inner(),
+                size,
+            });
+        }
         lines.disks.push(t);
         disks.push(Disk {
             name: d.name.into_inner(),
             size,
+            partitions,
         });
     }
 
@@ -712,12 +764,11 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
             let slice_header = sslice.span();
             let sl = sslice.into_inner();
             let mut st = Table {
-                header: at(slice_header),
+                header: at(slice_header.clone()),
                 ..Table::default()
             };
             let prefix = format!("vm[{i}].disk[{d}]");
             st.add("disk", "disk", at(sl.disk.span()));
-            st.add("size", "size", at(sl.size.span()));
             if d == 0 {
                 // A problem with the list as a whole (too many slices, a
                 // critical VM) points at its first table.
@@ -736,7 +787,51 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 }
                 None => 0,
             };
-            let slice_size = size_of(&sl.size, "size");
+            let slice_size = match &sl.size {
+                Some(value) => {
+                    st.add("size", "size", at(value.span()));
+                    size_of(value, "size")
+                }
+                None => 0,
+            };
+            match (&sl.partition, &sl.offset, &sl.size) {
+                (Some(part), None, None) => {
+                    // The partition is the slice's range: problems with it
+                    // point at this key.
+                    let line = at(part.span());
+                    st.add("partition", "partition", line);
+                    st.add("offset", "partition", line);
+                    st.add("size", "partition", line);
+                }
+                (Some(part), offset, size) => {
+                    // Report on the key written last, naming the others.
+                    let mut set = vec![("partition", part.span())];
+                    set.extend(offset.as_ref().map(|v| ("offset", v.span())));
+                    set.extend(size.as_ref().map(|v| ("size", v.span())));
+                    set.sort_by_key(|(_, span)| span.start);
+                    let (key, span) = set[set.len() - 1].clone();
+                    let range: Vec<&str> = set
+                        .iter()
+                        .map(|(k, _)| *k)
+                        .filter(|k| *k != "partition")
+                        .collect();
+                    diags.push(diag(
+                        Some(span.start),
+                        format!("{prefix}.{key}"),
+                        format!(
+                            "set `partition` (the slice is that partition of the disk, with its \
+                             offset and size) or `offset` and `size`, not `partition` with `{}`",
+                            range.join("` and `")
+                        ),
+                    ));
+                }
+                (None, _, Some(_)) => {}
+                (None, _, None) => diags.push(diag(
+                    Some(slice_header.start),
+                    prefix.clone(),
+                    "missing field `size`".into(),
+                )),
+            }
             let read_only = match &sl.read_only {
                 Some(value) => {
                     st.add("read_only", "read-only", at(value.span()));
@@ -763,11 +858,26 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                     0
                 }
             };
+            // A partition of a disk that declares its layout is resolved
+            // here; one the layout lacks (or a layout that does not fit) is
+            // `check`'s to report, and on a disk without a layout the
+            // hypervisor resolves it at boot.
+            let partition = sl.partition.map(Spanned::into_inner);
+            let (offset, slice_size) = match (&partition, disks.get(usize::from(disk))) {
+                (Some(part), Some(k)) if !k.partitions.is_empty() => k
+                    .partitions
+                    .iter()
+                    .position(|p| p.name == *part)
+                    .and_then(|p| Some(partition_layout(&k.partitions, k.size).ok()?[p]))
+                    .unwrap_or((0, 0)),
+                _ => (offset, slice_size),
+            };
             t.disks.push(st);
             vm_disks.push(VmDisk {
                 disk,
                 offset,
                 size: slice_size,
+                partition,
                 read_only,
                 serial,
             });
@@ -1013,6 +1123,7 @@ fn field_at(text: &str, offset: usize) -> String {
     let mut dev_count = 0usize;
     let mut channel_count = 0usize;
     let mut disk_count = 0usize;
+    let mut part_count = 0usize;
     let mut slice_count = 0usize;
     let mut switch_count = 0usize;
     let mut net_count = 0usize;
@@ -1031,7 +1142,15 @@ fn field_at(text: &str, offset: usize) -> String {
                 format!("channel[{}]", channel_count - 1)
             } else if name == "disk" {
                 disk_count += 1;
+                part_count = 0;
                 format!("disk[{}]", disk_count - 1)
+            } else if name == "disk.partition" {
+                part_count += 1;
+                format!(
+                    "disk[{}].partition[{}]",
+                    disk_count.saturating_sub(1),
+                    part_count - 1
+                )
             } else if name == "switch" {
                 switch_count += 1;
                 format!("switch[{}]", switch_count - 1)
@@ -1169,6 +1288,15 @@ struct RawVm {
 struct RawDisk {
     name: Spanned<String>,
     size: Spanned<SizeValue>,
+    #[serde(default)]
+    partition: Vec<Spanned<RawPartition>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartition {
+    name: Spanned<String>,
+    size: Spanned<SizeValue>,
 }
 
 #[derive(Deserialize)]
@@ -1176,7 +1304,9 @@ struct RawDisk {
 struct RawVmDisk {
     disk: Spanned<String>,
     offset: Option<Spanned<SizeValue>>,
-    size: Spanned<SizeValue>,
+    /// Required unless `partition` is given (checked by [`parse`]).
+    size: Option<Spanned<SizeValue>>,
+    partition: Option<Spanned<String>>,
     #[serde(rename = "read-only")]
     read_only: Option<Spanned<bool>>,
     serial: Option<Spanned<String>>,
@@ -1336,6 +1466,15 @@ mod tests {
             "vm[1].disk[1].size"
         );
         assert_eq!(field_at(text, text.find("x =").unwrap()), "disk[1].x");
+        let text = "[[disk]]\n[[disk.partition]]\n[[disk.partition]]\nname = 1\n[[vm]]\n[[vm.disk]]\n[[disk]]\n[[disk.partition]]\nsize = 2\n";
+        assert_eq!(
+            field_at(text, text.find("name").unwrap()),
+            "disk[0].partition[1].name"
+        );
+        assert_eq!(
+            field_at(text, text.find("size").unwrap()),
+            "disk[1].partition[0].size"
+        );
     }
 
     #[test]

@@ -4,13 +4,13 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use crate::{
-    Channel, Criticality, Disk, Field, ImageInfo, Mac, Passthrough, Problem, Size, Switch,
-    SystemConfig, VmConfig, VmDisk, VmNet, BLOCK_SIZE, CHANNEL_FIRST_SPI, DTB_RESERVE, FIRST_SPI,
-    HYP_OWNED_MMIO, HYP_RESERVE, LAST_VM_SPI, LINUX_SLACK, MAX_CHANNELS, MAX_CHANNEL_SIZE,
-    MAX_CMDLINE_LEN, MAX_COMPATIBLE, MAX_COMPATIBLE_LEN, MAX_NAME_LEN, MAX_PASSTHROUGH,
-    MAX_PASSTHROUGH_IRQS, MAX_PCPUS, MAX_SERIAL_LEN, MAX_UPLINKS, MAX_VCPUS, MAX_VIRTIO,
-    MAX_VM_DISKS, MAX_VM_NETS, MIN_CHANNEL_SIZE, PAGE_SIZE, RAM_IPA, SECTOR_SIZE, UART_INTID,
-    VIRTIO_INTIDS,
+    partition_layout, Channel, Criticality, Disk, Field, ImageInfo, Mac, Passthrough, Problem,
+    Size, Switch, SystemConfig, VmConfig, VmDisk, VmNet, BLOCK_SIZE, CHANNEL_FIRST_SPI,
+    DTB_RESERVE, FIRST_SPI, HYP_OWNED_MMIO, HYP_RESERVE, LAST_VM_SPI, LINUX_SLACK, MAX_CHANNELS,
+    MAX_CHANNEL_SIZE, MAX_CMDLINE_LEN, MAX_COMPATIBLE, MAX_COMPATIBLE_LEN, MAX_NAME_LEN,
+    MAX_PARTITIONS, MAX_PARTITION_NAME_LEN, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS, MAX_PCPUS,
+    MAX_SERIAL_LEN, MAX_UPLINKS, MAX_VCPUS, MAX_VIRTIO, MAX_VM_DISKS, MAX_VM_NETS,
+    MIN_CHANNEL_SIZE, PAGE_SIZE, PARTITION_ALIGN, RAM_IPA, SECTOR_SIZE, UART_INTID, VIRTIO_INTIDS,
 };
 
 /// Checks `cfg` against every rule and returns what is wrong; empty means
@@ -60,6 +60,24 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+}
+
+/// Is `name` 1 to [`MAX_PARTITION_NAME_LEN`] printable ASCII characters
+/// (space included), as a GPT partition name?
+fn valid_partition_name(name: &str) -> bool {
+    (1..=MAX_PARTITION_NAME_LEN).contains(&name.len())
+        && name.bytes().all(|c| c.is_ascii_graphic() || c == b' ')
+}
+
+/// The names of `disk`'s partitions, quoted and comma-separated, for
+/// messages.
+fn partition_names(disk: &Disk) -> alloc::string::String {
+    let names: Vec<_> = disk
+        .partitions
+        .iter()
+        .map(|p| format!("{:?}", p.name))
+        .collect();
+    names.join(", ")
 }
 
 /// Devices given before device `d` of VM `i`, with their owner's name.
@@ -783,6 +801,10 @@ impl Validator<'_> {
                 ),
             );
         }
+        if !self.slice_partition(field, disk, slice) {
+            self.serial(field("serial"), slice);
+            return;
+        }
         let (offset, size) = (slice.offset, slice.size);
         if !offset.is_multiple_of(SECTOR_SIZE) {
             self.report(
@@ -842,6 +864,72 @@ impl Validator<'_> {
         }
     }
 
+    /// The partition `slice` names, if any: a valid name, and on a disk
+    /// that declares its partitions one of them, whose range the slice has.
+    /// Whether the slice's range is to be checked like any slice's: not
+    /// when it is unknown (no such disk or partition, a layout that does
+    /// not fit, reported on the disk) nor when the hypervisor finds the
+    /// partition at boot (a disk without a declared layout, and the slice
+    /// still 0 bytes at 0).
+    fn slice_partition(
+        &mut self,
+        field: impl Fn(&'static str) -> Field,
+        disk: Option<&Disk>,
+        slice: &VmDisk,
+    ) -> bool {
+        let Some(name) = &slice.partition else {
+            return true;
+        };
+        if !valid_partition_name(name) {
+            self.report(
+                field("partition"),
+                format!(
+                    "partition name {name:?} must be 1 to {MAX_PARTITION_NAME_LEN} printable \
+                     ASCII characters"
+                ),
+            );
+        }
+        let Some(disk) = disk else {
+            return false;
+        };
+        if disk.partitions.is_empty() {
+            // Resolved from the disk's GPT at boot, which fills the range
+            // in; once it has, the range is checked like any other.
+            return slice.offset != 0 || slice.size != 0;
+        }
+        let Some(p) = disk.partitions.iter().position(|p| p.name == *name) else {
+            self.report(
+                field("partition"),
+                format!(
+                    "disk '{}' has no partition named {name:?}; its partitions are {}",
+                    disk.name,
+                    partition_names(disk)
+                ),
+            );
+            return false;
+        };
+        let Ok(layout) = partition_layout(&disk.partitions, disk.size) else {
+            return false;
+        };
+        let (offset, size) = layout[p];
+        if (slice.offset, slice.size) != (offset, size) {
+            self.report(
+                field("partition"),
+                format!(
+                    "slice {:#x}..{:#x} is not partition {name:?} of disk '{}', which is \
+                     {offset:#x}..{:#x} ({})",
+                    slice.offset,
+                    slice.end(),
+                    disk.name,
+                    offset.saturating_add(size),
+                    Size(size)
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
     fn serial(&mut self, field: Field, slice: &VmDisk) {
         let serial = &slice.serial;
         if serial.len() > MAX_SERIAL_LEN {
@@ -857,7 +945,8 @@ impl Validator<'_> {
         }
     }
 
-    /// The board's disks: valid, unique names and sector-multiple sizes.
+    /// The board's disks: valid, unique names and sector-multiple sizes,
+    /// and a partition layout that fits.
     fn disks(&mut self) {
         for (k, disk) in self.cfg.disks.iter().enumerate() {
             self.disk(k, disk);
@@ -883,6 +972,73 @@ impl Validator<'_> {
             self.report(
                 Field::Disk(k, "size"),
                 format!("size {size:#x} is not a multiple of {SECTOR_SIZE} bytes"),
+            );
+        }
+        self.partitions(k, disk);
+    }
+
+    /// The partitions of disk `k`: at most [`MAX_PARTITIONS`], each with a
+    /// GPT name unique in the disk and a sector-multiple size, laid out by
+    /// [`partition_layout`] inside the disk. A duplicate is reported on
+    /// the later partition, one that does not fit on its size.
+    fn partitions(&mut self, k: usize, disk: &Disk) {
+        let parts = &disk.partitions;
+        if parts.len() > MAX_PARTITIONS {
+            self.report(
+                Field::Disk(k, "partitions"),
+                format!(
+                    "{} partitions; a disk may have at most {MAX_PARTITIONS}",
+                    parts.len()
+                ),
+            );
+        }
+        for (p, part) in parts.iter().enumerate() {
+            let field = |name| Field::DiskPartition(k, p, name);
+            let name = &part.name;
+            if !valid_partition_name(name) {
+                self.report(
+                    field("name"),
+                    format!(
+                        "partition name {name:?} must be 1 to {MAX_PARTITION_NAME_LEN} printable \
+                         ASCII characters"
+                    ),
+                );
+            }
+            if let Some(j) = parts[..p].iter().position(|o| o.name == *name) {
+                self.report(
+                    field("name"),
+                    format!("name {name:?} is already used by partition[{j}] of this disk"),
+                );
+            }
+            let size = part.size;
+            if size == 0 {
+                self.report(field("size"), "size is zero".into());
+            } else if !size.is_multiple_of(SECTOR_SIZE) {
+                self.report(
+                    field("size"),
+                    format!("size {size:#x} is not a multiple of {SECTOR_SIZE} bytes"),
+                );
+            }
+        }
+        if let Err(e) = partition_layout(parts, disk.size) {
+            self.report(
+                Field::DiskPartition(k, e.index, "size"),
+                format!(
+                    "partition {:?} at {:#x}..{:#x} ({}) does not fit in disk '{}' ({:#x}, {}): \
+                     partitions start at {}, each on a {} boundary, and must end by {:#x}, \
+                     leaving the last {} for the backup GPT",
+                    e.name,
+                    e.offset,
+                    e.offset.wrapping_add(e.size),
+                    Size(e.size),
+                    disk.name,
+                    disk.size,
+                    Size(disk.size),
+                    Size(PARTITION_ALIGN),
+                    Size(PARTITION_ALIGN),
+                    e.limit,
+                    Size(PARTITION_ALIGN)
+                ),
             );
         }
     }
@@ -1055,8 +1211,8 @@ impl Validator<'_> {
 mod tests {
     use super::*;
     use crate::{
-        Board, RestartPolicy, CHANNEL_IPA, CHANNEL_STRIDE, DEFAULT_CMDLINE, IMAGE_LOAD_OFFSET,
-        LINUX_CMDLINE, MAX_VIRTIO, PCI_ECAM_IPA, VIRTIO_IPA, VIRTIO_STRIDE,
+        Board, DiskPartition, RestartPolicy, CHANNEL_IPA, CHANNEL_STRIDE, DEFAULT_CMDLINE,
+        IMAGE_LOAD_OFFSET, LINUX_CMDLINE, MAX_VIRTIO, PCI_ECAM_IPA, VIRTIO_IPA, VIRTIO_STRIDE,
     };
     use alloc::string::String;
     use alloc::vec;
@@ -1947,6 +2103,7 @@ mod tests {
             disk,
             offset,
             size,
+            partition: None,
             read_only,
             serial: "s".into(),
         }
@@ -1960,10 +2117,12 @@ mod tests {
             Disk {
                 name: "emmc".into(),
                 size: 8 * GIB,
+                partitions: vec![],
             },
             Disk {
                 name: "usb".into(),
                 size: GIB,
+                partitions: vec![],
             },
         ];
         c.vms[1].disks = vec![slice(0, 0, 4 * GIB, false)];
@@ -2128,6 +2287,246 @@ mod tests {
         c.vms[1].disks = (0..5u64).map(|k| slice(1, k * 512, 512, false)).collect();
         assert_one(&c, "vm[1].disks", "5 disk slices; a VM may have at most 4");
         c.vms[1].disks.pop();
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    /// [`with_disk`] with "emmc" laid out as "boot" (256 MiB), "root"
+    /// (2 GiB) and "data" (4 GiB), and infotainment's slice partition
+    /// "root" instead.
+    fn with_partitions() -> SystemConfig {
+        let mut c = with_disk();
+        c.disks[0].partitions = [("boot", 256 * MIB), ("root", 2 * GIB), ("data", 4 * GIB)]
+            .into_iter()
+            .map(|(name, size)| DiskPartition {
+                name: name.into(),
+                size,
+            })
+            .collect();
+        c.vms[1].disks = vec![partition_slice(&c, 0, "root", false)];
+        c
+    }
+
+    /// A slice of partition `name` of disk `disk` of `c`, with its range
+    /// from the layout if the disk declares one (0 bytes at 0 if not).
+    fn partition_slice(c: &SystemConfig, disk: u16, name: &str, read_only: bool) -> VmDisk {
+        let d = &c.disks[usize::from(disk)];
+        let (offset, size) = d
+            .partitions
+            .iter()
+            .position(|p| p.name == name)
+            .map_or((0, 0), |p| {
+                partition_layout(&d.partitions, d.size).unwrap()[p]
+            });
+        VmDisk {
+            partition: Some(name.into()),
+            ..slice(disk, offset, size, read_only)
+        }
+    }
+
+    #[test]
+    fn partition_slices_are_their_partitions() {
+        let c = with_partitions();
+        assert_eq!(
+            (c.vms[1].disks[0].offset, c.vms[1].disks[0].size),
+            (257 * MIB, 2 * GIB)
+        );
+        assert_eq!(problems(&c), vec![]);
+        // Other partitions, read-write, in other VMs, and an ordinary slice
+        // after the layout's end: no overlap.
+        let mut c = with_partitions();
+        c.vms[0].disks = vec![
+            partition_slice(&c, 0, "boot", false),
+            partition_slice(&c, 0, "data", false),
+            slice(0, 8 * GIB - MIB, MIB, false),
+        ];
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn partition_slices_overlap_like_any_slice() {
+        let mut c = with_partitions();
+        c.vms[0].disks = vec![slice(0, 300 * MIB, 512, true)];
+        assert_one(
+            &c,
+            "vm[1].disk[0].offset",
+            "read-write slice 0x10100000..0x90100000 of disk 'emmc' for vm 'infotainment' overlaps the read-only slice 0x12c00000..0x12c00200 of vm 'safety' (its disk[0])",
+        );
+        let mut c = with_partitions();
+        c.vms[0].disks = vec![partition_slice(&c, 0, "root", true)];
+        assert_one(&c, "vm[1].disk[0].offset", "overlaps the read-only slice");
+        // Both read-only: fine.
+        c.vms[1].disks[0].read_only = true;
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn partition_must_be_one_the_disk_declares() {
+        let mut c = with_partitions();
+        c.vms[1].disks = vec![partition_slice(&c, 0, "swap", false)];
+        assert_one(
+            &c,
+            "vm[1].disk[0].partition",
+            "disk 'emmc' has no partition named \"swap\"; its partitions are \"boot\", \"root\", \"data\"",
+        );
+        // Names are case-sensitive, as in the GPT.
+        c.vms[1].disks = vec![partition_slice(&c, 0, "Root", false)];
+        assert_one(&c, "vm[1].disk[0].partition", "no partition named \"Root\"");
+    }
+
+    #[test]
+    fn partition_slice_range_must_be_the_layouts() {
+        let mut c = with_partitions();
+        c.vms[1].disks[0].offset = 0;
+        assert_one(
+            &c,
+            "vm[1].disk[0].partition",
+            "slice 0x0..0x80000000 is not partition \"root\" of disk 'emmc', which is 0x10100000..0x90100000 (2 GiB)",
+        );
+        let mut c = with_partitions();
+        c.vms[1].disks[0].size = GIB;
+        assert_one(&c, "vm[1].disk[0].partition", "is not partition \"root\"");
+    }
+
+    #[test]
+    fn partition_name_is_1_to_36_printable_ascii_characters() {
+        let mut c = with_disk();
+        for good in [
+            "a",
+            "EFI System Partition",
+            "Linux/data-2 (x86)",
+            &"p".repeat(36),
+        ] {
+            c.vms[1].disks = vec![partition_slice(&c, 1, good, false)];
+            assert_eq!(problems(&c), vec![], "{good:?}");
+        }
+        for bad in [
+            String::new(),
+            "p".repeat(37),
+            "tab\there".into(),
+            "caf\u{e9}".into(),
+        ] {
+            c.vms[1].disks = vec![partition_slice(&c, 1, &bad, false)];
+            assert_one(
+                &c,
+                "vm[1].disk[0].partition",
+                &format!("partition name {bad:?} must be 1 to 36 printable ASCII characters"),
+            );
+        }
+    }
+
+    #[test]
+    fn partitions_found_at_boot_skip_the_range_checks_until_then() {
+        // "usb" declares no layout: the hypervisor resolves the partitions
+        // from its GPT. Until then they are 0 bytes at 0, checked for
+        // nothing but their name and serial, and overlap nothing.
+        let mut c = with_disk();
+        c.vms[0].disks = vec![partition_slice(&c, 1, "a", false)];
+        c.vms[1].disks = vec![partition_slice(&c, 1, "a", false), slice(1, 0, GIB, false)];
+        assert_eq!(problems(&c), vec![]);
+        c.vms[1].disks[0].serial = "x".repeat(21);
+        assert_one(&c, "vm[1].disk[0].serial", "it may be at most 20");
+        // Once the hypervisor has filled the range in, it is checked like
+        // any slice's.
+        let mut c = with_disk();
+        c.vms[1].disks = vec![VmDisk {
+            partition: Some("a".into()),
+            ..slice(1, GIB - 512, 1024, false)
+        }];
+        assert_one(&c, "vm[1].disk[0].size", "runs past the end of disk 'usb'");
+        c.vms[1].disks[0].offset = 100;
+        c.vms[1].disks[0].size = 512;
+        assert_one(&c, "vm[1].disk[0].offset", "not a multiple of 512 bytes");
+        c.vms[1].disks[0].offset = 512;
+        c.vms[0].disks = vec![slice(1, 0, 1024, true)];
+        assert_one(&c, "vm[1].disk[0].offset", "overlaps the read-only slice");
+    }
+
+    #[test]
+    fn partition_slice_of_a_missing_disk_reports_only_the_disk() {
+        let mut c = with_partitions();
+        c.vms[1].disks[0].disk = 2;
+        assert_one(&c, "vm[1].disk[0].disk", "disk 2 does not exist");
+    }
+
+    #[test]
+    fn disk_partitions_have_unique_gpt_names_and_sector_sizes() {
+        let mut c = with_partitions();
+        c.disks[0].partitions[2].name = "root".into();
+        c.vms[1].disks.clear();
+        assert_one(
+            &c,
+            "disk[0].partition[2].name",
+            "name \"root\" is already used by partition[1] of this disk",
+        );
+        let mut c = with_partitions();
+        c.disks[0].partitions[0].name = "p".repeat(37);
+        assert_one(
+            &c,
+            "disk[0].partition[0].name",
+            "must be 1 to 36 printable ASCII characters",
+        );
+        // The same name on another disk is fine.
+        let mut c = with_partitions();
+        c.disks[1].partitions = c.disks[0].partitions[..1].to_vec();
+        c.disks[1].partitions[0].size = 512;
+        assert_eq!(problems(&c), vec![]);
+        let mut c = with_partitions();
+        c.disks[0].partitions[0].size = 0;
+        c.vms[1].disks.clear();
+        assert_one(&c, "disk[0].partition[0].size", "size is zero");
+        c.disks[0].partitions[0].size = MIB + 1;
+        assert_one(
+            &c,
+            "disk[0].partition[0].size",
+            "size 0x100001 is not a multiple of 512 bytes",
+        );
+    }
+
+    #[test]
+    fn disk_partitions_must_fit_with_the_gpt_reserves() {
+        let mut c = with_partitions();
+        c.disks[0].partitions[2].size = 6 * GIB;
+        // The slice of "root" is fine, but its range is not checked: the
+        // layout it comes from is broken.
+        assert_one(
+            &c,
+            "disk[0].partition[2].size",
+            "partition \"data\" at 0x90100000..0x210100000 (6 GiB) does not fit in disk 'emmc' (0x200000000, 8 GiB): partitions start at 1 MiB, each on a 1 MiB boundary, and must end by 0x1fff00000, leaving the last 1 MiB for the backup GPT",
+        );
+        // To the last byte before the reserve.
+        let mut c = with_partitions();
+        c.disks[0].partitions[2].size = 8 * GIB - MIB - (2 * GIB + 257 * MIB);
+        assert_eq!(problems(&c), vec![]);
+        c.disks[0].partitions[2].size += 512;
+        assert_one(
+            &c,
+            "disk[0].partition[2].size",
+            "does not fit in disk 'emmc'",
+        );
+        // Absurd sizes are refused, not wrapped.
+        c.disks[0].partitions[2].size = u64::MAX - 511;
+        assert_one(
+            &c,
+            "disk[0].partition[2].size",
+            "does not fit in disk 'emmc'",
+        );
+    }
+
+    #[test]
+    fn at_most_16_partitions_per_disk() {
+        let mut c = with_disk();
+        c.disks[0].partitions = (0..17)
+            .map(|k| DiskPartition {
+                name: format!("p{k}"),
+                size: 512,
+            })
+            .collect();
+        assert_one(
+            &c,
+            "disk[0].partitions",
+            "17 partitions; a disk may have at most 16",
+        );
+        c.disks[0].partitions.pop();
         assert_eq!(problems(&c), vec![]);
     }
 
@@ -2321,6 +2720,7 @@ mod tests {
         c.disks = vec![Disk {
             name: "emmc".into(),
             size: GIB,
+            partitions: vec![],
         }];
         let slices = |n: u64| (0..n).map(|k| slice(0, k * 512, 512, false)).collect();
         // 4 disks and 4 nets: the whole window.

@@ -1073,6 +1073,203 @@ fn disk_unknown_keys_and_bad_values_are_parse_errors() {
     assert_eq!(d.field, "disk[0].colour");
 }
 
+/// The GPT layout of `emmc` in [`partitioned`]: "boot" (256 MiB) at 1 MiB,
+/// "root" (2 GiB) at 257 MiB, "data" (4 GiB) at 2 GiB + 257 MiB.
+const PARTS: &str = "[[disk.partition]]\nname = \"boot\"\nsize = \"256M\"\n\n\
+                     [[disk.partition]]\nname = \"root\"\nsize = \"2G\"\n\n\
+                     [[disk.partition]]\nname = \"data\"\nsize = 0x1_0000_0000\n\n";
+
+/// [`disk_config`] with `emmc` laid out as [`PARTS`].
+fn partitioned(first: &str, second: &str) -> String {
+    disk_config(first, second).replacen("size = \"8G\"\n", &format!("size = \"8G\"\n\n{PARTS}"), 1)
+}
+
+const ROOT_PART: &str = "[[vm.disk]]\ndisk = \"emmc\"\npartition = \"root\"\n";
+
+#[test]
+fn partitions_parse_and_slices_of_them_get_their_range() {
+    let usb = "[[vm.disk]]\ndisk = \"usb\"\npartition = \"EFI System\"\nread-only = true\n";
+    let text = partitioned(ROOT_PART, usb);
+    let p = parse_ok(&text);
+    let c = &p.config;
+    let parts: Vec<(&str, u64)> = c.disks[0]
+        .partitions
+        .iter()
+        .map(|p| (p.name.as_str(), p.size))
+        .collect();
+    assert_eq!(
+        parts,
+        [("boot", 256 << 20), ("root", 2 << 30), ("data", 4 << 30)]
+    );
+    assert!(c.disks[1].partitions.is_empty());
+    let root = &c.vms[0].disks[0];
+    assert_eq!(root.partition.as_deref(), Some("root"));
+    assert_eq!((root.offset, root.size), (257 << 20, 2 << 30));
+    assert_eq!(root.serial, "safety-disk0");
+    // No layout declared: the hypervisor finds it at boot.
+    let efi = &c.vms[1].disks[0];
+    assert_eq!(efi.partition.as_deref(), Some("EFI System"));
+    assert_eq!(
+        (efi.disk, efi.offset, efi.size, efi.read_only),
+        (1, 0, 0, true)
+    );
+    assert_eq!(p.check(IMAGE), Ok(()));
+    let bytes = bulkhead_config::encode(&p.config);
+    assert_eq!(bulkhead_config::decode(&bytes), Ok(p.config));
+    // Ordinary slices have no partition.
+    let c = parse_ok(&disk_config("", ROOT)).config;
+    assert_eq!(c.vms[1].disks[0].partition, None);
+    assert!(c.disks[0].partitions.is_empty());
+}
+
+#[test]
+fn partition_with_offset_or_size_is_refused_on_the_later_key() {
+    let text = partitioned("", &format!("{ROOT_PART}offset = \"1G\"\n"));
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "offset = \"1G\""), "vm[1].disk[0].offset")
+    );
+    assert_eq!(
+        d.message,
+        "set `partition` (the slice is that partition of the disk, with its offset and size) or `offset` and `size`, not `partition` with `offset`"
+    );
+    let text = partitioned(
+        "",
+        "[[vm.disk]]\ndisk = \"emmc\"\nsize = \"1G\"\noffset = 0\npartition = \"root\"\n",
+    );
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "partition = "), "vm[1].disk[0].partition")
+    );
+    assert!(
+        d.message
+            .ends_with("not `partition` with `size` and `offset`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn slice_with_neither_partition_nor_size_misses_its_size() {
+    let text = partitioned("", "[[vm.disk]]\ndisk = \"emmc\"\noffset = 0\n");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        (d.line, d.field.as_str(), d.message.as_str()),
+        (
+            line(&text, "[[vm.disk]]"),
+            "vm[1].disk[0]",
+            "missing field `size`"
+        )
+    );
+}
+
+#[test]
+fn partition_problems_point_at_the_partition_key() {
+    // Not one the disk declares.
+    let text = partitioned("", &ROOT_PART.replace("root", "swap"));
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "\"swap\""), "vm[1].disk[0].partition")
+    );
+    assert_eq!(
+        d.message,
+        "disk 'emmc' has no partition named \"swap\"; its partitions are \"boot\", \"root\", \"data\""
+    );
+    // Not a GPT name, on a disk without a layout.
+    let text = disk_config("", &ROOT_PART.replace("emmc", "usb").replace("root", ""));
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "partition = "), "vm[1].disk[0].partition")
+    );
+    assert_eq!(
+        d.message,
+        "partition name \"\" must be 1 to 36 printable ASCII characters"
+    );
+    // A read-write partition under another VM's slice: the overlap is on
+    // the partition's line.
+    let text = partitioned(
+        "[[vm.disk]]\ndisk = \"emmc\"\noffset = \"1G\"\nsize = 512\nread-only = true\n",
+        ROOT_PART,
+    );
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "partition = "), "vm[1].disk[0].partition")
+    );
+    assert!(
+        d.message.starts_with(
+            "read-write slice 0x10100000..0x90100000 of disk 'emmc' for vm 'infotainment' overlaps the read-only slice 0x40000000..0x40000200 of vm 'safety'"
+        ),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn disk_partition_problems_are_reported_on_their_tables() {
+    // A duplicate name, on the later one.
+    let text = partitioned("", "").replace("name = \"data\"", "name = \"boot\"");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(d.field, "disk[0].partition[2].name");
+    assert_eq!(
+        d.line,
+        text.rfind("name = \"boot\"")
+            .map(|a| text[..a].matches('\n').count() + 1)
+            .unwrap()
+    );
+    assert_eq!(
+        d.message,
+        "name \"boot\" is already used by partition[0] of this disk"
+    );
+    // One that does not fit, on its size.
+    let text = partitioned("", "").replace("0x1_0000_0000", "\"6G\"");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "\"6G\""), "disk[0].partition[2].size")
+    );
+    assert!(
+        d.message.starts_with(
+            "partition \"data\" at 0x90100000..0x210100000 (6 GiB) does not fit in disk 'emmc'"
+        ),
+        "{}",
+        d.message
+    );
+    // Too many: the first [[disk.partition]].
+    let many: String = (0..17)
+        .map(|k| format!("[[disk.partition]]\nname = \"p{k}\"\nsize = 512\n"))
+        .collect();
+    let text =
+        disk_config("", "").replacen("size = \"8G\"\n", &format!("size = \"8G\"\n{many}"), 1);
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str(), d.message.as_str()),
+        (
+            line(&text, "[[disk.partition]]"),
+            "disk[0].partition",
+            "17 partitions; a disk may have at most 16"
+        )
+    );
+    // Bad size strings and unknown keys are parse errors on their lines.
+    let text = partitioned("", "").replace("\"256M\"", "\"256 MB\"");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "256 MB"), "disk[0].partition[0].size")
+    );
+    let text = partitioned("", "").replace("name = \"root\"", "name = \"root\"\ntype = \"linux\"");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "type = "), "disk[0].partition[1].type")
+    );
+    assert!(d.message.contains("unknown field `type`"), "{}", d.message);
+}
+
 /// The rejection files for disks, nets and the virtio window fail exactly
 /// as their `# expect:` first line says (the rest of configs/bad/ needs the
 /// host tool, which checks them all).
@@ -1108,7 +1305,7 @@ fn disk_net_and_virtio_rejection_files_fail_as_they_expect() {
         );
         checked += 1;
     }
-    assert!(checked >= 21, "only {checked} files");
+    assert!(checked >= 30, "only {checked} files");
 }
 
 /// Two bare-metal VMs on a 4-CPU board with switches `lan` (the uplink)

@@ -24,6 +24,7 @@
 extern crate alloc;
 
 pub mod blk;
+pub mod gpt;
 pub mod mmio;
 pub mod net;
 pub mod queue;
