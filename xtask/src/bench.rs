@@ -223,8 +223,9 @@ pub fn run(quick: bool) -> Result<ExitCode> {
         measure("bulkhead", 2, &bulkhead_args, TIMEOUT)?,
     ];
 
-    // The Linux boot runs with --quick too: it is the figure that matters.
-    let linux_failed = match linux_boot() {
+    // The Linux boot, the shared disk and the network run with --quick
+    // too: they are short, and their figures are the ones that matter.
+    let mut merge = |r: Result<(TwoRuns, TwoRuns)>| match r {
         Ok((n, b)) => {
             for (all, new) in native.iter_mut().zip(n) {
                 all.extend(new);
@@ -236,34 +237,9 @@ pub fn run(quick: bool) -> Result<ExitCode> {
         }
         Err(e) => Some(e),
     };
-
-    // The shared disk, native virtio-blk vs Bulkhead's; with --quick too
-    // (it is short, and the figures matter).
-    let disk_failed = match disk_bench() {
-        Ok((n, b)) => {
-            for (all, new) in native.iter_mut().zip(n) {
-                all.extend(new);
-            }
-            for (all, new) in bulkhead.iter_mut().zip(b) {
-                all.extend(new);
-            }
-            None
-        }
-        Err(e) => Some(e),
-    };
-
-    let net_failed = match net_bench() {
-        Ok((n, b)) => {
-            for (all, new) in native.iter_mut().zip(n) {
-                all.extend(new);
-            }
-            for (all, new) in bulkhead.iter_mut().zip(b) {
-                all.extend(new);
-            }
-            None
-        }
-        Err(e) => Some(e),
-    };
+    let linux_failed = merge(linux_boot());
+    let disk_failed = merge(disk_bench());
+    let net_failed = merge(net_bench());
 
     // Mixed criticality: Bulkhead only (there is no native pair); skipped
     // by --quick, which checks the harness, not the figures.
@@ -361,27 +337,68 @@ const LINUX_CONFIG: &str = "configs/bench-linux.toml";
 /// Two native and two Bulkhead boots of configs/bench-linux.toml; returns
 /// the figures of each run, native first.
 fn linux_boot() -> Result<(TwoRuns, TwoRuns)> {
-    let config = Path::new(LINUX_CONFIG);
-    println!("building {}…", config.display());
-    let built = build::build(config, Output::Progress)?;
-    let linux = build::native_linux(config)?;
-
-    let mut bulkhead_args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
-    bulkhead_args.extend(ICOUNT.map(String::from));
-    bulkhead_args.extend(qemu::disk_args(&built.disks));
-    bulkhead_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
-    let mut native_args = qemu::native_linux_args(&linux, ",dtb-randomness=off", CAPTURED_CONSOLE);
-    native_args.extend(ICOUNT.map(String::from));
-
+    let pair = LinuxPair::build(LINUX_CONFIG, true)?;
     let native = [
-        measure("native linux", 1, &native_args, LINUX_TIMEOUT)?,
-        measure("native linux", 2, &native_args, LINUX_TIMEOUT)?,
+        pair.native("native linux", 1, &[])?,
+        pair.native("native linux", 2, &[])?,
     ];
     let bulkhead = [
-        measure("bulkhead linux", 1, &bulkhead_args, LINUX_TIMEOUT)?,
-        measure("bulkhead linux", 2, &bulkhead_args, LINUX_TIMEOUT)?,
+        pair.bulkhead("bulkhead linux", 1, &[])?,
+        pair.bulkhead("bulkhead linux", 2, &[])?,
     ];
     Ok((native, bulkhead))
+}
+
+/// One Linux config booted under Bulkhead and natively (the config's first
+/// Linux VM alone, same kernel, initramfs and command line), both with
+/// the board's disks.
+struct LinuxPair {
+    built: build::Built,
+    bulkhead_args: Vec<String>,
+    native_args: Vec<String>,
+}
+
+impl LinuxPair {
+    /// Builds `config`; `icount`: in virtual time (else host time).
+    fn build(config: &str, icount: bool) -> Result<LinuxPair> {
+        let config = Path::new(config);
+        println!("building {}…", config.display());
+        let built = build::build(config, Output::Progress)?;
+        let linux = build::native_linux(config)?;
+        let time: &[&str] = if icount { &ICOUNT } else { &[] };
+        let mut bulkhead_args =
+            qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
+        bulkhead_args.extend(time.iter().map(|a| (*a).to_owned()));
+        bulkhead_args.extend(qemu::disk_args(&built.disks));
+        bulkhead_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+        let mut native_args =
+            qemu::native_linux_args(&linux, ",dtb-randomness=off", CAPTURED_CONSOLE);
+        native_args.extend(time.iter().map(|a| (*a).to_owned()));
+        native_args.extend(qemu::disk_args(&built.disks));
+        Ok(LinuxPair {
+            built,
+            bulkhead_args,
+            native_args,
+        })
+    }
+
+    fn native(&self, side: &str, run: usize, must: &[&str]) -> Result<Vec<Figure>> {
+        self.run(side, run, &self.native_args, must)
+    }
+
+    fn bulkhead(&self, side: &str, run: usize, must: &[&str]) -> Result<Vec<Figure>> {
+        self.run(side, run, &self.bulkhead_args, must)
+    }
+
+    /// One run on blank disks, which must print every figure in `must`.
+    fn run(&self, side: &str, run: usize, args: &[String], must: &[&str]) -> Result<Vec<Figure>> {
+        build::blank_disks(&self.built)?;
+        let figures = measure(side, run, args, LINUX_TIMEOUT)?;
+        if let Some(name) = must.iter().find(|n| !figures.iter().any(|f| &f.name == *n)) {
+            bail!("{side} run {run} printed no {name} figure");
+        }
+        Ok(figures)
+    }
 }
 
 /// Each figure of `a` with the higher of its value there and in `b`
@@ -401,31 +418,15 @@ const NET_CONFIG: &str = "configs/bench-net.toml";
 /// Two native runs (loopback in one VM: there is no KVM to nest here) and
 /// two Bulkhead runs (VM to VM over the switch) of configs/bench-net.toml.
 fn net_bench() -> Result<(TwoRuns, TwoRuns)> {
-    let config = Path::new(NET_CONFIG);
-    println!("building {}…", config.display());
-    let built = build::build(config, Output::Progress)?;
-    let linux = build::native_linux(config)?;
-    let mut bulkhead_args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
-    bulkhead_args.extend(ICOUNT.map(String::from));
-    bulkhead_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
-    let mut native_args = qemu::native_linux_args(&linux, ",dtb-randomness=off", CAPTURED_CONSOLE);
-    native_args.extend(ICOUNT.map(String::from));
-    let run = |side: &str, i: usize, args: &[String]| -> Result<Vec<Figure>> {
-        let figures = measure(side, i, args, LINUX_TIMEOUT)?;
-        for name in ["virtio_net_vm_to_vm", "virtio_net_rtt"] {
-            if !figures.iter().any(|f| f.name == name) {
-                bail!("{side} run {i} printed no {name} figure");
-            }
-        }
-        Ok(figures)
-    };
+    const MUST: &[&str] = &["virtio_net_vm_to_vm", "virtio_net_rtt"];
+    let pair = LinuxPair::build(NET_CONFIG, true)?;
     let native = [
-        run("native net (loopback)", 1, &native_args)?,
-        run("native net (loopback)", 2, &native_args)?,
+        pair.native("native net (loopback)", 1, MUST)?,
+        pair.native("native net (loopback)", 2, MUST)?,
     ];
     let bulkhead = [
-        run("bulkhead net", 1, &bulkhead_args)?,
-        run("bulkhead net", 2, &bulkhead_args)?,
+        pair.bulkhead("bulkhead net", 1, MUST)?,
+        pair.bulkhead("bulkhead net", 2, MUST)?,
     ];
     Ok((native, bulkhead))
 }
@@ -444,32 +445,15 @@ const DISK_CONFIG: &str = "configs/bench-disk.toml";
 /// of the same workload is the comparison that means something; it is
 /// noisier, so both runs are reported (docs/benchmarks.md).
 fn disk_bench() -> Result<(TwoRuns, TwoRuns)> {
-    let config = Path::new(DISK_CONFIG);
-    println!("building {}…", config.display());
-    let built = build::build(config, Output::Progress)?;
-    let linux = build::native_linux(config)?;
-    let mut bulkhead_args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
-    bulkhead_args.extend(qemu::disk_args(&built.disks));
-    bulkhead_args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
-    let mut native_args = qemu::native_linux_args(&linux, ",dtb-randomness=off", CAPTURED_CONSOLE);
-    native_args.extend(qemu::disk_args(&built.disks));
-    let run = |side: &str, i: usize, args: &[String]| -> Result<Vec<Figure>> {
-        build::blank_disks(&built)?;
-        let figures = measure(side, i, args, LINUX_TIMEOUT)?;
-        for name in ["virtio_blk_write", "virtio_blk_read", "virtio_blk_4k_iops"] {
-            if !figures.iter().any(|f| f.name == name) {
-                bail!("{side} run {i} printed no {name} figure");
-            }
-        }
-        Ok(figures)
-    };
+    const MUST: &[&str] = &["virtio_blk_write", "virtio_blk_read", "virtio_blk_4k_iops"];
+    let pair = LinuxPair::build(DISK_CONFIG, false)?;
     // Interleaved, so a busy spell of the host hits both sides alike; the
     // first run of each side reports the better of its two figures (both
     // are listed where they differ).
-    let n1 = run("native disk", 1, &native_args)?;
-    let b1 = run("bulkhead disk", 1, &bulkhead_args)?;
-    let n2 = run("native disk", 2, &native_args)?;
-    let b2 = run("bulkhead disk", 2, &bulkhead_args)?;
+    let n1 = pair.native("native disk", 1, MUST)?;
+    let b1 = pair.bulkhead("bulkhead disk", 1, MUST)?;
+    let n2 = pair.native("native disk", 2, MUST)?;
+    let b2 = pair.bulkhead("bulkhead disk", 2, MUST)?;
     Ok(([best(&n1, &n2), n2], [best(&b1, &b2), b2]))
 }
 

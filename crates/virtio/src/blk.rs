@@ -284,18 +284,8 @@ impl Blk {
         match self.transport.write(off, size, value)? {
             None | Some(Event::Interrupt) => {}
             Some(Event::Reset) => self.queue = None,
-            Some(Event::QueueReady(_)) => {
-                let regs = self.transport.queues[0];
-                match regs.layout().check(mem) {
-                    Ok(()) => {
-                        let event_idx = self.transport.negotiated() & feature::RING_EVENT_IDX != 0;
-                        self.queue = Some(Queue::new(regs.layout(), event_idx));
-                    }
-                    Err(_) => {
-                        // Refused: the driver reads QueueReady back as 0.
-                        self.transport.queues[0].ready = false;
-                    }
-                }
+            Some(Event::QueueReady(q)) => {
+                self.queue = self.transport.take_ready(usize::from(q), mem);
             }
             Some(Event::Notify(_)) => {
                 self.stats.kicks += 1;

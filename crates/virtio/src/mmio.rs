@@ -148,6 +148,26 @@ impl<const Q: usize> Transport<Q> {
         }
     }
 
+    /// Queue `q` was just made ready ([`Event::QueueReady`]): the device's
+    /// side of it if the layout the driver wrote is usable (in RAM,
+    /// aligned, a power of two up to the maximum), with event idx if it was
+    /// negotiated; otherwise the ready bit is taken back, so the driver
+    /// reads QueueReady as 0.
+    pub fn take_ready(
+        &mut self,
+        q: usize,
+        mem: &impl crate::GuestMemory,
+    ) -> Option<crate::queue::Queue> {
+        let regs = self.queues.get_mut(q)?;
+        let layout = regs.layout();
+        if layout.check(mem).is_err() {
+            regs.ready = false;
+            return None;
+        }
+        let event_idx = self.negotiated() & feature::RING_EVENT_IDX != 0;
+        Some(crate::queue::Queue::new(layout, event_idx))
+    }
+
     fn queue(&self) -> Option<&QueueRegs> {
         self.queues.get(self.queue_sel as usize)
     }

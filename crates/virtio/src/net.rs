@@ -131,13 +131,10 @@ impl Net {
             Some(Event::Reset) => self.queues = [None, None],
             Some(Event::QueueReady(q)) => {
                 let q = usize::from(q);
-                let regs = self.transport.queues[q];
-                if regs.layout().check(mem).is_ok() {
-                    let event_idx = self.transport.negotiated() & feature::RING_EVENT_IDX != 0;
-                    self.queues[q] = Some(Queue::new(regs.layout(), event_idx));
-                } else {
-                    self.transport.queues[q].ready = false;
-                    ev.refused = true;
+                let queue = self.transport.take_ready(q, mem);
+                ev.refused = queue.is_none();
+                if let Some(slot) = self.queues.get_mut(q) {
+                    *slot = queue;
                 }
             }
             Some(Event::Notify(q)) => {
