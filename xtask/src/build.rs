@@ -448,8 +448,9 @@ fn vms_using(parsed: &Parsed, text: &str, source: &ImageSource) -> Vec<(usize, &
 /// What a Linux VM needs in its initramfs besides busybox, from each
 /// Debian kernel that boots with initramfs `index`: with channels,
 /// `/bin/bulkhead-chan` and the UIO modules; with disks or NICs, the
-/// virtio-mmio modules and virtio-blk's or virtio-net's. Nothing for a VM
-/// with none of these.
+/// virtio-mmio modules and virtio-blk's or virtio-net's (and with disks
+/// `/bin/bulkhead-io`, for random reads). Nothing for a VM with none of
+/// these.
 fn initramfs_extras(
     parsed: &Parsed,
     index: usize,
@@ -472,13 +473,22 @@ fn initramfs_extras(
     }
     let mut out = Vec::new();
     if !parsed.config.channels.is_empty() {
-        out.push(("bin/bulkhead-chan".to_owned(), channel_tool(output)?));
+        out.push((
+            "bin/bulkhead-chan".to_owned(),
+            linux_tool("bulkhead-chan", output)?,
+        ));
         for &k in &kernels {
             out.extend(debian::modules(k, debian::UIO_MODULES)?);
         }
     }
     let disks = users().any(|vm| !vm.disks.is_empty());
     let nets = users().any(|vm| !vm.nets.is_empty());
+    if disks {
+        out.push((
+            "bin/bulkhead-io".to_owned(),
+            linux_tool("bulkhead-io", output)?,
+        ));
+    }
     for &k in &kernels {
         if disks || nets {
             out.extend(debian::modules(k, debian::VIRTIO_MODULES)?);
@@ -493,12 +503,13 @@ fn initramfs_extras(
     Ok(out)
 }
 
-/// Builds `tools/bulkhead-chan` as a static aarch64 Linux binary (musl,
-/// linked by rust-lld; see .cargo/config.toml), without debug info.
-fn channel_tool(output: Output) -> Result<Vec<u8>> {
+/// Builds Linux user-space tool `package` (tools/) as a static aarch64
+/// Linux binary (musl, linked by rust-lld; see .cargo/config.toml),
+/// without debug info.
+fn linux_tool(package: &str, output: Output) -> Result<Vec<u8>> {
     const MUSL: &str = "aarch64-unknown-linux-musl";
     if output == Output::Progress {
-        println!("building bulkhead-chan (Linux user space, {MUSL})…");
+        println!("building {package} (Linux user space, {MUSL})…");
     }
     let status = cargo()
         .args([
@@ -506,7 +517,7 @@ fn channel_tool(output: Output) -> Result<Vec<u8>> {
             "--release",
             "--quiet",
             "-p",
-            "bulkhead-chan",
+            package,
             "--target",
             MUSL,
         ])
@@ -515,9 +526,9 @@ fn channel_tool(output: Output) -> Result<Vec<u8>> {
         .status()
         .context("cannot run cargo")?;
     if !status.success() {
-        bail!("building bulkhead-chan for {MUSL} failed");
+        bail!("building {package} for {MUSL} failed");
     }
-    let path = target_dir().join(MUSL).join("release/bulkhead-chan");
+    let path = target_dir().join(MUSL).join("release").join(package);
     std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
 }
 
