@@ -40,9 +40,17 @@ pub struct El2Hal;
 // `mmio_phys_to_virt`, which the EL2 map covers as Device memory).
 unsafe impl Hal for El2Hal {
     fn dma_alloc(pages: usize, _dir: BufferDirection) -> (u64, NonNull<u8>) {
-        let layout = core::alloc::Layout::from_size_align(pages * 4096, 4096)
-            .unwrap_or(core::alloc::Layout::new::<u8>());
-        // SAFETY: the layout has a non-zero size.
+        // virtio-drivers asks for queue memory at boot, never on a guest's
+        // behalf; a size that has no layout is a bug, reported as an
+        // allocation failure (which powers off).
+        let Some(layout) = pages
+            .max(1)
+            .checked_mul(4096)
+            .and_then(|size| core::alloc::Layout::from_size_align(size, 4096).ok())
+        else {
+            alloc::alloc::handle_alloc_error(core::alloc::Layout::new::<[u8; 4096]>())
+        };
+        // SAFETY: the layout's size is at least one page, never zero.
         let p = unsafe { alloc::alloc::alloc_zeroed(layout) };
         match NonNull::new(p) {
             Some(p) => (p.as_ptr() as u64, p),
@@ -51,7 +59,8 @@ unsafe impl Hal for El2Hal {
     }
 
     unsafe fn dma_dealloc(_paddr: u64, vaddr: NonNull<u8>, pages: usize) -> i32 {
-        if let Ok(layout) = core::alloc::Layout::from_size_align(pages * 4096, 4096) {
+        let size = pages.max(1).saturating_mul(4096);
+        if let Ok(layout) = core::alloc::Layout::from_size_align(size, 4096) {
             // SAFETY: allocated by `dma_alloc` with this layout (caller).
             unsafe { alloc::alloc::dealloc(vaddr.as_ptr(), layout) };
         }
@@ -261,6 +270,12 @@ impl PhysDisk {
             slots,
             ..
         } = self;
+        // More buffers than the physical queue holds with header and status:
+        // refused, never cut short (`bulkhead_virtio` already refuses more
+        // than SEG_MAX).
+        if segs.len() > PHYS_QUEUE - 2 {
+            return Err(IoError);
+        }
         let slot = slots.get_mut(i).ok_or(IoError)?;
         slot.header[..4].copy_from_slice(&kind.to_le_bytes());
         slot.header[4..8].fill(0);
@@ -347,6 +362,13 @@ impl PhysDisk {
             return;
         }
         match gpt::partitions(&header, &array) {
+            // The table is data on the disk, which a VM with a slice over
+            // it may have written: nothing past the disk's end is used.
+            Ok(p) if p.iter().any(|q| q.last >= self.sectors) => {
+                log::error!(
+                    "disk{index}: partition table not used: a partition ends past the disk"
+                );
+            }
             Ok(p) => {
                 for part in &p {
                     log::info!(
@@ -597,9 +619,7 @@ pub fn access(
             };
             let kicks = dev.line(vm, n.irq_level());
             drop(n);
-            if let Some(k) = kicks {
-                vm.apply_kicks(k, Some(vcpu));
-            }
+            apply(vm, kicks, Some(vcpu));
             if tx {
                 net_tx(vm, vcpu, i, dev, net, *switch, *port);
             }
@@ -643,10 +663,16 @@ fn blk_access(
     };
     let kicks = dev.line(vm, blk.irq_level());
     drop(blk);
-    if let Some(k) = kicks {
-        vm.apply_kicks(k, Some(vcpu));
-    }
+    apply(vm, kicks, Some(vcpu));
     r
+}
+
+/// Acts on what [`VirtioDev::line`] returned, once the model's lock is
+/// released (a flush takes the vGIC lock again).
+fn apply(vm: &Vm, kicks: Option<bulkhead_vgic::Kicks>, me: Option<VcpuId>) {
+    if let Some(k) = kicks {
+        vm.apply_kicks(k, me);
+    }
 }
 
 /// The guest notified its transmit queue: every frame it queued goes to
@@ -684,9 +710,7 @@ fn net_tx(
     n.tx_done(&mem);
     let kicks = dev.line(vm, n.irq_level());
     drop(n);
-    if let Some(k) = kicks {
-        vm.apply_kicks(k, Some(vcpu));
-    }
+    apply(vm, kicks, Some(vcpu));
 }
 
 /// A frame from the switch for `dev`, a virtio-net device of `vm`. Runs
@@ -700,8 +724,6 @@ pub fn net_deliver(vm: &Vm, dev: &VirtioDev, frame: &[u8]) -> Option<net::Delive
     let d = n.deliver(&vm.memory(), frame);
     let kicks = dev.line(vm, n.irq_level());
     drop(n);
-    if let Some(k) = kicks {
-        vm.apply_kicks(k, None);
-    }
+    apply(vm, kicks, None);
     Some(d)
 }

@@ -148,6 +148,10 @@ pub enum ReqError {
     },
     /// Data that is not whole sectors, or more than fits a used length.
     Length,
+    /// More data buffers than the `seg_max` the device announced.
+    Segments {
+        count: usize,
+    },
     /// Sectors outside the VM's slice.
     Range {
         sector: u64,
@@ -169,6 +173,9 @@ impl core::fmt::Display for ReqError {
             ReqError::Direction => write!(f, "a buffer of the wrong direction"),
             ReqError::Memory { ipa } => write!(f, "buffer at IPA {ipa:#x} is not guest RAM"),
             ReqError::Length => write!(f, "data is not a whole number of sectors"),
+            ReqError::Segments { count } => {
+                write!(f, "{count} data buffers, more than seg_max ({SEG_MAX})")
+            }
             ReqError::Range { sector, sectors } => write!(
                 f,
                 "sectors {sector}..{} are outside the disk",
@@ -508,6 +515,10 @@ impl Blk {
         }
         if header_left > 0 {
             return Err(ReqError::BadHeader);
+        }
+        let count = self.segs.len() - first;
+        if count > SEG_MAX as usize {
+            return Err(ReqError::Segments { count });
         }
         let kind = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
         let mut sector_bytes = [0u8; 8];
@@ -1112,5 +1123,27 @@ mod tests {
             }
         }
         assert_eq!((r.blk.stats.reads, r.blk.stats.errors), (4, 1));
+    }
+    #[test]
+    fn more_buffers_than_seg_max_get_ioerr() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut d = disk(&mem);
+        let drv = Driver::new(BASE, 256);
+        let mut blk = Blk::new(slice(0, 64, false));
+        driver_init(&mut blk, drv.layout, &mem);
+        let mut r = Rig { blk, drv };
+        header(&mem, req::IN, 0);
+        // A header, 254 data buffers, and a last one that holds 512 more
+        // bytes before the status byte: 256 descriptors, 255 data buffers.
+        let mut chain: Vec<Buf> = vec![(HDR, 16, false)];
+        for k in 0..254u64 {
+            chain.push((DATA + 512 * (k % 16), 512, true));
+        }
+        chain.push((STATUS - 512, 513, true));
+        r.drv.add(&mem, &chain);
+        let out = notify(&mut r, &mem, &mut d);
+        assert_eq!(out.refused, Some(ReqError::Segments { count: 255 }));
+        assert_eq!(status(&mem), req::S_IOERR);
     }
 }

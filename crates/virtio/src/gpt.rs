@@ -148,8 +148,13 @@ pub fn partitions(h: &Header, array: &[u8]) -> Result<Vec<Partition>, GptError> 
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
             .collect();
+        // The table is data on the disk, and names reach the console's
+        // log: anything but printable ASCII becomes '?'.
         let name = char::decode_utf16(units)
-            .map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER))
+            .map(|c| match c {
+                Ok(c) if c.is_ascii_graphic() || c == ' ' => c,
+                _ => '?',
+            })
             .collect();
         out.push(Partition { name, first, last });
     }
@@ -279,6 +284,13 @@ mod tests {
             partitions(&b, &disk[at..at + b.entries_bytes()]).unwrap(),
             parts
         );
+    }
+
+    #[test]
+    fn names_are_printable_ascii_only() {
+        let pieces = build(8 << 11, &[("a\x1b[2Jb\u{e9}", 1 << 20, 1 << 20)], 3);
+        let h = header(&pieces[1].1).unwrap();
+        assert_eq!(partitions(&h, &pieces[2].1).unwrap()[0].name, "a?[2Jb?");
     }
 
     #[test]
