@@ -182,6 +182,8 @@ extern "C" fn primary_main(dtb: usize) -> ! {
         log::info!("the uplink's interrupt {intid} is taken on cpu{cpu}");
         gic::enable_spi(intid, plat.cpus.get(cpu).copied().unwrap_or(0));
     }
+    // Disk completions start there too, then follow the requests.
+    virtio::enable_interrupts(plat.cpus.get(console_cpu(sys, focus)).copied().unwrap_or(0));
     match focus.and_then(|i| sys.vms.get(i)) {
         Some(vm) => log::info!(
             "console input goes to {} (Ctrl-] moves it to the next VM, then the shell)",

@@ -264,9 +264,10 @@ fn run(line: &str) {
                 for (i, d) in crate::virtio::disks().iter().enumerate() {
                     let d = d.lock();
                     say!(
-                        "disk{i} (virtio-blk at {:#x}): requests {}, {} KiB, errors {}",
+                        "disk{i} (virtio-blk at {:#x}): requests {} ({} in flight), {} KiB, errors {}",
                         d.base,
                         d.stats.requests,
+                        d.in_flight(),
                         d.stats.bytes >> 10,
                         d.stats.errors
                     );
@@ -358,9 +359,12 @@ fn stats_device(vm: &str, n: usize, d: &crate::virtio::VirtioDev) {
     use crate::virtio::Model;
     match &d.model {
         Model::Blk { blk, .. } => {
-            let st = blk.lock().stats;
+            let (st, waiting) = {
+                let b = blk.lock();
+                (b.stats, b.in_flight())
+            };
             say!(
-                "{vm:<16} virtio {n} (blk): kicks {}, requests {}, interrupts {}, errors {}, needed reset {}",
+                "{vm:<16} virtio {n} (blk): kicks {}, requests {} ({waiting} on the disk), interrupts {}, errors {}, needed reset {}",
                 st.kicks,
                 st.reads + st.writes + st.flushes,
                 st.interrupts,

@@ -410,6 +410,8 @@ pub fn service_interrupts_without_vcpu() {
             console_stall_check();
         } else if Some(intid) == crate::net::uplink_intid() {
             crate::net::uplink_interrupt();
+        } else if let Some(d) = crate::virtio::disk_of_intid(intid) {
+            crate::virtio::disk_interrupt(d);
         }
     }
 }

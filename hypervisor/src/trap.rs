@@ -371,6 +371,8 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
             system::console_stall_check();
         } else if Some(intid) == crate::net::uplink_intid() {
             crate::net::uplink_interrupt();
+        } else if let Some(d) = crate::virtio::disk_of_intid(intid) {
+            crate::virtio::disk_interrupt(d);
         } else {
             log::warn!("unexpected physical interrupt {intid}");
         }

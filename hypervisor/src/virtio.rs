@@ -3,14 +3,17 @@
 //! virtio-mmio devices: block devices over a slice of a disk, network
 //! devices on a port of a switch (`net.rs`).
 //!
-//! A request is served on the pCPU of the vCPU that notified, inside its
-//! QueueNotify trap: the VM pays for its own I/O with its own time, and
-//! no other pCPU does work for it. The guest's data buffers go to the
+//! A request is put on the physical queue on the pCPU of the vCPU that
+//! notified, inside its QueueNotify trap, and the vCPU goes back to its
+//! guest at once: it never waits for the disk. The disk's completion
+//! interrupt, routed to the pCPU that last put a request on it, answers
+//! the guest and raises its interrupt. The guest's data buffers go to the
 //! physical device as they are (zero copy): `bulkhead_virtio` checked that
 //! each lies in the VM's RAM, which EL2 maps at the same address, so the
 //! device reads and writes the guest's pages directly.
 
-use crate::arch;
+use crate::arch::{self, gic};
+use crate::percpu;
 use crate::vm::Vm;
 use alloc::vec::Vec;
 use bulkhead_types::VcpuId;
@@ -93,34 +96,67 @@ pub struct PhysDisk {
     pub read_only: bool,
     transport: MmioTransport<'static>,
     queue: VirtQueue<El2Hal, PHYS_QUEUE>,
+    /// Each request takes one descriptor (an indirect table), not one per
+    /// buffer.
+    indirect: bool,
     /// Requests in flight on the physical queue, at most one per slot.
     slots: Vec<Slot>,
+    /// Devices that found no room, to be served again when there is.
+    waiters: Vec<Owner>,
+    /// Its interrupt, and the CPU (MPIDR) it is routed to.
+    intid: Option<u32>,
+    routed: u64,
     /// Its GUID partition table, read at boot (empty without one).
     pub partitions: Vec<bulkhead_virtio::gpt::Partition>,
     pub stats: PhysStats,
 }
 
+/// Whose request a slot holds: device `dev` of VM `vm` (its index in
+/// `system::vms()`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub vm: u16,
+    pub dev: u16,
+}
+
 /// One request on the physical queue: its header and status byte live
 /// here (the device reads and writes them by DMA), with the guest buffers
 /// it was given, so the same buffers can be handed back when it is done.
+/// A slot is taken from `start` until its owner has the result.
 struct Slot {
     header: [u8; 16],
     status: [u8; 1],
     op: blk::Op,
     segs: Vec<Seg>,
+    /// On the queue under this token.
     token: Option<u16>,
+    /// Off the queue with this result, for the owner to take.
+    done: Option<Result<(), IoError>>,
+    /// `None` for the hypervisor's own requests (the partition table).
+    owner: Option<Owner>,
+    taken: bool,
 }
+
+/// Slots per physical disk: requests of all VMs in flight at once.
+const SLOTS: usize = 64;
 
 // SAFETY: the transport's MMIO page and the queue's DMA memory belong to
 // this disk alone, and every use is under the disk's mutex.
 unsafe impl Send for PhysDisk {}
 
 static DISKS: spin::Once<Vec<Mutex<PhysDisk>>> = spin::Once::new();
+/// Each disk's interrupt, read on the interrupt path without its lock.
+static DISK_INTIDS: spin::Once<Vec<Option<u32>>> = spin::Once::new();
 
 /// The physical disks, in the order of their device tree addresses (the
 /// order the config's `[[disk]]` tables name them).
 pub fn disks() -> &'static [Mutex<PhysDisk>] {
     DISKS.get().map_or(&[], Vec::as_slice)
+}
+
+/// The physical disk whose interrupt `intid` is.
+pub fn disk_of_intid(intid: u32) -> Option<usize> {
+    DISK_INTIDS.get()?.iter().position(|&i| i == Some(intid))
 }
 
 bitflags::bitflags! {
@@ -129,16 +165,18 @@ bitflags::bitflags! {
     struct PhysFeatures: u64 {
         const RO = blk::f::RO;
         const FLUSH = blk::f::FLUSH;
+        const RING_INDIRECT_DESC = bulkhead_virtio::feature::RING_INDIRECT_DESC;
         const VERSION_1 = bulkhead_virtio::feature::VERSION_1;
     }
 }
 
 /// Finds the virtio-blk devices among the host's virtio-mmio nodes and
 /// brings each up. Empty slots (device ID 0) are skipped; a device that
-/// fails to initialise is logged and left out.
+/// fails to initialise is logged and left out. Their interrupts are
+/// enabled by [`enable_interrupts`] once the system is built.
 pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
     let mut found = Vec::new();
-    for &(base, size, _) in nodes {
+    for &(base, size, intid) in nodes {
         // Only a block device gets a transport: dropping one resets the
         // device (virtio-drivers), which must not happen to the NIC.
         if device_id(base) != Some(blk::DEVICE_ID) {
@@ -157,13 +195,18 @@ pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
         if transport.device_type() != DeviceType::Block {
             continue;
         }
-        match PhysDisk::new(base, transport) {
+        match PhysDisk::new(base, intid, transport) {
             Ok(mut d) => {
                 log::info!(
-                    "disk{}: virtio-blk at {base:#x}, {} MiB{}",
+                    "disk{}: virtio-blk at {base:#x}, {} MiB{}, irq {intid:?}{}",
                     found.len(),
                     d.sectors >> 11,
-                    if d.read_only { ", read-only" } else { "" }
+                    if d.read_only { ", read-only" } else { "" },
+                    if d.indirect {
+                        ", indirect descriptors"
+                    } else {
+                        ""
+                    },
                 );
                 d.read_gpt(found.len());
                 found.push(Mutex::new(d));
@@ -171,7 +214,27 @@ pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
             Err(e) => log::error!("virtio-blk at {base:#x} not usable: {e:?}"),
         }
     }
+    DISK_INTIDS.call_once(|| found.iter().map(|d| d.lock().intid).collect());
     DISKS.call_once(|| found);
+}
+
+/// Enables every disk's interrupt, first routed to CPU `mpidr` (one that
+/// runs no critical VM); after that it follows the CPU that last put a
+/// request on the disk, so a completion is usually taken where the VM
+/// that waits for it runs.
+pub fn enable_interrupts(mpidr: u64) {
+    for (i, d) in disks().iter().enumerate() {
+        let mut d = d.lock();
+        let Some(intid) = d.intid else {
+            log::error!(
+                "disk{i}: no interrupt in the device tree; its VMs' requests never complete"
+            );
+            continue;
+        };
+        gic::enable_spi(intid, mpidr);
+        d.routed = mpidr;
+        d.transport.ack_interrupt();
+    }
 }
 
 /// The DeviceID register of the virtio-mmio page at `base`, if its magic
@@ -228,12 +291,20 @@ macro_rules! slot_buffers {
 }
 
 impl PhysDisk {
-    fn new(base: u64, mut transport: MmioTransport<'static>) -> virtio_drivers::Result<PhysDisk> {
-        let want = PhysFeatures::RO | PhysFeatures::FLUSH | PhysFeatures::VERSION_1;
+    fn new(
+        base: u64,
+        intid: Option<u32>,
+        mut transport: MmioTransport<'static>,
+    ) -> virtio_drivers::Result<PhysDisk> {
+        let want = PhysFeatures::RO
+            | PhysFeatures::FLUSH
+            | PhysFeatures::RING_INDIRECT_DESC
+            | PhysFeatures::VERSION_1;
         let got = transport.begin_init(want);
         let lo: u32 = transport.read_config_space(0)?;
         let hi: u32 = transport.read_config_space(4)?;
-        let queue = VirtQueue::new(&mut transport, 0, false, false)?;
+        let indirect = got.contains(PhysFeatures::RING_INDIRECT_DESC);
+        let queue = VirtQueue::new(&mut transport, 0, indirect, false)?;
         transport.finish_init();
         Ok(PhysDisk {
             base,
@@ -241,18 +312,30 @@ impl PhysDisk {
             read_only: got.contains(PhysFeatures::RO),
             transport,
             queue,
-            slots: (0..blk::MAX_BATCH)
+            indirect,
+            slots: (0..SLOTS)
                 .map(|_| Slot {
                     header: [0; 16],
                     status: [0xff],
                     op: blk::Op::Flush,
                     segs: Vec::with_capacity(PHYS_QUEUE),
                     token: None,
+                    done: None,
+                    owner: None,
+                    taken: false,
                 })
                 .collect(),
+            waiters: Vec::new(),
+            intid,
+            routed: u64::MAX,
             partitions: Vec::new(),
             stats: PhysStats::default(),
         })
+    }
+
+    /// Requests on the queue now.
+    pub fn in_flight(&self) -> usize {
+        self.slots.iter().filter(|s| s.token.is_some()).count()
     }
 
     /// Puts a request on the physical queue in slot `i`, without waiting:
@@ -287,27 +370,21 @@ impl PhysDisk {
         let token = {
             slot_buffers!(slot, ins, outs);
             // SAFETY: the buffers stay valid and untouched by us until
-            // `finish` pops this token with the same buffers (rebuilt from
+            // `pop` takes this token with the same buffers (rebuilt from
             // the slot, which does not move: `slots` is never resized).
             unsafe { queue.add(ins, outs) }.map_err(|_| IoError)?
         };
         slot.token = Some(token);
+        slot.taken = true;
         if queue.should_notify() {
             transport.notify(0);
         }
         Ok(())
     }
 
-    /// Waits for the next request to complete and takes it off the queue:
+    /// Takes the request the device finished under `token` off the queue:
     /// its slot and result.
-    fn finish(&mut self) -> Option<(usize, Result<(), IoError>)> {
-        self.slots.iter().any(|s| s.token.is_some()).then_some(())?;
-        let token = loop {
-            if let Some(t) = self.queue.peek_used() {
-                break t;
-            }
-            core::hint::spin_loop();
-        };
+    fn pop(&mut self, token: u16) -> Option<(usize, Result<(), IoError>)> {
         let PhysDisk {
             queue,
             slots,
@@ -333,6 +410,87 @@ impl PhysDisk {
             return Some((i, Err(IoError)));
         }
         Some((i, Ok(())))
+    }
+
+    /// Takes everything the device finished off the queue; each result
+    /// waits in its slot for the slot's owner.
+    fn reap(&mut self) {
+        while let Some(token) = self.queue.peek_used() {
+            let Some((i, r)) = self.pop(token) else {
+                return;
+            };
+            self.slots[i].done = Some(r);
+        }
+    }
+
+    /// A free slot, if a request of `segs` buffers also fits on the queue.
+    fn room(&self, segs: usize) -> Option<usize> {
+        let need = if self.indirect { 1 } else { segs + 2 };
+        if self.queue.available_desc() < need {
+            return None;
+        }
+        self.slots.iter().position(|s| !s.taken)
+    }
+
+    /// Moves the interrupt to this CPU, if it is not routed here already.
+    fn route_here(&mut self) {
+        let me = percpu::this().mpidr.load(Ordering::Relaxed);
+        if let Some(intid) = self.intid {
+            if self.routed != me {
+                gic::route_spi(intid, me);
+                self.routed = me;
+            }
+        }
+    }
+
+    /// Frees the slots of `owner`'s finished requests, their results into
+    /// `out`: how many.
+    fn take_done(
+        &mut self,
+        owner: Owner,
+        out: &mut [(u16, Result<(), IoError>); blk::MAX_INFLIGHT],
+    ) -> usize {
+        let mut n = 0;
+        for (i, s) in self.slots.iter_mut().enumerate() {
+            if n == out.len() {
+                break;
+            }
+            if s.owner != Some(owner) {
+                continue;
+            }
+            if let Some(r) = s.done.take() {
+                out[n] = (i as u16, r);
+                n += 1;
+                s.owner = None;
+                s.taken = false;
+            }
+        }
+        n
+    }
+
+    /// The owner of a finished request nobody has taken yet.
+    fn done_owner(&self) -> Option<Owner> {
+        self.slots
+            .iter()
+            .find(|s| s.done.is_some() && s.owner.is_some())
+            .and_then(|s| s.owner)
+    }
+
+    /// Frees `owner`'s finished requests unanswered (it forgot them);
+    /// true while some are still on the queue.
+    fn forget(&mut self, owner: Owner) -> bool {
+        let mut busy = false;
+        for s in self.slots.iter_mut().filter(|s| s.owner == Some(owner)) {
+            if s.token.is_some() {
+                busy = true;
+            } else {
+                s.done = None;
+                s.owner = None;
+                s.taken = false;
+            }
+        }
+        self.waiters.retain(|&w| w != owner);
+        busy
     }
 
     /// Reads the disk's GUID partition table, if it has one, into
@@ -395,76 +553,176 @@ impl PhysDisk {
         self.request(blk::Op::Read, lba, &[seg])
     }
 
-    /// One request, waited for.
+    /// One request of the hypervisor's own, waited for: at boot only,
+    /// before any VM can have requests on the queue.
     fn request(&mut self, op: blk::Op, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
-        while self.finish().is_some() {}
-        self.start(0, op, sector, segs)?;
-        self.finish().map_or(Err(IoError), |(_, r)| r)
+        let i = self.room(segs.len()).ok_or(IoError)?;
+        self.start(i, op, sector, segs)?;
+        let token = loop {
+            if let Some(t) = self.queue.peek_used() {
+                break t;
+            }
+            core::hint::spin_loop();
+        };
+        let r = self.pop(token);
+        self.slots[i].taken = false;
+        r.map_or(Err(IoError), |(_, r)| r)
     }
 }
 
-/// A VM's requests go to a physical disk. A batch (`submit`s, then
-/// `wait`) holds the disk's lock from its first request to its end, so
-/// the disk's queue only ever holds one VM's batch and every completion
-/// is this batch's.
+/// A VM device's requests go to a physical disk: each is put on the
+/// queue and left there (`Pending`); its completion comes on the disk's
+/// interrupt ([`disk_interrupt`]).
 struct Backend<'a> {
     disk: &'a Mutex<PhysDisk>,
-    held: Option<spin::MutexGuard<'a, PhysDisk>>,
-    /// Results of requests finished early to make room.
-    early: Vec<(u16, Result<(), IoError>)>,
-}
-
-impl<'a> Backend<'a> {
-    fn new(disk: &'a Mutex<PhysDisk>) -> Backend<'a> {
-        Backend {
-            disk,
-            held: None,
-            early: Vec::new(),
-        }
-    }
+    owner: Owner,
 }
 
 impl BlockBackend for Backend<'_> {
-    fn read(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
-        self.disk.lock().request(blk::Op::Read, sector, segs)
+    // `submit` is all a device calls; these are its synchronous defaults,
+    // which a VM's request never takes.
+    fn read(&mut self, _: u64, _: &[Seg]) -> Result<(), IoError> {
+        Err(IoError)
     }
-    fn write(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
-        self.disk.lock().request(blk::Op::Write, sector, segs)
+    fn write(&mut self, _: u64, _: &[Seg]) -> Result<(), IoError> {
+        Err(IoError)
     }
     fn flush(&mut self) -> Result<(), IoError> {
-        self.disk.lock().request(blk::Op::Flush, 0, &[])
+        Err(IoError)
     }
 
     fn submit(&mut self, op: blk::Op, sector: u64, segs: &[Seg]) -> blk::Submitted {
-        let disk = self.disk;
-        let d = self.held.get_or_insert_with(|| disk.lock());
-        // A free slot and room on the queue, else finish what is there.
-        let need = segs.len() + 2;
-        let free = |d: &PhysDisk| d.slots.iter().position(|s| s.token.is_none());
-        while free(d).is_none() || d.queue.available_desc() < need {
-            match d.finish() {
-                Some((i, r)) => self.early.push((i as u16, r)),
-                None => break,
+        let mut d = self.disk.lock();
+        let Some(i) = d.room(segs.len()) else {
+            // Served again once a request of anyone's completes.
+            if !d.waiters.contains(&self.owner) {
+                d.waiters.push(self.owner);
             }
-        }
-        let Some(i) = free(d) else {
-            return blk::Submitted::Done(Err(IoError));
+            return blk::Submitted::Busy;
         };
+        d.route_here();
         match d.start(i, op, sector, segs) {
-            Ok(()) => blk::Submitted::Pending(i as u16),
-            Err(e) => blk::Submitted::Done(Err(e)),
+            Ok(()) => {
+                d.slots[i].owner = Some(self.owner);
+                blk::Submitted::Pending(i as u16)
+            }
+            Err(e) => {
+                d.slots[i].taken = false;
+                blk::Submitted::Done(Err(e))
+            }
         }
     }
+}
 
-    fn wait(&mut self, done: &mut dyn FnMut(u16, Result<(), IoError>)) {
-        for (t, r) in self.early.drain(..) {
-            done(t, r);
+/// Physical disk `d` interrupted: every finished request goes to the
+/// device that made it, which answers its guest (and may put more on the
+/// queue); then the devices that waited for room are served. Runs on
+/// whichever pCPU the interrupt is routed to, never a critical VM's.
+pub fn disk_interrupt(d: usize) {
+    let Some(disk) = disks().get(d) else {
+        return;
+    };
+    {
+        let mut g = disk.lock();
+        g.transport.ack_interrupt();
+        g.reap();
+    }
+    deliver(d);
+}
+
+/// Hands every finished request of disk `d` to its owner, then serves the
+/// devices that waited for room.
+fn deliver(d: usize) {
+    let Some(disk) = disks().get(d) else {
+        return;
+    };
+    loop {
+        let owner = disk.lock().done_owner();
+        let Some(owner) = owner else {
+            break;
+        };
+        on_device(d, owner, |blk, mem, backend| {
+            let mut done = [(0, Ok(())); blk::MAX_INFLIGHT];
+            let n = backend.disk.lock().take_done(owner, &mut done);
+            (n > 0).then(|| blk.complete(mem, backend, &done[..n]))
+        });
+    }
+    let waiters = core::mem::take(&mut disk.lock().waiters);
+    for owner in waiters {
+        on_device(d, owner, |blk, mem, backend| {
+            Some(blk.process(mem, backend))
+        });
+    }
+}
+
+/// Runs `f` on `owner`'s device with its lock held, then reports what
+/// happened and gives the vGIC its interrupt. An owner that is no device
+/// of disk `d` (a bug) has its finished requests dropped.
+fn on_device(
+    d: usize,
+    owner: Owner,
+    f: impl FnOnce(&mut blk::Blk, &VmMem, &mut Backend) -> Option<blk::Outcome>,
+) {
+    let Some(disk) = disks().get(d) else {
+        return;
+    };
+    let found = crate::system::vms()
+        .get(usize::from(owner.vm))
+        .and_then(|vm| Some((vm, vm.virtio.get(usize::from(owner.dev))?)));
+    let Some((vm, dev, blk)) = found.and_then(|(vm, dev)| match &dev.model {
+        Model::Blk { blk, disk: dd } if *dd == d => Some((vm, dev, blk)),
+        _ => None,
+    }) else {
+        log::error!("disk{d}: requests of an unknown device {owner:?} dropped");
+        disk.lock().forget(owner);
+        return;
+    };
+    let me = crate::system::current()
+        .filter(|(v, _)| core::ptr::eq(*v, vm))
+        .map(|(_, vcpu)| vcpu);
+    let mut b = blk.lock();
+    let mem = vm.memory();
+    let mut backend = Backend { disk, owner };
+    if let Some(out) = f(&mut b, &mem, &mut backend) {
+        report(vm, me.unwrap_or(VcpuId(0)), owner, &out);
+        if out.abandoned {
+            settle(disk, owner);
         }
-        if let Some(mut d) = self.held.take() {
-            while let Some((i, r)) = d.finish() {
-                done(i as u16, r);
+    }
+    let kicks = dev.line(vm, b.irq_level());
+    drop(b);
+    apply(vm, kicks, me);
+}
+
+/// Logs what a device refused or gave up, against `vcpu` of `vm`.
+fn report(vm: &Vm, vcpu: VcpuId, owner: Owner, out: &blk::Outcome) {
+    let i = owner.dev;
+    if let Some(e) = out.refused {
+        vm.complain(vcpu, format_args!("virtio-blk {i}: request refused: {e}"));
+    }
+    if let Some(e) = out.broken {
+        vm.complain(
+            vcpu,
+            format_args!("virtio-blk {i}: queue given up ({e}); the device needs a reset"),
+        );
+    }
+}
+
+/// `owner` forgot its requests on the disk (a reset): waits until the
+/// disk has finished every one of them, since their buffers are the
+/// guest's memory, and drops their results. Called with the device's lock
+/// held; others' requests that finish meanwhile stay in their slots and
+/// the disk's interrupt, not acknowledged here, delivers them.
+fn settle(disk: &Mutex<PhysDisk>, owner: Owner) {
+    loop {
+        {
+            let mut g = disk.lock();
+            g.reap();
+            if !g.forget(owner) {
+                return;
             }
         }
+        core::hint::spin_loop();
     }
 }
 
@@ -569,10 +827,18 @@ impl VirtioDev {
 
     /// The VM stops or (re)starts: the device is as after power-on, and
     /// nothing is delivered into the VM's memory any more until its new
-    /// driver sets the device up. Called before the memory is scrubbed.
-    pub fn reset(&self) {
+    /// driver sets the device up: a disk's requests in flight are waited
+    /// for. Called before the memory is scrubbed, with `owner` this
+    /// device's VM and index.
+    pub fn reset(&self, owner: Owner) {
         match &self.model {
-            Model::Blk { blk, .. } => blk.lock().reset(),
+            Model::Blk { blk, disk } => {
+                let mut b = blk.lock();
+                b.reset();
+                if let Some(d) = disks().get(*disk) {
+                    settle(d, owner);
+                }
+            }
             Model::Net { net, .. } => net.lock().reset(),
         }
         self.level.store(false, Ordering::Relaxed);
@@ -646,17 +912,17 @@ fn blk_access(
         Some(value) => {
             let disk = disks().get(disk)?;
             let mem = vm.memory();
+            let owner = Owner {
+                vm: vm.id.0,
+                dev: i as u16,
+            };
+            let mut backend = Backend { disk, owner };
             let out = blk
-                .mmio_write(off, size, value as u32, &mem, &mut Backend::new(disk))
+                .mmio_write(off, size, value as u32, &mem, &mut backend)
                 .ok()?;
-            if let Some(e) = out.refused {
-                vm.complain(vcpu, format_args!("virtio-blk {i}: request refused: {e}"));
-            }
-            if let Some(e) = out.broken {
-                vm.complain(
-                    vcpu,
-                    format_args!("virtio-blk {i}: queue given up ({e}); the device needs a reset"),
-                );
+            report(vm, vcpu, owner, &out);
+            if out.abandoned {
+                settle(disk, owner);
             }
             Some(0)
         }

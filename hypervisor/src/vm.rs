@@ -498,9 +498,7 @@ impl Vm {
         crate::channel::vm_starting(self);
         // Before the memory is scrubbed: nothing may be delivered into the
         // old instance's rings once the new one's memory is laid out.
-        for d in &self.virtio {
-            d.reset();
-        }
+        self.reset_virtio();
         let dtb = self.load_image();
         self.vgic.lock().reset();
         // No register state and no unread console input of the old instance.
@@ -622,12 +620,9 @@ impl Vm {
         );
         st.lifecycle = Lifecycle::Stopping(end);
         st.power.stop_all();
-        // No more frames into its memory from other VMs or the uplink.
-        for d in &self.virtio {
-            if matches!(d.model, crate::virtio::Model::Net { .. }) {
-                d.reset();
-            }
-        }
+        // No more frames into its memory from other VMs or the uplink, and
+        // no disk request of its own still writing there.
+        self.reset_virtio();
         for v in 0..self.n_vcpus() {
             if st.running & (1 << v) != 0 {
                 self.kick_vcpu(VcpuId(v));
@@ -668,6 +663,17 @@ impl Vm {
 
     /// Logs a refused guest action, at most 16 times per VM, then once more
     /// to say the rest is suppressed.
+    /// Resets every virtio device of the VM (waiting for its disks'
+    /// requests in flight).
+    fn reset_virtio(&self) {
+        for (i, d) in self.virtio.iter().enumerate() {
+            d.reset(crate::virtio::Owner {
+                vm: self.id.0,
+                dev: i as u16,
+            });
+        }
+    }
+
     pub fn complain(&self, vcpu: VcpuId, args: core::fmt::Arguments) {
         self.stats.refused.fetch_add(1, Ordering::Relaxed);
         let n = self.complaints.fetch_add(1, Ordering::Relaxed);

@@ -71,17 +71,22 @@ pub enum Op {
 pub enum Submitted {
     /// Done already, with this result.
     Done(Result<(), IoError>),
-    /// In flight under this ticket until [`BlockBackend::wait`].
+    /// In flight under this ticket: its result comes to
+    /// [`Blk::complete`] when the disk is done with it.
     Pending(u16),
+    /// The disk has no room for it now. The device keeps the request and
+    /// offers it again at its next `process` or `complete`.
+    Busy,
 }
 
 /// The shared disk behind every VM's slice. Sectors are absolute (the
 /// slice offset already added and the range checked); `segs` are in order
 /// and their lengths add up to a whole number of sectors.
 ///
-/// [`Blk`] hands a batch of requests over with `submit`, then `wait`s for
-/// all of them, so a disk that can run several at once may; the default
-/// `submit` runs each one at once with `read`, `write` or `flush`.
+/// [`Blk`] hands each request over with `submit`. The default runs it at
+/// once with `read`, `write` or `flush`; a disk that runs requests
+/// asynchronously answers `Pending` and later gives each ticket's result
+/// to [`Blk::complete`], so the vCPU that notified does not wait.
 pub trait BlockBackend {
     fn read(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError>;
     fn write(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError>;
@@ -94,14 +99,11 @@ pub trait BlockBackend {
             Op::Flush => self.flush(),
         })
     }
-
-    /// Waits for every request `submit` left pending and calls `done` with
-    /// each ticket and its result, in any order.
-    fn wait(&mut self, _done: &mut dyn FnMut(u16, Result<(), IoError>)) {}
 }
 
-/// Requests taken from the queue and handed to the disk together.
-pub const MAX_BATCH: usize = 16;
+/// Requests of one device in flight on the disk at once; the device takes
+/// no more chains from its queue until one completes.
+pub const MAX_INFLIGHT: usize = 32;
 
 /// A VM's view of its disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -199,6 +201,10 @@ pub struct Outcome {
     pub refused: Option<ReqError>,
     /// The queue was given up (the device now needs a reset).
     pub broken: Option<QueueError>,
+    /// Requests still on the disk were forgotten (a reset, or the queue
+    /// given up): their buffers are the guest's memory, so the backend
+    /// must let them finish before that memory is used for anything else.
+    pub abandoned: bool,
 }
 
 /// One virtio-blk device: its register file, its queue and its slice.
@@ -208,9 +214,12 @@ pub struct Blk {
     queue: Option<Queue>,
     config: [u8; 24],
     chain: Vec<Desc>,
-    /// The data buffers of every request in the batch, one range each.
+    /// The data buffers of the request being checked or of `stalled`.
     segs: Vec<Seg>,
-    batch: Vec<Entry>,
+    /// Requests on the disk, waiting for [`Blk::complete`].
+    inflight: Vec<Entry>,
+    /// A checked request the disk had no room for (its buffers in `segs`).
+    stalled: Option<(Entry, u64)>,
     pub stats: BlkStats,
 }
 
@@ -218,23 +227,20 @@ pub struct Blk {
 /// the disk.
 #[derive(Clone, Debug)]
 enum Plan {
+    /// Done, with the bytes written into the chain (GET_ID) or an error.
     Done(Result<u32, ReqError>),
-    Io {
-        op: Op,
-        sector: u64,
-        segs: core::ops::Range<usize>,
-        bytes: u64,
-    },
+    /// To the disk, with its buffers in `segs`.
+    Io { op: Op, sector: u64, bytes: u64 },
 }
 
-/// One request of a batch.
-#[derive(Clone, Debug)]
+/// A request that went to the disk, until it is answered.
+#[derive(Clone, Copy, Debug)]
 struct Entry {
     head: u16,
     status_at: u64,
-    plan: Plan,
-    ticket: Option<u16>,
-    result: Option<Result<(), IoError>>,
+    op: Op,
+    bytes: u64,
+    ticket: u16,
 }
 
 impl Blk {
@@ -255,7 +261,8 @@ impl Blk {
             config,
             chain: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             segs: Vec::with_capacity(usize::from(QUEUE_SIZE)),
-            batch: Vec::with_capacity(MAX_BATCH),
+            inflight: Vec::with_capacity(MAX_INFLIGHT),
+            stalled: None,
             stats: BlkStats::default(),
         }
     }
@@ -265,11 +272,24 @@ impl Blk {
         self.transport.interrupt_status != 0
     }
 
+    /// Requests on the disk that [`Blk::complete`] has not had yet.
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
     /// The device is reset (the VM restarted): no queue, no features. The
-    /// counters stay, they are the device's history.
+    /// counters stay, they are the device's history. Requests in flight are
+    /// forgotten: the caller must let the disk finish them before the
+    /// guest's memory is used again (their buffers are in it).
     pub fn reset(&mut self) {
         self.transport.reset();
+        self.drop_queue();
+    }
+
+    fn drop_queue(&mut self) {
         self.queue = None;
+        self.inflight.clear();
+        self.stalled = None;
     }
 
     pub fn mmio_read(&self, off: u64, size: u8) -> Option<u32> {
@@ -290,7 +310,10 @@ impl Blk {
         let mut out = Outcome::default();
         match self.transport.write(off, size, value)? {
             None | Some(Event::Interrupt) => {}
-            Some(Event::Reset) => self.queue = None,
+            Some(Event::Reset) => {
+                out.abandoned = !self.inflight.is_empty();
+                self.drop_queue();
+            }
             Some(Event::QueueReady(q)) => {
                 self.queue = self.transport.take_ready(usize::from(q), mem);
             }
@@ -302,9 +325,43 @@ impl Blk {
         Ok(out)
     }
 
-    /// Serves every request the guest made available, then decides whether
-    /// it wants an interrupt.
+    /// Serves every request the guest made available (up to
+    /// [`MAX_INFLIGHT`] on the disk at once), then decides whether it
+    /// wants an interrupt.
     pub fn process(&mut self, mem: &impl GuestMemory, backend: &mut impl BlockBackend) -> Outcome {
+        self.with_queue(mem, |blk, q, out| blk.serve(q, mem, backend, out))
+    }
+
+    /// Requests the disk finished, by ticket: each is answered, then the
+    /// queue is served again (the device may have stopped taking chains
+    /// while it had [`MAX_INFLIGHT`] on the disk). A ticket the device
+    /// does not know (it was reset meanwhile) is ignored.
+    pub fn complete(
+        &mut self,
+        mem: &impl GuestMemory,
+        backend: &mut impl BlockBackend,
+        done: &[(u16, Result<(), IoError>)],
+    ) -> Outcome {
+        self.with_queue(mem, |blk, q, out| {
+            for &(ticket, result) in done {
+                let Some(i) = blk.inflight.iter().position(|e| e.ticket == ticket) else {
+                    continue;
+                };
+                let e = blk.inflight.swap_remove(i);
+                let answer = blk.io_done(e.op, e.bytes, result);
+                blk.answer(q, mem, e.head, e.status_at, answer, out)?;
+            }
+            blk.serve(q, mem, backend, out)
+        })
+    }
+
+    /// Runs `f` on the live queue, then asks for an interrupt if the
+    /// driver wants one, or gives the queue up if `f` found it broken.
+    fn with_queue(
+        &mut self,
+        mem: &impl GuestMemory,
+        f: impl FnOnce(&mut Blk, &mut Queue, &mut Outcome) -> Result<(), QueueError>,
+    ) -> Outcome {
         let mut out = Outcome::default();
         if !self.transport.live() {
             return out;
@@ -312,8 +369,7 @@ impl Blk {
         let Some(mut q) = self.queue.take() else {
             return out;
         };
-        let r = self.drain(&mut q, mem, backend, &mut out);
-        let r = r.and_then(|()| q.needs_interrupt(mem));
+        let r = f(self, &mut q, &mut out).and_then(|()| q.needs_interrupt(mem));
         match r {
             Ok(want) => {
                 if want {
@@ -324,9 +380,12 @@ impl Blk {
                 self.queue = Some(q);
             }
             Err(e) => {
-                // The queue is gone until the driver resets the device.
+                // The queue is gone until the driver resets the device;
+                // what is on the disk finishes unanswered.
                 self.transport.needs_reset();
                 self.stats.resets_needed += 1;
+                out.abandoned = !self.inflight.is_empty();
+                self.drop_queue();
                 out.broken = Some(e);
                 out.interrupt = true;
             }
@@ -334,7 +393,9 @@ impl Blk {
         out
     }
 
-    fn drain(
+    /// Takes chains off the queue and hands them to the disk while it has
+    /// room; answers those that need no disk at once.
+    fn serve(
         &mut self,
         q: &mut Queue,
         mem: &impl GuestMemory,
@@ -342,110 +403,98 @@ impl Blk {
         out: &mut Outcome,
     ) -> Result<(), QueueError> {
         loop {
-            // Take a batch: each chain checked, its buffers translated.
-            self.batch.clear();
-            self.segs.clear();
-            let mut unanswerable = None;
-            while self.batch.len() < MAX_BATCH {
-                let Some(head) = q.pop(mem, &mut self.chain)? else {
-                    break;
-                };
-                let Some(status_at) = self.status_byte(mem) else {
-                    // Nowhere to say what happened: the chain goes back
-                    // empty once the batch is done, and the queue is given
-                    // up.
-                    unanswerable = Some(head);
-                    break;
-                };
-                let plan = self.plan(mem);
-                self.batch.push(Entry {
-                    head,
-                    status_at,
-                    plan,
-                    ticket: None,
-                    result: None,
-                });
+            if let Some((e, sector)) = self.stalled.take() {
+                match backend.submit(e.op, sector, &self.segs) {
+                    Submitted::Busy => {
+                        self.stalled = Some((e, sector));
+                        return Ok(());
+                    }
+                    Submitted::Pending(ticket) => self.inflight.push(Entry { ticket, ..e }),
+                    Submitted::Done(r) => {
+                        let answer = self.io_done(e.op, e.bytes, r);
+                        self.answer(q, mem, e.head, e.status_at, answer, out)?;
+                    }
+                }
             }
-            if self.batch.is_empty() && unanswerable.is_none() {
+            if self.inflight.len() >= MAX_INFLIGHT {
+                return Ok(());
+            }
+            let Some(head) = q.pop(mem, &mut self.chain)? else {
                 if !q.rearm(mem)? {
                     return Ok(());
                 }
                 continue;
-            }
-            // Hand the batch to the disk, then wait for all of it.
-            for e in &mut self.batch {
-                if let Plan::Io {
-                    op,
-                    sector,
-                    ref segs,
-                    ..
-                } = e.plan
-                {
-                    match backend.submit(op, sector, &self.segs[segs.clone()]) {
-                        Submitted::Done(r) => e.result = Some(r),
-                        Submitted::Pending(t) => e.ticket = Some(t),
-                    }
-                }
-            }
-            let batch = &mut self.batch;
-            backend.wait(&mut |t, r| {
-                if let Some(e) = batch.iter_mut().find(|e| e.ticket == Some(t)) {
-                    e.result = Some(r);
-                }
-            });
-            // Answer in the order the guest made them available.
-            for i in 0..self.batch.len() {
-                let (len, result) = self.finish(i);
-                let e = &self.batch[i];
-                let code = match result {
-                    Ok(()) => req::S_OK,
-                    Err(err) => {
-                        self.stats.errors += 1;
-                        out.refused.get_or_insert(err);
-                        if let ReqError::Unsupported { .. } = err {
-                            req::S_UNSUPP
-                        } else {
-                            req::S_IOERR
-                        }
-                    }
-                };
-                // The status byte was checked to be guest RAM.
-                let _ = mem.write(e.status_at, &[code]);
-                q.push_used(mem, e.head, len)?;
-                out.used += 1;
-            }
-            if let Some(head) = unanswerable {
+            };
+            let Some(status_at) = self.status_byte(mem) else {
+                // Nowhere to say what happened: the chain goes back empty
+                // and the queue is given up.
                 out.refused.get_or_insert(ReqError::NoStatus);
                 q.push_used(mem, head, 0)?;
                 return Err(QueueError::Unanswerable);
+            };
+            self.segs.clear();
+            match self.plan(mem) {
+                Plan::Done(r) => {
+                    let answer = r.map(|written| written + 1);
+                    self.answer(q, mem, head, status_at, answer, out)?;
+                }
+                Plan::Io { op, sector, bytes } => {
+                    let e = Entry {
+                        head,
+                        status_at,
+                        op,
+                        bytes,
+                        ticket: 0,
+                    };
+                    self.stalled = Some((e, sector));
+                }
             }
         }
     }
 
-    /// Entry `i` of the batch is done: the bytes written into its chain
-    /// (data and status) and its result, with the counters updated.
-    fn finish(&mut self, i: usize) -> (u32, Result<(), ReqError>) {
-        let e = &self.batch[i];
-        match e.plan {
-            Plan::Done(Ok(written)) => (written + 1, Ok(())),
-            Plan::Done(Err(err)) => (1, Err(err)),
-            Plan::Io { op, bytes, .. } => match e.result {
-                Some(Ok(())) => {
-                    let (count, total, data) = match op {
-                        Op::Read => (&mut self.stats.reads, &mut self.stats.read_bytes, bytes),
-                        Op::Write => (&mut self.stats.writes, &mut self.stats.write_bytes, 0),
-                        Op::Flush => (&mut self.stats.flushes, &mut 0u64, 0),
-                    };
-                    *count += 1;
-                    *total += bytes;
-                    (data as u32 + 1, Ok(()))
-                }
-                // Failed, or a backend that never reported it.
-                Some(Err(IoError)) | None => (1, Err(ReqError::Io)),
-            },
-        }
+    /// The disk's result for a request: the bytes written into its chain
+    /// (data and status), with the counters updated.
+    fn io_done(&mut self, op: Op, bytes: u64, r: Result<(), IoError>) -> Result<u32, ReqError> {
+        r.map_err(|IoError| ReqError::Io)?;
+        let (count, total, data) = match op {
+            Op::Read => (&mut self.stats.reads, &mut self.stats.read_bytes, bytes),
+            Op::Write => (&mut self.stats.writes, &mut self.stats.write_bytes, 0),
+            Op::Flush => (&mut self.stats.flushes, &mut 0u64, 0),
+        };
+        *count += 1;
+        *total += bytes;
+        // `check` kept every request's data under u32::MAX - 1 bytes.
+        Ok(data as u32 + 1)
     }
 
+    /// Writes a request's status byte and gives its chain back with the
+    /// bytes written into it (`Ok`), or one (the status) for an error.
+    fn answer(
+        &mut self,
+        q: &mut Queue,
+        mem: &impl GuestMemory,
+        head: u16,
+        status_at: u64,
+        answer: Result<u32, ReqError>,
+        out: &mut Outcome,
+    ) -> Result<(), QueueError> {
+        let (len, code) = match answer {
+            Ok(len) => (len, req::S_OK),
+            Err(err) => {
+                self.stats.errors += 1;
+                out.refused.get_or_insert(err);
+                match err {
+                    ReqError::Unsupported { .. } => (1, req::S_UNSUPP),
+                    _ => (1, req::S_IOERR),
+                }
+            }
+        };
+        // The status byte was checked to be guest RAM.
+        let _ = mem.write(status_at, &[code]);
+        q.push_used(mem, head, len)?;
+        out.used += 1;
+        Ok(())
+    }
     /// Where the chain in `self.chain` wants its status: the last byte of
     /// the last descriptor, which must be device-writable guest RAM.
     fn status_byte(&self, mem: &impl GuestMemory) -> Option<u64> {
@@ -558,7 +607,6 @@ impl Blk {
                 Ok(Plan::Io {
                     op: if kind == req::IN { Op::Read } else { Op::Write },
                     sector: self.slice.start + sector,
-                    segs,
                     bytes: total,
                 })
             }
@@ -569,7 +617,6 @@ impl Blk {
                 Ok(Plan::Io {
                     op: Op::Flush,
                     sector: 0,
-                    segs: first..first,
                     bytes: 0,
                 })
             }
@@ -1032,12 +1079,36 @@ mod tests {
         assert_eq!(c(20, 4), 512);
         assert_eq!(blk.mmio_read(mmio::reg::DEVICE_ID, 4), Some(2));
     }
-    /// A disk that runs a batch at once and reports it backwards, failing
-    /// the requests that touch sector 7.
+    /// A disk that does each request when it is submitted but reports it
+    /// only when the test says, with room for `room` at once, failing the
+    /// requests that start at sector 7.
     struct Async<'m, 'a> {
         disk: MemDisk<'m, SliceMem<'a>>,
+        room: usize,
         pending: Vec<(u16, Result<(), IoError>)>,
-        batches: Vec<usize>,
+        next: u16,
+    }
+
+    impl<'m, 'a> Async<'m, 'a> {
+        fn new(mem: &'m SliceMem<'a>, room: usize) -> Async<'m, 'a> {
+            Async {
+                disk: disk(mem),
+                room,
+                pending: Vec::new(),
+                next: 100,
+            }
+        }
+
+        /// Takes the pending results the disk has finished: the `n`
+        /// oldest, or (`newest`) the `n` newest, newest first.
+        fn done(&mut self, n: usize, newest: bool) -> Vec<(u16, Result<(), IoError>)> {
+            if newest {
+                let at = self.pending.len() - n;
+                self.pending.drain(at..).rev().collect()
+            } else {
+                self.pending.drain(..n).collect()
+            }
+        }
     }
 
     impl BlockBackend for Async<'_, '_> {
@@ -1051,79 +1122,192 @@ mod tests {
             self.disk.flush()
         }
         fn submit(&mut self, op: Op, sector: u64, segs: &[Seg]) -> Submitted {
-            let r = if sector == 7 {
-                Err(IoError)
-            } else {
-                match op {
-                    Op::Read => self.disk.read(sector, segs),
-                    Op::Write => self.disk.write(sector, segs),
-                    Op::Flush => self.disk.flush(),
-                }
+            if self.pending.len() >= self.room {
+                return Submitted::Busy;
+            }
+            let r = match op {
+                _ if sector == 7 => Err(IoError),
+                Op::Read => self.disk.read(sector, segs),
+                Op::Write => self.disk.write(sector, segs),
+                Op::Flush => self.disk.flush(),
             };
-            let t = 100 + self.pending.len() as u16;
+            let t = self.next;
+            self.next += 1;
             self.pending.push((t, r));
             Submitted::Pending(t)
         }
-        fn wait(&mut self, done: &mut dyn FnMut(u16, Result<(), IoError>)) {
-            self.batches.push(self.pending.len());
-            while let Some((t, r)) = self.pending.pop() {
-                done(t, r);
-            }
+    }
+
+    /// Makes `n` one-sector reads available, request `k` of sector
+    /// `5 + k` with its own header, data and status in page `k` of a
+    /// window; their heads.
+    fn reads(r: &mut Rig, mem: &SliceMem, n: u64) -> Vec<u16> {
+        (0..n)
+            .map(|k| {
+                let at = |off: u64| BASE + 0x4_0000 + k * 0x1000 + off;
+                let mut h = [0u8; 16];
+                h[8..].copy_from_slice(&(5 + k).to_le_bytes());
+                mem.write(at(0), &h).unwrap();
+                mem.write(at(0x100), &[0xff]).unwrap();
+                r.drv.add(
+                    mem,
+                    &[
+                        (at(0), 16, false),
+                        (at(0x200), 512, true),
+                        (at(0x100), 1, true),
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    /// Read `k` of [`reads`] was answered as it should be: IOERR for
+    /// sector 7, the sector's data otherwise.
+    fn check_read(mem: &SliceMem, k: u64, len: u32) {
+        let mut st = [0u8];
+        mem.read(BASE + 0x4_0000 + k * 0x1000 + 0x100, &mut st)
+            .unwrap();
+        if 5 + k == 7 {
+            assert_eq!((st[0], len), (req::S_IOERR, 1), "read {k}");
+        } else {
+            assert_eq!((st[0], len), (req::S_OK, 513), "read {k}");
+            let mut b = [0u8; 512];
+            mem.read(BASE + 0x4_0000 + k * 0x1000 + 0x200, &mut b)
+                .unwrap();
+            assert!(b.iter().all(|&x| x == 5 + k as u8), "sector {}", 5 + k);
         }
     }
 
     #[test]
-    fn a_batch_goes_to_the_disk_together_and_is_answered_in_order() {
+    fn requests_wait_on_the_disk_and_are_answered_as_they_complete() {
         let mut ram = vec![0u8; RAM];
         let mem = SliceMem::new(BASE, &mut ram);
-        let mut a = Async {
-            disk: disk(&mem),
-            pending: Vec::new(),
-            batches: Vec::new(),
-        };
+        let mut a = Async::new(&mem, 64);
         let mut r = rig(&mem, slice(0, 64, false));
-        // Five reads, each with its own header, data and status; the third
-        // is at sector 7, which the disk fails.
-        let mut heads = Vec::new();
-        for k in 0..5u64 {
-            let at = |off: u64| BASE + 0x4_0000 + k * 0x1000 + off;
-            let mut h = [0u8; 16];
-            h[8..].copy_from_slice(&(5 + k).to_le_bytes());
-            mem.write(at(0), &h).unwrap();
-            mem.write(at(0x100), &[0xff]).unwrap();
-            heads.push(r.drv.add(
-                &mem,
-                &[
-                    (at(0), 16, false),
-                    (at(0x200), 512, true),
-                    (at(0x100), 1, true),
-                ],
-            ));
-        }
+        let heads = reads(&mut r, &mem, 5);
         let out = r
             .blk
             .mmio_write(mmio::reg::QUEUE_NOTIFY, 4, 0, &mem, &mut a)
             .unwrap();
-        assert_eq!(out.used, 5);
-        assert_eq!(a.batches, [5], "one batch of five");
-        for (k, &h) in heads.iter().enumerate() {
+        // All five went to the disk; none is answered, nobody interrupted.
+        assert_eq!((out.used, out.interrupt), (0, false));
+        assert_eq!((r.blk.in_flight(), a.pending.len()), (5, 5));
+        assert!(r.drv.take_used(&mem).is_none());
+        // The disk finishes the last two first: they are answered first.
+        let done = a.done(2, true);
+        let out = r.blk.complete(&mem, &mut a, &done);
+        assert_eq!((out.used, out.interrupt), (2, true));
+        for k in [4, 3] {
             let (head, len) = r.drv.take_used(&mem).unwrap();
-            assert_eq!(head, h, "answered in the order made available");
-            let mut st = [0u8];
-            mem.read(BASE + 0x4_0000 + k as u64 * 0x1000 + 0x100, &mut st)
-                .unwrap();
-            if k == 2 {
-                assert_eq!((st[0], len), (req::S_IOERR, 1));
-            } else {
-                assert_eq!((st[0], len), (req::S_OK, 513));
-                let mut b = [0u8; 512];
-                mem.read(BASE + 0x4_0000 + k as u64 * 0x1000 + 0x200, &mut b)
-                    .unwrap();
-                assert!(b.iter().all(|&x| x == 5 + k as u8), "sector {}", 5 + k);
-            }
+            assert_eq!(head, heads[k as usize]);
+            check_read(&mem, k, len);
+        }
+        // The rest, with the failed one (sector 7) among them.
+        let done = a.done(3, false);
+        let out = r.blk.complete(&mem, &mut a, &done);
+        assert_eq!(out.used, 3);
+        assert_eq!(out.refused, Some(ReqError::Io));
+        for k in 0..3 {
+            let (head, len) = r.drv.take_used(&mem).unwrap();
+            assert_eq!(head, heads[k as usize]);
+            check_read(&mem, k, len);
         }
         assert_eq!((r.blk.stats.reads, r.blk.stats.errors), (4, 1));
+        assert_eq!(r.blk.in_flight(), 0);
+        // A ticket given twice (or never) changes nothing.
+        let out = r.blk.complete(&mem, &mut a, &done);
+        assert_eq!(out.used, 0);
+        assert!(r.drv.take_used(&mem).is_none());
     }
+
+    #[test]
+    fn a_busy_disk_keeps_the_request_and_takes_it_when_there_is_room() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut a = Async::new(&mem, 2);
+        let mut r = rig(&mem, slice(0, 64, false));
+        let heads = reads(&mut r, &mem, 4);
+        r.blk
+            .mmio_write(mmio::reg::QUEUE_NOTIFY, 4, 0, &mem, &mut a)
+            .unwrap();
+        // Two on the disk; the third was taken and waits; the fourth is
+        // still on the queue.
+        assert_eq!(r.blk.in_flight(), 2);
+        let mut answered = Vec::new();
+        while r.blk.in_flight() > 0 {
+            let done = a.done(1, false);
+            let out = r.blk.complete(&mem, &mut a, &done);
+            assert_eq!(out.used, 1);
+            assert!(r.blk.in_flight() <= 2);
+            while let Some((head, len)) = r.drv.take_used(&mem) {
+                let k = heads.iter().position(|&h| h == head).unwrap();
+                check_read(&mem, k as u64, len);
+                answered.push(k);
+            }
+        }
+        assert_eq!(answered, [0, 1, 2, 3], "every request, once");
+    }
+
+    #[test]
+    fn at_most_max_inflight_are_taken_until_one_completes() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut a = Async::new(&mem, 1000);
+        // Three descriptors a request.
+        let drv = Driver::new(BASE, 128);
+        let mut blk = Blk::new(slice(0, 64, false));
+        driver_init(&mut blk, drv.layout, &mem);
+        let mut r = Rig { blk, drv };
+        let n = MAX_INFLIGHT as u64 + 8;
+        reads(&mut r, &mem, n);
+        r.blk
+            .mmio_write(mmio::reg::QUEUE_NOTIFY, 4, 0, &mem, &mut a)
+            .unwrap();
+        assert_eq!(r.blk.in_flight(), MAX_INFLIGHT);
+        assert_eq!(a.pending.len(), MAX_INFLIGHT);
+        // Each completion lets one more in, without another notification.
+        let done = a.done(5, false);
+        r.blk.complete(&mem, &mut a, &done);
+        assert_eq!(r.blk.in_flight(), MAX_INFLIGHT);
+        let mut used = 5;
+        while !a.pending.is_empty() {
+            let k = a.pending.len();
+            let done = a.done(k, false);
+            used += r.blk.complete(&mem, &mut a, &done).used;
+        }
+        assert_eq!(u64::from(used), n);
+        assert_eq!(r.blk.stats.reads + r.blk.stats.errors, n);
+    }
+
+    #[test]
+    fn a_reset_forgets_what_is_in_flight_and_says_so() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut a = Async::new(&mem, 64);
+        let mut r = rig(&mem, slice(0, 64, false));
+        reads(&mut r, &mem, 3);
+        r.blk
+            .mmio_write(mmio::reg::QUEUE_NOTIFY, 4, 0, &mem, &mut a)
+            .unwrap();
+        assert_eq!(r.blk.in_flight(), 3);
+        let out = r
+            .blk
+            .mmio_write(mmio::reg::STATUS, 4, 0, &mem, &mut a)
+            .unwrap();
+        assert!(out.abandoned, "the backend must finish them first");
+        assert_eq!(r.blk.in_flight(), 0);
+        // Their completions, after the reset, are not answered.
+        let done = a.done(3, false);
+        assert_eq!(r.blk.complete(&mem, &mut a, &done), Outcome::default());
+        assert!(r.drv.take_used(&mem).is_none());
+        // A reset with nothing in flight abandons nothing.
+        let out = r
+            .blk
+            .mmio_write(mmio::reg::STATUS, 4, 0, &mem, &mut a)
+            .unwrap();
+        assert!(!out.abandoned);
+    }
+
     #[test]
     fn more_buffers_than_seg_max_get_ioerr() {
         let mut ram = vec![0u8; RAM];

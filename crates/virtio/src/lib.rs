@@ -35,6 +35,9 @@ pub use mem::{offset_in, GuestMemory, MemError, SliceMem};
 
 /// Feature bits common to every device (virtio 1.2, section 6).
 pub mod feature {
+    /// A descriptor may point at a table of descriptors (2.7.5.3). We use
+    /// it as a driver of physical devices; our own devices do not offer it.
+    pub const RING_INDIRECT_DESC: u64 = 1 << 28;
     /// The driver publishes `used_event` and the device `avail_event`:
     /// notifications in both directions are asked for, not assumed.
     pub const RING_EVENT_IDX: u64 = 1 << 29;

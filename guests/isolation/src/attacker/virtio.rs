@@ -12,7 +12,7 @@
 
 use super::{attempt, Out, Tally, EXTERNAL};
 use crate::RAM;
-use guest_rt::{mmio_read32, mmio_write32, read64, write64};
+use guest_rt::{counter, mmio_read32, mmio_write32, read64, write64};
 
 const DEV: usize = 0x0a00_0000;
 /// Queue size we use.
@@ -143,9 +143,17 @@ impl Driver {
         self.took().then(|| read64(STATUS) as u32 & 0xff)
     }
 
-    /// The device used one more chain.
+    /// The device used one more chain within 50 ms of counter time. A
+    /// request the device refuses is answered in the notification's trap;
+    /// one that goes to the physical disk completes later.
     fn took(&mut self) -> bool {
-        let idx = (mmio_read32(USED) >> 16) as u16;
+        let until = counter() + 50_000_000;
+        let idx = loop {
+            let idx = (mmio_read32(USED) >> 16) as u16;
+            if idx != self.used || counter() > until {
+                break idx;
+            }
+        };
         wr(INTERRUPT_ACK, rd(INTERRUPT_STATUS));
         if idx == self.used {
             return false;

@@ -180,10 +180,8 @@ pub fn enable_spi(intid: u32, mpidr: u64) {
     if gicd == 0 || !(32..1020).contains(&intid) {
         return;
     }
+    route_spi(intid, mpidr);
     let n = intid as usize;
-    let aff = (mpidr & 0xff_ffff) | ((mpidr >> 32) & 0xff) << 32;
-    // SAFETY: GICD_IROUTER<n> is a 64-bit register of the distributor frame.
-    unsafe { write_volatile((gicd + GICD_IROUTER + 8 * n) as *mut u64, aff) };
     let word = 4 * (n / 32);
     let bit = 1u32 << (n % 32);
     wr32(
@@ -193,6 +191,18 @@ pub fn enable_spi(intid: u32, mpidr: u64) {
     // SAFETY: byte access to IPRIORITYR is architected.
     unsafe { write_volatile((gicd + GICD_IPRIORITYR + n) as *mut u8, 0xa0) };
     wr32(gicd + GICD_ISENABLER + word, bit);
+}
+
+/// Routes SPI `intid` (enabled already) to the CPU with affinity `mpidr`:
+/// it is delivered there from now on.
+pub fn route_spi(intid: u32, mpidr: u64) {
+    let gicd = GICD.load(Ordering::Relaxed);
+    if gicd == 0 || !(32..1020).contains(&intid) {
+        return;
+    }
+    let aff = (mpidr & 0xff_ffff) | ((mpidr >> 32) & 0xff) << 32;
+    // SAFETY: GICD_IROUTER<n> is a 64-bit register of the distributor frame.
+    unsafe { write_volatile((gicd + GICD_IROUTER + 8 * intid as usize) as *mut u64, aff) };
 }
 
 /// Clears the active state of SPI `intid`: the VM that owned it (and would
