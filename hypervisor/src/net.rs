@@ -17,6 +17,7 @@ use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_virtio::net::MAX_FRAME;
+use bulkhead_virtio::offload::{self, Offload};
 use bulkhead_virtio::switch::{Dest, Switch};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -101,31 +102,31 @@ pub fn build(cfg: &bulkhead_config::SystemConfig) -> Vec<Vec<(usize, usize)>> {
 }
 
 /// A frame that came in on `port` of switch `sw`.
-pub fn send(sw: usize, port: usize, frame: &[u8]) {
+pub fn send(sw: usize, port: usize, frame: &[u8], off: &Offload) {
     let Some(s) = switches().get(sw) else {
         return;
     };
     let dest = s.table.lock().forward(port, frame);
     match dest {
-        Dest::Port(p) => deliver(s, p, frame),
+        Dest::Port(p) => deliver(s, p, frame, off),
         Dest::Flood => {
             for p in (0..s.ports.len()).filter(|&p| p != port) {
-                deliver(s, p, frame);
+                deliver(s, p, frame, off);
             }
         }
         Dest::Drop(_) => {}
     }
 }
 
-fn deliver(s: &SwitchHw, port: usize, frame: &[u8]) {
+fn deliver(s: &SwitchHw, port: usize, frame: &[u8], off: &Offload) {
     match s.ports.get(port) {
-        Some(Port::Uplink) => uplink_send(frame),
+        Some(Port::Uplink) => uplink_send(frame, off),
         Some(&Port::Vm { vm, dev }) => {
             let Some(vm) = system::vm_by_config(vm) else {
                 return;
             };
             if let Some(d) = vm.virtio.get(dev) {
-                crate::virtio::net_deliver(vm, d, frame);
+                crate::virtio::net_deliver(vm, d, frame, off);
             }
         }
         None => {}
@@ -262,16 +263,19 @@ impl Uplink {
     }
 }
 
-/// Sends a frame out of the physical NIC (waits for it to be taken).
-fn uplink_send(frame: &[u8]) {
+/// Sends a frame out of the physical NIC (waits for it to be taken). We
+/// negotiate no offload with it: a frame that asks for one goes out with
+/// its checksum done, or cut into MTU-sized segments.
+fn uplink_send(frame: &[u8], off: &Offload) {
     let Some(u) = uplink() else {
         return;
     };
     let mut u = u.lock();
-    match u.nic.send(frame) {
+    let mut out = [0u8; MAX_FRAME];
+    offload::resolve(frame, off, &mut out, |piece| match u.nic.send(piece) {
         Ok(()) => u.stats.tx += 1,
         Err(_) => u.stats.tx_errors += 1,
-    }
+    });
 }
 
 /// The physical NIC's interrupt: every frame it received goes to the
@@ -305,7 +309,7 @@ pub fn uplink_interrupt() {
         };
         match got {
             Some(0) => continue,
-            Some(len) => send(sw, 0, &frame[..len]),
+            Some(len) => send(sw, 0, &frame[..len], &Offload::default()),
             None => break,
         }
     }

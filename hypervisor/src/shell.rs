@@ -375,10 +375,12 @@ fn stats_device(vm: &str, n: usize, d: &crate::virtio::VirtioDev) {
         Model::Net { net, .. } => {
             let st = net.lock().stats;
             say!(
-                "{vm:<16} virtio {n} (net): kicks {}, frames out {}, in {}, interrupts {}, dropped {}/{}, needed reset {}",
+                "{vm:<16} virtio {n} (net): kicks {}, frames out {} ({} TSO), in {} ({} cut into segments), interrupts {}, dropped {}/{}, needed reset {}",
                 st.kicks,
                 st.tx_frames,
+                st.tx_tso,
                 st.rx_frames,
+                st.rx_segmented,
                 st.interrupts,
                 st.tx_dropped,
                 st.rx_dropped,

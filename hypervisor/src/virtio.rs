@@ -19,6 +19,7 @@ use alloc::vec::Vec;
 use bulkhead_types::VcpuId;
 use bulkhead_virtio::blk::{self, BlockBackend, IoError, Seg};
 use bulkhead_virtio::net;
+use bulkhead_virtio::offload::{Offload, MAX_GSO_FRAME};
 use bulkhead_virtio::GuestMemory;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -942,8 +943,8 @@ fn apply(vm: &Vm, kicks: Option<bulkhead_vgic::Kicks>, me: Option<VcpuId>) {
 }
 
 /// The guest notified its transmit queue: every frame it queued goes to
-/// the switch, one at a time, with the device's lock released while the
-/// frame is forwarded (a delivery takes the receiving device's lock, and
+/// the switch, one at a time (a TCP segment of up to 64 KiB with TSO),
+/// with the device's lock released while the frame is forwarded (a delivery takes the receiving device's lock, and
 /// two VMs may send to each other at once).
 fn net_tx(
     vm: &Vm,
@@ -955,11 +956,18 @@ fn net_tx(
     port: usize,
 ) {
     let mem = vm.memory();
-    let mut frame = [0u8; net::MAX_FRAME];
+    let cpu = percpu::this().index.load(Ordering::Relaxed);
+    let Some(buf) = TX_BUF.get(cpu) else {
+        return;
+    };
+    let mut frame = buf.lock();
+    if frame.len() < MAX_GSO_FRAME {
+        frame.resize(MAX_GSO_FRAME, 0);
+    }
     loop {
         let r = net.lock().pop_tx(&mem, &mut frame);
         match r {
-            Ok(Some(len)) => crate::net::send(switch, port, &frame[..len]),
+            Ok(Some((len, off))) => crate::net::send(switch, port, &frame[..len], &off),
             Ok(None) => break,
             Err(e) => {
                 vm.complain(
@@ -972,6 +980,7 @@ fn net_tx(
             }
         }
     }
+    drop(frame);
     let mut n = net.lock();
     n.tx_done(&mem);
     let kicks = dev.line(vm, n.irq_level());
@@ -979,15 +988,25 @@ fn net_tx(
     apply(vm, kicks, Some(vcpu));
 }
 
+/// Each pCPU's buffer for the frame it is sending: up to 64 KiB with
+/// segmentation offload, too big for a 64 KiB stack. Only its own pCPU
+/// takes it, in a trap (interrupts masked), so its lock never waits.
+static TX_BUF: [Mutex<Vec<u8>>; arch::MAX_CPUS] = [const { Mutex::new(Vec::new()) }; arch::MAX_CPUS];
+
 /// A frame from the switch for `dev`, a virtio-net device of `vm`. Runs
 /// on the sender's pCPU (or the uplink's); the VM's vCPUs are kicked if
 /// its interrupt rose.
-pub fn net_deliver(vm: &Vm, dev: &VirtioDev, frame: &[u8]) -> Option<net::Delivery> {
+pub fn net_deliver(
+    vm: &Vm,
+    dev: &VirtioDev,
+    frame: &[u8],
+    off: &Offload,
+) -> Option<net::Delivery> {
     let Model::Net { net, .. } = &dev.model else {
         return None;
     };
     let mut n = net.lock();
-    let d = n.deliver(&vm.memory(), frame);
+    let d = n.deliver(&vm.memory(), frame, off);
     let kicks = dev.line(vm, n.irq_level());
     drop(n);
     apply(vm, kicks, None);

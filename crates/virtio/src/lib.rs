@@ -27,6 +27,7 @@ pub mod blk;
 pub mod gpt;
 pub mod mmio;
 pub mod net;
+pub mod offload;
 pub mod queue;
 pub mod switch;
 

@@ -1,11 +1,15 @@
 //! The virtio network device (virtio 1.2, 5.1): one receive and one
-//! transmit queue, a fixed MAC, no offloads.
+//! transmit queue, a fixed MAC, checksum and TCP segmentation offload
+//! ([`crate::offload`]).
 //!
 //! Frames the guest sends are copied out of its transmit chains one at a
-//! time ([`Net::pop_tx`]) for the switch; frames for the guest are copied
-//! into its receive buffers ([`Net::deliver`]). Without
-//! VIRTIO_NET_F_MRG_RXBUF each receive buffer holds a whole frame, which
-//! Linux's small-buffer mode gives us. Every byte goes through
+//! time ([`Net::pop_tx`]) for the switch, with what their header asks
+//! checked against the frame; frames for the guest are copied into its
+//! receive buffers ([`Net::deliver`]), cut into MTU-sized frames first if
+//! the guest did not negotiate the offload the frame carries. Without
+//! VIRTIO_NET_F_MRG_RXBUF each receive buffer holds a whole frame: Linux
+//! posts 64 KiB "big" buffers once it negotiated GUEST_TSO4/6, and small
+//! ones otherwise. Every byte goes through
 //! [`GuestMemory`]; a frame that does not fit is dropped and counted, a
 //! broken ring makes the device need a reset, as for the block device.
 
@@ -13,12 +17,23 @@ use crate::feature;
 use crate::mem::GuestMemory;
 use crate::mmio::{self, Event, Transport};
 use crate::queue::{Desc, Queue, QueueError};
+use crate::offload::{self, Caps, Offload, MAX_GSO_FRAME};
 use alloc::vec::Vec;
 
 pub const DEVICE_ID: u32 = 1;
 
 /// Feature bits (5.1.3).
 pub mod f {
+    /// The device completes checksums the driver left partial (CSUM), and
+    /// the driver accepts frames with partial checksums (GUEST_CSUM).
+    pub const CSUM: u64 = 1 << 0;
+    pub const GUEST_CSUM: u64 = 1 << 1;
+    /// The driver takes TCP segments of up to 64 KiB (GUEST_TSO4/6); the
+    /// device takes them from the driver (HOST_TSO4/6).
+    pub const GUEST_TSO4: u64 = 1 << 7;
+    pub const GUEST_TSO6: u64 = 1 << 8;
+    pub const HOST_TSO4: u64 = 1 << 11;
+    pub const HOST_TSO6: u64 = 1 << 12;
     /// `mac` in the configuration space is valid.
     pub const MAC: u64 = 1 << 5;
     /// `status` in the configuration space is valid (link up).
@@ -43,8 +58,13 @@ pub const QUEUE_SIZE: u16 = 256;
 pub struct NetStats {
     pub tx_frames: u64,
     pub tx_bytes: u64,
-    /// Transmit chains dropped: too short or long, or device-writable.
+    /// Transmit chains dropped: too short or long, device-writable, or a
+    /// header whose offload request does not fit the frame.
     pub tx_dropped: u64,
+    /// Frames sent as 64 KiB segments (TSO), and frames delivered to this
+    /// guest cut into MTU-sized segments because it takes no TSO.
+    pub tx_tso: u64,
+    pub rx_segmented: u64,
     pub rx_frames: u64,
     pub rx_bytes: u64,
     /// Frames for the guest dropped: no receive buffer, or one too small.
@@ -93,7 +113,16 @@ impl Net {
         Net {
             transport: Transport::new(
                 DEVICE_ID,
-                f::MAC | f::STATUS | feature::RING_EVENT_IDX | feature::VERSION_1,
+                f::MAC
+                    | f::STATUS
+                    | f::CSUM
+                    | f::GUEST_CSUM
+                    | f::GUEST_TSO4
+                    | f::GUEST_TSO6
+                    | f::HOST_TSO4
+                    | f::HOST_TSO6
+                    | feature::RING_EVENT_IDX
+                    | feature::VERSION_1,
                 QUEUE_SIZE,
             ),
             mac,
@@ -106,6 +135,26 @@ impl Net {
 
     pub fn irq_level(&self) -> bool {
         self.transport.interrupt_status != 0
+    }
+
+    /// What the driver may hand us: partial checksums, TSO.
+    fn tx_caps(&self) -> Caps {
+        let n = self.transport.negotiated();
+        Caps {
+            csum: n & f::CSUM != 0,
+            tso4: n & f::HOST_TSO4 != 0,
+            tso6: n & f::HOST_TSO6 != 0,
+        }
+    }
+
+    /// What the driver takes from us as it is.
+    pub fn rx_caps(&self) -> Caps {
+        let n = self.transport.negotiated();
+        Caps {
+            csum: n & f::GUEST_CSUM != 0,
+            tso4: n & f::GUEST_TSO4 != 0,
+            tso6: n & f::GUEST_TSO6 != 0,
+        }
     }
 
     pub fn reset(&mut self) {
@@ -154,14 +203,15 @@ impl Net {
         e
     }
 
-    /// The next frame the guest sent, copied into `buf` (its length), or
-    /// `None` when it has sent nothing more. Chains that are no frame are
-    /// returned to the guest and counted as dropped.
+    /// The next frame the guest sent, copied into `buf` (at least
+    /// [`MAX_GSO_FRAME`] bytes): its length and what it asks of the
+    /// receiver (checked), or `None` when it has sent nothing more. Chains
+    /// that are no frame are returned to the guest and counted as dropped.
     pub fn pop_tx(
         &mut self,
         mem: &impl GuestMemory,
-        buf: &mut [u8; MAX_FRAME],
-    ) -> Result<Option<usize>, QueueError> {
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, Offload)>, QueueError> {
         if !self.transport.live() {
             return Ok(None);
         }
@@ -182,8 +232,14 @@ impl Net {
         &mut self,
         q: &mut Queue,
         mem: &impl GuestMemory,
-        buf: &mut [u8; MAX_FRAME],
-    ) -> Result<Option<usize>, QueueError> {
+        buf: &mut [u8],
+    ) -> Result<Option<(usize, Offload)>, QueueError> {
+        let caps = self.tx_caps();
+        let max = if caps.tso4 || caps.tso6 {
+            MAX_GSO_FRAME
+        } else {
+            MAX_FRAME
+        };
         loop {
             let Some(head) = q.pop(mem, &mut self.chain)? else {
                 if q.rearm(mem)? {
@@ -191,13 +247,19 @@ impl Net {
                 }
                 return Ok(None);
             };
-            let frame = gather(mem, &self.chain, buf);
+            let mut header = [0u8; HDR_LEN];
+            let frame = gather(mem, &self.chain, &mut header, buf, max);
             q.push_used(mem, head, 0)?;
-            match frame {
-                Some(len) => {
+            let checked = frame.and_then(|len| {
+                let off = offload::tx_offload(caps, &header, buf.get(..len)?).ok()?;
+                Some((len, off))
+            });
+            match checked {
+                Some((len, off)) => {
                     self.stats.tx_frames += 1;
                     self.stats.tx_bytes += len as u64;
-                    return Ok(Some(len));
+                    self.stats.tx_tso += u64::from(off.gso.is_some());
+                    return Ok(Some((len, off)));
                 }
                 None => self.stats.tx_dropped += 1,
             }
@@ -230,15 +292,35 @@ impl Net {
         want
     }
 
-    /// Copies `frame` into the guest's next receive buffer.
-    pub fn deliver(&mut self, mem: &impl GuestMemory, frame: &[u8]) -> Delivery {
+    /// Copies `frame` into the guest's next receive buffer, as it is if
+    /// the guest takes what `off` asks of it, else cut into plain frames
+    /// (each into a buffer of its own).
+    pub fn deliver(&mut self, mem: &impl GuestMemory, frame: &[u8], off: &Offload) -> Delivery {
         if !self.transport.live() {
             return Delivery::NotLive;
         }
         let Some(mut q) = self.queues[RX].take() else {
             return Delivery::NotLive;
         };
-        match self.deliver_to(&mut q, mem, frame) {
+        let mut result: Result<Option<bool>, QueueError> = Ok(None);
+        if self.rx_caps().accepts(off) {
+            result = self.deliver_to(&mut q, mem, frame, &offload::rx_header(off));
+        } else {
+            self.stats.rx_segmented += u64::from(off.gso.is_some());
+            let plain = offload::rx_header(&Offload::default());
+            let mut out = [0u8; MAX_FRAME];
+            offload::resolve(frame, off, &mut out, |piece| {
+                if let Ok(got) = result {
+                    result = self
+                        .deliver_to(&mut q, mem, piece, &plain)
+                        .map(|r| match (got, r) {
+                            (Some(a), Some(b)) => Some(a || b),
+                            (a, b) => a.or(b),
+                        });
+                }
+            });
+        }
+        match result {
             Ok(Some(interrupt)) => {
                 self.queues[RX] = Some(q);
                 Delivery::Delivered {
@@ -247,7 +329,6 @@ impl Net {
             }
             Ok(None) => {
                 self.queues[RX] = Some(q);
-                self.stats.rx_dropped += 1;
                 Delivery::NoBuffer
             }
             Err(e) => {
@@ -257,34 +338,38 @@ impl Net {
         }
     }
 
+    /// One frame into the next receive buffer: `Some(interrupt wanted)`,
+    /// or `None` if it was dropped for want of a buffer that fits.
     fn deliver_to(
         &mut self,
         q: &mut Queue,
         mem: &impl GuestMemory,
         frame: &[u8],
+        header: &[u8; HDR_LEN],
     ) -> Result<Option<bool>, QueueError> {
         let Some(head) = q.pop(mem, &mut self.chain)? else {
             // Ask to be told when buffers come (event idx), then look once
             // more: one may have been added meanwhile.
             if !q.rearm(mem)? {
+                self.stats.rx_dropped += 1;
                 return Ok(None);
             }
-            return self.deliver_to(q, mem, frame);
+            return self.deliver_to(q, mem, frame, header);
         };
         let room: u64 = self.chain.iter().map(|d| u64::from(d.len)).sum();
         let need = (HDR_LEN + frame.len()) as u64;
-        if self.chain.iter().any(|d| !d.write) || room < need || frame.len() > MAX_FRAME {
+        if self.chain.iter().any(|d| !d.write) || room < need || frame.len() > MAX_GSO_FRAME {
             // Not a receive buffer, or too small for this frame: give it
             // back empty (the driver counts a length error).
             q.push_used(mem, head, 0)?;
+            self.stats.rx_dropped += 1;
             return Ok(None);
         }
-        let mut header = [0u8; HDR_LEN];
-        header[10..12].copy_from_slice(&1u16.to_le_bytes()); // num_buffers
-        let ok = scatter(mem, &self.chain, &[&header, frame]);
+        let ok = scatter(mem, &self.chain, &[header, frame]);
         let len = if ok { need as u32 } else { 0 };
         q.push_used(mem, head, len)?;
         if !ok {
+            self.stats.rx_dropped += 1;
             return Ok(None);
         }
         self.stats.rx_frames += 1;
@@ -293,28 +378,37 @@ impl Net {
     }
 }
 
-/// The frame in a transmit chain (after its header), if it is one: only
-/// device-readable buffers, 14 to 1518 bytes of frame, all guest RAM.
-fn gather(mem: &impl GuestMemory, chain: &[Desc], buf: &mut [u8; MAX_FRAME]) -> Option<usize> {
+/// The frame in a transmit chain, if it is one: only device-readable
+/// buffers, all guest RAM, a header then 14 to `max` bytes of frame. The
+/// header goes to `header`, the frame to the front of `buf`.
+fn gather(
+    mem: &impl GuestMemory,
+    chain: &[Desc],
+    header: &mut [u8; HDR_LEN],
+    buf: &mut [u8],
+    max: usize,
+) -> Option<usize> {
     if chain.iter().any(|d| d.write) {
         return None;
     }
     let total: u64 = chain.iter().map(|d| u64::from(d.len)).sum();
     let len = usize::try_from(total).ok()?.checked_sub(HDR_LEN)?;
-    if !(MIN_FRAME..=MAX_FRAME).contains(&len) {
+    if !(MIN_FRAME..=max.min(buf.len())).contains(&len) {
         return None;
     }
-    let mut skip = HDR_LEN;
-    let mut at = 0;
+    let (mut in_header, mut at) = (0usize, 0usize);
     for d in chain {
         let n = d.len as usize;
-        let s = skip.min(n);
-        skip -= s;
-        let piece = n - s;
+        let h = (HDR_LEN - in_header).min(n);
+        if h > 0 {
+            mem.read(d.addr, &mut header[in_header..in_header + h]).ok()?;
+            in_header += h;
+        }
+        let piece = n - h;
         if piece == 0 {
             continue;
         }
-        mem.read(d.addr.checked_add(s as u64)?, buf.get_mut(at..at + piece)?)
+        mem.read(d.addr.checked_add(h as u64)?, buf.get_mut(at..at + piece)?)
             .ok()?;
         at += piece;
     }
@@ -356,9 +450,21 @@ pub fn driver_init(
     tx: crate::queue::Layout,
     mem: &impl GuestMemory,
 ) {
+    let all = net.transport.device_features;
+    driver_init_with(net, rx, tx, mem, all);
+}
+
+/// [`driver_init`] accepting only the offered features in `accept`.
+pub fn driver_init_with(
+    net: &mut Net,
+    rx: crate::queue::Layout,
+    tx: crate::queue::Layout,
+    mem: &impl GuestMemory,
+    accept: u64,
+) {
     use crate::mmio::reg;
     use crate::status;
-    let offered = net.transport.device_features;
+    let offered = net.transport.device_features & accept;
     let mut w = |off, v| {
         let _ = net.mmio_write(off, 4, v, mem);
     };
@@ -391,6 +497,10 @@ mod tests {
 
     const BASE: u64 = 0x4000_0000;
     const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    const NONE: Offload = Offload {
+        csum: None,
+        gso: None,
+    };
 
     fn frame(len: usize, fill: u8) -> Vec<u8> {
         let mut f = vec![fill; len];
@@ -437,8 +547,8 @@ mod tests {
         );
         let ev = net.mmio_write(mmio::reg::QUEUE_NOTIFY, 4, 1, &mem).unwrap();
         assert!(ev.tx);
-        let mut buf = [0u8; MAX_FRAME];
-        assert_eq!(net.pop_tx(&mem, &mut buf), Ok(Some(100)));
+        let mut buf = vec![0u8; MAX_GSO_FRAME];
+        assert_eq!(net.pop_tx(&mem, &mut buf), Ok(Some((100, NONE))));
         assert_eq!(&buf[..100], &f[..]);
         assert_eq!(net.pop_tx(&mem, &mut buf), Ok(None));
         assert_eq!(tx.take_used(&mem), Some((h, 0)));
@@ -448,7 +558,7 @@ mod tests {
             &mem,
             &[(BASE + 0x20_000, 64, true), (BASE + 0x21_000, 1500, true)],
         );
-        assert!(matches!(net.deliver(&mem, &f), Delivery::Delivered { .. }));
+        assert!(matches!(net.deliver(&mem, &f, &NONE), Delivery::Delivered { .. }));
         assert_eq!(rx.take_used(&mem), Some((r, (HDR_LEN + 100) as u32)));
         let mut got = vec![0u8; 64];
         mem.read(BASE + 0x20_000, &mut got).unwrap();
@@ -465,7 +575,7 @@ mod tests {
         let mut ram = vec![0u8; 1 << 20];
         let mem = SliceMem::new(BASE, &mut ram);
         let (mut net, _rx, mut tx) = up(&mem);
-        let mut buf = [0u8; MAX_FRAME];
+        let mut buf = vec![0u8; MAX_GSO_FRAME];
         for chain in [
             vec![(BASE + 0x10_000, (HDR_LEN + 10) as u32, false)], // runt
             vec![(BASE + 0x10_000, (HDR_LEN + MAX_FRAME + 1) as u32, false)], // giant
@@ -487,18 +597,18 @@ mod tests {
         let (mut net, mut rx, _tx) = up(&mem);
         let f = frame(1000, 1);
         assert_eq!(
-            net.deliver(&mem, &f),
+            net.deliver(&mem, &f, &NONE),
             Delivery::NoBuffer,
             "no buffer posted"
         );
         let small = rx.add(&mem, &[(BASE + 0x20_000, 500, true)]);
-        assert_eq!(net.deliver(&mem, &f), Delivery::NoBuffer);
+        assert_eq!(net.deliver(&mem, &f, &NONE), Delivery::NoBuffer);
         assert_eq!(rx.take_used(&mem), Some((small, 0)));
         rx.add(&mem, &[(BASE + 0x20_000, 100, false)]);
-        assert_eq!(net.deliver(&mem, &f), Delivery::NoBuffer, "not writable");
+        assert_eq!(net.deliver(&mem, &f, &NONE), Delivery::NoBuffer, "not writable");
         assert_eq!(net.stats.rx_dropped, 3);
         rx.add(&mem, &[(BASE + 0x20_000, 1600, true)]);
-        assert!(matches!(net.deliver(&mem, &f), Delivery::Delivered { .. }));
+        assert!(matches!(net.deliver(&mem, &f, &NONE), Delivery::Delivered { .. }));
     }
 
     #[test]
@@ -516,10 +626,124 @@ mod tests {
         );
         rx.publish(&mem, 0);
         assert_eq!(
-            net.deliver(&mem, &frame(60, 0)),
+            net.deliver(&mem, &frame(60, 0), &NONE),
             Delivery::Broken(QueueError::ChainTooLong)
         );
         assert!(!net.transport.live());
-        assert_eq!(net.deliver(&mem, &frame(60, 0)), Delivery::NotLive);
+        assert_eq!(net.deliver(&mem, &frame(60, 0), &NONE), Delivery::NotLive);
+    }
+
+    /// A TCP/IPv4 frame of `payload` bytes from MAC to 02:..:02, its
+    /// checksum field holding the pseudo-header sum as Linux leaves it.
+    fn tcp4(payload: usize) -> Vec<u8> {
+        let mut f = frame(14 + 20 + 20 + payload, 0);
+        f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[14 + 9] = 6;
+        f[26..34].copy_from_slice(&[10, 0, 2, 1, 10, 0, 2, 2]);
+        f[34 + 12] = 5 << 4;
+        f[34 + 13] = 0x18; // PSH|ACK
+        for (i, b) in f[54..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        f
+    }
+
+    /// Sends `f` with a TSO header (MSS 1000) from a device that
+    /// negotiated everything; what `pop_tx` made of it.
+    fn send_tso(f: &[u8]) -> (usize, Offload, Vec<u8>) {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, _rx, mut tx) = up(&mem);
+        let mut h = [0u8; HDR_LEN];
+        h[0] = offload::hdr::F_NEEDS_CSUM;
+        h[1] = offload::hdr::GSO_TCPV4;
+        h[4..6].copy_from_slice(&1000u16.to_le_bytes());
+        h[6..8].copy_from_slice(&34u16.to_le_bytes());
+        h[8..10].copy_from_slice(&16u16.to_le_bytes());
+        mem.write(BASE + 0x10_000, &h).unwrap();
+        mem.write(BASE + 0x20_000, f).unwrap();
+        tx.add(
+            &mem,
+            &[
+                (BASE + 0x10_000, HDR_LEN as u32, false),
+                (BASE + 0x20_000, f.len() as u32, false),
+            ],
+        );
+        let mut buf = vec![0u8; MAX_GSO_FRAME];
+        let (len, off) = net.pop_tx(&mem, &mut buf).unwrap().unwrap();
+        assert_eq!(net.stats.tx_tso, 1);
+        (len, off, buf[..len].to_vec())
+    }
+
+    #[test]
+    fn a_tso_frame_reaches_a_tso_guest_whole_and_others_in_segments() {
+        let f = tcp4(4000);
+        let (len, off, sent) = send_tso(&f);
+        assert_eq!((len, &sent[..]), (f.len(), &f[..]));
+        assert_eq!(off.gso.map(|g| (g.mss, g.hdr_len)), Some((1000, 54)));
+
+        // A receiver that takes TSO: one buffer, our header, the frame.
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, mut rx, _tx) = up(&mem);
+        let r = rx.add(&mem, &[(BASE + 0x20_000, 0x1_0000 + 32, true)]);
+        assert!(matches!(net.deliver(&mem, &sent, &off), Delivery::Delivered { .. }));
+        assert_eq!(rx.take_used(&mem), Some((r, (HDR_LEN + len) as u32)));
+        let mut got = vec![0u8; HDR_LEN + len];
+        mem.read(BASE + 0x20_000, &mut got).unwrap();
+        assert_eq!(got[..HDR_LEN], offload::rx_header(&off));
+        assert_eq!(got[HDR_LEN..], f[..]);
+
+        // One that negotiated no offload: four plain frames, one a buffer.
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let rxd = Driver::new(BASE, 16);
+        let txd = Driver::new(BASE + 0x1000, 16);
+        let mut plain = Net::new(MAC);
+        let basic = f::MAC | f::STATUS | feature::RING_EVENT_IDX | feature::VERSION_1;
+        driver_init_with(&mut plain, rxd.layout, txd.layout, &mem, basic);
+        assert_eq!(plain.rx_caps(), Caps::default());
+        let mut rxd = rxd;
+        let heads: Vec<u16> = (0..4)
+            .map(|i| rxd.add(&mem, &[(BASE + 0x20_000 + i * 0x1000, 1600, true)]))
+            .collect();
+        assert!(matches!(plain.deliver(&mem, &sent, &off), Delivery::Delivered { .. }));
+        let mut payload = Vec::new();
+        for (i, &h) in heads.iter().enumerate() {
+            let (head, used) = rxd.take_used(&mem).unwrap();
+            assert_eq!(head, h);
+            let seg_len = used as usize - HDR_LEN;
+            assert_eq!(seg_len, 54 + 1000, "segment {i}");
+            let mut seg = vec![0u8; used as usize];
+            mem.read(BASE + 0x20_000 + i as u64 * 0x1000, &mut seg).unwrap();
+            assert_eq!(seg[..HDR_LEN], offload::rx_header(&NONE), "a plain header");
+            payload.extend_from_slice(&seg[HDR_LEN + 54..]);
+        }
+        assert_eq!(payload, f[54..]);
+        assert_eq!((plain.stats.rx_frames, plain.stats.rx_segmented), (4, 1));
+    }
+
+    #[test]
+    fn offloads_a_driver_did_not_negotiate_are_dropped_on_send() {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let rxd = Driver::new(BASE, 16);
+        let mut txd = Driver::new(BASE + 0x1000, 16);
+        let mut net = Net::new(MAC);
+        let basic = f::MAC | f::STATUS | feature::VERSION_1;
+        driver_init_with(&mut net, rxd.layout, txd.layout, &mem, basic);
+        let f = tcp4(100);
+        let mut h = [0u8; HDR_LEN];
+        h[0] = offload::hdr::F_NEEDS_CSUM;
+        h[6..8].copy_from_slice(&34u16.to_le_bytes());
+        h[8..10].copy_from_slice(&16u16.to_le_bytes());
+        mem.write(BASE + 0x10_000, &h).unwrap();
+        mem.write(BASE + 0x10_000 + HDR_LEN as u64, &f).unwrap();
+        txd.add(&mem, &[(BASE + 0x10_000, (HDR_LEN + f.len()) as u32, false)]);
+        let mut buf = vec![0u8; MAX_GSO_FRAME];
+        assert_eq!(net.pop_tx(&mem, &mut buf), Ok(None));
+        assert_eq!((net.stats.tx_frames, net.stats.tx_dropped), (0, 1));
     }
 }
