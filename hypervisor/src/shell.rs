@@ -315,7 +315,11 @@ fn info_device(n: usize, d: &crate::virtio::VirtioDev) {
                 sl.start,
                 sl.start + sl.sectors,
                 sl.sectors >> 11,
-                if sl.read_only { "read-only" } else { "read-write" },
+                if sl.read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                },
                 d.ipa,
                 d.intid - 32
             );
@@ -337,7 +341,12 @@ fn info_device(n: usize, d: &crate::virtio::VirtioDev) {
                 .map_or("?", |s| s.name.as_str());
             say!(
                 "  virtio {n}: NIC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} on switch '{name}' port {port}, at {:#x}, SPI {}",
-                m[0], m[1], m[2], m[3], m[4], m[5],
+                m[0],
+                m[1],
+                m[2],
+                m[3],
+                m[4],
+                m[5],
                 d.ipa,
                 d.intid - 32
             );

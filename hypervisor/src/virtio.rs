@@ -991,17 +991,13 @@ fn net_tx(
 /// Each pCPU's buffer for the frame it is sending: up to 64 KiB with
 /// segmentation offload, too big for a 64 KiB stack. Only its own pCPU
 /// takes it, in a trap (interrupts masked), so its lock never waits.
-static TX_BUF: [Mutex<Vec<u8>>; arch::MAX_CPUS] = [const { Mutex::new(Vec::new()) }; arch::MAX_CPUS];
+static TX_BUF: [Mutex<Vec<u8>>; arch::MAX_CPUS] =
+    [const { Mutex::new(Vec::new()) }; arch::MAX_CPUS];
 
 /// A frame from the switch for `dev`, a virtio-net device of `vm`. Runs
 /// on the sender's pCPU (or the uplink's); the VM's vCPUs are kicked if
 /// its interrupt rose.
-pub fn net_deliver(
-    vm: &Vm,
-    dev: &VirtioDev,
-    frame: &[u8],
-    off: &Offload,
-) -> Option<net::Delivery> {
+pub fn net_deliver(vm: &Vm, dev: &VirtioDev, frame: &[u8], off: &Offload) -> Option<net::Delivery> {
     let Model::Net { net, .. } = &dev.model else {
         return None;
     };

@@ -16,8 +16,8 @@
 use crate::feature;
 use crate::mem::GuestMemory;
 use crate::mmio::{self, Event, Transport};
-use crate::queue::{Desc, Queue, QueueError};
 use crate::offload::{self, Caps, Offload, MAX_GSO_FRAME};
+use crate::queue::{Desc, Queue, QueueError};
 use alloc::vec::Vec;
 
 pub const DEVICE_ID: u32 = 1;
@@ -401,7 +401,8 @@ fn gather(
         let n = d.len as usize;
         let h = (HDR_LEN - in_header).min(n);
         if h > 0 {
-            mem.read(d.addr, &mut header[in_header..in_header + h]).ok()?;
+            mem.read(d.addr, &mut header[in_header..in_header + h])
+                .ok()?;
             in_header += h;
         }
         let piece = n - h;
@@ -558,7 +559,10 @@ mod tests {
             &mem,
             &[(BASE + 0x20_000, 64, true), (BASE + 0x21_000, 1500, true)],
         );
-        assert!(matches!(net.deliver(&mem, &f, &NONE), Delivery::Delivered { .. }));
+        assert!(matches!(
+            net.deliver(&mem, &f, &NONE),
+            Delivery::Delivered { .. }
+        ));
         assert_eq!(rx.take_used(&mem), Some((r, (HDR_LEN + 100) as u32)));
         let mut got = vec![0u8; 64];
         mem.read(BASE + 0x20_000, &mut got).unwrap();
@@ -605,10 +609,17 @@ mod tests {
         assert_eq!(net.deliver(&mem, &f, &NONE), Delivery::NoBuffer);
         assert_eq!(rx.take_used(&mem), Some((small, 0)));
         rx.add(&mem, &[(BASE + 0x20_000, 100, false)]);
-        assert_eq!(net.deliver(&mem, &f, &NONE), Delivery::NoBuffer, "not writable");
+        assert_eq!(
+            net.deliver(&mem, &f, &NONE),
+            Delivery::NoBuffer,
+            "not writable"
+        );
         assert_eq!(net.stats.rx_dropped, 3);
         rx.add(&mem, &[(BASE + 0x20_000, 1600, true)]);
-        assert!(matches!(net.deliver(&mem, &f, &NONE), Delivery::Delivered { .. }));
+        assert!(matches!(
+            net.deliver(&mem, &f, &NONE),
+            Delivery::Delivered { .. }
+        ));
     }
 
     #[test]
@@ -689,7 +700,10 @@ mod tests {
         let mem = SliceMem::new(BASE, &mut ram);
         let (mut net, mut rx, _tx) = up(&mem);
         let r = rx.add(&mem, &[(BASE + 0x20_000, 0x1_0000 + 32, true)]);
-        assert!(matches!(net.deliver(&mem, &sent, &off), Delivery::Delivered { .. }));
+        assert!(matches!(
+            net.deliver(&mem, &sent, &off),
+            Delivery::Delivered { .. }
+        ));
         assert_eq!(rx.take_used(&mem), Some((r, (HDR_LEN + len) as u32)));
         let mut got = vec![0u8; HDR_LEN + len];
         mem.read(BASE + 0x20_000, &mut got).unwrap();
@@ -709,7 +723,10 @@ mod tests {
         let heads: Vec<u16> = (0..4)
             .map(|i| rxd.add(&mem, &[(BASE + 0x20_000 + i * 0x1000, 1600, true)]))
             .collect();
-        assert!(matches!(plain.deliver(&mem, &sent, &off), Delivery::Delivered { .. }));
+        assert!(matches!(
+            plain.deliver(&mem, &sent, &off),
+            Delivery::Delivered { .. }
+        ));
         let mut payload = Vec::new();
         for (i, &h) in heads.iter().enumerate() {
             let (head, used) = rxd.take_used(&mem).unwrap();
@@ -717,7 +734,8 @@ mod tests {
             let seg_len = used as usize - HDR_LEN;
             assert_eq!(seg_len, 54 + 1000, "segment {i}");
             let mut seg = vec![0u8; used as usize];
-            mem.read(BASE + 0x20_000 + i as u64 * 0x1000, &mut seg).unwrap();
+            mem.read(BASE + 0x20_000 + i as u64 * 0x1000, &mut seg)
+                .unwrap();
             assert_eq!(seg[..HDR_LEN], offload::rx_header(&NONE), "a plain header");
             payload.extend_from_slice(&seg[HDR_LEN + 54..]);
         }
@@ -741,7 +759,10 @@ mod tests {
         h[8..10].copy_from_slice(&16u16.to_le_bytes());
         mem.write(BASE + 0x10_000, &h).unwrap();
         mem.write(BASE + 0x10_000 + HDR_LEN as u64, &f).unwrap();
-        txd.add(&mem, &[(BASE + 0x10_000, (HDR_LEN + f.len()) as u32, false)]);
+        txd.add(
+            &mem,
+            &[(BASE + 0x10_000, (HDR_LEN + f.len()) as u32, false)],
+        );
         let mut buf = vec![0u8; MAX_GSO_FRAME];
         assert_eq!(net.pop_tx(&mem, &mut buf), Ok(None));
         assert_eq!((net.stats.tx_frames, net.stats.tx_dropped), (0, 1));

@@ -232,7 +232,10 @@ fn fold(mut sum: u32) -> u16 {
 /// Completes a NEEDS_CSUM checksum in place (the field holds the
 /// pseudo-header's sum, as the sender left it).
 fn finish_csum(frame: &mut [u8], c: Csum) {
-    let (start, at) = (usize::from(c.start), usize::from(c.start) + usize::from(c.offset));
+    let (start, at) = (
+        usize::from(c.start),
+        usize::from(c.start) + usize::from(c.offset),
+    );
     if at + 2 > frame.len() {
         return;
     }
@@ -464,12 +467,20 @@ mod tests {
                 assert_eq!(seq, 0xffff_fff0u32.wrapping_add(payload.len() as u32));
                 let flags = s[l4 + 13];
                 let last = i + 1 == segs.len();
-                assert_eq!(flags & (TCP_FIN | TCP_PSH) != 0, last, "segment {i}: FIN/PSH");
+                assert_eq!(
+                    flags & (TCP_FIN | TCP_PSH) != 0,
+                    last,
+                    "segment {i}: FIN/PSH"
+                );
                 assert_eq!(flags & TCP_CWR != 0, i == 0, "segment {i}: CWR");
                 assert_eq!(flags & 0x10, 0x10, "ACK everywhere");
                 payload.extend_from_slice(&s[hl..]);
             }
-            assert_eq!(payload, frame[usize::from(g.hdr_len)..], "v6 {v6} vlan {vlan}");
+            assert_eq!(
+                payload,
+                frame[usize::from(g.hdr_len)..],
+                "v6 {v6} vlan {vlan}"
+            );
         }
     }
 
@@ -508,7 +519,10 @@ mod tests {
         let h = header(hdr::GSO_TCPV6, 1448, 34, 16);
         assert_eq!(tx_offload(ALL, &h, &f4), Err(Refused::NotTcp));
         for t in [3, hdr::GSO_TCPV4 | hdr::GSO_ECN] {
-            assert_eq!(tx_offload(ALL, &header(t, 1448, 34, 16), &f4), Err(Refused::GsoType));
+            assert_eq!(
+                tx_offload(ALL, &header(t, 1448, 34, 16), &f4),
+                Err(Refused::GsoType)
+            );
         }
         let mut h = h4;
         h[0] = 0;
@@ -532,7 +546,10 @@ mod tests {
         assert_eq!(tx_offload(ALL, &h4, &doff), Err(Refused::NotTcp));
         // Too long: without GSO past the MTU, with GSO past 64 KiB.
         let big = tcp_frame(false, false, crate::net::MAX_FRAME);
-        assert_eq!(tx_offload(ALL, &header(0, 0, 34, 16), &big), Err(Refused::Length));
+        assert_eq!(
+            tx_offload(ALL, &header(0, 0, 34, 16), &big),
+            Err(Refused::Length)
+        );
         let huge = tcp_frame(false, false, MAX_GSO_FRAME);
         assert_eq!(tx_offload(ALL, &h4, &huge), Err(Refused::Length));
         // A checksum field past the end, or NEEDS_CSUM not negotiated.
@@ -557,10 +574,7 @@ mod tests {
         assert_eq!((le16(&h, 6), le16(&h, 8), le16(&h, 10)), (54, 16, 1));
         assert!(ALL.accepts(&off));
         assert!(!Caps { tso6: false, ..ALL }.accepts(&off));
-        assert!(Caps { tso6: false, ..ALL }.accepts(&Offload {
-            gso: None,
-            ..off
-        }));
+        assert!(Caps { tso6: false, ..ALL }.accepts(&Offload { gso: None, ..off }));
         assert!(Caps::default().accepts(&Offload::default()));
         assert_eq!(rx_header(&Offload::default())[..10], [0; 10]);
     }
