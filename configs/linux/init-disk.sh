@@ -1,9 +1,12 @@
 #!/bin/busybox sh
 # /init of configs/test-disk.toml: a Linux VM on a slice of a shared disk
 # (virtio-mmio + virtio-blk, Debian's own modules).
-#   store: first boot makes a filesystem, writes files and their checksums,
-#          syncs and reboots (reboot -f); the second boot remounts and
-#          verifies them.
+#   store: first boot makes an ext4 filesystem with Debian's e2fsprogs
+#          (/sbin/mkfs.ext4 and /sbin/dumpe2fs with their libraries, which
+#          xtask puts into this initramfs, xtask/debian.lock), checks it has
+#          a journal and extents, writes files and their checksums, syncs
+#          and reboots (reboot -f); the second boot remounts and verifies
+#          them.
 #   other: writes a pattern over its whole slice and checks it, reads past
 #          the slice's end, and powers off.
 /bin/busybox --install -s /bin
@@ -26,7 +29,20 @@ echo "$tag: vda $sectors sectors, boot $restarts"
 
 if [ "$serial" = store-root ]; then
     if [ "$restarts" = 0 ]; then
-        mke2fs -q /dev/vda || echo "DISK FAIL: mke2fs"
+        # Full paths: busybox's own mke2fs (ext2 only) is in /bin.
+        /sbin/mkfs.ext4 -q -F /dev/vda || echo "DISK FAIL: mkfs.ext4"
+        # "mke2fs 1.47.0 (5-Feb-2023)" on stderr.
+        version=$(/sbin/mkfs.ext4 -V 2>&1 | sed -n '1s/^mke2fs \([^ ]*\).*/\1/p')
+        features=$(/sbin/dumpe2fs -h /dev/vda 2>/dev/null | sed -n 's/^Filesystem features: *//p')
+        missing=
+        for f in has_journal extent; do
+            case " $features " in *" $f "*) ;; *) missing="$missing $f" ;; esac
+        done
+        if [ -n "$version" ] && [ -n "$features" ] && [ -z "$missing" ]; then
+            echo "$tag: ext4 made by e2fsprogs $version, features: $features"
+        else
+            echo "DISK FAIL: not ext4 (e2fsprogs '$version', features '$features', missing:$missing)"
+        fi
         mkdir -p /mnt
         mount -t ext4 /dev/vda /mnt || echo "DISK FAIL: mount"
         for i in 1 2 3 4; do

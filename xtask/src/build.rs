@@ -449,8 +449,9 @@ fn vms_using(parsed: &Parsed, text: &str, source: &ImageSource) -> Vec<(usize, &
 /// Debian kernel that boots with initramfs `index`: with channels,
 /// `/bin/bulkhead-chan` and the UIO modules; with disks or NICs, the
 /// virtio-mmio modules and virtio-blk's or virtio-net's (and with disks
-/// `/bin/bulkhead-io`, for random reads). Nothing for a VM with none of
-/// these.
+/// `/bin/bulkhead-io`, for random reads); when the init script runs
+/// Debian's e2fsprogs (`mkfs.ext4`, `dumpe2fs`: the disk test's), those
+/// tools and their libraries. Nothing for a VM with none of these.
 fn initramfs_extras(
     parsed: &Parsed,
     index: usize,
@@ -499,6 +500,14 @@ fn initramfs_extras(
         if nets {
             out.extend(debian::modules(k, debian::VIRTIO_NET_MODULES)?);
         }
+    }
+    // An unreadable script is reported by `read_source`, on its VM's key.
+    let script = match parsed.images.get(index) {
+        Some(ImageSource::Initramfs(init)) => std::fs::read_to_string(init).unwrap_or_default(),
+        _ => String::new(),
+    };
+    if debian::runs_e2fsprogs(&script) {
+        out.extend(debian::e2fsprogs()?);
     }
     Ok(out)
 }

@@ -1,8 +1,8 @@
-//! Debian parts of Linux guests: the pinned arm64 kernel and busybox
-//! packages of `xtask/debian.lock`, fetched with `apt-get download`, checked
-//! against their SHA256, unpacked with `dpkg-deb -x` and kept in a cache
-//! outside the repository (`$XDG_CACHE_HOME/bulkhead/debian`, else
-//! `~/.cache/bulkhead/debian`).
+//! Debian parts of Linux guests: the pinned arm64 kernel, busybox and
+//! e2fsprogs packages of `xtask/debian.lock`, fetched with `apt-get
+//! download`, checked against their SHA256, unpacked with `dpkg-deb -x`
+//! and kept in a cache outside the repository
+//! (`$XDG_CACHE_HOME/bulkhead/debian`, else `~/.cache/bulkhead/debian`).
 //!
 //! Cache layout:
 //!
@@ -63,6 +63,9 @@ pub struct Lock {
     /// Kernels by suite: `bookworm`, `bookworm-backports`.
     pub kernel: std::collections::BTreeMap<String, Pin>,
     pub busybox: Pin,
+    /// Debian's e2fsprogs and the libraries of the tools in
+    /// [`E2FSPROGS_FILES`], one `[[e2fsprogs]]` table each.
+    pub e2fsprogs: Vec<Pin>,
 }
 
 impl Lock {
@@ -75,7 +78,18 @@ impl Lock {
                 bail!("{LOCK_PATH} pins no kernel for [kernel.{}]", k.suite());
             }
         }
-        for pin in lock.kernel.values().chain([&lock.busybox]) {
+        for (i, pin) in lock.e2fsprogs.iter().enumerate() {
+            if lock.e2fsprogs[..i].iter().any(|p| p.package == pin.package) {
+                bail!("{LOCK_PATH} pins {} twice in [[e2fsprogs]]", pin.package);
+            }
+        }
+        for (package, path) in E2FSPROGS_FILES {
+            if !lock.e2fsprogs.iter().any(|p| p.package == *package) {
+                bail!("{LOCK_PATH} pins no {package} in [[e2fsprogs]] (for /{path})");
+            }
+        }
+        let pins = lock.kernel.values().chain([&lock.busybox]);
+        for pin in pins.chain(&lock.e2fsprogs) {
             let hex = pin.sha256.len() == 64 && pin.sha256.bytes().all(|b| b.is_ascii_hexdigit());
             if !hex {
                 bail!(
@@ -97,6 +111,14 @@ impl Lock {
         self.kernel
             .get(kernel.suite())
             .with_context(|| format!("{LOCK_PATH} pins no kernel for {}", kernel.suite()))
+    }
+
+    /// The `[[e2fsprogs]]` pin of `package`.
+    pub fn e2fsprogs_pin(&self, package: &str) -> Result<&Pin> {
+        self.e2fsprogs
+            .iter()
+            .find(|p| p.package == package)
+            .with_context(|| format!("{LOCK_PATH} pins no {package} in [[e2fsprogs]]"))
     }
 }
 
@@ -212,6 +234,167 @@ pub fn busybox() -> Result<PathBuf> {
         bail!("{} has no /bin/busybox", lock.busybox.describe());
     }
     Ok(path)
+}
+
+/// What an initramfs gets of Debian's e2fsprogs when its `/init` runs one
+/// of its tools (see [`runs_e2fsprogs`]): `(package, path)`, the path being
+/// the same in the package and in the initramfs. `mkfs.ext4` is Debian's
+/// symlink to `mke2fs` (which picks the ext4 defaults of `mke2fs.conf` by
+/// its name), the libraries are their sonames' symlinks and the loader
+/// `/lib/ld-linux-aarch64.so.1` links to `aarch64-linux-gnu/`: each is
+/// shipped with its target's bytes, as the initramfs has no symlinks.
+/// The libraries are what `readelf -d` lists as `DT_NEEDED` of the two
+/// tools (libss2 is only for debugfs); [`e2fsprogs`] checks that again.
+pub const E2FSPROGS_FILES: &[(&str, &str)] = &[
+    ("e2fsprogs", "sbin/mkfs.ext4"),
+    ("e2fsprogs", "sbin/dumpe2fs"),
+    ("e2fsprogs", "etc/mke2fs.conf"),
+    ("libext2fs2", "lib/aarch64-linux-gnu/libext2fs.so.2"),
+    ("libext2fs2", "lib/aarch64-linux-gnu/libe2p.so.2"),
+    ("libcom-err2", "lib/aarch64-linux-gnu/libcom_err.so.2"),
+    ("libblkid1", "usr/lib/aarch64-linux-gnu/libblkid.so.1"),
+    ("libuuid1", "usr/lib/aarch64-linux-gnu/libuuid.so.1"),
+    ("libc6", "lib/aarch64-linux-gnu/libc.so.6"),
+    ("libc6", "lib/ld-linux-aarch64.so.1"),
+];
+
+/// Where Debian's arm64 glibc looks for libraries when there is no
+/// `/etc/ld.so.cache` (as in an initramfs): its "system search path"
+/// (`ld.so --help`).
+const LIB_DIRS: [&str; 4] = [
+    "lib/aarch64-linux-gnu",
+    "usr/lib/aarch64-linux-gnu",
+    "lib",
+    "usr/lib",
+];
+
+/// Whether an init script runs a tool of [`E2FSPROGS_FILES`] (names
+/// `mkfs.ext4` or `dumpe2fs`): only such an initramfs gets them.
+pub fn runs_e2fsprogs(script: &str) -> bool {
+    E2FSPROGS_FILES
+        .iter()
+        .filter_map(|(_, path)| path.strip_prefix("sbin/"))
+        .any(|tool| script.contains(tool))
+}
+
+/// The files of [`E2FSPROGS_FILES`] from the pinned packages (fetched and
+/// unpacked if needed), as `(path in the initramfs, bytes)`, after checking
+/// that every library and loader they name is among them.
+pub fn e2fsprogs() -> Result<Vec<(String, Vec<u8>)>> {
+    let lock = Lock::load()?;
+    let mut out = Vec::new();
+    let mut deps = Vec::new();
+    for &(package, path) in E2FSPROGS_FILES {
+        let pin = lock.e2fsprogs_pin(package)?;
+        let dir = unpacked(pin, None)?;
+        let file = resolve_in(&dir, path).with_context(|| format!("in {}", pin.describe()))?;
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        if let Some(d) =
+            elf_deps(&bytes).with_context(|| format!("{} of {}", path, pin.describe()))?
+        {
+            deps.push((path.to_owned(), d));
+        }
+        out.push((path.to_owned(), bytes));
+    }
+    let shipped: Vec<&str> = out.iter().map(|(p, _)| p.as_str()).collect();
+    let unmet = unmet_deps(&deps, &shipped);
+    if !unmet.is_empty() {
+        bail!(
+            "the e2fsprogs files of {LOCK_PATH} are not self-contained: {}; add the packages \
+             and paths to {LOCK_PATH} and debian::E2FSPROGS_FILES",
+            unmet.join("; ")
+        );
+    }
+    Ok(out)
+}
+
+/// `rel` under `root`, its symlinks followed, which must stay inside
+/// `root` (an unpacked package's absolute links would point at the host).
+pub fn resolve_in(root: &Path, rel: &str) -> Result<PathBuf> {
+    let path = root.join(rel);
+    let real = std::fs::canonicalize(&path)
+        .with_context(|| format!("there is no /{rel} (or it is a dangling link)"))?;
+    let base = std::fs::canonicalize(root)
+        .with_context(|| format!("cannot resolve {}", root.display()))?;
+    if !real.starts_with(&base) || !real.is_file() {
+        bail!(
+            "/{rel} is not a file inside the package (it resolves to {})",
+            real.display()
+        );
+    }
+    Ok(real)
+}
+
+/// What a dynamically linked ELF file needs to load: its `DT_NEEDED`
+/// libraries (`readelf -d`) and its `PT_INTERP` loader (`readelf -l`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ElfDeps {
+    pub needed: Vec<String>,
+    pub interp: Option<String>,
+}
+
+/// The [`ElfDeps`] of a 64-bit ELF file, `None` for a file that is not ELF
+/// (a script, a config file).
+pub fn elf_deps(bytes: &[u8]) -> Result<Option<ElfDeps>> {
+    use object::read::elf::{Dyn as _, FileHeader as _, ProgramHeader as _};
+    if !bytes.starts_with(b"\x7fELF") {
+        return Ok(None);
+    }
+    let header = object::elf::FileHeader64::<object::Endianness>::parse(bytes)
+        .context("not a 64-bit ELF file")?;
+    let endian = header.endian().context("bad ELF byte order")?;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut deps = ElfDeps::default();
+    for phdr in header
+        .program_headers(endian, bytes)
+        .context("bad ELF program headers")?
+    {
+        if let Some(interp) = phdr.interpreter(endian, bytes).context("bad PT_INTERP")? {
+            deps.interp = Some(text(interp));
+        }
+    }
+    let sections = header
+        .sections(endian, bytes)
+        .context("bad ELF section headers")?;
+    if let Some((dyns, link)) = sections
+        .dynamic(endian, bytes)
+        .context("bad ELF dynamic section")?
+    {
+        let strings = sections
+            .strings(endian, bytes, link)
+            .context("bad ELF dynamic string table")?;
+        for d in dyns {
+            if d.tag32(endian) == Some(object::elf::DT_NEEDED) {
+                let name = d.string(endian, strings).context("bad DT_NEEDED")?;
+                deps.needed.push(text(name));
+            }
+        }
+    }
+    Ok(Some(deps))
+}
+
+/// What of `deps` (each file's path and [`ElfDeps`]) `shipped` (paths in
+/// the initramfs) does not provide: a `DT_NEEDED` library that is in none
+/// of the [`LIB_DIRS`], a `PT_INTERP` loader that is not at its path.
+pub fn unmet_deps(deps: &[(String, ElfDeps)], shipped: &[&str]) -> Vec<String> {
+    let mut unmet = Vec::new();
+    for (path, d) in deps {
+        for lib in &d.needed {
+            let found = LIB_DIRS
+                .iter()
+                .any(|dir| shipped.contains(&format!("{dir}/{lib}").as_str()));
+            if !found {
+                unmet.push(format!("/{path} needs {lib}"));
+            }
+        }
+        if let Some(interp) = &d.interp {
+            if !shipped.contains(&interp.trim_start_matches('/')) {
+                unmet.push(format!("/{path} is loaded by {interp}"));
+            }
+        }
+    }
+    unmet
 }
 
 /// The only `vmlinuz-*` in `boot`.
@@ -531,7 +714,189 @@ mod tests {
             t.push_str(&format!("[kernel.{s}]\n{PIN}{sha}\"\n"));
         }
         t.push_str(&format!("[busybox]\n{PIN}{sha}\"\n"));
+        for p in e2fsprogs_packages() {
+            t.push_str(&e2fsprogs_pin(p, sha));
+        }
         t
+    }
+
+    /// The packages [`E2FSPROGS_FILES`] names, each once.
+    fn e2fsprogs_packages() -> Vec<&'static str> {
+        let mut p: Vec<&str> = E2FSPROGS_FILES.iter().map(|f| f.0).collect();
+        p.dedup();
+        p
+    }
+
+    fn e2fsprogs_pin(package: &str, sha: &str) -> String {
+        format!("[[e2fsprogs]]\npackage = \"{package}\"\nversion = \"1\"\nsha256 = \"{sha}\"\n")
+    }
+
+    #[test]
+    fn committed_lock_pins_e2fsprogs_and_its_libraries_from_bookworm() {
+        let lock = Lock::load().unwrap();
+        let names: Vec<&str> = lock.e2fsprogs.iter().map(|p| p.package.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "e2fsprogs",
+                "libext2fs2",
+                "libcom-err2",
+                "libblkid1",
+                "libuuid1",
+                "libc6"
+            ]
+        );
+        let e2 = lock.e2fsprogs_pin("e2fsprogs").unwrap();
+        // libext2fs2 is built from the same source at the same version.
+        assert_eq!(
+            lock.e2fsprogs_pin("libext2fs2").unwrap().version,
+            e2.version
+        );
+        assert!(
+            !lock.e2fsprogs.iter().any(|p| p.version.contains("bpo")),
+            "{names:?}"
+        );
+    }
+
+    #[test]
+    fn lock_e2fsprogs_tables_are_checked() {
+        let sha = "ab".repeat(32);
+        let suites = ["bookworm", "bookworm-backports"];
+        let good = lock_text(&sha, &suites);
+        assert_eq!(Lock::parse(&good).unwrap().e2fsprogs.len(), 6);
+        // A library the files need but the lock does not pin.
+        let without = good.replace(&e2fsprogs_pin("libuuid1", &sha), "");
+        let e = Lock::parse(&without).unwrap_err();
+        assert!(
+            e.to_string().contains("pins no libuuid1 in [[e2fsprogs]]"),
+            "{e}"
+        );
+        // None at all is a missing field.
+        let none = good.split("[[e2fsprogs]]").next().unwrap();
+        assert!(Lock::parse(none).is_err());
+        // The same package twice.
+        let twice = format!("{good}{}", e2fsprogs_pin("libc6", &sha));
+        let e = Lock::parse(&twice).unwrap_err();
+        assert!(e.to_string().contains("pins libc6 twice"), "{e}");
+        // A bad sum in one of them.
+        let bad = good.replace(
+            &e2fsprogs_pin("libc6", &sha),
+            &e2fsprogs_pin("libc6", "xyz"),
+        );
+        let e = Lock::parse(&bad).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("sha256 of libc6 is not 64 hex digits"),
+            "{e}"
+        );
+        // Unknown keys are refused, in a pin and at the top.
+        let extra = good.replace(
+            "package = \"libc6\"",
+            "package = \"libc6\"\narch = \"arm64\"",
+        );
+        assert!(Lock::parse(&extra).is_err());
+        assert!(Lock::parse(&format!("[tools]\nx = 1\n{good}")).is_err());
+    }
+
+    #[test]
+    fn only_scripts_that_run_e2fsprogs_get_it() {
+        let linux = crate::repo_root().join("configs/linux");
+        let script = |name: &str| std::fs::read_to_string(linux.join(name)).unwrap();
+        assert!(runs_e2fsprogs(&script("init-disk.sh")));
+        for other in ["init-bench-disk.sh", "init-stress-io.sh", "init-test.sh"] {
+            assert!(!runs_e2fsprogs(&script(other)), "{other}");
+        }
+        assert!(runs_e2fsprogs("/sbin/dumpe2fs -h /dev/vda\n"));
+        assert!(!runs_e2fsprogs("mke2fs -q /dev/vda\n"));
+    }
+
+    #[test]
+    fn unmet_libraries_and_loaders_are_named() {
+        let deps = |needed: &[&str], interp: Option<&str>| ElfDeps {
+            needed: needed.iter().map(|s| s.to_string()).collect(),
+            interp: interp.map(str::to_owned),
+        };
+        let files = [
+            (
+                "sbin/mkfs.ext4".to_owned(),
+                deps(
+                    &[
+                        "libext2fs.so.2",
+                        "libblkid.so.1",
+                        "libc.so.6",
+                        "ld-linux-aarch64.so.1",
+                    ],
+                    Some("/lib/ld-linux-aarch64.so.1"),
+                ),
+            ),
+            (
+                "lib/aarch64-linux-gnu/libc.so.6".to_owned(),
+                deps(&["ld-linux-aarch64.so.1"], None),
+            ),
+        ];
+        let all = [
+            "sbin/mkfs.ext4",
+            "lib/aarch64-linux-gnu/libext2fs.so.2",
+            "usr/lib/aarch64-linux-gnu/libblkid.so.1",
+            "lib/aarch64-linux-gnu/libc.so.6",
+            "lib/ld-linux-aarch64.so.1",
+        ];
+        assert!(unmet_deps(&files, &all).is_empty());
+        // Not in a directory the loader searches, and no loader.
+        let wrong = [
+            "sbin/mkfs.ext4",
+            "lib/aarch64-linux-gnu/libext2fs.so.2",
+            "sbin/libblkid.so.1",
+            "lib/aarch64-linux-gnu/libc.so.6",
+            "lib/aarch64-linux-gnu/ld-linux-aarch64.so.1",
+        ];
+        assert_eq!(
+            unmet_deps(&files, &wrong),
+            [
+                "/sbin/mkfs.ext4 needs libblkid.so.1",
+                "/sbin/mkfs.ext4 is loaded by /lib/ld-linux-aarch64.so.1",
+            ]
+        );
+    }
+
+    #[test]
+    fn elf_deps_reads_needed_and_interp() {
+        assert_eq!(elf_deps(b"#!/bin/sh\n").unwrap(), None);
+        assert!(elf_deps(b"\x7fELF\x02\x01").is_err());
+        // This test binary: a dynamically linked host program.
+        if cfg!(all(target_os = "linux", target_env = "gnu")) {
+            let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+            let d = elf_deps(&me).unwrap().unwrap();
+            assert!(d.needed.iter().any(|n| n == "libc.so.6"), "{d:?}");
+            assert!(d.interp.is_some_and(|i| i.starts_with('/')));
+        }
+    }
+
+    #[test]
+    fn links_are_followed_inside_the_package_only() {
+        use std::os::unix::fs::symlink;
+        let root = std::env::temp_dir().join(format!("bulkhead-resolve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("lib/aarch64-linux-gnu")).unwrap();
+        std::fs::create_dir_all(root.join("sbin")).unwrap();
+        std::fs::write(root.join("lib/aarch64-linux-gnu/ld.so"), b"LD").unwrap();
+        symlink("aarch64-linux-gnu/ld.so", root.join("lib/ld.so.1")).unwrap();
+        std::fs::write(root.join("sbin/mke2fs"), b"MKE2FS").unwrap();
+        symlink("mke2fs", root.join("sbin/mkfs.ext4")).unwrap();
+        symlink("/etc/passwd", root.join("sbin/host")).unwrap();
+        symlink("nothing", root.join("sbin/dangling")).unwrap();
+        let read = |rel: &str| std::fs::read(resolve_in(&root, rel).unwrap()).unwrap();
+        assert_eq!(read("lib/ld.so.1"), b"LD");
+        assert_eq!(read("sbin/mkfs.ext4"), b"MKE2FS");
+        assert_eq!(read("sbin/mke2fs"), b"MKE2FS");
+        let e = resolve_in(&root, "sbin/host").unwrap_err();
+        assert!(
+            e.to_string().contains("not a file inside the package"),
+            "{e}"
+        );
+        assert!(resolve_in(&root, "sbin/dangling").is_err());
+        assert!(resolve_in(&root, "sbin").is_err());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

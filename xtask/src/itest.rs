@@ -583,6 +583,8 @@ pub const CASES: &[Case] = &[
             "disk0: partition 'store' sectors 2048..=133119 (64 MiB)",
             "disk0: partition 'other' sectors 133120..=165887 (16 MiB)",
             "[store] BULKHEAD-TEST store-root: vda 131072 sectors, boot 0",
+            // Debian's mkfs.ext4; disk_checks reads the version and features.
+            "[store] BULKHEAD-TEST store-root: ext4 made by e2fsprogs ",
             "[store] BULKHEAD-TEST store-root: sums",
             "[store] BULKHEAD-TEST store-root: written, rebooting",
             "[store] BULKHEAD-TEST store-root: vda 131072 sectors, boot 1",
@@ -705,11 +707,39 @@ fn attacker_disk(_log: &str) -> Result<(), String> {
     }
 }
 
-/// The `disk` case: the store VM's checksums are the same before and
-/// after its reboot, and the other VM's pattern is on the physical disk
-/// image, at its partition (65 MiB..81 MiB: the first partition starts
-/// at 1 MiB), as the guest hashed it.
+/// The `disk` case: the store VM made its filesystem with the pinned
+/// e2fsprogs and it has ext4's journal and extents, as the guest's
+/// `dumpe2fs` and the superblock on the disk image (at 1 MiB, the store
+/// partition) both say; its checksums are the same before and after its
+/// reboot; and the other VM's pattern is on the physical disk image, at
+/// its partition (65 MiB..81 MiB), as the guest hashed it.
 fn disk_checks(log: &str) -> Result<(), String> {
+    let lock = crate::debian::Lock::load().map_err(|e| format!("{e:#}"))?;
+    let pinned = &lock
+        .e2fsprogs_pin("e2fsprogs")
+        .map_err(|e| format!("{e:#}"))?
+        .version;
+    let upstream = upstream_version(pinned);
+    let made = log
+        .lines()
+        .find_map(|l| l.split("store-root: ext4 made by e2fsprogs ").nth(1))
+        .ok_or("the store VM never said it made ext4")?;
+    let (version, features) = made
+        .trim_end()
+        .split_once(", features: ")
+        .ok_or_else(|| format!("no features in {made:?}"))?;
+    if version != upstream {
+        return Err(format!(
+            "the guest's e2fsprogs is {version}, the pinned one {upstream} ({pinned})"
+        ));
+    }
+    let features: Vec<&str> = features.split_whitespace().collect();
+    for f in ["has_journal", "extent"] {
+        if !features.contains(&f) {
+            return Err(format!("the store filesystem lacks {f}: {features:?}"));
+        }
+    }
+
     let sums: Vec<&str> = log
         .lines()
         .filter_map(|l| l.split("store-root: sums ").nth(1))
@@ -722,6 +752,22 @@ fn disk_checks(log: &str) -> Result<(), String> {
     let image = crate::target_dir().join("disks/test-disk-disk0.raw");
     let bytes =
         std::fs::read(&image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+    // The ext4 superblock, 1024 bytes into the partition (Linux
+    // Documentation/filesystems/ext4/super.rst): s_magic at 0x38,
+    // s_feature_compat at 0x5C (HAS_JOURNAL 0x4), s_feature_incompat at
+    // 0x60 (EXTENTS 0x40).
+    let sb = bytes
+        .get((1 << 20) + 1024..(1 << 20) + 2048)
+        .ok_or("the disk image has no store partition")?;
+    let le32 = |at: usize| u32::from_le_bytes(sb[at..at + 4].try_into().unwrap());
+    let magic = u16::from_le_bytes([sb[0x38], sb[0x39]]);
+    let (compat, incompat) = (le32(0x5c), le32(0x60));
+    if magic != 0xef53 || compat & 0x4 == 0 || incompat & 0x40 == 0 {
+        return Err(format!(
+            "the store partition's superblock is not ext4 with a journal and extents \
+             (magic {magic:#x}, compat {compat:#x}, incompat {incompat:#x})"
+        ));
+    }
     let slice = bytes
         .get(65 << 20..81 << 20)
         .ok_or("the disk image is smaller than 81 MiB")?;
@@ -734,6 +780,13 @@ fn disk_checks(log: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The upstream part of a Debian version (Debian Policy 5.6.12,
+/// `[epoch:]upstream[-revision]`): "1.47.0" of "1.47.0-2+b2".
+fn upstream_version(debian: &str) -> &str {
+    let v = debian.split_once(':').map_or(debian, |(_, v)| v);
+    v.rsplit_once('-').map_or(v, |(u, _)| u)
 }
 
 /// The guest's `sha256sum /tmp/p` names the payload's hash.
@@ -1641,6 +1694,29 @@ mod tests {
         }
         assert_eq!(hv_features("stack_guard"), ["selftest-stack-overflow"]);
         assert!(hv_features("two_vms").is_empty());
+    }
+
+    #[test]
+    fn disk_check_wants_ext4_from_the_pinned_e2fsprogs() {
+        let line = |v: &str, f: &str| {
+            format!("[store] BULKHEAD-TEST store-root: ext4 made by e2fsprogs {v}, features: {f}\n")
+        };
+        let lock = crate::debian::Lock::load().unwrap();
+        let pinned = upstream_version(&lock.e2fsprogs_pin("e2fsprogs").unwrap().version);
+        let err = |log: &str| disk_checks(log).unwrap_err();
+        assert!(err("").contains("never said it made ext4"));
+        let e = err(&line("0.9", "has_journal extent"));
+        assert!(e.contains(&format!("pinned one {pinned}")), "{e}");
+        let e = err(&line(pinned, "has_journal ext_attr filetype"));
+        assert!(e.contains("lacks extent"), "{e}");
+        let e = err(&line(pinned, "ext_attr filetype extent"));
+        assert!(e.contains("lacks has_journal"), "{e}");
+        // Past the guest's line, the next check is the checksums.
+        let e = err(&line(pinned, "has_journal extent 64bit"));
+        assert!(e.contains("checksums before/after reboot"), "{e}");
+        assert_eq!(upstream_version("1.47.0-2+b2"), "1.47.0");
+        assert_eq!(upstream_version("1:1.35.0-4+deb12u1+b1"), "1.35.0");
+        assert_eq!(upstream_version("2.0"), "2.0");
     }
 
     #[test]
