@@ -6,8 +6,9 @@
 //! A request is put on the physical queue on the pCPU of the vCPU that
 //! notified, inside its QueueNotify trap, and the vCPU goes back to its
 //! guest at once: it never waits for the disk. The disk's completion
-//! interrupt, routed to the pCPU that last put a request on it, answers
-//! the guest and raises its interrupt. The guest's data buffers go to the
+//! interrupt, routed to the pCPU of the vCPU the guest routes the
+//! device's interrupt to (as of the last request put on the disk),
+//! answers the guest and raises its interrupt. The guest's data buffers go to the
 //! physical device as they are (zero copy): `bulkhead_virtio` checked that
 //! each lies in the VM's RAM, which EL2 maps at the same address, so the
 //! device reads and writes the guest's pages directly.
@@ -220,9 +221,9 @@ pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
 }
 
 /// Enables every disk's interrupt, first routed to CPU `mpidr` (one that
-/// runs no critical VM); after that it follows the CPU that last put a
-/// request on the disk, so a completion is usually taken where the VM
-/// that waits for it runs.
+/// runs no critical VM); after that each request put on the disk moves it
+/// to the pCPU of the vCPU its VM routes the device's interrupt to, so a
+/// completion is usually injected where it is taken, without a kick.
 pub fn enable_interrupts(mpidr: u64) {
     for (i, d) in disks().iter().enumerate() {
         let mut d = d.lock();
@@ -433,13 +434,12 @@ impl PhysDisk {
         self.slots.iter().position(|s| !s.taken)
     }
 
-    /// Moves the interrupt to this CPU, if it is not routed here already.
-    fn route_here(&mut self) {
-        let me = percpu::this().mpidr.load(Ordering::Relaxed);
+    /// Moves the interrupt to CPU `mpidr`, if it is not routed there.
+    fn route_to(&mut self, mpidr: u64) {
         if let Some(intid) = self.intid {
-            if self.routed != me {
-                gic::route_spi(intid, me);
-                self.routed = me;
+            if self.routed != mpidr {
+                gic::route_spi(intid, mpidr);
+                self.routed = mpidr;
             }
         }
     }
@@ -577,6 +577,9 @@ impl PhysDisk {
 struct Backend<'a> {
     disk: &'a Mutex<PhysDisk>,
     owner: Owner,
+    /// Where the disk's interrupt goes from this request on (MPIDR), or
+    /// `None` to leave it.
+    route: Option<u64>,
 }
 
 impl BlockBackend for Backend<'_> {
@@ -601,7 +604,9 @@ impl BlockBackend for Backend<'_> {
             }
             return blk::Submitted::Busy;
         };
-        d.route_here();
+        if let Some(cpu) = self.route {
+            d.route_to(cpu);
+        }
         match d.start(i, op, sector, segs) {
             Ok(()) => {
                 d.slots[i].owner = Some(self.owner);
@@ -683,7 +688,11 @@ fn on_device(
         .map(|(_, vcpu)| vcpu);
     let mut b = blk.lock();
     let mem = vm.memory();
-    let mut backend = Backend { disk, owner };
+    let mut backend = Backend {
+        disk,
+        owner,
+        route: None,
+    };
     if let Some(out) = f(&mut b, &mem, &mut backend) {
         report(vm, me.unwrap_or(VcpuId(0)), owner, &out);
         if out.abandoned {
@@ -917,7 +926,11 @@ fn blk_access(
                 vm: vm.id.0,
                 dev: i as u16,
             };
-            let mut backend = Backend { disk, owner };
+            let mut backend = Backend {
+                disk,
+                owner,
+                route: Some(completion_cpu(vm, dev)),
+            };
             let out = blk
                 .mmio_write(off, size, value as u32, &mem, &mut backend)
                 .ok()?;
@@ -932,6 +945,18 @@ fn blk_access(
     drop(blk);
     apply(vm, kicks, Some(vcpu));
     r
+}
+
+/// The pCPU (MPIDR) that should take `dev`'s completions: the one that
+/// runs the vCPU the guest routes the device's interrupt to, so the
+/// completion is injected there without a kick; else this one.
+fn completion_cpu(vm: &Vm, dev: &VirtioDev) -> u64 {
+    let here = percpu::this().mpidr.load(Ordering::Relaxed);
+    let target = vm.vgic.lock().spi_target(dev.intid);
+    target
+        .and_then(|v| vm.pcpus.get(usize::from(v)))
+        .and_then(|p| percpu::get(usize::from(p.0)))
+        .map_or(here, |c| c.mpidr.load(Ordering::Relaxed))
 }
 
 /// Acts on what [`VirtioDev::line`] returned, once the model's lock is

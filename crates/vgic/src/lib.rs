@@ -485,6 +485,16 @@ impl VGic {
         (index < usize::from(self.n_vcpus)).then_some(index)
     }
 
+    /// The vCPU shared interrupt `intid` is routed to now, if it is an SPI
+    /// whose route names one: where a device's completion is best taken.
+    pub fn spi_target(&self, intid: u32) -> Option<u16> {
+        if intid < NR_PRIVATE {
+            return None;
+        }
+        let irq = self.irq(0, intid)?;
+        self.route_target(irq.route).map(|t| t as u16)
+    }
+
     /// The vCPU `intid` (bank `v`) is delivered to.
     fn target(&self, v: usize, intid: u32, irq: &Irq) -> Option<usize> {
         if intid < NR_PRIVATE {

@@ -142,3 +142,15 @@ fn sgi_to_a_disabled_sgi_stays_pending_until_enabled() {
     assert!(k.contains(1));
     assert_eq!(Cpu::new(1, 4).drain(&mut g, |_, _| ()), vec![2]);
 }
+
+#[test]
+fn spi_target_follows_irouter() {
+    let mut g = linux_like(4, 32);
+    route(&mut g, 40, 3);
+    assert_eq!(g.spi_target(40), Some(3));
+    route(&mut g, 40, 1 << 31 | 2);
+    assert_eq!(g.spi_target(40), Some(0), "IRM: vCPU 0");
+    route(&mut g, 40, 9);
+    assert_eq!(g.spi_target(40), None, "no such vCPU");
+    assert_eq!(g.spi_target(27), None, "a PPI has no route");
+}
