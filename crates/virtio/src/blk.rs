@@ -315,6 +315,11 @@ impl Blk {
                 self.drop_queue();
             }
             Some(Event::QueueReady(q)) => {
+                // A queue set up again starts from its first entry: what
+                // the old one had on the disk is forgotten, not answered
+                // into the new one (or popped a second time).
+                out.abandoned = !self.inflight.is_empty();
+                self.drop_queue();
                 self.queue = self.transport.take_ready(usize::from(q), mem);
             }
             Some(Event::Notify(_)) => {
@@ -1277,6 +1282,31 @@ mod tests {
         }
         assert_eq!(u64::from(used), n);
         assert_eq!(r.blk.stats.reads + r.blk.stats.errors, n);
+    }
+
+    #[test]
+    fn a_queue_set_up_again_forgets_what_is_in_flight() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut a = Async::new(&mem, 64);
+        let mut r = rig(&mem, slice(0, 64, false));
+        reads(&mut r, &mem, 1);
+        r.blk
+            .mmio_write(mmio::reg::QUEUE_NOTIFY, 4, 0, &mem, &mut a)
+            .unwrap();
+        assert_eq!(r.blk.in_flight(), 1);
+        // QueueReady 0, then 1 again with the same layout.
+        let w = |r: &mut Rig, a: &mut Async, off, v| r.blk.mmio_write(off, 4, v, &mem, a).unwrap();
+        w(&mut r, &mut a, mmio::reg::QUEUE_READY, 0);
+        let out = w(&mut r, &mut a, mmio::reg::QUEUE_READY, 1);
+        assert!(out.abandoned);
+        assert_eq!(r.blk.in_flight(), 0);
+        let done = a.done(1, false);
+        assert_eq!(r.blk.complete(&mem, &mut a, &done).used, 0);
+        assert!(
+            r.drv.take_used(&mem).is_none(),
+            "never answered into the new queue"
+        );
     }
 
     #[test]
