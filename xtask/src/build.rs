@@ -270,19 +270,32 @@ fn layout(disk: &bulkhead_config::Disk) -> Result<Vec<(&str, u64, u64)>> {
 
 /// Writes `disk`'s GUID partition table (both copies) into its image.
 fn write_table(path: &Path, disk: &bulkhead_config::Disk) -> Result<()> {
-    use std::io::{Seek, SeekFrom, Write};
-    let parts = layout(disk)?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    write_gpt(path, &gpt_pieces(disk, &layout(disk)?))
+}
+
+/// A GUID partition table for `disk` with `parts` (name, byte offset,
+/// bytes), as the pieces to write (byte offset, bytes): for the config's
+/// layout what [`write_table`] writes, and for any other what a test gives
+/// a disk the config does not lay out. The GUIDs come from the disk's name.
+pub fn gpt_pieces(disk: &bulkhead_config::Disk, parts: &[(&str, u64, u64)]) -> Vec<(u64, Vec<u8>)> {
     let seed = disk
         .name
         .bytes()
         .fold(0x5eed_u64, |h, b| h.rotate_left(5) ^ u64::from(b));
-    for (at, bytes) in bulkhead_virtio::gpt::build(disk.size / 512, &parts, seed) {
-        f.seek(SeekFrom::Start(at))?;
-        f.write_all(&bytes)
+    bulkhead_virtio::gpt::build(disk.size / 512, parts, seed)
+}
+
+/// Writes `pieces` of a partition table ([`gpt_pieces`]) into the disk
+/// image at `path`.
+pub fn write_gpt(path: &Path, pieces: &[(u64, Vec<u8>)]) -> Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    for (at, bytes) in pieces {
+        f.seek(SeekFrom::Start(*at))?;
+        f.write_all(bytes)
             .with_context(|| format!("cannot write the partition table of {}", path.display()))?;
     }
     Ok(())

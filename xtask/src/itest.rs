@@ -56,6 +56,10 @@ const LINUX_FORBID: &[&str] = &[
     "workload-wrong",
 ];
 
+/// Forbidden in the `disk_table` case: the kernel's trouble, and any
+/// console output of the VM the hypervisor refuses.
+const DISK_TABLE_FORBID: &[&str] = &["Kernel panic", "BUG:", "Oops", "WARNING: CPU", "[claimant]"];
+
 /// What configs/linux/init-test.sh prints with `cpus` vCPUs, tagged by the
 /// hypervisor with the VM name `linux`, then the hypervisor's last line.
 macro_rules! linux_test_expect {
@@ -602,6 +606,52 @@ pub const CASES: &[Case] = &[
         qemu_extra: &[],
         uboot: false,
     },
+    // A disk the config gives no layout: the table is the test's own
+    // (DISK_TABLE, written by PREPARE before boot), and only the hypervisor
+    // knows where its partitions are. Tenant's partition resolves and
+    // boots; claimant's overlaps squatter's slice and is refused at boot.
+    // While the two run, the shell shows the slices the hypervisor
+    // resolved; the machine powers off once both have stopped (the
+    // refused VM is not waited for), and disk_table_checks looks at the
+    // image.
+    Case {
+        name: "disk_table",
+        config: "configs/test-disk-table.toml",
+        timeout_s: 180,
+        expect: &[
+            "disk0: virtio-blk at",
+            "disk0: partition 'data' sectors 2048..=34815 (16 MiB)",
+            "disk0: partition 'spare' sectors 34816..=67583 (16 MiB)",
+            "vm 'claimant' not started: its disk 0 (partition 'spare' of 'disk0') overlaps vm 'squatter' disk 0, and one of them is read-write",
+            "bulkhead shell",
+            "  virtio 0: disk0 sectors 2048..34816 (16 MiB, read-write), serial 'tenant'",
+            "  virtio 0: disk0 sectors 49152..57344 (4 MiB, read-write), serial 'squatter'",
+            "no VM named 'claimant'",
+            "system ended: failed (",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[
+            "[tenant] BULKHEAD-TEST tenant: vda 32768 sectors",
+            "[tenant] BULKHEAD-TEST tenant: pattern of 16 MiB read back",
+            "[squatter] BULKHEAD-TEST squatter: vda 8192 sectors",
+            "[squatter] BULKHEAD-TEST squatter: pattern of 4 MiB read back",
+            "tenant: stopped",
+            "squatter: stopped",
+            "1 VM(s) not started)",
+        ],
+        forbid: DISK_TABLE_FORBID,
+        exit: 0,
+        // Ctrl-] twice, as soon as tenant has its disk: from tenant past
+        // squatter to the shell, while both still run.
+        input: &[
+            ("[tenant] BULKHEAD-TEST tenant: vda", "\x1d\x1d"),
+            ("bulkhead shell", "info tenant\r"),
+            ("serial 'tenant'", "info squatter\r"),
+            ("serial 'squatter'", "info claimant\r"),
+        ],
+        qemu_extra: &[],
+        uboot: false,
+    },
     Case {
         name: "net",
         config: "configs/test-net.toml",
@@ -661,7 +711,96 @@ const LOG_CHECKS: &[(&str, LogCheck)] = &[
     ("disk", disk_checks),
     ("isolation", attacker_disk),
     ("net", same_blob),
+    ("disk_table", disk_table_checks),
 ];
+
+/// A step on a case's blank disk images before QEMU starts.
+type Prepare = fn(&build::Built) -> Result<()>;
+
+/// Cases whose disks need more than blank images (and the table the
+/// config lays out), by case name.
+const PREPARE: &[(&str, Prepare)] = &[("disk_table", disk_table_gpt)];
+
+/// The GUID partition table the `disk_table` case writes on the disk of
+/// configs/test-disk-table.toml, which lays out none: (name, byte offset,
+/// bytes).
+const DISK_TABLE: &[(&str, u64, u64)] =
+    &[("data", 1 << 20, 16 << 20), ("spare", 17 << 20, 16 << 20)];
+
+/// The `disk_table` case's disk image and its `[[disk]]`.
+fn disk_table_disk(built: &build::Built) -> Result<(&Path, &bulkhead_config::Disk)> {
+    match (built.disks.as_slice(), built.disk_configs.as_slice()) {
+        ([path], [disk]) if disk.partitions.is_empty() => Ok((path, disk)),
+        _ => anyhow::bail!("the disk_table case wants one disk without a partition layout"),
+    }
+}
+
+/// The `disk_table` case's PREPARE: its table ([`DISK_TABLE`]) on the
+/// blank image.
+fn disk_table_gpt(built: &build::Built) -> Result<()> {
+    let (path, disk) = disk_table_disk(built)?;
+    build::write_gpt(path, &build::gpt_pieces(disk, DISK_TABLE))
+}
+
+/// The `disk_table` case, on the image afterwards: "data" holds the
+/// pattern tenant hashed and squatter's slice the one squatter hashed;
+/// every other byte is what PREPARE left (the table, zeros), so claimant
+/// never wrote the rest of "spare" and nobody wrote the table.
+fn disk_table_checks(log: &str) -> Result<(), String> {
+    let config = crate::repo_root().join("configs/test-disk-table.toml");
+    let cfg = bulkhead_config::toml::load(&config)
+        .map_err(|d| format!("{}: {d:?}", config.display()))?
+        .config;
+    let disk = cfg.disks.first().ok_or("the config has no disk")?;
+    let squatter = cfg
+        .vms
+        .iter()
+        .find(|vm| vm.name == "squatter")
+        .and_then(|vm| vm.disks.first())
+        .ok_or("the config has no squatter with a disk")?;
+    let image = crate::target_dir().join(format!("disks/test-disk-table-{}.raw", disk.name));
+    let bytes =
+        std::fs::read(&image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
+    if bytes.len() as u64 != disk.size {
+        return Err(format!(
+            "{} is {} bytes, not the disk's {}",
+            image.display(),
+            bytes.len(),
+            disk.size
+        ));
+    }
+    let mut want = vec![0u8; bytes.len()];
+    for (at, piece) in build::gpt_pieces(disk, DISK_TABLE) {
+        let at = at as usize;
+        want[at..at + piece.len()].copy_from_slice(&piece);
+    }
+    let range = |offset: u64, size: u64| offset as usize..(offset + size) as usize;
+    let (_, data_at, data_size) = DISK_TABLE[0];
+    let written = [
+        ("tenant", range(data_at, data_size)),
+        ("squatter", range(squatter.offset, squatter.size)),
+    ];
+    for (who, range) in &written {
+        let hash = crate::debian::sha256_hex(&bytes[range.clone()]);
+        let line = format!("{who}: pattern sha256 {}", &hash[..16]);
+        if !log.contains(&line) {
+            return Err(format!(
+                "the disk image's bytes {:#x}..{:#x} ({who}'s) hash to {}, which the guest never printed ({line:?})",
+                range.start,
+                range.end,
+                &hash[..16]
+            ));
+        }
+    }
+    let outside = |i: &usize| !written.iter().any(|(_, r)| r.contains(i));
+    match (0..bytes.len()).find(|i| bytes[*i] != want[*i] && outside(i)) {
+        Some(i) => Err(format!(
+            "disk byte {i:#x} is {:#x}, not {:#x}: written outside tenant's partition and squatter's slice",
+            bytes[i], want[i]
+        )),
+        None => Ok(()),
+    }
+}
 
 /// The `net` case: what b fetched from a over TCP is what a served.
 fn same_blob(log: &str) -> Result<(), String> {
@@ -1271,8 +1410,12 @@ fn run_case(case: &Case) -> Result<()> {
         Output::Quiet,
         hv_features(case.name),
     )?;
-    // Every test starts from blank disks.
+    // Every test starts from blank disks, then what its PREPARE step puts
+    // on them.
     build::blank_disks(&built)?;
+    if let Some((_, prepare)) = PREPARE.iter().find(|(name, _)| *name == case.name) {
+        prepare(&built).context("preparing the disk images")?;
+    }
     let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
     args.extend(case.qemu_extra.iter().map(|a| (*a).to_owned()));
     if case.uboot {
@@ -1735,6 +1878,60 @@ mod tests {
         assert_eq!(paste_arrived(&good), Ok(()));
         assert!(paste_arrived("[linux] 00  /tmp/p\n").is_err());
         assert!(paste_arrived("").is_err());
+    }
+
+    #[test]
+    fn disk_table_geometry_is_what_the_case_expects() {
+        let root = crate::repo_root();
+        let cfg = bulkhead_config::toml::load(&root.join("configs/test-disk-table.toml"))
+            .unwrap()
+            .config;
+        let disk = &cfg.disks[0];
+        assert!(
+            disk.partitions.is_empty(),
+            "the config must not lay the disk out"
+        );
+        // The table PREPARE writes reads back as the hypervisor logs it.
+        let mut image = vec![0u8; disk.size as usize];
+        for (at, piece) in build::gpt_pieces(disk, DISK_TABLE) {
+            image[at as usize..at as usize + piece.len()].copy_from_slice(&piece);
+        }
+        let h = bulkhead_virtio::gpt::header(&image[512..1024]).unwrap();
+        let at = h.entries_lba as usize * 512;
+        let parts =
+            bulkhead_virtio::gpt::partitions(&h, &image[at..at + h.entries_bytes()]).unwrap();
+        let case = CASES.iter().find(|c| c.name == "disk_table").unwrap();
+        for p in &parts {
+            let line = format!(
+                "disk0: partition '{}' sectors {}..={} ({} MiB)",
+                p.name,
+                p.first,
+                p.last,
+                p.sectors() >> 11
+            );
+            assert!(case.expect.contains(&line.as_str()), "{line}");
+        }
+        // Tenant's is "data"; claimant's "spare" overlaps squatter's
+        // read-write slice, which keeps clear of "data".
+        let slice = |vm: &str| {
+            let vm = cfg.vms.iter().find(|v| v.name == vm).unwrap();
+            vm.disks[0].clone()
+        };
+        assert_eq!(
+            slice("tenant").partition.as_deref(),
+            Some(parts[0].name.as_str())
+        );
+        assert_eq!(
+            slice("claimant").partition.as_deref(),
+            Some(parts[1].name.as_str())
+        );
+        let s = slice("squatter");
+        let (first, last) = (s.offset / 512, (s.offset + s.size) / 512 - 1);
+        assert!(!s.read_only && s.partition.is_none());
+        assert!(first > parts[0].last && first >= parts[1].first && last <= parts[1].last);
+        assert!(PREPARE
+            .iter()
+            .all(|(n, _)| CASES.iter().any(|c| c.name == *n)));
     }
 
     #[test]
