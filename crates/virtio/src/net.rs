@@ -309,14 +309,20 @@ impl Net {
             self.stats.rx_segmented += u64::from(off.gso.is_some());
             let plain = offload::rx_header(&Offload::default());
             let mut out = [0u8; MAX_FRAME];
+            // Once a piece finds no buffer the rest are not built: the
+            // guest has no room for them either.
+            let mut full = false;
             offload::resolve(frame, off, &mut out, |piece| {
+                if full {
+                    return;
+                }
                 if let Ok(got) = result {
-                    result = self
-                        .deliver_to(&mut q, mem, piece, &plain)
-                        .map(|r| match (got, r) {
-                            (Some(a), Some(b)) => Some(a || b),
-                            (a, b) => a.or(b),
-                        });
+                    let r = self.deliver_to(&mut q, mem, piece, &plain);
+                    full = matches!(r, Ok(None));
+                    result = r.map(|r| match (got, r) {
+                        (Some(a), Some(b)) => Some(a || b),
+                        (a, b) => a.or(b),
+                    });
                 }
             });
         }

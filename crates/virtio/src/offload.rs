@@ -31,6 +31,10 @@ const ETH_IPV6: u16 = 0x86dd;
 const ETH_VLAN: u16 = 0x8100;
 const PROTO_TCP: u8 = 6;
 const TCP_CSUM_AT: u16 = 16;
+/// The smallest segment size we cut to (Linux's TCP_MIN_MSS): a guest
+/// asking for 1-byte segments would turn one 64 KiB frame into 65,535
+/// for every receiver without offload and for the physical NIC.
+pub const MIN_MSS: u16 = 88;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
 const TCP_CWR: u8 = 0x80;
@@ -73,7 +77,8 @@ pub enum Refused {
     CsumRange,
     /// A GSO frame that is not TCP over IPv4/IPv6 as its type says.
     NotTcp,
-    /// A segment size of zero, or one whose frames would exceed the MTU.
+    /// A segment size below [`MIN_MSS`], or one whose frames would exceed
+    /// the MTU.
     Mss,
     /// Too long for what was negotiated, or too short.
     Length,
@@ -151,7 +156,7 @@ pub fn tx_offload(caps: Caps, header: &[u8; 12], frame: &[u8]) -> Result<Offload
         return Err(Refused::NotTcp);
     }
     let most = crate::net::MAX_FRAME.saturating_sub(usize::from(g.hdr_len));
-    if gso_size == 0 || usize::from(gso_size) > most {
+    if gso_size < MIN_MSS || usize::from(gso_size) > most {
         return Err(Refused::Mss);
     }
     g.mss = gso_size;
@@ -309,7 +314,10 @@ pub fn resolve(
 fn segment(frame: &[u8], g: &Gso, out: &mut [u8; crate::net::MAX_FRAME], mut f: impl FnMut(&[u8])) {
     let (l3, l4, hdr_len) = (usize::from(g.l3), usize::from(g.l4), usize::from(g.hdr_len));
     let mss = usize::from(g.mss);
-    if mss == 0 || hdr_len + mss > out.len() || hdr_len > frame.len() {
+    // What `tx_offload` guarantees, checked again: `resolve` is public.
+    let ip_min = if g.v6 { 40 } else { 20 };
+    let sane = l3 + ip_min <= l4 && l4 + 20 <= hdr_len && hdr_len <= frame.len();
+    if mss == 0 || hdr_len + mss > out.len() || !sane {
         return;
     }
     let payload = &frame[hdr_len..];
@@ -562,8 +570,8 @@ mod tests {
         let mut h = h4;
         h[0] = 0;
         assert_eq!(tx_offload(ALL, &h, &f4), Err(Refused::GsoType));
-        // MSS zero or past the MTU.
-        for mss in [0, 1500] {
+        // MSS zero, tiny, or past the MTU.
+        for mss in [0, 1, MIN_MSS - 1, 1500] {
             let h = header(hdr::GSO_TCPV4, mss, 34, 16);
             assert_eq!(tx_offload(ALL, &h, &f4), Err(Refused::Mss));
         }

@@ -26,7 +26,8 @@ pub enum Dest {
 /// Why a frame was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Why {
-    /// Shorter than an Ethernet header or longer than 1518 bytes.
+    /// Shorter than an Ethernet header or longer than the largest frame
+    /// with segmentation offload (`offload::MAX_GSO_FRAME`).
     Size,
     /// A VM port sent from a MAC not its own, or a port sent from a VM's.
     Spoofed,
