@@ -577,9 +577,29 @@ impl PhysDisk {
 struct Backend<'a> {
     disk: &'a Mutex<PhysDisk>,
     owner: Owner,
-    /// Where the disk's interrupt goes from this request on (MPIDR), or
-    /// `None` to leave it.
-    route: Option<u64>,
+    /// Where the disk's interrupt goes once a request is put on the disk:
+    /// left as it is, or to where this VM takes this device's interrupt
+    /// (looked up at the first request, not at every register write).
+    route: Route<'a>,
+}
+
+enum Route<'a> {
+    Keep,
+    Ask(&'a Vm, &'a VirtioDev),
+    To(u64),
+}
+
+impl Route<'_> {
+    /// The CPU (MPIDR) to route to, asking the vGIC once.
+    fn resolve(&mut self) -> Option<u64> {
+        if let Route::Ask(vm, dev) = *self {
+            *self = Route::To(completion_cpu(vm, dev));
+        }
+        match *self {
+            Route::To(cpu) => Some(cpu),
+            _ => None,
+        }
+    }
 }
 
 impl BlockBackend for Backend<'_> {
@@ -596,6 +616,8 @@ impl BlockBackend for Backend<'_> {
     }
 
     fn submit(&mut self, op: blk::Op, sector: u64, segs: &[Seg]) -> blk::Submitted {
+        // Before the disk's lock: the lookup takes the vGIC's.
+        let route = self.route.resolve();
         let mut d = self.disk.lock();
         let Some(i) = d.room(segs.len()) else {
             // Served again once a request of anyone's completes.
@@ -604,7 +626,7 @@ impl BlockBackend for Backend<'_> {
             }
             return blk::Submitted::Busy;
         };
-        if let Some(cpu) = self.route {
+        if let Some(cpu) = route {
             d.route_to(cpu);
         }
         match d.start(i, op, sector, segs) {
@@ -691,7 +713,7 @@ fn on_device(
     let mut backend = Backend {
         disk,
         owner,
-        route: None,
+        route: Route::Keep,
     };
     if let Some(out) = f(&mut b, &mem, &mut backend) {
         report(vm, me.unwrap_or(VcpuId(0)), owner, &out);
@@ -929,7 +951,7 @@ fn blk_access(
             let mut backend = Backend {
                 disk,
                 owner,
-                route: Some(completion_cpu(vm, dev)),
+                route: Route::Ask(vm, dev),
             };
             let out = blk
                 .mmio_write(off, size, value as u32, &mem, &mut backend)
