@@ -188,7 +188,7 @@ fn config_vm(vm: &ConfigVm) {
         let start = RAM_IPA + (u64::from(start) << 12);
         (start, start + u64::from(len))
     });
-    let n_vcpus = vmc.pcpus.len() as u16;
+    let n_vcpus = vmc.vcpu_count() as u16;
     let dt = GuestDt {
         mem_base: RAM_IPA,
         mem_size: vmc.memory,

@@ -205,7 +205,7 @@ pub fn build_with_features(config: &Path, output: Output, features: &[&str]) -> 
         size: bytes.len() as u64,
         cpus: parsed.config.board.cpus,
         ram_mib: parsed.config.board.ram_size >> 20,
-        vcpus: parsed.config.vms.iter().map(|vm| vm.pcpus.len()).sum(),
+        vcpus: parsed.config.vms.iter().map(|vm| vm.vcpu_count()).sum(),
         disks,
         disk_configs: parsed.config.disks.clone(),
         uplink: parsed.config.switches.iter().any(|s| s.uplink),
@@ -699,7 +699,7 @@ pub fn native_linux(config: &Path) -> Result<NativeLinux> {
         kernel,
         initramfs,
         cmdline: vm.cmdline.clone(),
-        vcpus: vm.pcpus.len(),
+        vcpus: vm.vcpu_count(),
         memory: vm.memory,
     })
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic     [u8; 8] = "BHCFG001"
-//! version   u32     = 8
+//! version   u32     = 9
 //! board     cpus u16, ram_base u64, ram_size u64
 //! disk_count u32
 //! disk_count times:
@@ -18,12 +18,20 @@
 //! switch_count times:
 //!   name_len u32, name [u8; name_len] (UTF-8)
 //!   uplink u8 (0 or 1)
+//! pool_count u32 (at most MAX_POOLS)
+//! pool_count times:
+//!   name_len u32, name [u8; name_len] (UTF-8)
+//!   pcpu_count u32 (at most MAX_POOL_PCPUS), pcpus [u16; pcpu_count]
 //! vm_count  u32
 //! vm_count times:
 //!   name_len u32, name [u8; name_len] (UTF-8)
 //!   image u16, memory u64
 //!   has_host_address u8 (0 or 1), host_address u64 (only if 1)
 //!   pcpu_count u32, pcpus [u16; pcpu_count]
+//!   vcpus u16
+//!   has_pool u8 (0 or 1), pool u16 (only if 1)
+//!   weight u32
+//!   has_cap u8 (0 or 1), cap u8 (only if 1)
 //!   restart u8 (0 never, 1 on-crash, 2 always)
 //!   criticality u8 (0 normal, 1 critical)
 //!   has_initramfs u8 (0 or 1), initramfs u16 (only if 1)
@@ -57,7 +65,8 @@
 //! passthrough devices; version 4 the criticality and the channels;
 //! version 5 a device tree the user gives; version 6 the board's disks and
 //! each VM's slices of them; version 7 the switches and each VM's nets;
-//! version 8 the disks' partitions and the partition a slice names.
+//! version 8 the disks' partitions and the partition a slice names;
+//! version 9 the CPU pools and each VM's pool, vCPU count, weight and cap.
 //!
 //! Nothing may follow the last channel. [`decode`] reads the bytes from the image,
 //! so every length is checked against what is left before it is used, and no
@@ -68,15 +77,15 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::{
-    Board, Channel, Criticality, Disk, DiskPartition, Passthrough, RestartPolicy, Switch,
+    Board, Channel, Criticality, Disk, DiskPartition, Passthrough, Pool, RestartPolicy, Switch,
     SystemConfig, VmConfig, VmDisk, VmNet, MAX_CHANNELS, MAX_COMPATIBLE, MAX_PARTITIONS,
-    MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS, MAX_VM_DISKS, MAX_VM_NETS,
+    MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS, MAX_POOLS, MAX_POOL_PCPUS, MAX_VM_DISKS, MAX_VM_NETS,
 };
 
 /// First eight bytes of an encoded config.
 pub const MAGIC: [u8; 8] = *b"BHCFG001";
 /// Encoding version written by [`encode`] and accepted by [`decode`].
-pub const VERSION: u32 = 8;
+pub const VERSION: u32 = 9;
 
 /// Why [`decode`] refused its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,9 +98,9 @@ pub enum DecodeError {
     Truncated(usize),
     /// A VM name is not UTF-8.
     BadName,
-    /// A presence byte (host address, initramfs, a slice's partition), a
-    /// disk slice's read-only byte or a switch's uplink byte is neither 0
-    /// nor 1.
+    /// A presence byte (host address, initramfs, a slice's partition, a
+    /// VM's pool or cap), a disk slice's read-only byte or a switch's
+    /// uplink byte is neither 0 nor 1.
     BadOptionTag(u8),
     /// The restart byte is not a known policy.
     BadRestartPolicy(u8),
@@ -108,9 +117,11 @@ pub enum DecodeError {
     BadDiskText,
     /// A switch name is not UTF-8.
     BadSwitchName,
+    /// A pool name is not UTF-8.
+    BadPoolName,
     /// A list count (passthrough devices, irqs, compatibles, channels,
-    /// partitions, disk slices, nets) at this byte offset is larger than
-    /// any valid config has.
+    /// partitions, disk slices, nets, pools, a pool's pCPUs) at this byte
+    /// offset is larger than any valid config has.
     TooMany(usize),
     /// Bytes are left after the last channel, starting at this offset.
     TrailingBytes(usize),
@@ -136,6 +147,7 @@ impl fmt::Display for DecodeError {
             Self::BadChannelName => write!(f, "a channel name is not UTF-8"),
             Self::BadDiskText => write!(f, "a disk name, partition name or serial is not UTF-8"),
             Self::BadSwitchName => write!(f, "a switch name is not UTF-8"),
+            Self::BadPoolName => write!(f, "a pool name is not UTF-8"),
             Self::TooMany(at) => write!(f, "a list at byte {at} is too long"),
             Self::BadRestartPolicy(t) => write!(f, "bad restart policy {t}"),
             Self::BadCriticality(t) => write!(f, "bad criticality {t}"),
@@ -171,6 +183,14 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
         put_str(&mut out, &switch.name);
         out.push(u8::from(switch.uplink));
     }
+    put_len(&mut out, cfg.pools.len());
+    for pool in &cfg.pools {
+        put_str(&mut out, &pool.name);
+        put_len(&mut out, pool.pcpus.len());
+        for cpu in &pool.pcpus {
+            out.extend_from_slice(&cpu.to_le_bytes());
+        }
+    }
     put_len(&mut out, cfg.vms.len());
     for vm in &cfg.vms {
         put_len(&mut out, vm.name.len());
@@ -187,6 +207,19 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
         put_len(&mut out, vm.pcpus.len());
         for cpu in &vm.pcpus {
             out.extend_from_slice(&cpu.to_le_bytes());
+        }
+        out.extend_from_slice(&vm.vcpus.to_le_bytes());
+        match vm.pool {
+            Some(pool) => {
+                out.push(1);
+                out.extend_from_slice(&pool.to_le_bytes());
+            }
+            None => out.push(0),
+        }
+        out.extend_from_slice(&vm.weight.to_le_bytes());
+        match vm.cap {
+            Some(cap) => out.extend_from_slice(&[1, cap]),
+            None => out.push(0),
         }
         out.push(match vm.restart {
             RestartPolicy::Never => 0,
@@ -291,6 +324,11 @@ pub fn decode(bytes: &[u8]) -> Result<SystemConfig, DecodeError> {
     for _ in 0..switch_count {
         switches.push(r.switch()?);
     }
+    let pool_count = r.count(MAX_POOLS)?;
+    let mut pools = Vec::new();
+    for _ in 0..pool_count {
+        pools.push(r.pool()?);
+    }
     let vm_count = r.u32()?;
     // No `with_capacity(vm_count)`: the count is untrusted. Each VM consumes
     // input, so a lying count runs out of bytes and fails as `Truncated`.
@@ -312,6 +350,7 @@ pub fn decode(bytes: &[u8]) -> Result<SystemConfig, DecodeError> {
         channels,
         disks,
         switches,
+        pools,
     })
 }
 
@@ -386,6 +425,14 @@ impl<'a> Reader<'a> {
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
+        let vcpus = self.u16()?;
+        let pool = self.optional_u16()?;
+        let weight = self.u32()?;
+        let cap = match self.u8()? {
+            0 => None,
+            1 => Some(self.u8()?),
+            t => return Err(DecodeError::BadOptionTag(t)),
+        };
         let restart = match self.u8()? {
             0 => RestartPolicy::Never,
             1 => RestartPolicy::OnCrash,
@@ -423,6 +470,10 @@ impl<'a> Reader<'a> {
             memory,
             host_address,
             pcpus,
+            pool,
+            vcpus,
+            weight,
+            cap,
             restart,
             initramfs,
             dtb,
@@ -491,6 +542,16 @@ impl<'a> Reader<'a> {
             t => return Err(DecodeError::BadOptionTag(t)),
         };
         Ok(Switch { name, uplink })
+    }
+
+    fn pool(&mut self) -> Result<Pool, DecodeError> {
+        let name = self.utf8(DecodeError::BadPoolName)?;
+        let count = self.count(MAX_POOL_PCPUS)?;
+        let mut pcpus = Vec::new();
+        for _ in 0..count {
+            pcpus.push(self.u16()?);
+        }
+        Ok(Pool { name, pcpus })
     }
 
     fn vm_net(&mut self) -> Result<VmNet, DecodeError> {
@@ -580,6 +641,10 @@ mod tests {
                     memory: 16 << 20,
                     host_address: Some(0x5000_0000),
                     pcpus: vec![0],
+                    pool: None,
+                    vcpus: 1,
+                    weight: crate::DEFAULT_WEIGHT,
+                    cap: None,
                     restart: RestartPolicy::Never,
                     criticality: Criticality::Critical,
                     initramfs: None,
@@ -610,6 +675,10 @@ mod tests {
                     memory: 256 << 20,
                     host_address: None,
                     pcpus: vec![1, 2, 3],
+                    pool: None,
+                    vcpus: 3,
+                    weight: crate::DEFAULT_WEIGHT,
+                    cap: None,
                     restart: RestartPolicy::OnCrash,
                     criticality: Criticality::Normal,
                     initramfs: Some(2),
@@ -665,6 +734,10 @@ mod tests {
                     memory: 2 << 20,
                     host_address: None,
                     pcpus: vec![],
+                    pool: Some(1),
+                    vcpus: 8,
+                    weight: 65535,
+                    cap: Some(50),
                     restart: RestartPolicy::Always,
                     criticality: Criticality::Normal,
                     initramfs: Some(u16::MAX),
@@ -718,6 +791,16 @@ mod tests {
                     uplink: false,
                 },
             ],
+            pools: vec![
+                Pool {
+                    name: "general".into(),
+                    pcpus: vec![1, 2],
+                },
+                Pool {
+                    name: "big_2".into(),
+                    pcpus: vec![u16::MAX, 0, 7, 3, 4, 5, 6, 8],
+                },
+            ],
         }
     }
 
@@ -749,10 +832,24 @@ mod tests {
             .sum::<usize>()
     }
 
-    /// Where the VM count starts in `cfg`'s encoding: after the 12-byte
+    /// Where the pool count starts in `cfg`'s encoding: after the 12-byte
     /// header, the 18-byte board, the disks and the switches.
-    fn vms_at(cfg: &SystemConfig) -> usize {
+    fn pools_at(cfg: &SystemConfig) -> usize {
         12 + 18 + disks_len(cfg) + switches_len(cfg)
+    }
+
+    /// Bytes of the pools in `cfg`'s encoding, count included.
+    fn pools_len(cfg: &SystemConfig) -> usize {
+        4 + cfg
+            .pools
+            .iter()
+            .map(|p| 4 + p.name.len() + 4 + 2 * p.pcpus.len())
+            .sum::<usize>()
+    }
+
+    /// Where the VM count starts in `cfg`'s encoding: after the pools.
+    fn vms_at(cfg: &SystemConfig) -> usize {
+        pools_at(cfg) + pools_len(cfg)
     }
 
     /// [`sample`] without channels: its encoding ends with the last VM and
@@ -779,6 +876,7 @@ mod tests {
             channels: vec![],
             disks: vec![],
             switches: vec![],
+            pools: vec![],
         };
         assert_eq!(decode(&encode(&cfg)), Ok(cfg));
     }
@@ -822,8 +920,8 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(decode(&b), Err(DecodeError::BadMagic));
         let mut b = bytes.clone();
-        b[8] = 9;
-        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(9)));
+        b[8] = 10;
+        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(10)));
         // The last VM ends with restart u8, criticality u8, initramfs tag
         // u8 + u16, dtb tag u8 (none), an empty command line (length u32),
         // no passthrough (count u32), no disks (count u32) and no nets
@@ -843,7 +941,7 @@ mod tests {
         b[n - 4 - 4 - 1] = 3;
         assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(3)));
         // First VM's host-address tag: header 12 + board 18 + disks +
-        // switches + count 4 + name 4+6 + image 2 + memory 8.
+        // switches + pools + count 4 + name 4+6 + image 2 + memory 8.
         let at = vms_at(&no_channels()) + 4 + 4 + 6 + 2 + 8;
         let mut b = bytes;
         b[at] = 7;
@@ -858,6 +956,7 @@ mod tests {
             channels: vec![],
             disks: vec![],
             switches: vec![],
+            pools: vec![],
         });
         // The VM count, before the channel count.
         let n = bytes.len() - 4;
@@ -872,9 +971,10 @@ mod tests {
         cfg.vms[0].cmdline.clear();
         cfg.vms[0].passthrough.clear();
         let mut bytes = encode(&cfg);
-        // pcpu count, restart, criticality, initramfs tag, dtb tag, empty
-        // command line, no passthrough, no disks, no nets, no channels.
-        let at = bytes.len() - 4 - 1 - 1 - 1 - 1 - 4 - 4 - 4 - 4 - 4;
+        // pcpu count, vcpus, pool tag, weight, cap tag, restart,
+        // criticality, initramfs tag, dtb tag, empty command line, no
+        // passthrough, no disks, no nets, no channels.
+        let at = bytes.len() - 4 - 2 - 1 - 4 - 1 - 1 - 1 - 1 - 1 - 4 - 4 - 4 - 4 - 4;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(decode(&bytes), Err(DecodeError::Truncated(at + 4)));
     }
@@ -943,7 +1043,7 @@ mod tests {
 
     #[test]
     fn older_versions_are_refused() {
-        for old in [1u32, 2, 3, 4, 5, 6, 7] {
+        for old in [1u32, 2, 3, 4, 5, 6, 7, 8] {
             let mut bytes = encode(&sample());
             bytes[8..12].copy_from_slice(&old.to_le_bytes());
             assert_eq!(decode(&bytes), Err(DecodeError::UnsupportedVersion(old)));
@@ -1200,6 +1300,7 @@ mod tests {
                 }],
             }],
             switches: vec![],
+            pools: vec![],
         });
         // Header, board, disk count, the disk's name and size.
         let at = 12 + 18 + 4 + 4 + 1 + 8;
@@ -1269,6 +1370,7 @@ mod tests {
         cfg.disks.truncate(1);
         cfg.disks[0].partitions.clear();
         cfg.switches.clear();
+        cfg.pools.clear();
         cfg.vms.clear();
         cfg.channels.clear();
         let mut bytes = encode(&cfg);
@@ -1361,5 +1463,103 @@ mod tests {
         assert_eq!(bytes[at..at + 4], 2u32.to_le_bytes());
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode(&bytes), Err(DecodeError::Truncated(_))));
+    }
+
+    #[test]
+    fn pools_and_pool_vms_round_trip() {
+        let cfg = sample();
+        let back = decode(&encode(&cfg)).unwrap();
+        assert_eq!(back.pools, cfg.pools);
+        assert_eq!(back.pools[1].pcpus[0], u16::MAX);
+        assert_eq!(back.pools[1].pcpus.len(), MAX_POOL_PCPUS);
+        let w = &back.vms[2];
+        assert_eq!(
+            (w.pool, w.vcpus, w.weight, w.cap),
+            (Some(1), 8, 65535, Some(50))
+        );
+        assert!(w.pooled());
+        assert_eq!(w.vcpu_count(), 8);
+        let safety = &back.vms[0];
+        assert_eq!(
+            (safety.pool, safety.vcpus, safety.weight, safety.cap),
+            (None, 1, crate::DEFAULT_WEIGHT, None)
+        );
+        assert_eq!(back.vms[1].vcpu_count(), 3);
+        // Every pool count up to the limit round-trips, and so do the
+        // extremes of the VM fields.
+        let mut cfg = sample();
+        cfg.pools = (0..MAX_POOLS as u16)
+            .map(|k| Pool {
+                name: alloc::format!("p{k}"),
+                pcpus: (0..k).collect(),
+            })
+            .collect();
+        cfg.vms[0].pool = Some(u16::MAX);
+        cfg.vms[0].vcpus = u16::MAX;
+        cfg.vms[0].weight = u32::MAX;
+        cfg.vms[0].cap = Some(u8::MAX);
+        cfg.vms[1].weight = 0;
+        cfg.vms[1].cap = Some(0);
+        assert_eq!(decode(&encode(&cfg)), Ok(cfg));
+    }
+
+    #[test]
+    fn pool_counts_above_the_limits_are_refused_before_reading() {
+        let cfg = sample();
+        let bytes = encode(&cfg);
+        let at = pools_at(&cfg);
+        assert_eq!(bytes[at..at + 4], 2u32.to_le_bytes());
+        for n in [MAX_POOLS as u32 + 1, u32::MAX] {
+            let mut b = bytes.clone();
+            b[at..at + 4].copy_from_slice(&n.to_le_bytes());
+            assert_eq!(decode(&b), Err(DecodeError::TooMany(at)));
+        }
+        // The first pool's pCPU count: after its name.
+        let at = at + 4 + 4 + cfg.pools[0].name.len();
+        assert_eq!(bytes[at..at + 4], 2u32.to_le_bytes());
+        let mut b = bytes.clone();
+        b[at..at + 4].copy_from_slice(&(MAX_POOL_PCPUS as u32 + 1).to_le_bytes());
+        assert_eq!(decode(&b), Err(DecodeError::TooMany(at)));
+        // At the limit the pCPUs are read from what follows: not this pool.
+        let mut b = bytes;
+        b[at..at + 4].copy_from_slice(&(MAX_POOL_PCPUS as u32).to_le_bytes());
+        assert_ne!(decode(&b), Ok(cfg));
+    }
+
+    #[test]
+    fn non_utf8_pool_name_is_refused() {
+        let cfg = sample();
+        let mut bytes = encode(&cfg);
+        bytes[pools_at(&cfg) + 4 + 4] = 0xff;
+        assert_eq!(decode(&bytes), Err(DecodeError::BadPoolName));
+    }
+
+    #[test]
+    fn pool_and_cap_tags_other_than_0_or_1_are_refused() {
+        // The last VM of [`no_channels`], `w`, is in pool 1 with a cap.
+        // Before its restart byte come its vcpus u16, pool tag and u16, weight u32, cap tag
+        // and u8; after it the criticality, the initramfs tag and u16, the
+        // dtb tag, an empty command line and the passthrough, disk, net
+        // and channel counts.
+        let bytes = encode(&no_channels());
+        let restart = bytes.len() - 4 * 4 - 4 - 1 - 3 - 1 - 1;
+        assert_eq!(bytes[restart], 2, "always");
+        let cap = restart - 2;
+        assert_eq!(bytes[cap..restart], [1, 50]);
+        let pool = cap - 4 - 3;
+        assert_eq!(bytes[pool..pool + 3], [1, 1, 0]);
+        assert_eq!(bytes[pool - 2..pool], 8u16.to_le_bytes(), "vcpus");
+        for (at, tag) in [(cap, 2), (pool, 7)] {
+            let mut b = bytes.clone();
+            b[at] = tag;
+            assert_eq!(decode(&b), Err(DecodeError::BadOptionTag(tag)));
+        }
+        // Without a pool or cap, only the tags are written.
+        let mut cfg = no_channels();
+        cfg.vms[2].pool = None;
+        cfg.vms[2].cap = None;
+        let short = encode(&cfg);
+        assert_eq!(short.len(), bytes.len() - 2 - 1);
+        assert_eq!(decode(&short), Ok(cfg));
     }
 }

@@ -78,6 +78,16 @@ pub const SECTOR_SIZE: u64 = 512;
 pub const MAX_SERIAL_LEN: usize = 20;
 /// Most vCPUs a VM can have.
 pub const MAX_VCPUS: usize = 8;
+/// Most CPU pools (`[[pool]]`) a system may have.
+pub const MAX_POOLS: usize = 4;
+/// Most physical CPUs one pool may share out.
+pub const MAX_POOL_PCPUS: usize = 8;
+/// The weight of a pool VM's vCPUs when the config names none.
+pub const DEFAULT_WEIGHT: u32 = 256;
+/// Largest weight a pool VM may have.
+pub const MAX_WEIGHT: u32 = 65535;
+/// Largest cap: all of one pCPU, in percent.
+pub const MAX_CAP: u8 = 100;
 /// Most physical CPUs a board description may name.
 pub const MAX_PCPUS: u16 = 64;
 /// RAM the hypervisor keeps for itself (image, payload, heap, stacks), at the
@@ -116,7 +126,8 @@ pub const LINUX_SLACK: u64 = 2 << 20;
 /// housekeeping (console input, the shell, scrubbing the memory of another
 /// VM that restarts) never runs on a pCPU a critical VM is pinned to. So
 /// at least one pCPU of the board must be free of critical VMs
-/// ([`validate`] checks it).
+/// ([`validate`] checks it). A critical VM keeps dedicated pCPUs: it may
+/// not be in a [`Pool`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Criticality {
     /// An ordinary VM. The default.
@@ -198,8 +209,23 @@ pub struct VmConfig {
     /// Host-physical address of the VM's RAM, if fixed; otherwise the
     /// hypervisor picks it.
     pub host_address: Option<u64>,
-    /// vCPU `i` runs on physical CPU `pcpus[i]`.
+    /// vCPU `i` runs on physical CPU `pcpus[i]`, which is this VM's
+    /// alone. Empty for a VM in a pool ([`pool`](Self::pool)).
     pub pcpus: Vec<u16>,
+    /// Index into [`SystemConfig::pools`] of the pool whose pCPUs this
+    /// VM's vCPUs share, instead of dedicated [`pcpus`](Self::pcpus).
+    pub pool: Option<u16>,
+    /// Number of vCPUs: `pcpus.len()` for a VM with dedicated pCPUs, 1 to
+    /// [`MAX_VCPUS`] for a VM in a pool ([`vcpu_count`](Self::vcpu_count)).
+    pub vcpus: u16,
+    /// A pool VM's relative share of its pool's pCPUs: each of its vCPUs
+    /// has this weight, 1 to [`MAX_WEIGHT`]. [`DEFAULT_WEIGHT`] on a VM
+    /// with dedicated pCPUs, where it means nothing.
+    pub weight: u32,
+    /// A pool VM's limit: each of its vCPUs runs at most this percent of
+    /// one pCPU, 1 to [`MAX_CAP`]. `None` is no limit, and always so on a
+    /// VM with dedicated pCPUs.
+    pub cap: Option<u8>,
     /// What happens when the VM stops.
     pub restart: RestartPolicy,
     /// Index into the payload's images of the initramfs, if any.
@@ -225,6 +251,22 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
+    /// Whether the VM's vCPUs share the pCPUs of a [`Pool`] (its
+    /// [`pool`](Self::pool)) instead of running on dedicated ones.
+    pub fn pooled(&self) -> bool {
+        self.pool.is_some()
+    }
+
+    /// How many vCPUs the VM has: [`vcpus`](Self::vcpus) for a VM in a
+    /// pool, one per entry of [`pcpus`](Self::pcpus) otherwise.
+    pub fn vcpu_count(&self) -> usize {
+        if self.pooled() {
+            usize::from(self.vcpus)
+        } else {
+            self.pcpus.len()
+        }
+    }
+
     /// Whether the VM boots with Linux's boot protocol: it has an initramfs
     /// a device tree of its own, or a command line other than the
     /// bare-metal default. Such a VM needs room for its device tree and
@@ -370,6 +412,20 @@ pub const fn virtio_spi(n: usize) -> u32 {
         n as u32
     };
     VIRTIO_SPI_BASE.saturating_add(n)
+}
+
+/// A set of physical CPUs (`[[pool]]`) shared by the vCPUs of the VMs in
+/// it ([`VmConfig::pool`]), which the hypervisor's vCPU scheduler runs by
+/// their [`weight`](VmConfig::weight) and [`cap`](VmConfig::cap). A pool's
+/// pCPUs are in no other pool and dedicated to no VM; a pool no VM uses is
+/// allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    /// `[a-z0-9_-]{1,31}`, unique among pools; `[[vm]]`'s `pool` names it.
+    pub name: String,
+    /// The physical CPUs the pool shares out, 1 to [`MAX_POOL_PCPUS`],
+    /// each on the board and listed once.
+    pub pcpus: Vec<u16>,
 }
 
 /// One of the board's physical virtio-blk disks (`[[disk]]`). The `k`-th
@@ -616,9 +672,20 @@ pub struct SystemConfig {
     pub disks: Vec<Disk>,
     /// The virtual Ethernet switches the VMs' nets are ports of.
     pub switches: Vec<Switch>,
+    /// The CPU pools pool VMs share, at most [`MAX_POOLS`].
+    pub pools: Vec<Pool>,
 }
 
 impl SystemConfig {
+    /// The pool that shares out physical CPU `cpu`, with its index, if
+    /// any (the first, in a config that puts it in two).
+    pub fn pool_of(&self, cpu: u16) -> Option<(usize, &Pool)> {
+        self.pools
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.pcpus.contains(&cpu))
+    }
+
     /// The channels VM `vm` is an end of, in order, with its end number:
     /// `(k, channel index, end)`, where `k` counts from 0 among this VM's
     /// channels and places the end in its window ([`channel_regs_ipa`],
@@ -637,7 +704,8 @@ impl SystemConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Field {
     /// A field of the board (`"cpus"`, `"ram_base"`, `"ram_size"`), or
-    /// `"vms"` / `"channels"` for the list of VMs / channels as a whole.
+    /// `"vms"` / `"channels"` / `"pools"` for the list of VMs / channels /
+    /// pools as a whole.
     Board(&'static str),
     /// A field of VM `n`.
     Vm(usize, &'static str),
@@ -657,6 +725,8 @@ pub enum Field {
     Switch(usize, &'static str),
     /// A field of net `k` of VM `n` (`"switch"`, `"mac"`).
     VmNet(usize, usize, &'static str),
+    /// A field of pool `k` (`"name"`, `"pcpus"`).
+    Pool(usize, &'static str),
 }
 
 impl fmt::Display for Field {
@@ -671,6 +741,7 @@ impl fmt::Display for Field {
             Self::VmDisk(i, d, name) => write!(f, "vm[{i}].disk[{d}].{name}"),
             Self::Switch(k, name) => write!(f, "switch[{k}].{name}"),
             Self::VmNet(i, k, name) => write!(f, "vm[{i}].net[{k}].{name}"),
+            Self::Pool(k, name) => write!(f, "pool[{k}].{name}"),
         }
     }
 }
@@ -779,6 +850,12 @@ mod tests {
     }
 
     #[test]
+    fn field_display_names_pool_fields() {
+        assert_eq!(format!("{}", Field::Pool(3, "pcpus")), "pool[3].pcpus");
+        assert_eq!(format!("{}", Field::Board("pools")), "board.pools");
+    }
+
+    #[test]
     fn mac_displays_as_config_files_write_it() {
         assert_eq!(
             format!("{}", Mac([0x52, 0x54, 0, 0x12, 0xab, 0xff])),
@@ -802,6 +879,10 @@ mod tests {
             memory: BLOCK_SIZE,
             host_address: None,
             pcpus: alloc::vec![0],
+            pool: None,
+            vcpus: 1,
+            weight: DEFAULT_WEIGHT,
+            cap: None,
             restart: RestartPolicy::Never,
             initramfs: None,
             dtb: None,
@@ -818,6 +899,60 @@ mod tests {
         assert_eq!(virtio_ipa(vm.net_virtio_index(1)), 0x0a00_0800);
         assert_eq!(virtio_spi(vm.net_virtio_index(1)), 20);
         assert_eq!(vm.net_virtio_index(usize::MAX), usize::MAX);
+    }
+
+    #[test]
+    fn vcpu_count_is_the_pcpus_or_the_pool_vms_vcpus() {
+        let mut vm = VmConfig {
+            name: "a".into(),
+            image: 0,
+            memory: BLOCK_SIZE,
+            host_address: None,
+            pcpus: alloc::vec![2, 3],
+            pool: None,
+            vcpus: 2,
+            weight: DEFAULT_WEIGHT,
+            cap: None,
+            restart: RestartPolicy::Never,
+            initramfs: None,
+            dtb: None,
+            cmdline: DEFAULT_CMDLINE.into(),
+            passthrough: Vec::new(),
+            criticality: Criticality::Normal,
+            disks: Vec::new(),
+            nets: Vec::new(),
+        };
+        assert!(!vm.pooled());
+        assert_eq!(vm.vcpu_count(), 2);
+        // Dedicated pCPUs decide, whatever `vcpus` says.
+        vm.vcpus = 5;
+        assert_eq!(vm.vcpu_count(), 2);
+        vm.pcpus.clear();
+        vm.pool = Some(0);
+        assert!(vm.pooled());
+        assert_eq!(vm.vcpu_count(), 5);
+    }
+
+    #[test]
+    fn pool_of_finds_the_pool_sharing_a_pcpu() {
+        let mut s = system(&[]);
+        s.pools = alloc::vec![
+            Pool {
+                name: "a".into(),
+                pcpus: alloc::vec![1, 2],
+            },
+            Pool {
+                name: "b".into(),
+                pcpus: alloc::vec![3, 2],
+            },
+        ];
+        assert_eq!(s.pool_of(0), None);
+        assert_eq!(
+            s.pool_of(1).map(|(k, p)| (k, p.name.as_str())),
+            Some((0, "a"))
+        );
+        assert_eq!(s.pool_of(2).map(|(k, _)| k), Some(0), "the first");
+        assert_eq!(s.pool_of(3).map(|(k, _)| k), Some(1));
     }
 
     #[test]
@@ -981,6 +1116,7 @@ mod tests {
                 .collect(),
             disks: Vec::new(),
             switches: Vec::new(),
+            pools: Vec::new(),
         }
     }
 

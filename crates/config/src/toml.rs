@@ -6,7 +6,8 @@
 //! One file describes one system: the board, then one `[[vm]]` table per VM,
 //! in boot order (the first `[[vm]]` is `vm[0]`), then any `[[channel]]`
 //! tables (the first is `channel[0]`), `[[disk]]` tables (the first is
-//! `disk[0]`) and `[[switch]]` tables (the first is `switch[0]`).
+//! `disk[0]`), `[[switch]]` tables (the first is `switch[0]`) and `[[pool]]`
+//! tables (the first is `pool[0]`).
 //!
 //! ```toml
 //! [board]                 # the machine the config is for
@@ -26,9 +27,13 @@
 //! # append = "quiet"            # ... or words added after the default command line
 //! memory = "16M"          # multiple of 2 MiB; must hold the image + 0x80000
 //! host_address = 0x5000_0000   # optional: fixed host-physical address of its RAM
-//! pcpus = [0]             # vCPU i runs on physical CPU pcpus[i]; 1 to 8 vCPUs
+//! pcpus = [0]             # vCPU i runs on physical CPU pcpus[i]; 1 to 8 vCPUs ...
+//! # pool = "general"      # ... or share the pCPUs of a [[pool]], by name (not both)
+//! # vcpus = 2             # required with pool: 1 to 8; with pcpus optional, = their number
+//! # weight = 256          # pool VMs only, default 256: 1 to 65535, each vCPU's relative share
+//! # cap = 50              # pool VMs only, optional: 1 to 100, most percent of one pCPU per vCPU
 //! restart = "on-crash"    # never | on-crash | always; default on-crash
-//! criticality = "critical"     # normal | critical; default normal
+//! criticality = "critical"     # normal | critical; default normal; a critical VM is in no pool
 //!
 //! [[vm.passthrough]]      # optional, up to 8: a device only this VM may use
 //! name = "rtc"            # label, 1 to 31 of a-z 0-9 _ -
@@ -65,6 +70,10 @@
 //! [[vm.net]]              # optional, up to 4 (not on a critical VM): a virtio-net port on a switch
 //! switch = "lan"          # a [[switch]] by name
 //! mac = "52:54:00:12:34:56"    # six hex bytes, any case; unicast, not all zeros, unique in the system
+//!
+//! [[pool]]                # optional, up to 4: pCPUs the vCPUs of its VMs share
+//! name = "general"        # 1 to 31 of a-z 0-9 _ -, unique among pools; a [[vm]]'s `pool` names it
+//! pcpus = [1, 2]          # 1 to 8 physical CPUs, each listed once, in no other pool, dedicated to no VM
 //! ```
 //!
 //! - **Sizes** (`memory`): an integer number of bytes (TOML hex like
@@ -109,7 +118,13 @@
 //!   VM none; its disks and nets together are at most 8 virtio-mmio devices
 //!   (disks first, then nets); a MAC address is unicast, not all zeros and
 //!   used once in the system; switch names are unique, and at most one
-//!   switch has the uplink.
+//!   switch has the uplink. A VM has either `pcpus` or a `pool`; a pool
+//!   VM has 1 to 8 `vcpus`, a `weight` of 1 to 65535 and a `cap`, if any,
+//!   of 1 to 100, and is not critical; a VM with `pcpus` has `vcpus` equal
+//!   to their number, if it gives it, and no `weight` or `cap`. There are
+//!   at most 4 pools, with unique names and 1 to 8 pCPUs each, pCPUs of
+//!   the board that no other pool has and no VM has dedicated; a pool no
+//!   VM uses is fine, and a pool's pCPUs count as free of critical VMs.
 //! - **Partitions** (`[[disk.partition]]`) are laid out by
 //!   [`partition_layout`]: the first at 1 MiB, each next one where the one
 //!   before ends rounded up to 1 MiB, all ending by the disk's size less
@@ -120,9 +135,11 @@
 //!   offset and size here, so every slice rule applies to it; on a disk
 //!   that declares none, the hypervisor finds the partition in the disk's
 //!   GPT at boot and checks the slice then.
-//! - **`disk`** in `[[vm.disk]]` must name a `[[disk]]` of the file, and
-//!   **`switch`** in `[[vm.net]]` a `[[switch]]`; an unknown name is
-//!   reported on its own line, as is a `mac` that is not six hex bytes.
+//! - **`disk`** in `[[vm.disk]]` must name a `[[disk]]` of the file,
+//!   **`switch`** in `[[vm.net]]` a `[[switch]]` and **`pool`** in `[[vm]]`
+//!   a `[[pool]]`; an unknown name is reported on its own line, as is a
+//!   `mac` that is not six hex bytes, and a `weight` or `cap` on a VM with
+//!   `pcpus`.
 //! - **`between`** must name VMs defined in the file; an unknown name is
 //!   reported on its own line.
 //!
@@ -143,10 +160,12 @@ use ::toml::Spanned;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use crate::validate::pool_only;
 use crate::{
     partition_layout, validate, Board, Channel, Criticality, Disk, DiskPartition, Field, ImageInfo,
-    Passthrough, RestartPolicy, Switch, SystemConfig, VmConfig, VmDisk, VmNet, DEFAULT_CMDLINE,
-    LINUX_CMDLINE, MAX_CHANNELS, MAX_SERIAL_LEN, MIN_CHANNEL_SIZE, RAM_IPA,
+    Passthrough, Pool, RestartPolicy, Switch, SystemConfig, VmConfig, VmDisk, VmNet,
+    DEFAULT_CMDLINE, DEFAULT_WEIGHT, LINUX_CMDLINE, MAX_CHANNELS, MAX_POOLS, MAX_SERIAL_LEN,
+    MIN_CHANNEL_SIZE, RAM_IPA,
 };
 
 /// Where a VM's image comes from.
@@ -239,12 +258,13 @@ struct Lines {
     channels: Vec<Table>,
     disks: Vec<Table>,
     switches: Vec<Table>,
+    pools: Vec<Table>,
 }
 
 #[derive(Clone, Debug, Default)]
 struct Table {
     /// Line of the `[board]` / `[[vm]]` / `[[channel]]` / `[[disk]]` /
-    /// `[[switch]]` header.
+    /// `[[switch]]` / `[[pool]]` header.
     header: usize,
     /// (core field name, TOML key, line).
     keys: Vec<(&'static str, &'static str, usize)>,
@@ -301,6 +321,11 @@ impl Parsed {
                     .map_or(1, |t| t.header);
                 return (line.max(1), "channel".into());
             }
+            // Too many pools: likewise.
+            Field::Board("pools") => {
+                let line = self.lines.pools.get(MAX_POOLS).map_or(1, |t| t.header);
+                return (line.max(1), "pool".into());
+            }
             Field::Board(name) => (Some(&self.lines.board), "board".to_string(), name),
             Field::Vm(i, name) => (self.lines.vms.get(i), format!("vm[{i}]"), name),
             Field::Passthrough(i, d, name) => (
@@ -321,6 +346,7 @@ impl Parsed {
                 name,
             ),
             Field::Switch(k, name) => (self.lines.switches.get(k), format!("switch[{k}]"), name),
+            Field::Pool(k, name) => (self.lines.pools.get(k), format!("pool[{k}]"), name),
             Field::VmNet(i, k, name) => (
                 self.lines.vms.get(i).and_then(|t| t.nets.get(k)),
                 format!("vm[{i}].net[{k}]"),
@@ -482,6 +508,24 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
         });
     }
 
+    // The CPU pools, which the VMs name.
+    let mut pools = Vec::new();
+    for spool in raw.pool {
+        let header = spool.span();
+        let pl = spool.into_inner();
+        let mut t = Table {
+            header: at(header),
+            ..Table::default()
+        };
+        t.add("name", "name", at(pl.name.span()));
+        t.add("pcpus", "pcpus", at(pl.pcpus.span()));
+        lines.pools.push(t);
+        pools.push(Pool {
+            name: pl.name.into_inner(),
+            pcpus: pl.pcpus.into_inner(),
+        });
+    }
+
     // VMs.
     let base_dir = Path::new(file).parent().unwrap_or(Path::new(""));
     let mut images: Vec<ImageSource> = Vec::new();
@@ -495,7 +539,17 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
         };
         t.add("name", "name", at(v.name.span()));
         t.add("memory", "memory", at(v.memory.span()));
-        t.add("pcpus", "pcpus", at(v.pcpus.span()));
+        for (field, value) in [
+            ("pcpus", v.pcpus.as_ref().map(Spanned::span)),
+            ("pool", v.pool.as_ref().map(Spanned::span)),
+            ("vcpus", v.vcpus.as_ref().map(Spanned::span)),
+            ("weight", v.weight.as_ref().map(Spanned::span)),
+            ("cap", v.cap.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = value {
+                t.add(field, field, at(span));
+            }
+        }
         if let Some(h) = &v.host_address {
             t.add("host_address", "host_address", at(h.span()));
         }
@@ -918,6 +972,43 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
             t.nets.push(nt);
             nets.push(VmNet { switch, mac });
         }
+        // A pool by name; `weight` and `cap` only mean something in one.
+        let pool = v.pool.as_ref().map(|name| {
+            match pools.iter().position(|p: &Pool| p.name == *name.get_ref()) {
+                Some(k) => u16::try_from(k).unwrap_or(u16::MAX),
+                None => {
+                    diags.push(diag(
+                        Some(name.span().start),
+                        format!("vm[{i}].pool"),
+                        unknown_pool(name.get_ref(), &pools),
+                    ));
+                    0
+                }
+            }
+        });
+        if v.pool.is_none() && v.pcpus.is_some() {
+            let keys = [
+                ("weight", v.weight.as_ref().map(Spanned::span)),
+                ("cap", v.cap.as_ref().map(Spanned::span)),
+            ];
+            for (key, span) in keys {
+                if let Some(span) = span {
+                    diags.push(diag(
+                        Some(span.start),
+                        format!("vm[{i}].{key}"),
+                        pool_only(key),
+                    ));
+                }
+            }
+        }
+        let pcpus = v.pcpus.map(Spanned::into_inner).unwrap_or_default();
+        // Without `vcpus`, a pool VM has none (which `check` reports) and a
+        // pinned one one per pCPU.
+        let vcpus = match &v.vcpus {
+            Some(n) => *n.get_ref(),
+            None if pool.is_some() => 0,
+            None => u16::try_from(pcpus.len()).unwrap_or(u16::MAX),
+        };
         let image = source.map_or(0, |s| intern(&mut images, s));
         let initramfs = initramfs_source.map(|s| intern(&mut images, s));
         let dtb = dtb_source.map(|s| intern(&mut images, s));
@@ -927,7 +1018,11 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
             image,
             memory,
             host_address: v.host_address.map(Spanned::into_inner),
-            pcpus: v.pcpus.into_inner(),
+            pcpus,
+            pool,
+            vcpus,
+            weight: v.weight.map_or(DEFAULT_WEIGHT, Spanned::into_inner),
+            cap: v.cap.map(Spanned::into_inner),
             restart: v
                 .restart
                 .map_or(RestartPolicy::default(), |r| r.into_inner().into()),
@@ -1010,6 +1105,7 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
                 channels,
                 disks,
                 switches,
+                pools,
             },
             images,
             file: file.to_string(),
@@ -1053,6 +1149,19 @@ fn unknown_switch(name: &str, switches: &[Switch]) -> String {
     let names: Vec<String> = switches.iter().map(|s| format!("\"{}\"", s.name)).collect();
     format!(
         "there is no switch named \"{name}\"; the switches are {}",
+        names.join(", ")
+    )
+}
+
+/// Why `name` in a `[[vm]]`'s `pool` is not a pool, listing the pools there
+/// are.
+fn unknown_pool(name: &str, pools: &[Pool]) -> String {
+    if pools.is_empty() {
+        return format!("there is no pool named \"{name}\"; the config has no [[pool]]");
+    }
+    let names: Vec<String> = pools.iter().map(|p| format!("\"{}\"", p.name)).collect();
+    format!(
+        "there is no pool named \"{name}\"; the pools are {}",
         names.join(", ")
     )
 }
@@ -1127,6 +1236,7 @@ fn field_at(text: &str, offset: usize) -> String {
     let mut slice_count = 0usize;
     let mut switch_count = 0usize;
     let mut net_count = 0usize;
+    let mut pool_count = 0usize;
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
         if let Some(rest) = line.strip_prefix("[[") {
@@ -1154,6 +1264,9 @@ fn field_at(text: &str, offset: usize) -> String {
             } else if name == "switch" {
                 switch_count += 1;
                 format!("switch[{}]", switch_count - 1)
+            } else if name == "pool" {
+                pool_count += 1;
+                format!("pool[{}]", pool_count - 1)
             } else if name == "vm.net" {
                 net_count += 1;
                 format!("vm[{}].net[{}]", vm_count.saturating_sub(1), net_count - 1)
@@ -1248,6 +1361,8 @@ struct RawFile {
     disk: Vec<Spanned<RawDisk>>,
     #[serde(default)]
     switch: Vec<Spanned<RawSwitch>>,
+    #[serde(default)]
+    pool: Vec<Spanned<RawPool>>,
 }
 
 #[derive(Deserialize)]
@@ -1272,7 +1387,13 @@ struct RawVm {
     append: Option<Spanned<String>>,
     memory: Spanned<SizeValue>,
     host_address: Option<Spanned<u64>>,
-    pcpus: Spanned<Vec<u16>>,
+    /// Without it (and without `pool`), the VM has no vCPUs, which
+    /// [`validate`] reports.
+    pcpus: Option<Spanned<Vec<u16>>>,
+    pool: Option<Spanned<String>>,
+    vcpus: Option<Spanned<u16>>,
+    weight: Option<Spanned<u32>>,
+    cap: Option<Spanned<u8>>,
     restart: Option<Spanned<RawRestart>>,
     criticality: Option<Spanned<RawCriticality>>,
     #[serde(default)]
@@ -1317,6 +1438,13 @@ struct RawVmDisk {
 struct RawSwitch {
     name: Spanned<String>,
     uplink: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    name: Spanned<String>,
+    pcpus: Spanned<Vec<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -1486,6 +1614,14 @@ mod tests {
             "vm[1].net[1].mac"
         );
         assert_eq!(field_at(text, text.find("x =").unwrap()), "switch[1].x");
+    }
+
+    #[test]
+    fn field_at_names_pools() {
+        let text = "[[pool]]\nname = 1\n[[vm]]\npool = 2\n[[pool]]\npcpus = 3\n";
+        assert_eq!(field_at(text, text.find("name").unwrap()), "pool[0].name");
+        assert_eq!(field_at(text, text.find("pool =").unwrap()), "vm[0].pool");
+        assert_eq!(field_at(text, text.find("pcpus").unwrap()), "pool[1].pcpus");
     }
 
     #[test]

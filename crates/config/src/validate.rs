@@ -4,13 +4,14 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use crate::{
-    partition_layout, Channel, Criticality, Disk, Field, ImageInfo, Mac, Passthrough, Problem,
-    Size, Switch, SystemConfig, VmConfig, VmDisk, VmNet, BLOCK_SIZE, CHANNEL_FIRST_SPI,
-    DTB_RESERVE, FIRST_SPI, HYP_OWNED_MMIO, HYP_RESERVE, LAST_VM_SPI, LINUX_SLACK, MAX_CHANNELS,
-    MAX_CHANNEL_SIZE, MAX_CMDLINE_LEN, MAX_COMPATIBLE, MAX_COMPATIBLE_LEN, MAX_NAME_LEN,
-    MAX_PARTITIONS, MAX_PARTITION_NAME_LEN, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS, MAX_PCPUS,
-    MAX_SERIAL_LEN, MAX_UPLINKS, MAX_VCPUS, MAX_VIRTIO, MAX_VM_DISKS, MAX_VM_NETS,
-    MIN_CHANNEL_SIZE, PAGE_SIZE, PARTITION_ALIGN, RAM_IPA, SECTOR_SIZE, UART_INTID, VIRTIO_INTIDS,
+    partition_layout, Channel, Criticality, Disk, Field, ImageInfo, Mac, Passthrough, Pool,
+    Problem, Size, Switch, SystemConfig, VmConfig, VmDisk, VmNet, BLOCK_SIZE, CHANNEL_FIRST_SPI,
+    DEFAULT_WEIGHT, DTB_RESERVE, FIRST_SPI, HYP_OWNED_MMIO, HYP_RESERVE, LAST_VM_SPI, LINUX_SLACK,
+    MAX_CAP, MAX_CHANNELS, MAX_CHANNEL_SIZE, MAX_CMDLINE_LEN, MAX_COMPATIBLE, MAX_COMPATIBLE_LEN,
+    MAX_NAME_LEN, MAX_PARTITIONS, MAX_PARTITION_NAME_LEN, MAX_PASSTHROUGH, MAX_PASSTHROUGH_IRQS,
+    MAX_PCPUS, MAX_POOLS, MAX_POOL_PCPUS, MAX_SERIAL_LEN, MAX_UPLINKS, MAX_VCPUS, MAX_VIRTIO,
+    MAX_VM_DISKS, MAX_VM_NETS, MAX_WEIGHT, MIN_CHANNEL_SIZE, PAGE_SIZE, PARTITION_ALIGN, RAM_IPA,
+    SECTOR_SIZE, UART_INTID, VIRTIO_INTIDS,
 };
 
 /// Checks `cfg` against every rule and returns what is wrong; empty means
@@ -19,7 +20,8 @@ use crate::{
 /// Each [`Problem`] names the most specific field. A rule between two VMs
 /// (duplicate name, overlapping region, shared pCPU, duplicate MAC address)
 /// is reported on the later VM and names the earlier one; likewise between
-/// two channels, disks or switches.
+/// two channels, disks, switches or pools. A pCPU both dedicated to a VM
+/// and in a pool is reported on the VM's `pcpus` and names the pool.
 pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
     let mut v = Validator {
         cfg,
@@ -31,6 +33,7 @@ pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
         v.memory(i, vm);
         v.host_address(i, vm);
         v.pcpus(i, vm);
+        v.vm_pool(i, vm);
         v.image(i, vm, images);
         v.cmdline(i, vm);
         v.passthrough(i, vm);
@@ -38,6 +41,7 @@ pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
         v.vm_nets(i, vm);
     }
     v.total_memory();
+    v.pools();
     v.critical_pcpus();
     v.channels();
     v.disks();
@@ -139,6 +143,15 @@ fn access(slice: &VmDisk) -> &'static str {
     } else {
         "read-write"
     }
+}
+
+/// Why `key` (`weight`, `cap`) is refused on a VM with dedicated pCPUs.
+/// The TOML front end says the same when the key is written at all.
+pub(crate) fn pool_only(key: &str) -> alloc::string::String {
+    format!(
+        "`{key}` applies to pool VMs, whose vCPUs share a pool's pCPUs; this VM has dedicated \
+         `pcpus` to itself: drop `{key}`, or put the VM in a `pool`"
+    )
 }
 
 /// The SPIs every VM's channel doorbells may use.
@@ -299,10 +312,20 @@ impl Validator<'_> {
         }
     }
 
+    /// The VM's dedicated pCPUs: 1 to [`MAX_VCPUS`] unless it is in a
+    /// pool, each on the board, given to one vCPU in the system and in no
+    /// pool.
     fn pcpus(&mut self, i: usize, vm: &VmConfig) {
         let field = Field::Vm(i, "pcpus");
         let n = vm.pcpus.len();
-        if n == 0 || n > MAX_VCPUS {
+        if n == 0 && !vm.pooled() {
+            self.report(
+                field,
+                "0 vCPUs: list the VM's pCPUs in `pcpus`, or name a `pool` (with `vcpus`) for it \
+                 to share"
+                    .into(),
+            );
+        } else if n > MAX_VCPUS {
             self.report(field, format!("{n} vCPUs; a VM must have 1 to {MAX_VCPUS}"));
         }
         let cpus = self.cfg.board.cpus;
@@ -323,6 +346,101 @@ impl Validator<'_> {
                 self.report(
                     field,
                     format!("cpu{cpu} is already given to vm '{}'", owner.name),
+                );
+            } else if let Some((k, pool)) = self.cfg.pool_of(cpu) {
+                self.report(
+                    field,
+                    format!(
+                        "cpu{cpu} is dedicated to vm '{}' but is also in pool[{k}] '{}'; a pCPU \
+                         is either one VM's or a pool's",
+                        vm.name, pool.name
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The VM's pool, vCPU count, weight and cap: a pool VM is in a pool
+    /// that exists, has no dedicated pCPUs, is not critical and has 1 to
+    /// [`MAX_VCPUS`] vCPUs; a VM with dedicated pCPUs has one vCPU on each,
+    /// and no weight or cap of its own, which only a pool's scheduler
+    /// uses.
+    fn vm_pool(&mut self, i: usize, vm: &VmConfig) {
+        let Some(pool) = vm.pool else {
+            // A VM with no pCPUs at all is `pcpus`' to report.
+            if vm.pcpus.is_empty() {
+                return;
+            }
+            let n = vm.pcpus.len();
+            if usize::from(vm.vcpus) != n {
+                self.report(
+                    Field::Vm(i, "vcpus"),
+                    format!(
+                        "vcpus = {} but `pcpus` lists {n} pCPUs; a VM with dedicated pCPUs has \
+                         one vCPU on each",
+                        vm.vcpus
+                    ),
+                );
+            }
+            if vm.weight != DEFAULT_WEIGHT {
+                self.report(Field::Vm(i, "weight"), pool_only("weight"));
+            }
+            if vm.cap.is_some() {
+                self.report(Field::Vm(i, "cap"), pool_only("cap"));
+            }
+            return;
+        };
+        let field = Field::Vm(i, "pool");
+        if !vm.pcpus.is_empty() {
+            self.report(
+                field,
+                "a VM has either dedicated `pcpus` or a `pool` whose pCPUs it shares, not both"
+                    .into(),
+            );
+        }
+        let pools = &self.cfg.pools;
+        if usize::from(pool) >= pools.len() {
+            self.report(
+                field,
+                format!(
+                    "pool {pool} does not exist; the config has {} pools",
+                    pools.len()
+                ),
+            );
+        }
+        if vm.criticality == Criticality::Critical {
+            self.report(
+                field,
+                "a critical VM keeps dedicated pCPUs: give it `pcpus` instead of a `pool`, or \
+                 make it criticality = \"normal\""
+                    .into(),
+            );
+        }
+        let n = usize::from(vm.vcpus);
+        if n == 0 || n > MAX_VCPUS {
+            self.report(
+                Field::Vm(i, "vcpus"),
+                format!("{n} vCPUs; a VM in a pool needs `vcpus`, 1 to {MAX_VCPUS}"),
+            );
+        }
+        if vm.weight == 0 || vm.weight > MAX_WEIGHT {
+            self.report(
+                Field::Vm(i, "weight"),
+                format!(
+                    "weight {} must be 1 to {MAX_WEIGHT} (default {DEFAULT_WEIGHT}): each vCPU's \
+                     share of the pool relative to the others'",
+                    vm.weight
+                ),
+            );
+        }
+        if let Some(cap) = vm.cap {
+            if cap == 0 || cap > MAX_CAP {
+                self.report(
+                    Field::Vm(i, "cap"),
+                    format!(
+                        "cap {cap} must be 1 to {MAX_CAP}: the most percent of one pCPU each \
+                         vCPU may use"
+                    ),
                 );
             }
         }
@@ -641,11 +759,15 @@ impl Validator<'_> {
 
     /// The hypervisor's housekeeping never runs on a critical VM's pCPU,
     /// so at least one of the board's pCPUs must be free of critical VMs.
+    /// A pool's pCPUs are (critical VMs are in no pool).
     fn critical_pcpus(&mut self) {
-        let vms = &self.cfg.vms;
+        let cfg = self.cfg;
         let critical = |cpu: u16| {
-            vms.iter()
-                .any(|vm| vm.criticality == Criticality::Critical && vm.pcpus.contains(&cpu))
+            cfg.pool_of(cpu).is_none()
+                && cfg
+                    .vms
+                    .iter()
+                    .any(|vm| vm.criticality == Criticality::Critical && vm.pcpus.contains(&cpu))
         };
         let cpus = self.cfg.board.cpus;
         // A board without CPUs is reported on its own.
@@ -655,6 +777,73 @@ impl Validator<'_> {
                 "no pCPU left for the hypervisor's console and shell: every pCPU runs a critical VM"
                     .into(),
             );
+        }
+    }
+
+    /// The CPU pools: at most [`MAX_POOLS`], each with a valid, unique
+    /// name and 1 to [`MAX_POOL_PCPUS`] pCPUs of the board, each listed
+    /// once and in no other pool. A clash is reported on the later pool
+    /// and names the earlier one. A pool no VM uses is fine.
+    fn pools(&mut self) {
+        let pools = &self.cfg.pools;
+        if pools.len() > MAX_POOLS {
+            self.report(
+                Field::Board("pools"),
+                format!(
+                    "{} pools; a system may have at most {MAX_POOLS}",
+                    pools.len()
+                ),
+            );
+        }
+        for (k, pool) in pools.iter().enumerate() {
+            self.pool(k, pool);
+        }
+    }
+
+    fn pool(&mut self, k: usize, pool: &Pool) {
+        let field = Field::Pool(k, "name");
+        let name = &pool.name;
+        let earlier = &self.cfg.pools[..k];
+        if !valid_name(name) {
+            self.report(
+                field,
+                format!("pool name '{name}' must be 1 to {MAX_NAME_LEN} of a-z, 0-9, '_' and '-'"),
+            );
+        }
+        if let Some(j) = earlier.iter().position(|o| o.name == *name) {
+            self.report(field, format!("name '{name}' is already used by pool[{j}]"));
+        }
+        let field = Field::Pool(k, "pcpus");
+        let n = pool.pcpus.len();
+        if n == 0 || n > MAX_POOL_PCPUS {
+            self.report(
+                field,
+                format!("{n} pCPUs; a pool shares 1 to {MAX_POOL_PCPUS}"),
+            );
+        }
+        let cpus = self.cfg.board.cpus;
+        for (m, &cpu) in pool.pcpus.iter().enumerate() {
+            if cpu >= cpus {
+                self.report(
+                    field,
+                    format!("cpu{cpu} is in the pool but the board has {cpus} CPUs"),
+                );
+            }
+            if pool.pcpus[..m].contains(&cpu) {
+                self.report(field, format!("cpu{cpu} is listed twice"));
+            } else if let Some((j, o)) = earlier
+                .iter()
+                .enumerate()
+                .find(|(_, o)| o.pcpus.contains(&cpu))
+            {
+                self.report(
+                    field,
+                    format!(
+                        "cpu{cpu} is already in pool[{j}] '{}'; a pCPU is in one pool at most",
+                        o.name
+                    ),
+                );
+            }
         }
     }
 
@@ -1226,6 +1415,10 @@ mod tests {
             memory,
             host_address: host,
             pcpus: pcpus.into(),
+            pool: None,
+            vcpus: pcpus.len() as u16,
+            weight: DEFAULT_WEIGHT,
+            cap: None,
             restart: RestartPolicy::Never,
             initramfs: None,
             dtb: None,
@@ -1235,6 +1428,12 @@ mod tests {
             disks: vec![],
             nets: vec![],
         }
+    }
+
+    /// Gives `vm` the dedicated `pcpus`, one vCPU on each.
+    fn pin(vm: &mut VmConfig, pcpus: &[u16]) {
+        vm.pcpus = pcpus.into();
+        vm.vcpus = pcpus.len() as u16;
     }
 
     /// A valid system: 4 CPUs, 1 GiB at 0x4000_0000, two VMs.
@@ -1252,6 +1451,7 @@ mod tests {
             channels: vec![],
             disks: vec![],
             switches: vec![],
+            pools: vec![],
         }
     }
 
@@ -1300,10 +1500,10 @@ mod tests {
             "{p:?}"
         );
         c.board.cpus = 65;
-        c.vms[0].pcpus = vec![0];
+        pin(&mut c.vms[0], &[0]);
         assert_one(&c, "board.cpus", "65 CPUs");
         c.board.cpus = 64;
-        c.vms[0].pcpus = vec![63];
+        pin(&mut c.vms[0], &[63]);
         assert_eq!(problems(&c), vec![]);
     }
 
@@ -1448,33 +1648,33 @@ mod tests {
     fn vm_needs_1_to_8_vcpus() {
         let mut c = good();
         c.board.cpus = 16;
-        c.vms[1].pcpus = vec![];
+        pin(&mut c.vms[1], &[]);
         assert_one(&c, "vm[1].pcpus", "0 vCPUs");
-        c.vms[1].pcpus = (1..10).collect();
+        pin(&mut c.vms[1], &(1..10).collect::<Vec<_>>());
         assert_one(&c, "vm[1].pcpus", "9 vCPUs");
-        c.vms[1].pcpus = (1..9).collect();
+        pin(&mut c.vms[1], &(1..9).collect::<Vec<_>>());
         assert_eq!(problems(&c), vec![]);
     }
 
     #[test]
     fn pcpu_must_exist_on_the_board() {
         let mut c = good();
-        c.vms[1].pcpus = vec![1, 5];
+        pin(&mut c.vms[1], &[1, 5]);
         assert_one(
             &c,
             "vm[1].pcpus",
             "vCPU 1 is pinned to cpu5 but the board has 4 CPUs",
         );
-        c.vms[1].pcpus = vec![1, 3];
+        pin(&mut c.vms[1], &[1, 3]);
         assert_eq!(problems(&c), vec![]);
     }
 
     #[test]
     fn pcpu_is_given_at_most_once_in_the_system() {
         let mut c = good();
-        c.vms[1].pcpus = vec![1, 0];
+        pin(&mut c.vms[1], &[1, 0]);
         assert_one(&c, "vm[1].pcpus", "cpu0 is already given to vm 'safety'");
-        c.vms[1].pcpus = vec![2, 2];
+        pin(&mut c.vms[1], &[2, 2]);
         assert_one(
             &c,
             "vm[1].pcpus",
@@ -2043,7 +2243,7 @@ mod tests {
         c.vms[1].criticality = Criticality::Critical;
         // cpu3 is free.
         assert_eq!(problems(&c), vec![]);
-        c.vms[1].pcpus = vec![1, 2, 3];
+        pin(&mut c.vms[1], &[1, 2, 3]);
         assert_one(
             &c,
             "board.cpus",
@@ -2054,7 +2254,7 @@ mod tests {
         assert_eq!(problems(&c), vec![]);
         // A pCPU no VM uses is enough.
         c.vms[1].criticality = Criticality::Critical;
-        c.vms[1].pcpus = vec![1, 2];
+        pin(&mut c.vms[1], &[1, 2]);
         assert_eq!(problems(&c), vec![]);
     }
 
@@ -2764,5 +2964,327 @@ mod tests {
         c.vms[1].nets.clear();
         c.vms[1].disks = slices(9);
         assert_one(&c, "vm[1].disks", "9 disk slices");
+    }
+
+    /// [`good`] on a 6-CPU board with pool `general` of cpu3 and cpu4,
+    /// shared by a third VM, `batch`, with 3 vCPUs.
+    fn with_pool() -> SystemConfig {
+        let mut c = good();
+        c.board.cpus = 6;
+        c.pools = vec![pool("general", &[3, 4])];
+        let mut batch = vm("batch", 16 * MIB, None, &[]);
+        batch.pool = Some(0);
+        batch.vcpus = 3;
+        c.vms.push(batch);
+        c
+    }
+
+    fn pool(name: &str, pcpus: &[u16]) -> Pool {
+        Pool {
+            name: name.into(),
+            pcpus: pcpus.into(),
+        }
+    }
+
+    #[test]
+    fn pool_vm_is_fine() {
+        let mut c = with_pool();
+        assert_eq!(problems(&c), vec![]);
+        assert_eq!(c.vms[2].vcpu_count(), 3);
+        // More vCPUs than the pool has pCPUs is what a pool is for.
+        c.vms[2].vcpus = MAX_VCPUS as u16;
+        c.vms[2].weight = 1;
+        c.vms[2].cap = Some(1);
+        assert_eq!(problems(&c), vec![]);
+        c.vms[2].vcpus = 1;
+        c.vms[2].weight = MAX_WEIGHT;
+        c.vms[2].cap = Some(MAX_CAP);
+        assert_eq!(problems(&c), vec![]);
+        // Two VMs in one pool, and a pool with 8 pCPUs.
+        c.board.cpus = 16;
+        c.pools[0].pcpus = (3..11).collect();
+        let mut other = c.vms[2].clone();
+        other.name = "batch-2".into();
+        c.vms.push(other);
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn vm_with_both_pcpus_and_a_pool_is_refused() {
+        let mut c = with_pool();
+        c.vms[2].pcpus = vec![5];
+        assert_one(
+            &c,
+            "vm[2].pool",
+            "a VM has either dedicated `pcpus` or a `pool` whose pCPUs it shares, not both",
+        );
+    }
+
+    #[test]
+    fn vm_with_neither_pcpus_nor_a_pool_has_no_vcpus() {
+        let mut c = with_pool();
+        c.vms[2].pool = None;
+        assert_one(
+            &c,
+            "vm[2].pcpus",
+            "0 vCPUs: list the VM's pCPUs in `pcpus`, or name a `pool` (with `vcpus`) for it to \
+             share",
+        );
+    }
+
+    #[test]
+    fn pool_index_must_exist() {
+        let mut c = with_pool();
+        c.vms[2].pool = Some(1);
+        assert_one(
+            &c,
+            "vm[2].pool",
+            "pool 1 does not exist; the config has 1 pools",
+        );
+    }
+
+    #[test]
+    fn pool_vm_needs_1_to_8_vcpus() {
+        let mut c = with_pool();
+        c.vms[2].vcpus = 0;
+        assert_one(
+            &c,
+            "vm[2].vcpus",
+            "0 vCPUs; a VM in a pool needs `vcpus`, 1 to 8",
+        );
+        c.vms[2].vcpus = 9;
+        assert_one(&c, "vm[2].vcpus", "9 vCPUs");
+    }
+
+    #[test]
+    fn vcpus_of_a_pinned_vm_must_match_its_pcpus() {
+        let mut c = with_pool();
+        c.vms[1].vcpus = 3;
+        assert_one(
+            &c,
+            "vm[1].vcpus",
+            "vcpus = 3 but `pcpus` lists 2 pCPUs; a VM with dedicated pCPUs has one vCPU on each",
+        );
+        c.vms[1].vcpus = 0;
+        assert_one(&c, "vm[1].vcpus", "vcpus = 0 but `pcpus` lists 2 pCPUs");
+    }
+
+    #[test]
+    fn weight_must_be_1_to_65535() {
+        let mut c = with_pool();
+        c.vms[2].weight = 0;
+        assert_one(
+            &c,
+            "vm[2].weight",
+            "weight 0 must be 1 to 65535 (default 256): each vCPU's share of the pool relative \
+             to the others'",
+        );
+        c.vms[2].weight = MAX_WEIGHT + 1;
+        assert_one(&c, "vm[2].weight", "weight 65536 must be 1 to 65535");
+    }
+
+    #[test]
+    fn cap_must_be_1_to_100_percent() {
+        let mut c = with_pool();
+        c.vms[2].cap = Some(0);
+        assert_one(
+            &c,
+            "vm[2].cap",
+            "cap 0 must be 1 to 100: the most percent of one pCPU each vCPU may use",
+        );
+        c.vms[2].cap = Some(101);
+        assert_one(&c, "vm[2].cap", "cap 101 must be 1 to 100");
+        c.vms[2].cap = Some(u8::MAX);
+        assert_one(&c, "vm[2].cap", "cap 255 must be 1 to 100");
+    }
+
+    #[test]
+    fn weight_and_cap_apply_to_pool_vms_only() {
+        let mut c = with_pool();
+        c.vms[1].weight = 512;
+        assert_one(
+            &c,
+            "vm[1].weight",
+            "`weight` applies to pool VMs, whose vCPUs share a pool's pCPUs; this VM has \
+             dedicated `pcpus` to itself: drop `weight`, or put the VM in a `pool`",
+        );
+        c.vms[1].weight = DEFAULT_WEIGHT;
+        c.vms[1].cap = Some(50);
+        assert_one(&c, "vm[1].cap", "`cap` applies to pool VMs");
+    }
+
+    #[test]
+    fn pool_needs_1_to_8_pcpus() {
+        let mut c = with_pool();
+        c.pools[0].pcpus.clear();
+        assert_one(&c, "pool[0].pcpus", "0 pCPUs; a pool shares 1 to 8");
+        c.board.cpus = 16;
+        c.pools[0].pcpus = (3..12).collect();
+        assert_one(&c, "pool[0].pcpus", "9 pCPUs; a pool shares 1 to 8");
+    }
+
+    #[test]
+    fn pool_pcpu_must_exist_on_the_board() {
+        let mut c = with_pool();
+        c.pools[0].pcpus = vec![3, 6];
+        assert_one(
+            &c,
+            "pool[0].pcpus",
+            "cpu6 is in the pool but the board has 6 CPUs",
+        );
+    }
+
+    #[test]
+    fn pool_pcpu_listed_twice_is_refused() {
+        let mut c = with_pool();
+        c.pools[0].pcpus = vec![3, 4, 3];
+        assert_one(&c, "pool[0].pcpus", "cpu3 is listed twice");
+    }
+
+    #[test]
+    fn two_pools_sharing_a_pcpu_are_refused_on_the_later() {
+        let mut c = with_pool();
+        c.pools.push(pool("other", &[5, 4]));
+        assert_one(
+            &c,
+            "pool[1].pcpus",
+            "cpu4 is already in pool[0] 'general'; a pCPU is in one pool at most",
+        );
+    }
+
+    #[test]
+    fn pool_names_must_be_valid_and_unique() {
+        let mut c = with_pool();
+        c.pools.push(pool("general", &[5]));
+        assert_one(
+            &c,
+            "pool[1].name",
+            "name 'general' is already used by pool[0]",
+        );
+        c.pools[1].name = "General".into();
+        assert_one(
+            &c,
+            "pool[1].name",
+            "pool name 'General' must be 1 to 31 of a-z, 0-9, '_' and '-'",
+        );
+        c.pools[1].name = String::new();
+        assert_one(&c, "pool[1].name", "pool name '' must be");
+    }
+
+    #[test]
+    fn at_most_4_pools() {
+        let mut c = with_pool();
+        c.board.cpus = 16;
+        for k in 1..=MAX_POOLS as u16 {
+            c.pools.push(pool(&format!("p{k}"), &[4 + k]));
+        }
+        assert_one(&c, "board.pools", "5 pools; a system may have at most 4");
+        c.pools.pop();
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn dedicated_pcpu_in_a_pool_is_refused_naming_both() {
+        let mut c = with_pool();
+        pin(&mut c.vms[1], &[1, 3]);
+        assert_one(
+            &c,
+            "vm[1].pcpus",
+            "cpu3 is dedicated to vm 'infotainment' but is also in pool[0] 'general'; a pCPU is \
+             either one VM's or a pool's",
+        );
+        // Given to two VMs and a pool: once on the VM that has it first,
+        // once on the one that has it too.
+        pin(&mut c.vms[1], &[1, 0]);
+        c.pools[0].pcpus.push(0);
+        let p = problems(&c);
+        let got: Vec<(&str, &str)> = p.iter().map(|(f, m)| (f.as_str(), m.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "vm[0].pcpus",
+                    "cpu0 is dedicated to vm 'safety' but is also in pool[0] 'general'; a pCPU \
+                     is either one VM's or a pool's"
+                ),
+                ("vm[1].pcpus", "cpu0 is already given to vm 'safety'")
+            ]
+        );
+    }
+
+    #[test]
+    fn critical_vm_in_a_pool_is_refused() {
+        let mut c = with_pool();
+        c.vms[2].criticality = Criticality::Critical;
+        assert_one(
+            &c,
+            "vm[2].pool",
+            "a critical VM keeps dedicated pCPUs: give it `pcpus` instead of a `pool`, or make \
+             it criticality = \"normal\"",
+        );
+    }
+
+    #[test]
+    fn pool_no_vm_uses_is_fine() {
+        let mut c = with_pool();
+        c.vms.pop();
+        assert_eq!(problems(&c), vec![]);
+        c.pools.push(pool("spare", &[5]));
+        assert_eq!(problems(&c), vec![]);
+    }
+
+    #[test]
+    fn pool_pcpus_are_left_to_the_hypervisor() {
+        let mut c = with_pool();
+        c.board.cpus = 4;
+        c.pools[0].pcpus = vec![3];
+        c.vms[0].criticality = Criticality::Critical;
+        c.vms[1].criticality = Criticality::Critical;
+        // cpu3 is the pool's, not a critical VM's.
+        assert_eq!(problems(&c), vec![]);
+        // Even when a critical VM also claims it, which is refused on its
+        // own.
+        pin(&mut c.vms[1], &[1, 2, 3]);
+        assert_one(
+            &c,
+            "vm[1].pcpus",
+            "cpu3 is dedicated to vm 'infotainment' but is also in pool[0] 'general'",
+        );
+    }
+
+    #[test]
+    fn pool_vm_may_have_passthrough_channels_disks_and_nets() {
+        // Where its interrupts go is the hypervisor's business: the
+        // config neither refuses them nor trips over a VM without pCPUs.
+        let mut c = with_pool();
+        c.vms[2].passthrough = vec![device("rtc", 0x0901_0000, 0x1000, &[34])];
+        c.channels = vec![channel("control", [2, 0], 4 << 10)];
+        c.disks = vec![Disk {
+            name: "emmc".into(),
+            size: 8 << 30,
+            partitions: vec![],
+        }];
+        c.vms[2].disks = vec![VmDisk {
+            disk: 0,
+            offset: 0,
+            size: 1 << 20,
+            partition: None,
+            read_only: false,
+            serial: "batch-disk0".into(),
+        }];
+        c.switches = vec![Switch {
+            name: "lan".into(),
+            uplink: false,
+        }];
+        c.vms[2].nets = vec![VmNet {
+            switch: 0,
+            mac: [2, 0, 0, 0, 0, 1],
+        }];
+        assert_eq!(problems(&c), vec![]);
+        // A broken pool VM with all of them still gives problems, not a
+        // panic.
+        c.vms[2].vcpus = 0;
+        c.vms[2].pool = Some(9);
+        assert_eq!(problems(&c).len(), 2, "{:?}", problems(&c));
     }
 }

@@ -158,7 +158,7 @@ fn bad_restart_policy_is_refused() {
 
 #[test]
 fn missing_required_key_points_at_the_vm_header() {
-    let text = CAR.replace("pcpus = [3]\n", "");
+    let text = CAR.replace("memory = 0x40_0000\n", "");
     let d = only(parse(&text, FILE).unwrap_err());
     assert_eq!(
         d.line,
@@ -166,7 +166,25 @@ fn missing_required_key_points_at_the_vm_header() {
             .map(|a| text[..a].matches('\n').count() + 1)
             .unwrap()
     );
-    assert!(d.message.contains("missing field `pcpus`"), "{}", d.message);
+    assert!(
+        d.message.contains("missing field `memory`"),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn vm_without_pcpus_or_pool_has_no_vcpus_at_its_header() {
+    let text = CAR.replace("pcpus = [3]\n", "");
+    let d = check_fails(&text, SIZES);
+    assert_eq!(
+        d.line,
+        text.rfind("[[vm]]")
+            .map(|a| text[..a].matches('\n').count() + 1)
+            .unwrap()
+    );
+    assert_eq!(d.field, "vm[2].pcpus");
+    assert!(d.message.starts_with("0 vCPUs: "), "{}", d.message);
 }
 
 #[test]
@@ -1270,11 +1288,11 @@ fn disk_partition_problems_are_reported_on_their_tables() {
     assert!(d.message.contains("unknown field `type`"), "{}", d.message);
 }
 
-/// The rejection files for disks, nets and the virtio window fail exactly
-/// as their `# expect:` first line says (the rest of configs/bad/ needs the
-/// host tool, which checks them all).
+/// The rejection files for disks, nets, pools and the virtio window fail
+/// exactly as their `# expect:` first line says (the rest of configs/bad/
+/// needs the host tool, which checks them all).
 #[test]
-fn disk_net_and_virtio_rejection_files_fail_as_they_expect() {
+fn disk_net_pool_and_virtio_rejection_files_fail_as_they_expect() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/bad");
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -1282,6 +1300,7 @@ fn disk_net_and_virtio_rejection_files_fail_as_they_expect() {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if !(name.starts_with("disk-")
             || name.starts_with("net-")
+            || name.starts_with("pool-")
             || name.starts_with("passthrough-virtio-"))
         {
             continue;
@@ -1532,4 +1551,276 @@ fn net_unknown_keys_and_bad_values_are_parse_errors() {
     let text = net_config("", "").replace("uplink = true", "uplink = true\nspeed = 1000");
     let d = only(parse(&text, FILE).unwrap_err());
     assert_eq!(d.field, "switch[0].speed");
+}
+
+/// A 4-CPU board with pool `general` of cpu2 and cpu3, `safety` pinned to
+/// cpu0 and `batch` in the pool; `batch` gets `vm` in its table, and
+/// `rest` follows it.
+fn pool_config(vm: &str, rest: &str) -> String {
+    format!(
+        "[board]\ncpus = 4\nmemory = \"1G\"\n\n\
+         [[pool]]\nname = \"general\"\npcpus = [2, 3]\n\n\
+         [[vm]]\nname = \"safety\"\nguest = \"hello\"\nmemory = \"16M\"\npcpus = [0]\n\n\
+         [[vm]]\nname = \"batch\"\nguest = \"hello\"\nmemory = \"16M\"\n{vm}\n{rest}"
+    )
+}
+
+const IN_POOL: &str = "pool = \"general\"\nvcpus = 3\n";
+
+#[test]
+fn pool_tables_parse_with_their_defaults() {
+    let text = pool_config(
+        IN_POOL,
+        "[[pool]]\nname = \"spare\"\npcpus = [1]\n\n\
+         [[vm]]\nname = \"bulk\"\nguest = \"hello\"\nmemory = \"16M\"\npool = \"general\"\n\
+         vcpus = 1\nweight = 1024\ncap = 50\n",
+    );
+    let p = parse_ok(&text);
+    let c = &p.config;
+    assert_eq!(c.pools.len(), 2);
+    assert_eq!(c.pools[0].name, "general");
+    assert_eq!(c.pools[0].pcpus, vec![2, 3]);
+    assert_eq!(c.pools[1].pcpus, vec![1], "a pool no VM uses");
+    let safety = &c.vms[0];
+    assert!(!safety.pooled());
+    assert_eq!(
+        (safety.pool, safety.vcpus, safety.weight, safety.cap),
+        (None, 1, 256, None),
+        "vcpus defaults to the pCPUs"
+    );
+    let batch = &c.vms[1];
+    assert!(batch.pcpus.is_empty());
+    assert_eq!(
+        (batch.pool, batch.vcpus, batch.weight, batch.cap),
+        (Some(0), 3, 256, None),
+        "weight defaults to 256"
+    );
+    assert_eq!(batch.vcpu_count(), 3);
+    let bulk = &c.vms[2];
+    assert_eq!(
+        (bulk.pool, bulk.vcpus, bulk.weight, bulk.cap),
+        (Some(0), 1, 1024, Some(50))
+    );
+    assert_eq!(p.check(IMAGE), Ok(()));
+    let bytes = bulkhead_config::encode(&p.config);
+    assert_eq!(bulkhead_config::decode(&bytes), Ok(p.config));
+    // `vcpus` beside `pcpus` is fine when it is their number.
+    let text = pool_config(IN_POOL, "").replace("pcpus = [0]", "pcpus = [0]\nvcpus = 1");
+    assert_eq!(parse_ok(&text).check(IMAGE), Ok(()));
+}
+
+#[test]
+fn unknown_pool_is_refused_on_its_pool_line() {
+    let text = pool_config(&IN_POOL.replace("\"general\"", "\"genral\""), "");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "\"genral\""));
+    assert_eq!(d.field, "vm[1].pool");
+    assert_eq!(
+        d.message,
+        "there is no pool named \"genral\"; the pools are \"general\""
+    );
+    let text = passthrough_config("", IN_POOL);
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        d.message,
+        "there is no pool named \"general\"; the config has no [[pool]]"
+    );
+}
+
+#[test]
+fn pool_problems_name_file_line_and_field() {
+    // cpu3 is also dedicated to safety: reported on safety's pcpus,
+    // naming the pool.
+    let text = pool_config(IN_POOL, "").replace("pcpus = [0]", "pcpus = [0, 3]");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        d.to_string(),
+        format!(
+            "{FILE}:{}: vm[0].pcpus: cpu3 is dedicated to vm 'safety' but is also in pool[0] \
+             'general'; a pCPU is either one VM's or a pool's",
+            line(&text, "pcpus = [0, 3]")
+        )
+    );
+    // A pCPU the board lacks, on the pool's own pcpus line.
+    let text = pool_config(IN_POOL, "").replace("pcpus = [2, 3]", "pcpus = [2, 4]");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "pcpus = [2, 4]"), "pool[0].pcpus")
+    );
+    assert_eq!(d.message, "cpu4 is in the pool but the board has 4 CPUs");
+    // A second pool with the first one's name and pCPU.
+    let text = pool_config(IN_POOL, "[[pool]]\nname = \"general\"\npcpus = [3, 1]\n");
+    let diags = parse_ok(&text).check(IMAGE).unwrap_err();
+    let got: Vec<(usize, &str, &str)> = diags
+        .iter()
+        .map(|d| (d.line, d.field.as_str(), d.message.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                text.rfind("name = \"general\"")
+                    .map(|a| text[..a].matches('\n').count() + 1)
+                    .unwrap(),
+                "pool[1].name",
+                "name 'general' is already used by pool[0]"
+            ),
+            (
+                line(&text, "pcpus = [3, 1]"),
+                "pool[1].pcpus",
+                "cpu3 is already in pool[0] 'general'; a pCPU is in one pool at most"
+            ),
+        ]
+    );
+    // An empty pool.
+    let text = pool_config(IN_POOL, "").replace("pcpus = [2, 3]", "pcpus = []");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str(), d.message.as_str()),
+        (
+            line(&text, "pcpus = []"),
+            "pool[0].pcpus",
+            "0 pCPUs; a pool shares 1 to 8"
+        )
+    );
+}
+
+#[test]
+fn too_many_pools_points_at_the_fifth() {
+    let pools: String = (0..5)
+        .map(|k| format!("[[pool]]\nname = \"p{k}\"\npcpus = [{}]\n", 4 + k))
+        .collect();
+    let text = pool_config(IN_POOL, &pools).replace("cpus = 4", "cpus = 16");
+    let d = check_fails(&text, IMAGE);
+    let fifth = text
+        .match_indices("[[pool]]")
+        .nth(4)
+        .map(|(a, _)| text[..a].matches('\n').count() + 1)
+        .unwrap();
+    assert_eq!((d.line, d.field.as_str()), (fifth, "pool"));
+    assert_eq!(d.message, "6 pools; a system may have at most 4");
+}
+
+#[test]
+fn pool_vm_problems_point_at_their_keys() {
+    // Both pcpus and a pool.
+    let text = pool_config(&format!("pcpus = [1]\n{IN_POOL}"), "");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "pool = \"general\""), "vm[1].pool")
+    );
+    assert_eq!(
+        d.message,
+        "a VM has either dedicated `pcpus` or a `pool` whose pCPUs it shares, not both"
+    );
+    // No vcpus: reported at the VM's header.
+    let text = pool_config("pool = \"general\"\n", "");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "name = \"batch\"") - 1, "vm[1].vcpus")
+    );
+    assert_eq!(d.message, "0 vCPUs; a VM in a pool needs `vcpus`, 1 to 8");
+    // Too many.
+    let text = pool_config(&IN_POOL.replace("vcpus = 3", "vcpus = 9"), "");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "vcpus = 9"), "vm[1].vcpus")
+    );
+    // A critical VM in a pool.
+    let text = pool_config(&format!("{IN_POOL}criticality = \"critical\"\n"), "");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "pool = \"general\""), "vm[1].pool")
+    );
+    assert!(
+        d.message
+            .starts_with("a critical VM keeps dedicated pCPUs: give it `pcpus` instead"),
+        "{}",
+        d.message
+    );
+    // Weight and cap out of range, each on its line.
+    let text = pool_config(&format!("{IN_POOL}weight = 0\ncap = 101\n"), "");
+    let diags = parse_ok(&text).check(IMAGE).unwrap_err();
+    let got: Vec<(usize, &str)> = diags.iter().map(|d| (d.line, d.field.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (line(&text, "weight = 0"), "vm[1].weight"),
+            (line(&text, "cap = 101"), "vm[1].cap"),
+        ]
+    );
+    assert!(diags[1].message.starts_with("cap 101 must be 1 to 100"));
+    // A cap that is not even a byte is a type error on its line.
+    let text = pool_config(&format!("{IN_POOL}cap = 300\n"), "");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "cap = 300"), "vm[1].cap")
+    );
+}
+
+#[test]
+fn pinned_vm_vcpus_weight_and_cap_point_at_their_keys() {
+    let text = pool_config(IN_POOL, "").replace("pcpus = [0]", "pcpus = [0]\nvcpus = 2");
+    let d = check_fails(&text, IMAGE);
+    assert_eq!(
+        (d.line, d.field.as_str(), d.message.as_str()),
+        (
+            line(&text, "vcpus = 2"),
+            "vm[0].vcpus",
+            "vcpus = 2 but `pcpus` lists 1 pCPUs; a VM with dedicated pCPUs has one vCPU on each"
+        )
+    );
+    // Written at all, even as the default: the front end refuses it.
+    let text =
+        pool_config(IN_POOL, "").replace("pcpus = [0]", "pcpus = [0]\nweight = 256\ncap = 10");
+    let diags = parse(&text, FILE).unwrap_err();
+    let got: Vec<(usize, &str)> = diags.iter().map(|d| (d.line, d.field.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (line(&text, "weight = 256"), "vm[0].weight"),
+            (line(&text, "cap = 10"), "vm[0].cap"),
+        ]
+    );
+    assert_eq!(
+        diags[0].message,
+        "`weight` applies to pool VMs, whose vCPUs share a pool's pCPUs; this VM has dedicated \
+         `pcpus` to itself: drop `weight`, or put the VM in a `pool`"
+    );
+}
+
+#[test]
+fn pool_pcpus_count_as_free_of_critical_vms() {
+    let text = pool_config(IN_POOL, "")
+        .replace("pcpus = [2, 3]", "pcpus = [3]")
+        .replace(
+            "pcpus = [0]",
+            "pcpus = [0, 1, 2]\ncriticality = \"critical\"",
+        );
+    assert_eq!(parse_ok(&text).check(IMAGE), Ok(()));
+}
+
+#[test]
+fn pool_unknown_and_missing_keys_are_parse_errors() {
+    let text = pool_config(IN_POOL, "").replace("pcpus = [2, 3]", "pcpus = [2, 3]\nquantum = 5");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(
+        (d.line, d.field.as_str()),
+        (line(&text, "quantum"), "pool[0].quantum")
+    );
+    assert!(
+        d.message.contains("unknown field `quantum`"),
+        "{}",
+        d.message
+    );
+    let text = pool_config(IN_POOL, "").replace("pcpus = [2, 3]\n", "");
+    let d = only(parse(&text, FILE).unwrap_err());
+    assert_eq!(d.line, line(&text, "[[pool]]"));
+    assert!(d.message.contains("missing field `pcpus`"), "{}", d.message);
 }
