@@ -12,6 +12,7 @@ mod console;
 mod net;
 mod percpu;
 mod platform;
+mod sched;
 mod shell;
 mod sysreg;
 mod system;
@@ -27,6 +28,7 @@ use bulkhead_pagetable::{Attrs, MemType, PageTable, Regime};
 use bulkhead_regions::{FreeList, Range};
 use bulkhead_types::{PhysAddr, VcpuId, VmId};
 use core::sync::atomic::Ordering;
+use spin::Mutex;
 
 /// The hypervisor's heap, carved out of RAM just after the payload.
 #[global_allocator]
@@ -165,8 +167,18 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     system::set_el2_timer_intid(plat.timer_intids.get(3).copied().unwrap_or(26));
     virtio::probe(&plat.virtio);
     net::probe(&plat.virtio);
-    let sys = build_system(plat, &payload, &mut free, pa_range, pa_bits.min(39));
+    let (sys, pools) = build_system(plat, &payload, &mut free, pa_range, pa_bits.min(39));
     let sys = system::install(sys);
+    for p in &pools {
+        log::info!(
+            "pool '{}': pCPUs {:?} shared by {} vCPU(s), {} ms slices",
+            p.name,
+            p.pcpus,
+            p.members.len(),
+            sched::SLICE_MS
+        );
+    }
+    sched::install(pools);
     let focus = cfg_focus(sys);
     system::set_input_focus(focus);
     if let Some(intid) = plat.uart_intid {
@@ -227,11 +239,15 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     for vm in order {
         let mut st = vm.state.lock();
         vm.boot(&mut st);
+        let place = match vm.pool.first().and_then(|p| sched::pools().get(p.pool)) {
+            Some(p) => alloc::format!("pool '{}'", p.name),
+            None => alloc::format!("{:?}", vm.pcpus),
+        };
         log::info!(
-            "{}: {} vCPU(s) on {:?}, {} MiB at {} (IPA {:#x}), VMID {}, entry {:#x}, {}",
+            "{}: {} vCPU(s) on {}, {} MiB at {} (IPA {:#x}), VMID {}, entry {:#x}, {}",
             vm.name,
             vm.n_vcpus(),
-            vm.pcpus,
+            place,
             vm.ram_size >> 20,
             vm.ram,
             bulkhead_config::RAM_IPA,
@@ -353,9 +369,13 @@ fn passthrough_conflict(
 /// The config check refuses a board where every pCPU runs a critical VM.
 fn console_cpu(sys: &system::System, focus: Option<usize>) -> usize {
     let normal = |vm: &vm::Vm| vm.criticality != bulkhead_config::Criticality::Critical;
+    let free = |i: usize, a: &Option<(usize, VcpuId)>| a.is_none() && !sched::is_pool_cpu(i);
     sys.assignment
         .iter()
-        .position(Option::is_none)
+        .enumerate()
+        .position(|(i, a)| free(i, a))
+        // A pool's pCPUs run no critical VM.
+        .or_else(|| (0..sys.assignment.len()).find(|&i| sched::is_pool_cpu(i)))
         .or_else(|| {
             focus
                 .and_then(|f| sys.vms.get(f))
@@ -496,7 +516,7 @@ fn build_system(
     free: &mut FreeList,
     pa_range: u8,
     ipa_bits: u8,
-) -> system::System {
+) -> (system::System, Vec<sched::PoolHw>) {
     let mut failed = 0;
     let mut vms = Vec::new();
     let mut assignment = alloc::vec![None; plat.cpus.len().min(arch::MAX_CPUS)];
@@ -540,6 +560,28 @@ fn build_system(
     // are built.
     let net_ports = net::build(&cfg);
     let mut by_config = alloc::vec![None; cfg.vms.len()];
+    // Each pool's pCPUs that exist here; its vCPUs, numbered as added.
+    let pool_cpus: Vec<Vec<usize>> = cfg
+        .pools
+        .iter()
+        .map(|p| {
+            let (here, missing): (Vec<usize>, Vec<usize>) = p
+                .pcpus
+                .iter()
+                .map(|&c| usize::from(c))
+                .partition(|&c| c < assignment.len());
+            if !missing.is_empty() {
+                log::error!(
+                    "pool '{}': pCPU(s) {missing:?} do not exist here ({} CPUs usable); the pool has {here:?}",
+                    p.name,
+                    assignment.len()
+                );
+            }
+            here
+        })
+        .collect();
+    let mut pool_members: Vec<Vec<(usize, VcpuId, u32, Option<u8>)>> =
+        alloc::vec![Vec::new(); cfg.pools.len()];
     for (ci, vc) in cfg.vms.iter().enumerate() {
         let id = VmId(vms.len() as u16);
         let refuse = |why: String| log::error!("vm '{}' not started: {why}", vc.name);
@@ -582,6 +624,27 @@ fn build_system(
             failed += 1;
             continue;
         }
+        let pool = match vc.pool.map(usize::from) {
+            Some(p) if pool_cpus.get(p).is_none_or(Vec::is_empty) => {
+                refuse(alloc::format!("its pool (number {p}) has no pCPU here"));
+                failed += 1;
+                continue;
+            }
+            Some(_) if !vc.passthrough.is_empty() => {
+                // Its interrupts would go to one pCPU while its vCPUs move.
+                refuse("passthrough devices need a pinned VM (pcpus), not a pool".into());
+                failed += 1;
+                continue;
+            }
+            Some(p) => {
+                // Entities are numbered in the order VMs join the pool.
+                let first = pool_members.get(p).map_or(0, Vec::len);
+                (0..vc.vcpu_count())
+                    .map(|v| sched::PoolVcpu::new(p, bulkhead_sched::Entity((first + v) as u16)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
         let ram = match vc.host_address {
             Some(a) => Range::new(a, vc.memory).filter(|&r| free.take(r)),
             None => free.alloc(vc.memory, BLOCK),
@@ -639,6 +702,7 @@ fn build_system(
             pa_range,
             ends,
             virtio,
+            pool,
         ) {
             Ok(vm) => {
                 if let Err(why) = stage2_confined(&vm, &channels) {
@@ -654,6 +718,11 @@ fn build_system(
                 }
                 if let Some(b) = by_config.get_mut(ci) {
                     *b = Some(vms.len());
+                }
+                if let Some(m) = vc.pool.and_then(|p| pool_members.get_mut(usize::from(p))) {
+                    for v in 0..vm.n_vcpus() {
+                        m.push((vms.len(), VcpuId(v), vc.weight, vc.cap));
+                    }
                 }
                 vms.push(vm);
             }
@@ -688,14 +757,43 @@ fn build_system(
             );
         }
     }
-    system::System {
-        vms,
-        assignment,
-        failed,
-        spi_owner,
-        channels,
-        by_config,
-    }
+    let params = bulkhead_sched::Params {
+        slice: sched::ms(sched::SLICE_MS),
+        period: sched::ms(sched::PERIOD_MS),
+        wake_granularity: sched::ms(sched::WAKE_GRANULARITY_MS),
+        migration_cost: sched::ms(sched::MIGRATION_COST_MS),
+    };
+    let pools = cfg
+        .pools
+        .iter()
+        .zip(pool_cpus)
+        .zip(pool_members)
+        .map(|((p, pcpus), members)| {
+            let mut s = bulkhead_sched::Pool::new(pcpus.len(), params);
+            for &(_, vcpu, weight, cap) in &members {
+                // vCPU i of a VM starts homed on the pool's CPU i (mod n),
+                // so a VM's vCPUs start spread out.
+                s.add(weight, cap, usize::from(vcpu.0) % pcpus.len().max(1));
+            }
+            sched::PoolHw {
+                name: p.name.clone(),
+                pcpus,
+                sched: Mutex::new(s),
+                members: members.iter().map(|&(vm, vcpu, _, _)| (vm, vcpu)).collect(),
+            }
+        })
+        .collect();
+    (
+        system::System {
+            vms,
+            assignment,
+            failed,
+            spi_owner,
+            channels,
+            by_config,
+        },
+        pools,
+    )
 }
 
 /// The VM's `[[vm.disk]]` slices as virtio devices, each checked against

@@ -123,6 +123,9 @@ fn run(line: &str) {
                 for (i, p) in vm.pcpus.iter().enumerate() {
                     let _ = write!(pcpus, "{}{}", if i > 0 { "," } else { "" }, p.0);
                 }
+                if let Some(p) = crate::sched::pool_of(vm) {
+                    let _ = write!(pcpus, "pool:{}", p.name);
+                }
                 say!(
                     "{:<16} {:<9} {:>5} {:<12} {:>6}Mi {:>8} {}",
                     vm.name,
@@ -169,12 +172,21 @@ fn run(line: &str) {
                 bulkhead_config::RAM_IPA,
                 vm.id.0 + 1
             );
-            say!(
-                "  entry {:#x}, {} vCPU(s) on pCPUs {:?}",
-                vm.entry_ipa(),
-                vm.n_vcpus(),
-                vm.pcpus.iter().map(|p| p.0).collect::<alloc::vec::Vec<_>>()
-            );
+            match crate::sched::pool_of(vm) {
+                Some(p) => say!(
+                    "  entry {:#x}, {} vCPU(s) in pool '{}' (pCPUs {:?})",
+                    vm.entry_ipa(),
+                    vm.n_vcpus(),
+                    p.name,
+                    p.pcpus
+                ),
+                None => say!(
+                    "  entry {:#x}, {} vCPU(s) on pCPUs {:?}",
+                    vm.entry_ipa(),
+                    vm.n_vcpus(),
+                    vm.pcpus.iter().map(|p| p.0).collect::<alloc::vec::Vec<_>>()
+                ),
+            }
             say!("  command line: {}", vm.cmdline());
         }
         Command::Start(name) => {
@@ -211,6 +223,22 @@ fn run(line: &str) {
                     vm.boot(&mut st);
                 }
                 Lifecycle::Stopping(_) => say!("error: {} is stopping", vm.name),
+            }
+        }
+        Command::Sched => crate::sched::show(),
+        Command::Move { vm, vcpu, pcpu } => {
+            let Some(vm) = find(vm) else { return };
+            if vcpu >= vm.n_vcpus() {
+                say!(
+                    "error: {} has {} vCPU(s), numbered from 0",
+                    vm.name,
+                    vm.n_vcpus()
+                );
+                return;
+            }
+            match crate::sched::move_vcpu(vm, bulkhead_types::VcpuId(vcpu), usize::from(pcpu)) {
+                Ok(()) => say!("{} vcpu{vcpu} moves to pCPU {pcpu}", vm.name),
+                Err(e) => say!("error: {e}"),
             }
         }
         Command::Stats(which) => {

@@ -184,7 +184,7 @@ fn arm_stall_check() {
     };
     gic::enable_ppi(percpu::this().gicr.load(Ordering::Relaxed), intid);
     let ticks = regs::cntfrq_el0() * STALL_MS / 1000;
-    regs::set_el2_timer(Some(regs::cntpct_el0().wrapping_add(ticks)));
+    crate::sched::set_console_deadline(Some(regs::cntpct_el0().wrapping_add(ticks)));
 }
 
 /// `vm`'s ring shrank (the guest read UARTDR); `uart` is its locked model.
@@ -224,13 +224,8 @@ fn end_stall(vm: &Vm) {
 /// The EL2 timer fired (on the console pCPU): if the held VM read nothing
 /// since the last check, it is stalled and input resumes without it;
 /// if it read some, it gets another STALL_MS.
+/// Called by `sched::el2_timer` when the check's deadline has passed.
 pub fn console_stall_check() {
-    let ctl = regs::cnthp_ctl_el2();
-    if ctl & (regs::CNTHP_ENABLE | regs::CNTHP_ISTATUS) != regs::CNTHP_ENABLE | regs::CNTHP_ISTATUS
-    {
-        return;
-    }
-    regs::set_el2_timer(None);
     let held = HELD.load(Ordering::Relaxed);
     let Some(vm) = vms().iter().find(|v| tag(v) == held) else {
         return;
@@ -384,6 +379,7 @@ pub fn vm_stopped() {
 pub fn park(vm: &Vm, vcpu: VcpuId) -> ! {
     // The vCPU's timer must not keep firing into the idle loop.
     crate::arch::regs::set_cntv_ctl_el0(0);
+    crate::sched::parked(vm, vcpu);
     {
         let mut st = vm.state.lock();
         st.running &= !(1 << vcpu.0);
@@ -409,7 +405,7 @@ pub fn service_interrupts_without_vcpu() {
         if Some(intid) == crate::console::rx_intid() {
             console_input();
         } else if Some(intid) == el2_timer_intid() {
-            console_stall_check();
+            crate::sched::el2_timer();
         } else if Some(intid) == crate::net::uplink_intid() {
             crate::net::uplink_interrupt();
         } else if let Some(d) = crate::virtio::disk_of_intid(intid) {
@@ -421,6 +417,9 @@ pub fn service_interrupts_without_vcpu() {
 /// A pCPU's home: start its vCPU when it is powered on, otherwise sleep
 /// until kicked.
 pub extern "C" fn idle() -> ! {
+    if crate::sched::is_pool_cpu(percpu::this().index.load(Ordering::Relaxed)) {
+        crate::sched::idle()
+    }
     loop {
         if let Some((vm, vcpu)) = current() {
             let mut st = vm.state.lock();

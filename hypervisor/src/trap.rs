@@ -78,7 +78,15 @@ extern "C" fn handle_lower_sync(frame: &mut TrapFrame) {
             );
             inject(Kind::InstructionAbort { far });
         }
-        Exit::Wfx { .. } => skip_instruction(esr),
+        Exit::Wfx { wfe } => {
+            // Trapped only for pool vCPUs (POOL_HCR): the pCPU is shared.
+            skip_instruction(esr);
+            if wfe {
+                crate::sched::wfe(frame);
+            } else {
+                crate::sched::wfi(frame);
+            }
+        }
         Exit::SysReg(s) if is_icc_sgi1r(&s) => {
             // GICv3 12.2.23: SGI generation always traps with HCR_EL2.IMO set.
             let kicks = vm.vgic.lock().sgi(vcpu.0, frame.reg(s.rt));
@@ -332,7 +340,7 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
 /// registers), console input, or a kick from another pCPU (re-examine the
 /// vCPU's state and its pending virtual interrupts).
 #[unsafe(no_mangle)]
-extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
+extern "C" fn handle_lower_irq(frame: &mut TrapFrame) {
     let Some((vm, vcpu)) = system::current() else {
         system::service_interrupts_without_vcpu();
         return;
@@ -368,7 +376,7 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
         } else if Some(intid) == console::rx_intid() {
             system::console_input();
         } else if Some(intid) == system::el2_timer_intid() {
-            system::console_stall_check();
+            crate::sched::el2_timer();
         } else if Some(intid) == crate::net::uplink_intid() {
             crate::net::uplink_interrupt();
         } else if let Some(d) = crate::virtio::disk_of_intid(intid) {
@@ -377,15 +385,15 @@ extern "C" fn handle_lower_irq(_frame: &mut TrapFrame) {
             log::warn!("unexpected physical interrupt {intid}");
         }
     }
-    if !recheck {
-        return;
+    if recheck {
+        let st = vm.state.lock();
+        let off = !matches!(st.power.state(vcpu), Some(bulkhead_psci::VcpuPower::On));
+        if st.lifecycle != Lifecycle::Running || off {
+            drop(st);
+            system::park(vm, vcpu);
+        }
     }
-    let st = vm.state.lock();
-    let off = !matches!(st.power.state(vcpu), Some(bulkhead_psci::VcpuPower::On));
-    if st.lifecycle != Lifecycle::Running || off {
-        drop(st);
-        system::park(vm, vcpu);
-    }
+    crate::sched::at_exit(frame);
 }
 
 #[unsafe(no_mangle)]

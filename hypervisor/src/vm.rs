@@ -12,7 +12,7 @@ use bulkhead_pagetable::{Attrs, MemType, PageTable, Regime};
 use bulkhead_psci::{GuestRam, PowerState};
 use bulkhead_types::{PcpuId, PhysAddr, VcpuId, VmId};
 use bulkhead_vgic::{Kicks, VGic};
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use spin::Mutex;
 
 pub use bulkhead_config::{VGICD_IPA, VGICR_IPA, VUART_IPA, VUART_SPI};
@@ -149,7 +149,16 @@ pub fn bump_by(c: &AtomicU64, n: u64) {
 pub struct Vm {
     pub id: VmId,
     pub name: String,
+    /// A pinned VM's pCPUs (vCPU i on `pcpus[i]`); empty for a pool VM.
     pub pcpus: Vec<PcpuId>,
+    n_vcpus: u16,
+    /// A pool VM's vCPUs (their scheduling handles and saved state);
+    /// empty for a pinned VM.
+    pub pool: Vec<crate::sched::PoolVcpu>,
+    /// Per pCPU: the vCPU of this VM that last ran there, + 1 (0: none),
+    /// which decides whether loading another one there needs TLB
+    /// maintenance.
+    last_ran: [AtomicU16; arch::MAX_CPUS],
     pub ram: PhysAddr,
     pub ram_size: u64,
     pub vttbr: u64,
@@ -209,6 +218,7 @@ impl Vm {
         pa_range: u8,
         ends: Vec<(crate::channel::End, u64, u64)>,
         virtio: Vec<crate::virtio::VirtioDev>,
+        pool: Vec<crate::sched::PoolVcpu>,
     ) -> Result<Vm, String> {
         let GuestImages {
             image,
@@ -251,7 +261,7 @@ impl Vm {
                 cfg.memory
             ));
         }
-        let n_vcpus = cfg.pcpus.len() as u16;
+        let n_vcpus = cfg.vcpu_count() as u16;
         let mut vgic = VGic::new(n_vcpus, NR_SPIS);
         vgic.set_hw(VTIMER_INTID, VTIMER_INTID);
         // Passthrough interrupts are hardware-backed too: the guest's
@@ -306,6 +316,9 @@ impl Vm {
             id,
             name: cfg.name.clone(),
             pcpus: cfg.pcpus.iter().map(|&p| PcpuId(p)).collect(),
+            n_vcpus,
+            pool,
+            last_ran: [const { AtomicU16::new(0) }; arch::MAX_CPUS],
             ram,
             ram_size: cfg.memory,
             vttbr: bulkhead_pagetable::vttbr(vmid, stage2.root()),
@@ -320,7 +333,7 @@ impl Vm {
             vgic: Box::new(Mutex::new(vgic)),
             state: Mutex::new(VmState {
                 lifecycle: Lifecycle::Stopped,
-                power: PowerState::new(cfg.pcpus.len() as u16),
+                power: PowerState::new(n_vcpus),
                 running: 0,
             }),
             uart: Box::new(Mutex::new(Pl011::new())),
@@ -344,7 +357,20 @@ impl Vm {
     }
 
     pub fn n_vcpus(&self) -> u16 {
-        self.pcpus.len() as u16
+        self.n_vcpus
+    }
+
+    /// `vcpu`'s scheduling handle, for a pool VM.
+    pub fn pool_vcpu(&self, vcpu: VcpuId) -> Option<&crate::sched::PoolVcpu> {
+        self.pool.get(vcpu.index())
+    }
+
+    /// Records that `vcpu` is loaded on pCPU `cpu`; true if it was also
+    /// the last vCPU of this VM loaded there.
+    pub fn swap_last_ran(&self, cpu: usize, vcpu: VcpuId) -> bool {
+        self.last_ran
+            .get(cpu)
+            .is_some_and(|l| l.swap(vcpu.0 + 1, Ordering::Relaxed) == vcpu.0 + 1)
     }
 
     pub fn guest_ram(&self) -> GuestRam {
@@ -590,6 +616,10 @@ impl Vm {
 
     /// Makes the pCPU of `vcpu` look at its state again.
     pub fn kick_vcpu(&self, vcpu: VcpuId) {
+        if !self.pool.is_empty() {
+            crate::sched::kick(self, vcpu);
+            return;
+        }
         let Some(&pcpu) = self.pcpus.get(vcpu.index()) else {
             return;
         };
@@ -624,7 +654,14 @@ impl Vm {
         // no disk request of its own still writing there.
         self.reset_virtio();
         for v in 0..self.n_vcpus() {
-            if st.running & (1 << v) != 0 {
+            if st.running & (1 << v) == 0 {
+                continue;
+            }
+            // A pool vCPU that no pCPU holds (queued or waiting) will not
+            // run to park itself: it parks here.
+            if crate::sched::stop_unloaded(self, VcpuId(v)) {
+                st.running &= !(1 << v);
+            } else {
                 self.kick_vcpu(VcpuId(v));
             }
         }

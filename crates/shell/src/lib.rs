@@ -18,6 +18,14 @@ pub enum Command<'a> {
     Restart(&'a str),
     /// Counters of every VM, or of one.
     Stats(Option<&'a str>),
+    /// The pools' run queues and their vCPUs.
+    Sched,
+    /// Move a pool VM's vCPU to another pCPU of its pool.
+    Move {
+        vm: &'a str,
+        vcpu: u16,
+        pcpu: u16,
+    },
 }
 
 /// Why a line is not a command; `Display` is the one-line error shown.
@@ -27,6 +35,8 @@ pub enum ParseError<'a> {
     Unknown(&'a str),
     MissingVm(&'static str),
     TooManyArguments(&'static str),
+    /// `move` needs VM, a vCPU number and a pCPU number.
+    MoveUsage,
 }
 
 impl core::fmt::Display for ParseError<'_> {
@@ -36,6 +46,7 @@ impl core::fmt::Display for ParseError<'_> {
             ParseError::Unknown(c) => write!(f, "unknown command '{c}' (try 'help')"),
             ParseError::MissingVm(c) => write!(f, "usage: {c} VM"),
             ParseError::TooManyArguments(c) => write!(f, "{c}: too many arguments"),
+            ParseError::MoveUsage => write!(f, "usage: move VM VCPU PCPU (numbers from 0)"),
         }
     }
 }
@@ -48,6 +59,8 @@ pub const HELP: &[&str] = &[
     "stop VM          stop a VM (its memory is scrubbed at the next start)",
     "restart VM       stop and boot again from a fresh image",
     "stats [VM]       exits by reason and interrupts injected",
+    "sched            pools: run queues, load; vCPUs: state, pCPU, runtime",
+    "move VM V P      move pool VM's vCPU V to pCPU P of its pool",
     "help             this text",
     "Ctrl-]           move console input to the next VM / this shell",
 ];
@@ -77,6 +90,18 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
         "restart" => one_vm("restart").map(Command::Restart),
         "stats" if extra => Err(ParseError::TooManyArguments("stats")),
         "stats" => Ok(Command::Stats(arg)),
+        "sched" => none("sched", Command::Sched),
+        "move" => {
+            let mut w = line.split_ascii_whitespace().skip(1);
+            let (Some(vm), Some(v), Some(p), None) = (w.next(), w.next(), w.next(), w.next())
+            else {
+                return Err(ParseError::MoveUsage);
+            };
+            match (v.parse(), p.parse()) {
+                (Ok(vcpu), Ok(pcpu)) => Ok(Command::Move { vm, vcpu, pcpu }),
+                _ => Err(ParseError::MoveUsage),
+            }
+        }
         other => Err(ParseError::Unknown(other)),
     }
 }
@@ -169,6 +194,30 @@ mod tests {
             parse("stats a b"),
             Err(ParseError::TooManyArguments("stats"))
         );
+    }
+
+    #[test]
+    fn sched_and_move_parse() {
+        assert_eq!(parse("sched"), Ok(Command::Sched));
+        assert_eq!(parse("sched a"), Err(ParseError::TooManyArguments("sched")));
+        assert_eq!(
+            parse("move web 1 2"),
+            Ok(Command::Move {
+                vm: "web",
+                vcpu: 1,
+                pcpu: 2
+            })
+        );
+        for bad in [
+            "move",
+            "move web",
+            "move web 1",
+            "move web x 2",
+            "move web 1 -2",
+            "move web 1 2 3",
+        ] {
+            assert_eq!(parse(bad), Err(ParseError::MoveUsage), "{bad}");
+        }
     }
 
     #[test]

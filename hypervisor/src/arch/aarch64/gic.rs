@@ -28,6 +28,7 @@ const WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
 const GICR_SGI_BASE: usize = 0x1_0000;
 const GICR_IGROUPR0: usize = GICR_SGI_BASE + 0x0080;
 const GICR_ISENABLER0: usize = GICR_SGI_BASE + 0x0100;
+const GICR_ISACTIVER0: usize = GICR_SGI_BASE + 0x0300;
 const GICR_ICACTIVER0: usize = GICR_SGI_BASE + 0x0380;
 const GICR_IPRIORITYR: usize = GICR_SGI_BASE + 0x0400;
 const GICR_TYPER_LAST: u64 = 1 << 4;
@@ -171,6 +172,26 @@ pub fn clear_active_ppi(gicr: usize, intid: u32) {
     if intid < 32 {
         wr32(gicr + GICR_ICACTIVER0, 1 << intid);
     }
+}
+
+/// Whether PPI `intid` is active on the redistributor at `gicr`.
+pub fn ppi_active(gicr: usize, intid: u32) -> bool {
+    intid < 32 && rd32(gicr + GICR_ISACTIVER0) & (1 << intid) != 0
+}
+
+/// Sets or clears the active state of PPI `intid`: a vCPU moving between
+/// pCPUs takes the state of its hardware-backed timer interrupt along
+/// (set, the timer cannot fire again until the guest deactivates it).
+pub fn set_ppi_active(gicr: usize, intid: u32, active: bool) {
+    if intid >= 32 {
+        return;
+    }
+    let reg = if active {
+        GICR_ISACTIVER0
+    } else {
+        GICR_ICACTIVER0
+    };
+    wr32(gicr + reg, 1 << intid);
 }
 
 /// Routes SPI `intid` to the CPU with affinity `mpidr` and enables it

@@ -2,6 +2,7 @@
 //! above this module (VMs, traps, devices) is plain Rust.
 
 pub mod cache;
+pub mod context;
 pub mod firmware;
 pub mod gic;
 pub mod ich;
@@ -37,6 +38,7 @@ unsafe extern "C" {
     static __stacks_end: u8;
     static __hv_end: u8;
     fn enter_guest(entry: &GuestEntry, stack_top: usize) -> !;
+    fn resume_guest(regs: &GuestRegs, stack_top: usize) -> !;
     fn reset_stack_and_call(stack_top: usize, f: extern "C" fn() -> !) -> !;
     pub fn secondary_entry();
 }
@@ -128,6 +130,36 @@ pub fn run_guest(entry: &GuestEntry, stack_top: usize) -> ! {
     // current stack is abandoned, which is fine because nothing borrowed from
     // it outlives this call (the function never returns).
     unsafe { enter_guest(entry, stack_top) }
+}
+
+/// A vCPU's general-purpose registers and its return state, kept while it
+/// is off its pCPU (pool vCPUs); `resume_guest` in entry.S reads this layout.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GuestRegs {
+    pub x: [u64; 31],
+    pub elr: u64,
+    pub spsr: u64,
+}
+
+const _: () = assert!(core::mem::offset_of!(GuestRegs, elr) == 248);
+
+impl GuestRegs {
+    pub const fn zero() -> GuestRegs {
+        GuestRegs {
+            x: [0; 31],
+            elr: 0,
+            spsr: 0,
+        }
+    }
+}
+
+/// Leaves EL2 for a vCPU with every general-purpose register as `regs`
+/// holds it. Never returns, like [`run_guest`].
+pub fn resume(regs: &GuestRegs, stack_top: usize) -> ! {
+    // SAFETY: as for `run_guest`: the stack is this CPU's own and nothing
+    // borrowed from it outlives the call; `regs` is read before the eret.
+    unsafe { resume_guest(regs, stack_top) }
 }
 
 /// Abandons the current stack and continues in `f` on a fresh one.

@@ -43,8 +43,8 @@ read_fn!(cntpct_el0, "cntpct_el0");
 // CNTVOFF_EL2: the guest's view, as is the guest's compare value.
 read_fn!(cntvct_el0, "cntvct_el0");
 read_fn!(cntv_cval_el0, "cntv_cval_el0");
+read_fn!(cntv_ctl_el0, "cntv_ctl_el0");
 read_fn!(cntfrq_el0, "cntfrq_el0");
-read_fn!(cnthp_ctl_el2, "cnthp_ctl_el2");
 read_fn!(tpidr_el2, "tpidr_el2");
 
 guest_write_fn!(set_elr_el2, "elr_el2");
@@ -78,9 +78,8 @@ guest_write_fn!(set_vmpidr_el2, "vmpidr_el2");
 guest_write_fn!(set_vpidr_el2, "vpidr_el2");
 guest_write_fn!(set_cntvoff_el2, "cntvoff_el2");
 
-/// CNTHP_CTL_EL2 bits: ENABLE, and ISTATUS (the timer condition is met).
+/// CNTHP_CTL_EL2.ENABLE.
 pub const CNTHP_ENABLE: u64 = 1 << 0;
-pub const CNTHP_ISTATUS: u64 = 1 << 2;
 
 /// Programs EL2's own physical timer (CNTHP_*): `Some(cval)` raises its
 /// PPI once the physical counter reaches `cval`, `None` turns it off.
@@ -115,6 +114,8 @@ pub mod hcr {
     pub const AMO: u64 = 1 << 5;
     pub const FB: u64 = 1 << 9;
     pub const BSU_IS: u64 = 1 << 10;
+    pub const TWI: u64 = 1 << 13;
+    pub const TWE: u64 = 1 << 14;
     pub const TSC: u64 = 1 << 19;
     pub const TIDCP: u64 = 1 << 20;
     pub const TSW: u64 = 1 << 22;
@@ -143,6 +144,32 @@ pub const GUEST_HCR: u64 = hcr::VM
     | hcr::RW
     | hcr::APK
     | hcr::API;
+
+/// The HCR_EL2 of a vCPU that shares its pCPU (a pool VM's): as
+/// `GUEST_HCR`, and WFI and WFE trap, so a waiting vCPU gives its pCPU
+/// to another instead of sleeping on it.
+pub const POOL_HCR: u64 = GUEST_HCR | hcr::TWI | hcr::TWE;
+
+/// Points stage 2 at `vttbr` without TLB maintenance: for a vCPU going
+/// back onto a pCPU whose TLB holds nothing stale for its VMID (the last
+/// vCPU of that VM to run here was this one).
+///
+/// # Safety
+/// As for [`set_stage2`], and no translation for this VMID cached on
+/// this pCPU may be stale.
+pub unsafe fn set_stage2_keep_tlb(vtcr: u64, vttbr: u64) {
+    // SAFETY: per the caller.
+    unsafe {
+        core::arch::asm!(
+            "msr vtcr_el2, {vtcr}",
+            "msr vttbr_el2, {vttbr}",
+            "isb",
+            vtcr = in(reg) vtcr,
+            vttbr = in(reg) vttbr,
+            options(nostack)
+        )
+    };
+}
 
 /// Programs the registers that put this pCPU in "run a guest" mode.
 ///
