@@ -57,6 +57,9 @@ pub struct PoolVcpu {
     /// Its timer fired while it waited: the physical PPI is made active
     /// where it next runs, as the hardware-backed injection expects.
     timer_fired: AtomicBool,
+    /// The shell moved it to this pCPU (+ 1, 0: no move pending): logged
+    /// when it first runs there.
+    moved_to: AtomicUsize,
 }
 
 struct Saved {
@@ -80,6 +83,7 @@ impl PoolVcpu {
             loaded: AtomicUsize::new(0),
             wake_at: AtomicU64::new(0),
             timer_fired: AtomicBool::new(false),
+            moved_to: AtomicUsize::new(0),
         }
     }
 
@@ -413,6 +417,14 @@ fn load(pool: &PoolHw, e: Entity) -> Option<GuestRegs> {
     let cpu = this_cpu();
     pv.loaded.store(cpu + 1, Ordering::Release);
     drop(st);
+    if pv.moved_to.load(Ordering::Relaxed) == cpu + 1 {
+        pv.moved_to.store(0, Ordering::Relaxed);
+        log::info!(
+            "{} {}: runs on pCPU {cpu} (moved from the shell)",
+            vm.name,
+            vcpu
+        );
+    }
     let p = percpu::this();
     p.vcpu.store(vcpu.index(), Ordering::Relaxed);
     p.vm_plus_one.store(vmi + 1, Ordering::Release);
@@ -615,6 +627,7 @@ pub fn move_vcpu(vm: &Vm, vcpu: VcpuId, pcpu: usize) -> Result<(), String> {
             pool.pcpus
         )
     })?;
+    pv.moved_to.store(pcpu + 1, Ordering::Relaxed);
     let r = pool.sched.lock().move_to(pv.entity, local, now());
     match r {
         Ok(Some(c)) => {
@@ -667,7 +680,12 @@ pub fn show() {
                     .collect(),
             )
         };
-        say(format_args!("pool '{}': pCPUs {:?}", pool.name, pool.pcpus));
+        say(format_args!(
+            "pool '{}': pCPUs {:?}, now_us {}",
+            pool.name,
+            pool.pcpus,
+            us(now())
+        ));
         let name = |e: Entity| {
             pool.members
                 .get(usize::from(e.0))

@@ -676,6 +676,82 @@ pub const CASES: &[Case] = &[
         qemu_extra: &[],
         uboot: false,
     },
+    // Shared pCPUs: the IPI guest's vCPU 1 waits in WFI for every SGI
+    // vCPU 0 sends and for its own 1 kHz timer. The shell moves it onto
+    // vCPU 0's pCPU mid-run and back: every SGI arrives exactly once and
+    // the timer keeps ticking (the guest checks both and says "ok").
+    Case {
+        name: "sched_move",
+        config: "configs/test-sched-move.toml",
+        timeout_s: 180,
+        expect: &[
+            "pool 'general': pCPUs [0, 1] shared by 2 vCPU(s)",
+            "[ipi] ipi: vcpu 1 up, sending",
+            "ipi vcpu1 moves to pCPU 0",
+            "ipi vcpu1: runs on pCPU 0 (moved from the shell)",
+            "ipi vcpu1 moves to pCPU 1",
+            "ipi vcpu1: runs on pCPU 1 (moved from the shell)",
+            "[ipi] ipi: ok sent 12000 received 12000 ticks",
+            "system ended: clean (ipi: powered off)",
+        ],
+        contains: &["  ipi/1 ", "error: ipi has 2 vCPU(s)", "error: pCPU 5 is not in pool 'general'"],
+        forbid: &[],
+        exit: 0,
+        input: &[
+            ("[ipi] ipi: round 2000", "move ipi 1 0\r"),
+            ("ipi vcpu1 moves to pCPU 0", "sched\r"),
+            ("RUNTIME_US", "move ipi 7 0\r"),
+            ("error: ipi has", "move ipi 1 5\r"),
+            ("[ipi] ipi: round 6000", "move ipi 1 1\r"),
+        ],
+        qemu_extra: &["-icount", "shift=0,sleep=off"],
+        uboot: false,
+    },
+    // Workload balancing: three Linux VMs of two vCPUs each, weights
+    // 1:1:2, share two pCPUs beside the safety VM on its own. The shell's
+    // `sched` table is read twice while every vCPU is busy and twice
+    // while all idle; `sched_shares` checks the shares and the idle cost.
+    Case {
+        name: "sched",
+        config: "configs/test-sched.toml",
+        timeout_s: 600,
+        expect: &[
+            "pool 'general': pCPUs [1, 2] shared by 6 vCPU(s)",
+            "all VMs stopped, powering off",
+        ],
+        contains: &[
+            "[a] BULKHEAD-TEST busy-start cpus=2",
+            "[b] BULKHEAD-TEST busy-start cpus=2",
+            "[c] BULKHEAD-TEST busy-start cpus=2",
+            "[a] BULKHEAD-TEST idle-done",
+            "[b] BULKHEAD-TEST idle-done",
+            "[c] BULKHEAD-TEST idle-done",
+            "misses=0 ",
+        ],
+        forbid: LINUX_FORBID,
+        exit: 0,
+        // Focus starts on a; three Ctrl-] reach the shell (b, c, shell).
+        // The safety VM's once-a-second report is the clock between two
+        // readings.
+        input: &[
+            ("BULKHEAD-TEST busy-start", ""),
+            ("BULKHEAD-TEST busy-start", ""),
+            ("BULKHEAD-TEST busy-start", "\x1d\x1d\x1dsched\r"),
+            ("RUNTIME_US", ""),
+            ("misses=", ""),
+            ("misses=", ""),
+            ("misses=", "sched\r"),
+            ("BULKHEAD-TEST busy-done", ""),
+            ("BULKHEAD-TEST busy-done", ""),
+            ("BULKHEAD-TEST busy-done", "sched\r"),
+            ("RUNTIME_US", ""),
+            ("misses=", ""),
+            ("misses=", ""),
+            ("misses=", "sched\r"),
+        ],
+        qemu_extra: &["-icount", "shift=0,sleep=off"],
+        uboot: false,
+    },
     Case {
         name: "linux_reboot",
         config: "configs/test-linux-reboot.toml",
@@ -712,7 +788,113 @@ const LOG_CHECKS: &[(&str, LogCheck)] = &[
     ("isolation", attacker_disk),
     ("net", same_blob),
     ("disk_table", disk_table_checks),
+    ("sched", sched_shares),
 ];
+
+/// One reading of the shell's `sched` table: the counter in microseconds
+/// and each vCPU's (VM, runtime in microseconds).
+struct SchedReading {
+    now_us: u64,
+    runtime: Vec<(String, u64)>,
+}
+
+/// Every `sched` table in `log` for pool `pool` with `vcpus` vCPU rows
+/// (other output may come between the table's lines).
+fn sched_readings(log: &str, pool: &str, vcpus: usize) -> Vec<SchedReading> {
+    let head = format!("pool '{pool}': pCPUs ");
+    let mut out = Vec::new();
+    let mut lines = log.lines().peekable();
+    while let Some(l) = lines.next() {
+        let Some(rest) = l.find(&head).map(|at| &l[at..]) else {
+            continue;
+        };
+        let Some(now_us) = rest
+            .rsplit("now_us ")
+            .next()
+            .and_then(|v| v.trim().parse().ok())
+        else {
+            continue;
+        };
+        let mut runtime = Vec::new();
+        for row in lines.by_ref() {
+            let w: Vec<&str> = row.split_whitespace().collect();
+            // "  vm/n  STATE  PCPU  WEIGHT  CAP  RUNTIME_US"
+            if let [id, _, _, _, _, rt] = w.as_slice() {
+                if let (Some((vm, _)), Ok(rt)) = (id.split_once('/'), rt.parse::<u64>()) {
+                    runtime.push((vm.to_owned(), rt));
+                }
+            }
+            if runtime.len() == vcpus {
+                break;
+            }
+        }
+        out.push(SchedReading { now_us, runtime });
+    }
+    out
+}
+
+/// Per VM, its vCPUs' CPU time between readings `a` and `b`.
+fn sched_deltas(a: &SchedReading, b: &SchedReading) -> Vec<(String, u64)> {
+    let mut per_vm: Vec<(String, u64)> = Vec::new();
+    for ((vm, before), (_, after)) in a.runtime.iter().zip(&b.runtime) {
+        let d = after.saturating_sub(*before);
+        match per_vm.iter_mut().find(|(v, _)| v == vm) {
+            Some((_, sum)) => *sum += d,
+            None => per_vm.push((vm.clone(), d)),
+        }
+    }
+    per_vm
+}
+
+/// The `sched` case: between the two busy readings each VM's share of
+/// the pool's CPU time is within 10% of its weight's share (a, b: 1/4,
+/// c: 1/2); between the two idle readings each VM used under 1% of one
+/// pCPU. Every safety report says no deadline was missed.
+fn sched_shares(log: &str) -> Result<(), String> {
+    let r = sched_readings(log, "general", 6);
+    let [busy0, busy1, idle0, idle1] = r.as_slice() else {
+        return Err(format!(
+            "{} complete `sched` tables in the log, expected 4",
+            r.len()
+        ));
+    };
+    let busy = sched_deltas(busy0, busy1);
+    let total: u64 = busy.iter().map(|(_, d)| d).sum();
+    if total == 0 {
+        return Err("no CPU time between the two busy readings".into());
+    }
+    let mut problems = Vec::new();
+    for (vm, d) in &busy {
+        let want = if vm == "c" { 0.5 } else { 0.25 };
+        let share = *d as f64 / total as f64;
+        println!("  sched: {vm} had {share:.3} of the pool while busy (weight share {want})");
+        if (share - want).abs() > 0.10 * want {
+            problems.push(format!("{vm}: share {share:.3}, weight share {want}"));
+        }
+    }
+    let window = idle1.now_us.saturating_sub(idle0.now_us).max(1);
+    for (vm, d) in sched_deltas(idle0, idle1) {
+        let frac = d as f64 / window as f64;
+        println!(
+            "  sched: {vm} used {:.3}% of a pCPU while idle",
+            frac * 100.0
+        );
+        if frac >= 0.01 {
+            problems.push(format!("{vm}: {:.2}% of a pCPU while idle", frac * 100.0));
+        }
+    }
+    if let Some(l) = log
+        .lines()
+        .find(|l| l.contains("misses=") && !l.contains("misses=0 "))
+    {
+        problems.push(format!("the safety VM missed a deadline: {l}"));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
 
 /// A step on a case's blank disk images before QEMU starts.
 type Prepare = fn(&build::Built) -> Result<()>;
@@ -1878,6 +2060,48 @@ mod tests {
         assert_eq!(paste_arrived(&good), Ok(()));
         assert!(paste_arrived("[linux] 00  /tmp/p\n").is_err());
         assert!(paste_arrived("").is_err());
+    }
+
+    #[test]
+    fn sched_tables_parse_and_shares_are_judged() {
+        let table = |now: u64, rt: [u64; 6]| {
+            let mut t = format!("pool 'general': pCPUs [1, 2], now_us {now}\n");
+            t.push_str("  pCPU 1   running a/0   queued 1   load 512    busy_us 9\n");
+            t.push_str("[b] a line of another VM between the rows\n");
+            for (i, vm) in ["a/0", "a/1", "b/0", "b/1", "c/0", "c/1"]
+                .iter()
+                .enumerate()
+            {
+                t.push_str(&format!(
+                    "  {vm:<20} running       1    256    - {:>12}\n",
+                    rt[i]
+                ));
+            }
+            t
+        };
+        let fair = [0, 0, 0, 0, 0, 0];
+        let busy = [250, 250, 250, 250, 500, 500];
+        let idle = [252, 252, 252, 252, 502, 502];
+        let log = [
+            table(0, fair),
+            table(1000, busy),
+            table(2000, busy),
+            table(3000, idle),
+            "t=1s periods=1000 misses=0 (0 from the host)\n".into(),
+        ]
+        .concat();
+        let r = sched_readings(&log, "general", 6);
+        assert_eq!(r.len(), 4);
+        assert_eq!(r[1].now_us, 1000);
+        assert_eq!(sched_deltas(&r[0], &r[1])[2], ("c".to_owned(), 1000));
+        assert_eq!(sched_shares(&log), Ok(()));
+        // c with a's share, a with c's.
+        let unfair = log.replacen("500\n", "250\n", 2);
+        assert!(sched_shares(&unfair).is_err());
+        // 2 + 2 us of 1000 is 0.4%; 10 + 10 is 2%, too much for an idle VM.
+        assert!(sched_shares(&log.replace("  502\n", "  510\n")).is_err());
+        assert!(sched_shares(&log.replace("misses=0 ", "misses=2 ")).is_err());
+        assert!(sched_shares(&table(0, fair)).is_err());
     }
 
     #[test]

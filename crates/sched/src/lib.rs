@@ -79,6 +79,12 @@ use core::fmt;
 /// Most entities one pool can hold: [`Entity`] is a `u16` index.
 pub const MAX_ENTITIES: usize = 1 << 16;
 
+/// A moved entity's hold on its new cpu, in migration costs: while it
+/// lasts, the entity wakes there even if another cpu is idle, so a move
+/// of a vCPU that mostly waits takes effect instead of being undone by
+/// its next wake-up.
+pub const MOVE_HOLD: u64 = 25;
+
 /// The weight whose virtual runtime advances at the clock's pace: `slice`
 /// and `wake_granularity` are compared with virtual runtimes in these units.
 const NICE_0: u128 = 1024;
@@ -239,6 +245,8 @@ struct Ent {
     arrived: u64,
     /// After an explicit move, balancing leaves it alone until then.
     pinned_until: u64,
+    /// Until when wake placement keeps it on its cpu (a move).
+    hold_until: u64,
     /// A move waiting for its cpu to schedule (only while it is that cpu's
     /// current entity).
     moving: Option<usize>,
@@ -325,6 +333,7 @@ impl Pool {
             throttle_until: 0,
             arrived: 0,
             pinned_until: 0,
+            hold_until: 0,
             moving: None,
         });
         e
@@ -363,7 +372,8 @@ impl Pool {
             self.throttle(i, now);
             return self.throttle_kick(i);
         }
-        let target = if self.idle(home) {
+        // A moved entity stays where it was moved while its hold lasts.
+        let target = if self.idle(home) || now < self.ents[i].hold_until {
             home
         } else {
             (0..self.cpus.len()).find(|&k| self.idle(k)).unwrap_or(home)
@@ -446,6 +456,7 @@ impl Pool {
                 self.rebase(ci, dst, now);
                 self.ents[ci].arrived = now;
                 self.ents[ci].pinned_until = now.saturating_add(self.params.migration_cost);
+                self.ents[ci].hold_until = now.saturating_add(self.move_hold());
                 moved_out = Some(c);
                 match self.ents[ci].state {
                     State::Running => {
@@ -525,6 +536,7 @@ impl Pool {
         }
         self.rebase(i, cpu, now);
         self.ents[i].pinned_until = now.saturating_add(self.params.migration_cost);
+        self.ents[i].hold_until = now.saturating_add(self.move_hold());
         Ok(match self.ents[i].state {
             State::Runnable => {
                 let pos = self.cpus[src].queue.iter().position(|&q| q == e);
@@ -964,6 +976,13 @@ impl Pool {
     /// takes entities that have been on their cpu for `migration_cost`;
     /// nobody takes one within `migration_cost` of an explicit move, nor
     /// `skip`.
+    /// How long an entity [`Pool::move_to`] moved wakes on its new cpu
+    /// even when another is idle: [`MOVE_HOLD`] migration costs. (Pulls
+    /// still balance it after one migration cost.)
+    fn move_hold(&self) -> u64 {
+        self.params.migration_cost.saturating_mul(MOVE_HOLD)
+    }
+
     fn pull_candidate(
         &self,
         dst: usize,

@@ -237,3 +237,33 @@ fn moving_cpu_bound_entities_around_keeps_them_fair() {
         assert!((s - 0.25).abs() < 0.025, "{e:?} {s}");
     }
 }
+
+#[test]
+fn a_moved_waiting_entity_wakes_where_it_was_moved_while_the_hold_lasts() {
+    // a runs on cpu 0; w waits, homed on cpu 1, which is idle.
+    let mut pool = Pool::new(2, params());
+    let a = pool.add(256, None, 0);
+    let w = pool.add(256, None, 1);
+    pool.wake(a, 0);
+    assert_eq!(pool.schedule(0, 0).run, Some(a));
+    pool.wake(w, 0);
+    assert_eq!(pool.schedule(1, 0).run, Some(w));
+    pool.block(w, 10);
+    assert_eq!(pool.schedule(1, 10).run, None);
+    // Moved onto the busy cpu 0: without the hold its next wake would
+    // go straight back to idle cpu 1.
+    assert_eq!(pool.move_to(w, 0, 20), Ok(None));
+    pool.wake(w, 30);
+    assert_eq!(pool.entity(w).cpu, 0);
+    pool.check().unwrap();
+    // Once the hold is over, wake placement prefers the idle cpu again.
+    // (w waits again: from cpu 0's queue, or after running there.)
+    pool.schedule(0, 40);
+    pool.block(w, 50);
+    pool.schedule(0, 50);
+    let t = 50;
+    let later = t + params().migration_cost * bulkhead_sched::MOVE_HOLD + 1;
+    pool.wake(w, later);
+    assert_eq!(pool.entity(w).cpu, 1);
+    pool.check().unwrap();
+}
