@@ -7,6 +7,7 @@
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
 BUSY=14
 IDLE=12
 echo "BULKHEAD-TEST busy-start cpus=$(nproc)"

@@ -223,6 +223,17 @@ pub fn run(quick: bool) -> Result<ExitCode> {
         measure("bulkhead", 2, &bulkhead_args, TIMEOUT)?,
     ];
 
+    // Shared pCPUs: Bulkhead only, quick or not (the figures are few and
+    // the run is short).
+    let pool_failed = match pool_bench(quick) {
+        Ok(b) => {
+            for (all, new) in bulkhead.iter_mut().zip(b) {
+                all.extend(new);
+            }
+            None
+        }
+        Err(e) => Some(e),
+    };
     // The Linux boot, the shared disk and the network run with --quick
     // too: they are short, and their figures are the ones that matter.
     let mut merge = |r: Result<(TwoRuns, TwoRuns)>| match r {
@@ -279,6 +290,10 @@ pub fn run(quick: bool) -> Result<ExitCode> {
     std::fs::write(&path, text + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
+    if let Some(e) = pool_failed {
+        println!("\nthe shared-pCPU benchmark failed: {e:#}");
+        return Ok(ExitCode::FAILURE);
+    }
     if let Some(e) = linux_failed {
         println!("\nthe Linux boot benchmark failed: {e:#}");
         return Ok(ExitCode::FAILURE);
@@ -296,6 +311,50 @@ pub fn run(quick: bool) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The bench guest's figures that a pool VM on one pCPU turns into the
+/// scheduler's: (its name there, the name reported).
+const POOL_FIGURES: &[(&str, &str)] = &[
+    ("ipi", "ipi_shared"),
+    ("ipi.min", "ipi_shared.min"),
+    ("ipi.max", "ipi_shared.max"),
+    ("wfi_wake", "wake_latency"),
+    ("wfi_wake.min", "wake_latency.min"),
+    ("wfi_wake.max", "wake_latency.max"),
+    ("hvc_null", "pool_hvc_null"),
+];
+
+/// Two runs of the bench guest as a pool VM whose two vCPUs share one
+/// pCPU (configs/bench-pool.toml): IPIs between vCPUs on one pCPU, the
+/// wake-up of a vCPU waiting in WFI (one vCPU switch), and the null
+/// hypercall of a pool vCPU.
+fn pool_bench(quick: bool) -> Result<TwoRuns> {
+    let config = Path::new(if quick {
+        "configs/bench-pool-quick.toml"
+    } else {
+        "configs/bench-pool.toml"
+    });
+    println!("building {}…", config.display());
+    let built = build::build(config, Output::Progress)?;
+    let mut args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
+    args.extend(ICOUNT.map(String::from));
+    args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+    let mut runs: TwoRuns = [Vec::new(), Vec::new()];
+    for (i, run) in runs.iter_mut().enumerate() {
+        let figures = measure("bulkhead pool", i + 1, &args, TIMEOUT)?;
+        for &(from, to) in POOL_FIGURES {
+            let f = figures
+                .iter()
+                .find(|f| f.name == from)
+                .with_context(|| format!("the pool run printed no {from} figure"))?;
+            run.push(Figure {
+                name: to.to_owned(),
+                ..f.clone()
+            });
+        }
+    }
+    Ok(runs)
 }
 
 /// The mixed-criticality configs: the safety VM's timer latency with Linux

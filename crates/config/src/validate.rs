@@ -566,6 +566,12 @@ impl Validator<'_> {
     /// nobody else. Clashes are reported on the later device and name the
     /// earlier owner.
     fn passthrough(&mut self, i: usize, vm: &VmConfig) {
+        if vm.pooled() && !vm.passthrough.is_empty() {
+            self.report(
+                Field::Vm(i, "passthrough"),
+                "a passthrough device's interrupts go to one pCPU, and a pool VM's vCPUs move between pCPUs: give the VM dedicated `pcpus`".into(),
+            );
+        }
         if vm.passthrough.len() > MAX_PASSTHROUGH {
             self.report(
                 Field::Vm(i, "passthrough"),
@@ -3253,11 +3259,21 @@ mod tests {
     }
 
     #[test]
-    fn pool_vm_may_have_passthrough_channels_disks_and_nets() {
-        // Where its interrupts go is the hypervisor's business: the
-        // config neither refuses them nor trips over a VM without pCPUs.
+    fn pool_vm_may_not_have_passthrough() {
         let mut c = with_pool();
         c.vms[2].passthrough = vec![device("rtc", 0x0901_0000, 0x1000, &[34])];
+        assert_one(
+            &c,
+            "vm[2].passthrough",
+            "a pool VM's vCPUs move between pCPUs",
+        );
+    }
+
+    #[test]
+    fn pool_vm_may_have_channels_disks_and_nets() {
+        // Their interrupts follow the vCPU the guest routes them to; the
+        // config does not trip over a VM without pCPUs.
+        let mut c = with_pool();
         c.channels = vec![channel("control", [2, 0], 4 << 10)];
         c.disks = vec![Disk {
             name: "emmc".into(),
@@ -3281,10 +3297,11 @@ mod tests {
             mac: [2, 0, 0, 0, 0, 1],
         }];
         assert_eq!(problems(&c), vec![]);
-        // A broken pool VM with all of them still gives problems, not a
-        // panic.
+        // A broken pool VM with all of them (and a passthrough device)
+        // still gives problems, not a panic.
+        c.vms[2].passthrough = vec![device("rtc", 0x0901_0000, 0x1000, &[34])];
         c.vms[2].vcpus = 0;
         c.vms[2].pool = Some(9);
-        assert_eq!(problems(&c).len(), 2, "{:?}", problems(&c));
+        assert_eq!(problems(&c).len(), 3, "{:?}", problems(&c));
     }
 }
