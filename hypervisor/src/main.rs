@@ -178,6 +178,17 @@ extern "C" fn primary_main(dtb: usize) -> ! {
             sched::SLICE_MS
         );
     }
+    if !pools.is_empty() {
+        let f = arch::context::features();
+        log::info!(
+            "pool vCPUs switch the base EL1 registers, timers, FP/SIMD and GIC interface, and of the optional ones: {}{}{}{}{}",
+            if f.pauth { "PAuth keys " } else { "" },
+            if f.tcr2 { "TCR2 " } else { "" },
+            if f.sctlr2 { "SCTLR2 " } else { "" },
+            if f.s1pie { "PIR/PIRE0 " } else { "" },
+            if f.s1poe { "POR " } else { "" },
+        );
+    }
     sched::install(pools);
     let focus = cfg_focus(sys);
     system::set_input_focus(focus);

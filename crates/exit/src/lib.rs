@@ -245,6 +245,106 @@ pub fn is_translation_fault(dfsc: u8) -> bool {
 
 /// Injection of a synchronous exception into a guest's EL1: where to
 /// resume, with which PSTATE, and the EL1 syndrome registers to write.
+/// Which optional EL1 registers a CPU has, from its ID registers: what a
+/// vCPU's context switch must save and restore beyond the base set
+/// (`hypervisor/src/arch/aarch64/context.rs`).
+pub mod features {
+    /// Optional EL1 register groups.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Features {
+        /// The five pointer-authentication keys (FEAT_PAuth).
+        pub pauth: bool,
+        /// TCR2_EL1 (FEAT_TCR2).
+        pub tcr2: bool,
+        /// SCTLR2_EL1 (FEAT_SCTLR2).
+        pub sctlr2: bool,
+        /// PIR_EL1 and PIRE0_EL1 (FEAT_S1PIE).
+        pub s1pie: bool,
+        /// POR_EL1 and POR_EL0 (FEAT_S1POE).
+        pub s1poe: bool,
+    }
+
+    fn field(v: u64, lsb: u32) -> u64 {
+        (v >> lsb) & 0xf
+    }
+
+    /// From ID_AA64ISAR1_EL1, ID_AA64ISAR2_EL1 and ID_AA64MMFR3_EL1 (Arm
+    /// ARM D24.2): any of APA, API, GPA, GPI (ISAR1 bits 7:4, 11:8, 27:24,
+    /// 31:28) or APA3, GPA3 (ISAR2 15:12, 11:8) means the keys exist;
+    /// MMFR3's TCRX (3:0), SCTLRX (7:4), S1PIE (11:8) and S1POE (19:16)
+    /// the rest.
+    pub fn from_id_regs(isar1: u64, isar2: u64, mmfr3: u64) -> Features {
+        Features {
+            pauth: [4, 8, 24, 28].iter().any(|&l| field(isar1, l) != 0)
+                || [8, 12].iter().any(|&l| field(isar2, l) != 0),
+            tcr2: field(mmfr3, 0) != 0,
+            sctlr2: field(mmfr3, 4) != 0,
+            s1pie: field(mmfr3, 8) != 0,
+            s1poe: field(mmfr3, 16) != 0,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_cpu_without_the_extensions_switches_only_the_base_set() {
+            // Other ISAR1 fields (DPB, JSCVT, ...) say nothing of keys.
+            assert_eq!(
+                from_id_regs(0x0000_0000_0000_0001, 0, 0),
+                Features::default()
+            );
+            // MMFR3 fields above S1POE (e.g. ANERR) add nothing either.
+            assert_eq!(from_id_regs(0, 0, 0xf << 40), Features::default());
+        }
+
+        #[test]
+        fn each_field_turns_on_its_group() {
+            for lsb in [4, 8, 24, 28] {
+                assert!(from_id_regs(1 << lsb, 0, 0).pauth, "ISAR1 bit {lsb}");
+            }
+            for lsb in [8, 12] {
+                assert!(from_id_regs(0, 1 << lsb, 0).pauth, "ISAR2 bit {lsb}");
+            }
+            let f = from_id_regs(0, 0, 0x1_0111);
+            assert_eq!(
+                f,
+                Features {
+                    pauth: false,
+                    tcr2: true,
+                    sctlr2: true,
+                    s1pie: true,
+                    s1poe: true,
+                }
+            );
+            assert_eq!(
+                from_id_regs(0, 0, 0x100),
+                Features {
+                    s1pie: true,
+                    ..Features::default()
+                }
+            );
+        }
+
+        #[test]
+        fn qemu_10_0_max_has_the_keys_and_nothing_else() {
+            // What `-cpu max,sve=off,sme=off` of QEMU 10.0.2 reports (read at
+            // EL2 on this project's test machine): ISAR1.API = 5 (address
+            // keys of an IMPLEMENTATION DEFINED algorithm), no TCR2, SCTLR2,
+            // S1PIE or S1POE in MMFR3.
+            let f = from_id_regs(0x0111_2111_1021_1502, 0x11_0012, 0x1000_0000_0000_0000);
+            assert_eq!(
+                f,
+                Features {
+                    pauth: true,
+                    ..Features::default()
+                }
+            );
+        }
+    }
+}
+
 pub mod inject {
     use crate::ec;
 

@@ -15,15 +15,7 @@ use super::ich;
 use core::arch::{asm, global_asm};
 use spin::Once;
 
-/// Optional EL1 registers this CPU has.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Features {
-    pub pauth: bool,
-    pub tcr2: bool,
-    pub sctlr2: bool,
-    pub s1pie: bool,
-    pub s1poe: bool,
-}
+pub use bulkhead_exit::features::Features;
 
 static FEATURES: Once<Features> = Once::new();
 
@@ -43,16 +35,8 @@ pub fn features() -> Features {
                 options(nomem, nostack, preserves_flags)
             )
         };
-        let field = |v: u64, lsb: u32| (v >> lsb) & 0xf;
-        Features {
-            // APA, API, GPA, GPI (ISAR1) and APA3, GPA3 (ISAR2).
-            pauth: [4, 8, 24, 28].iter().any(|&l| field(isar1, l) != 0)
-                || [8, 12].iter().any(|&l| field(isar2, l) != 0),
-            tcr2: field(mmfr3, 0) != 0,
-            sctlr2: field(mmfr3, 4) != 0,
-            s1pie: field(mmfr3, 8) != 0,
-            s1poe: field(mmfr3, 16) != 0,
-        }
+        log::debug!("ID_AA64ISAR1 {isar1:#x} ISAR2 {isar2:#x} MMFR3 {mmfr3:#x}");
+        bulkhead_exit::features::from_id_regs(isar1, isar2, mmfr3)
     })
 }
 
