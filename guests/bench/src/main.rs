@@ -13,15 +13,8 @@ use guest_rt::{counter, gic, hvc, mmio_read32, println, probe, psci, read64, vti
 /// tree's bootargs) makes every loop short, for the CI smoke run.
 fn iters() -> u64 {
     static QUICK: AtomicUsize = AtomicUsize::new(2);
-    let q = match QUICK.load(Ordering::Relaxed) {
-        2 => {
-            let q = guest_rt::dtb_contains(b"bench.quick") as usize;
-            QUICK.store(q, Ordering::Relaxed);
-            q
-        }
-        q => q,
-    };
-    if q == 1 {
+    let q = guest_rt::dtb_flag(&QUICK, b"bench.quick");
+    if q {
         20
     } else {
         1000
@@ -36,15 +29,7 @@ fn iters() -> u64 {
 /// a translation block each time, so the loop spins on plain arithmetic.
 fn wait() {
     static SHARED: AtomicUsize = AtomicUsize::new(2);
-    let shared = match SHARED.load(Ordering::Relaxed) {
-        2 => {
-            let s = guest_rt::dtb_contains(b"bench.shared") as usize;
-            SHARED.store(s, Ordering::Relaxed);
-            s
-        }
-        s => s,
-    };
-    if shared == 1 {
+    if guest_rt::dtb_flag(&SHARED, b"bench.shared") {
         core::hint::black_box(0u64);
     } else {
         guest_rt::relax();

@@ -78,6 +78,19 @@ pub fn dtb_contains(needle: &[u8]) -> bool {
         .any(|i| needle.iter().enumerate().all(|(j, &b)| byte(i + j) == b))
 }
 
+/// [`dtb_contains`] searched once: `cache` starts at 2 ("not looked
+/// yet") and keeps the answer (0 or 1), for flags asked about in loops.
+pub fn dtb_flag(cache: &core::sync::atomic::AtomicUsize, word: &[u8]) -> bool {
+    match cache.load(Ordering::Relaxed) {
+        2 => {
+            let f = dtb_contains(word);
+            cache.store(f as usize, Ordering::Relaxed);
+            f
+        }
+        f => f == 1,
+    }
+}
+
 /// The decimal value after `key` (e.g. `b"safety.seconds="`) in the
 /// device tree (the bootargs), if present.
 pub fn dtb_value(key: &[u8]) -> Option<u64> {
