@@ -35,7 +35,8 @@ pub struct Built {
     pub size: u64,
     pub cpus: u16,
     pub ram_mib: u64,
-    /// vCPUs of all VMs together.
+    /// CPUs with vCPUs to run: every pinned vCPU's, and a pool's pCPUs
+    /// (its vCPUs take turns on them), at most the vCPUs it has.
     pub vcpus: usize,
     /// The board's physical disks (`[[disk]]`), raw image files under
     /// `target/disks/`, in the config's order.
@@ -205,7 +206,7 @@ pub fn build_with_features(config: &Path, output: Output, features: &[&str]) -> 
         size: bytes.len() as u64,
         cpus: parsed.config.board.cpus,
         ram_mib: parsed.config.board.ram_size >> 20,
-        vcpus: parsed.config.vms.iter().map(|vm| vm.vcpu_count()).sum(),
+        vcpus: busy_cpus(&parsed.config),
         disks,
         disk_configs: parsed.config.disks.clone(),
         uplink: parsed.config.switches.iter().any(|s| s.uplink),
@@ -254,6 +255,32 @@ fn fresh_disk(path: &Path, disk: &bulkhead_config::Disk) -> Result<()> {
         return Ok(());
     }
     write_table(path, disk)
+}
+
+/// How many of the board's CPUs have vCPUs to run (QEMU threads that
+/// compete for host cores): [`Built::vcpus`].
+fn busy_cpus(cfg: &bulkhead_config::SystemConfig) -> usize {
+    let pinned: usize = cfg
+        .vms
+        .iter()
+        .filter(|vm| !vm.pooled())
+        .map(|vm| vm.vcpu_count())
+        .sum();
+    let pooled: usize = cfg
+        .pools
+        .iter()
+        .enumerate()
+        .map(|(p, pool)| {
+            let vcpus: usize = cfg
+                .vms
+                .iter()
+                .filter(|vm| vm.pool == Some(p as u16))
+                .map(|vm| vm.vcpu_count())
+                .sum();
+            vcpus.min(pool.pcpus.len())
+        })
+        .sum();
+    pinned + pooled
 }
 
 /// The partitions `disk` lays out: (name, byte offset, bytes).
@@ -819,6 +846,23 @@ fn cargo_build_hv_features(features: &[&str], output: Output) -> Result<PathBuf>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn busy_cpus_counts_a_pool_by_its_pcpus() {
+        let load = |f: &str| {
+            bulkhead_config::toml::load(&crate::repo_root().join(f))
+                .unwrap_or_else(|d| panic!("{f}: {d:?}"))
+                .config
+        };
+        // The safety VM's pCPU and the pool's two, not its six vCPUs.
+        assert_eq!(busy_cpus(&load("configs/test-sched.toml")), 3);
+        // Two vCPUs in a pool of two pCPUs.
+        assert_eq!(busy_cpus(&load("configs/test-sched-move.toml")), 2);
+        // Two vCPUs in a pool of one.
+        assert_eq!(busy_cpus(&load("configs/bench-pool.toml")), 1);
+        // Pinned only: one per vCPU, as before.
+        assert_eq!(busy_cpus(&load("configs/default.toml")), 3);
+    }
 
     const TWO_VMS: &str = "[board]\ncpus = 2\n\n[[vm]]\nname = \"a\"\nguest = \"hello\"\n\n\
                            [[vm]]\nname = \"b\"\nimage_path = 1\nimage = \"x.bin\"\n";
