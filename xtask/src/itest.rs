@@ -76,6 +76,81 @@ macro_rules! linux_test_expect {
     };
 }
 
+/// What the `isolation` cases (pinned and pooled attacker) must print, in
+/// order: the attacker is reset through an SMC, attacks, is switched off
+/// through an SMC; only then is the victim told to finish, so its verdict
+/// covers everything the attacker did.
+const ISOLATION_EXPECT: &[&str] = &[
+    "victim: 1 vCPU(s)",
+    "[attacker] boot 1: dirtying this VM",
+    "attacker: restarting (guest called SYSTEM_RESET; restart policy on-crash)",
+    "attacker: restart 1: fresh image loaded",
+    "[attacker] boot 2: the attack",
+    "[attacker] PASS isolation: 225/225 attempts refused",
+    "attacker: stopping (guest called SYSTEM_OFF; restart policy on-crash)",
+    "attacker: stopped",
+    "[victim] end signal received",
+    "[victim] own GIC untouched",
+    "[victim] RTC alarm interrupt (INTID 34) received",
+    "[victim] PASS victim: memory intact",
+    "victim: stopped",
+    "all VMs stopped, powering off",
+];
+
+/// What the `isolation` cases must print somewhere: each class's refusal.
+const ISOLATION_CONTAINS: &[&str] = &[
+        // smc-reset: only the attacker restarted, completely.
+        "[attacker] refused smc-reset: restart loaded a fresh image",
+        "[attacker] refused virtio: read into the victim's RAM: status Some(1)",
+        "[attacker] refused virtio: a descriptor chain that loops (0 -> 1 -> 0): device status 0x4f",
+        "[attacker] refused smc-reset: vGIC back at reset",
+        // memory
+        "attacker vcpu0: read of IPA 0x50000000 (unmapped) refused: data abort injected",
+        "[attacker] refused memory: write victim RAM (host PA 0x50000000) at 0x50000000: synchronous external abort injected by EL2",
+        "[attacker] refused memory: read hypervisor image (host PA 0x40200000)",
+        "[attacker] refused memory: write physical redistributor of cpu2 (the victim's)",
+        "[attacker] refused memory: read PL031 RTC (passed through to the victim) at 0x9010000: synchronous external abort injected by EL2",
+        "[attacker] refused fetch: instruction fetch from victim RAM at 0x50000000: instruction abort injected by EL2",
+        // mmio the syndrome cannot describe, wrong sizes, unaligned
+        "[attacker] refused mmio: load pair (ldp) from the UART",
+        "[attacker] refused mmio: pre-index load (ldr w, [x, #4]!) from the GIC distributor",
+        "[attacker] refused mmio: 8-byte write of 0 to GICD_CTLR",
+        "[attacker] refused mmio: unaligned 32-bit read of the GIC distributor",
+        // gic: other VMs' and nobody's interrupts, routes, priorities
+        "is the virtual one (IIDR 0x4200043b)",
+        "[attacker] refused gic: enable + pend INTID 34",
+        "[attacker] refused gic: INTID 200 (no such SPI here, nobody's)",
+        "[attacker] refused gic: INTID 40 routed to affinity 0.0.0.5 (vcpu 5), which no vCPU has",
+        "[attacker] refused gic: GICD_IPRIORITYR byte of INTID 41 written 0xff: reads completed (value 0xf8)",
+        "[attacker] refused gic: read-only GICD_TYPER",
+        // sgi
+        "[attacker] refused sgi: SGI 7 to Aff1 1 (vcpus 16-31)",
+        "[attacker] refused sgi: 4096 SGIs to ourselves",
+        "[attacker] refused sgi: after the storm a fresh SGI 9 to ourselves is taken",
+        "[attacker] refused sgi: interrupt storm: all 96 SPIs",
+        // smccc and hypercalls
+        "[attacker] refused smccc: SMC: unknown fast calls of all 64 owning entities, SMC32 and SMC64, random arguments: 128/128",
+        "[attacker] refused smccc: HVC: Bulkhead hypercalls 0xc60000xx and 0x860000xx with random arguments: 512/512",
+        // psci
+        "[attacker] refused psci: CPU_ON(vcpu 1) with entry point in the victim's RAM (0x50000000): -9",
+        "[attacker] refused psci: CPU_ON(vcpu 1) with entry point unaligned",
+        "[attacker] refused psci: CPU_ON of the calling vCPU, which is on: -4",
+        "[attacker] refused psci: CPU_ON of MPIDR 0x2, which no vCPU has: -2",
+        "[attacker] refused psci: CPU_ON in a tight loop: 32 starts of vcpu 1",
+        // sysreg: EL2, set/way, IMPLEMENTATION DEFINED, debug, PMU
+        "[attacker] refused sysreg: write HCR_EL2: undefined instruction",
+        "[attacker] refused sysreg: DC ISW (set/way invalidate): undefined instruction (EC 0x0), injected by EL2",
+        "[attacker] refused sysreg: IMPLEMENTATION DEFINED read S3_0_C15_C0_0",
+        "[attacker] refused sysreg: debug DBGBCR0_EL1 (enable, EL1): write completed (value 0x0), read completed (value 0x0) (trapped to EL2: RAZ/WI)",
+        "[attacker] refused sysreg: debug OSLAR_EL1 (lock) / OSLSR_EL1 (implemented, unlocked): write completed (value 0x0), read completed (value 0x8)",
+        "[attacker] refused sysreg: PMU PMCR_EL0 (E|P|C): write completed (value 0x0), read completed (value 0x0) (trapped to EL2: RAZ/WI)",
+        "neither fired",
+        // wfx, a vCPU that never exits, sustained traffic
+        "[attacker] refused wfx: WFE storm",
+        "[attacker] refused wfx: WFI storm",
+        "[attacker] refused soak: vcpu 1 kept spinning with interrupts masked all along",
+];
+
 /// The integration tests, run in this order.
 pub const CASES: &[Case] = &[
     Case {
@@ -440,80 +515,29 @@ pub const CASES: &[Case] = &[
         // The attacker is reset through an SMC, attacks, is switched off
         // through an SMC; only then is the victim told to finish, so its
         // verdict covers everything the attacker did.
-        expect: &[
-            "victim: 1 vCPU(s)",
-            "[attacker] boot 1: dirtying this VM",
-            "attacker: restarting (guest called SYSTEM_RESET; restart policy on-crash)",
-            "attacker: restart 1: fresh image loaded",
-            "[attacker] boot 2: the attack",
-            "[attacker] PASS isolation: 225/225 attempts refused",
-            "attacker: stopping (guest called SYSTEM_OFF; restart policy on-crash)",
-            "attacker: stopped",
-            "[victim] end signal received",
-            "[victim] own GIC untouched",
-            "[victim] RTC alarm interrupt (INTID 34) received",
-            "[victim] PASS victim: memory intact",
-            "victim: stopped",
-            "all VMs stopped, powering off",
-        ],
-        contains: &[
-            // smc-reset: only the attacker restarted, completely.
-            "[attacker] refused smc-reset: restart loaded a fresh image",
-            "[attacker] refused virtio: read into the victim's RAM: status Some(1)",
-            "[attacker] refused virtio: a descriptor chain that loops (0 -> 1 -> 0): device status 0x4f",
-            "[attacker] refused smc-reset: vGIC back at reset",
-            // memory
-            "attacker vcpu0: read of IPA 0x50000000 (unmapped) refused: data abort injected",
-            "[attacker] refused memory: write victim RAM (host PA 0x50000000) at 0x50000000: synchronous external abort injected by EL2",
-            "[attacker] refused memory: read hypervisor image (host PA 0x40200000)",
-            "[attacker] refused memory: write physical redistributor of cpu2 (the victim's)",
-            "[attacker] refused memory: read PL031 RTC (passed through to the victim) at 0x9010000: synchronous external abort injected by EL2",
-            "[attacker] refused fetch: instruction fetch from victim RAM at 0x50000000: instruction abort injected by EL2",
-            // mmio the syndrome cannot describe, wrong sizes, unaligned
-            "[attacker] refused mmio: load pair (ldp) from the UART",
-            "[attacker] refused mmio: pre-index load (ldr w, [x, #4]!) from the GIC distributor",
-            "[attacker] refused mmio: 8-byte write of 0 to GICD_CTLR",
-            "[attacker] refused mmio: unaligned 32-bit read of the GIC distributor",
-            // gic: other VMs' and nobody's interrupts, routes, priorities
-            "is the virtual one (IIDR 0x4200043b)",
-            "[attacker] refused gic: enable + pend INTID 34",
-            "[attacker] refused gic: INTID 200 (no such SPI here, nobody's)",
-            "[attacker] refused gic: INTID 40 routed to affinity 0.0.0.5 (vcpu 5), which no vCPU has",
-            "[attacker] refused gic: GICD_IPRIORITYR byte of INTID 41 written 0xff: reads completed (value 0xf8)",
-            "[attacker] refused gic: read-only GICD_TYPER",
-            // sgi
-            "[attacker] refused sgi: SGI 7 to Aff1 1 (vcpus 16-31)",
-            "[attacker] refused sgi: 4096 SGIs to ourselves",
-            "[attacker] refused sgi: after the storm a fresh SGI 9 to ourselves is taken",
-            "[attacker] refused sgi: interrupt storm: all 96 SPIs",
-            // smccc and hypercalls
-            "[attacker] refused smccc: SMC: unknown fast calls of all 64 owning entities, SMC32 and SMC64, random arguments: 128/128",
-            "[attacker] refused smccc: HVC: Bulkhead hypercalls 0xc60000xx and 0x860000xx with random arguments: 512/512",
-            // psci
-            "[attacker] refused psci: CPU_ON(vcpu 1) with entry point in the victim's RAM (0x50000000): -9",
-            "[attacker] refused psci: CPU_ON(vcpu 1) with entry point unaligned",
-            "[attacker] refused psci: CPU_ON of the calling vCPU, which is on: -4",
-            "[attacker] refused psci: CPU_ON of MPIDR 0x2, which no vCPU has: -2",
-            "[attacker] refused psci: CPU_ON in a tight loop: 32 starts of vcpu 1",
-            // sysreg: EL2, set/way, IMPLEMENTATION DEFINED, debug, PMU
-            "[attacker] refused sysreg: write HCR_EL2: undefined instruction",
-            "[attacker] refused sysreg: DC ISW (set/way invalidate): undefined instruction (EC 0x0), injected by EL2",
-            "[attacker] refused sysreg: IMPLEMENTATION DEFINED read S3_0_C15_C0_0",
-            "[attacker] refused sysreg: debug DBGBCR0_EL1 (enable, EL1): write completed (value 0x0), read completed (value 0x0) (trapped to EL2: RAZ/WI)",
-            "[attacker] refused sysreg: debug OSLAR_EL1 (lock) / OSLSR_EL1 (implemented, unlocked): write completed (value 0x0), read completed (value 0x8)",
-            "[attacker] refused sysreg: PMU PMCR_EL0 (E|P|C): write completed (value 0x0), read completed (value 0x0) (trapped to EL2: RAZ/WI)",
-            "neither fired",
-            // wfx, a vCPU that never exits, sustained traffic
-            "[attacker] refused wfx: WFE storm",
-            "[attacker] refused wfx: WFI storm",
-            "[attacker] refused soak: vcpu 1 kept spinning with interrupts masked all along",
-        ],
+        expect: ISOLATION_EXPECT,
+        contains: ISOLATION_CONTAINS,
         forbid: &["victim: restart", "unexpected physical interrupt"],
         exit: 0,
         // Ctrl-] twice moves console input from the shell to the victim.
         input: &[("attacker: stopped", "\x1d\x1dq")],
         // Virtual time, so runs repeat; the victim reports its deadlines
         // but its verdict is memory, restarts and its own interrupts.
+        qemu_extra: &["-icount", "shift=0,sleep=off"],
+        uboot: false,
+    },
+    // The same attack with the attacker's two vCPUs in a pool of two
+    // pCPUs: every trap now may switch vCPUs, WFI/WFE storms trap, and
+    // its reset and power-off go through the scheduler.
+    Case {
+        name: "isolation_pool",
+        config: "configs/test-isolation-pool.toml",
+        timeout_s: 120,
+        expect: ISOLATION_EXPECT,
+        contains: ISOLATION_CONTAINS,
+        forbid: &["victim: restart", "unexpected physical interrupt"],
+        exit: 0,
+        input: &[("attacker: stopped", "\x1d\x1dq")],
         qemu_extra: &["-icount", "shift=0,sleep=off"],
         uboot: false,
     },
@@ -786,6 +810,7 @@ const LOG_CHECKS: &[(&str, LogCheck)] = &[
     ("paste", paste_arrived),
     ("disk", disk_checks),
     ("isolation", attacker_disk),
+    ("isolation_pool", attacker_disk_pool),
     ("net", same_blob),
     ("disk_table", disk_table_checks),
     ("sched", sched_shares),
@@ -1002,7 +1027,18 @@ fn same_blob(log: &str) -> Result<(), String> {
 /// 1..2 MiB. It wrote 0xa5 over its first 4 KiB and everything else it
 /// tried was refused, so that is the only non-zero data on the disk.
 fn attacker_disk(_log: &str) -> Result<(), String> {
-    let image = crate::target_dir().join("disks/test-isolation-disk0.raw");
+    attacker_disk_in("test-isolation")
+}
+
+/// [`attacker_disk`] for the `isolation_pool` case's image.
+fn attacker_disk_pool(_log: &str) -> Result<(), String> {
+    attacker_disk_in("test-isolation-pool")
+}
+
+/// The attacker's slice of `<config>`'s disk holds its write and nothing
+/// outside the slice was written.
+fn attacker_disk_in(config: &str) -> Result<(), String> {
+    let image = crate::target_dir().join(format!("disks/{config}-disk0.raw"));
     let bytes =
         std::fs::read(&image).map_err(|e| format!("cannot read {}: {e}", image.display()))?;
     let mine = (1 << 20)..(1 << 20) + 4096;
