@@ -328,19 +328,14 @@ const POOL_FIGURES: &[(&str, &str)] = &[
 /// Two runs of the bench guest as a pool VM whose two vCPUs share one
 /// pCPU (configs/bench-pool.toml): IPIs between vCPUs on one pCPU, the
 /// wake-up of a vCPU waiting in WFI (one vCPU switch), and the null
-/// hypercall of a pool vCPU.
+/// hypercall of a pool vCPU; then two runs of two VMs ping-ponging on one
+/// pCPU (configs/bench-vcpu-switch.toml): `vcpu_switch` between VMs.
 fn pool_bench(quick: bool) -> Result<TwoRuns> {
-    let config = Path::new(if quick {
-        "configs/bench-pool-quick.toml"
-    } else {
-        "configs/bench-pool.toml"
-    });
-    println!("building {}…", config.display());
-    let built = build::build(config, Output::Progress)?;
-    let mut args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
-    args.extend(ICOUNT.map(String::from));
-    args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+    let pick =
+        |full: &'static str, short: &'static str| Path::new(if quick { short } else { full });
+    let config = pick("configs/bench-pool.toml", "configs/bench-pool-quick.toml");
     let mut runs: TwoRuns = [Vec::new(), Vec::new()];
+    let args = bare_metal_args(config)?;
     for (i, run) in runs.iter_mut().enumerate() {
         let figures = measure("bulkhead pool", i + 1, &args, TIMEOUT)?;
         for &(from, to) in POOL_FIGURES {
@@ -354,7 +349,25 @@ fn pool_bench(quick: bool) -> Result<TwoRuns> {
             });
         }
     }
+    let config = pick(
+        "configs/bench-vcpu-switch.toml",
+        "configs/bench-vcpu-switch-quick.toml",
+    );
+    let args = bare_metal_args(config)?;
+    for (i, run) in runs.iter_mut().enumerate() {
+        run.extend(measure("bulkhead vcpu switch", i + 1, &args, TIMEOUT)?);
+    }
     Ok(runs)
+}
+
+/// QEMU's arguments for a config of bare-metal guests, built.
+fn bare_metal_args(config: &Path) -> Result<Vec<String>> {
+    println!("building {}…", config.display());
+    let built = build::build(config, Output::Progress)?;
+    let mut args = qemu::machine_args(built.cpus, built.ram_mib, ",dtb-randomness=off");
+    args.extend(ICOUNT.map(String::from));
+    args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+    Ok(args)
 }
 
 /// The mixed-criticality configs: the safety VM's timer latency with Linux

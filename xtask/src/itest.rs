@@ -1323,6 +1323,11 @@ const BENCH_NAMES: &[(&str, bool)] = &[
     ("mem_stream", true),
     ("pointer_chase", true),
     ("linux_boot", true),
+    ("pool_hvc_null", false),
+    ("ipi_shared", false),
+    ("wake_latency", false),
+    ("vcpu_switch", false),
+    ("vm_pingpong_rtt", false),
 ];
 
 /// `cargo xtask bench --quick` as a test of the harness, not of speed: it
