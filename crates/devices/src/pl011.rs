@@ -138,6 +138,12 @@ impl Default for Pl011 {
     }
 }
 
+/// Bytes `transmit` keeps in the line buffer as they are; every other one
+/// that reaches the buffer becomes '.'.
+fn printable(byte: u8) -> bool {
+    matches!(byte, b'\t' | 0x20..=0x7e)
+}
+
 /// Merge the byte lanes selected by `mask` from `new` into `old`, keeping
 /// only the register's implemented bits.
 fn merge(old: u32, new: u32, mask: u32, width: u32) -> u32 {
@@ -463,10 +469,7 @@ impl Pl011 {
             (Escape::None, b'\r') => return,
             (Escape::None, _) => {}
         }
-        let byte = match byte {
-            b'\t' | 0x20..=0x7e => byte,
-            _ => b'.',
-        };
+        let byte = if printable(byte) { byte } else { b'.' };
         if let Some(slot) = self.line.get_mut(self.len) {
             *slot = byte;
             self.len += 1;
@@ -486,10 +489,293 @@ impl Pl011 {
     }
 }
 
+// Snapshot encoding. Layout, integers little-endian:
+//   version u8 (STATE_VERSION)
+//   UARTILPR, UARTIBRD, UARTFBRD, UARTLCR_H, UARTCR, UARTIFLS, UARTIMSC,
+//     the latched UARTRIS bits, UARTDMACR: u32 each
+//   rx_head u32, rx_len u32, the whole rx ring [u8; RX_RING_SIZE]
+//   len u32, the whole line buffer [u8; LINE_MAX]
+//   escape-filter state u8 (0 none, 1 after ESC, 2 inside CSI)
+// The arrays are stored verbatim, stale bytes included, so an accepted
+// state saves back to the same bytes.
+
+/// Format version written first by [`Pl011::save_state`].
+const STATE_VERSION: u8 = 1;
+
+/// Why [`Pl011::restore_state`] refused a saved state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateError {
+    /// Fewer than [`Pl011::STATE_BYTES`] bytes.
+    Truncated { len: usize },
+    /// More than [`Pl011::STATE_BYTES`] bytes.
+    TooLong { len: usize },
+    /// A format version this code does not read.
+    Version(u8),
+    /// A register has bits set that the PL011 does not implement (for the
+    /// latched UARTRIS bits: anything but TXRIS).
+    Register { name: &'static str, value: u32 },
+    /// The ring's head index lies outside the ring.
+    RxHead(u32),
+    /// More received bytes than the ring holds.
+    RxLen(u32),
+    /// The partial line fills the buffer or more; a full buffer is always
+    /// emitted at once, so only shorter ones exist.
+    LineLen(u32),
+    /// A byte of the partial line that the output filter never lets
+    /// through (a control character, DEL or an 8-bit byte).
+    LineByte { at: usize, byte: u8 },
+    /// An unknown escape-filter state.
+    Escape(u8),
+}
+
+impl core::fmt::Display for StateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::Truncated { len } => write!(
+                f,
+                "UART state truncated ({len} of {} bytes)",
+                Pl011::STATE_BYTES
+            ),
+            Self::TooLong { len } => write!(
+                f,
+                "UART state too long ({len} bytes, expected {})",
+                Pl011::STATE_BYTES
+            ),
+            Self::Version(v) => write!(
+                f,
+                "UART state format version {v} is not supported (expected {STATE_VERSION})"
+            ),
+            Self::Register { name, value } => write!(
+                f,
+                "UART register {name} value {value:#x} has unimplemented bits set"
+            ),
+            Self::RxHead(h) => write!(f, "UART rx head {h} is outside the ring's {RX_RING_SIZE}"),
+            Self::RxLen(n) => write!(f, "UART rx length {n} exceeds the ring's {RX_RING_SIZE}"),
+            Self::LineLen(n) => write!(
+                f,
+                "UART line length {n} is not below the line buffer's {LINE_MAX}"
+            ),
+            Self::LineByte { at, byte } => {
+                write!(f, "UART line byte {at} ({byte:#04x}) is not printable text")
+            }
+            Self::Escape(e) => write!(f, "UART escape-filter state {e} is not valid"),
+        }
+    }
+}
+
+impl core::error::Error for StateError {}
+
+impl Escape {
+    fn to_byte(self) -> u8 {
+        match self {
+            Escape::None => 0,
+            Escape::Start => 1,
+            Escape::Csi => 2,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Escape::None),
+            1 => Some(Escape::Start),
+            2 => Some(Escape::Csi),
+            _ => None,
+        }
+    }
+}
+
+/// Writes a saved state front to back.
+struct Put<'a>(&'a mut [u8]);
+
+impl Put<'_> {
+    fn bytes(&mut self, src: &[u8]) {
+        let rest = core::mem::take(&mut self.0);
+        // The layout is fixed and the buffer sized for it, so this always
+        // fits; `save_state`'s debug assertion checks the sum.
+        if let Some((dst, rest)) = rest.split_at_mut_checked(src.len()) {
+            dst.copy_from_slice(src);
+            self.0 = rest;
+        }
+    }
+
+    fn u32(&mut self, value: u32) {
+        self.bytes(&value.to_le_bytes());
+    }
+}
+
+/// Reads a saved state front to back. `restore_state` checks the total
+/// length first, so running short here only guards against a layout slip.
+struct Take<'a> {
+    rest: &'a [u8],
+    len: usize,
+}
+
+impl<'a> Take<'a> {
+    fn array<const N: usize>(&mut self) -> Result<&'a [u8; N], StateError> {
+        let (head, rest) = self
+            .rest
+            .split_first_chunk::<N>()
+            .ok_or(StateError::Truncated { len: self.len })?;
+        self.rest = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, StateError> {
+        self.array::<1>().map(|&[b]| b)
+    }
+
+    fn u32(&mut self) -> Result<u32, StateError> {
+        self.array::<4>().map(|b| u32::from_le_bytes(*b))
+    }
+
+    /// A register value, refused if bits outside `width` are set.
+    fn reg(&mut self, name: &'static str, width: u32) -> Result<u32, StateError> {
+        let value = self.u32()?;
+        if value & !width != 0 {
+            return Err(StateError::Register { name, value });
+        }
+        Ok(value)
+    }
+}
+
+/// `n` as an index if it is below `limit`.
+fn below(n: u32, limit: usize) -> Option<usize> {
+    usize::try_from(n).ok().filter(|&i| i < limit)
+}
+
+impl Pl011 {
+    /// Size of a saved state (see the layout above [`STATE_VERSION`]).
+    pub const STATE_BYTES: usize = 1 + 9 * 4 + 2 * 4 + RX_RING_SIZE + 4 + LINE_MAX + 1;
+
+    /// Encode the complete model state into `out`. The buffer is the
+    /// caller's so that the 4 KiB copy need not live on the (EL2) stack.
+    pub fn save_state(&self, out: &mut [u8; Self::STATE_BYTES]) {
+        // Destructured so that a new field fails to compile until it is
+        // saved here and restored below.
+        let Self {
+            ilpr,
+            ibrd,
+            fbrd,
+            lcr_h,
+            cr,
+            ifls,
+            imsc,
+            ris,
+            dmacr,
+            rx,
+            rx_head,
+            rx_len,
+            line,
+            len,
+            esc,
+        } = self;
+        let mut put = Put(out);
+        put.bytes(&[STATE_VERSION]);
+        for reg in [ilpr, ibrd, fbrd, lcr_h, cr, ifls, imsc, ris, dmacr] {
+            put.u32(*reg);
+        }
+        // All three fit: rx_head < RX_RING_SIZE, rx_len <= RX_RING_SIZE and
+        // len < LINE_MAX, far below u32::MAX.
+        put.u32(*rx_head as u32);
+        put.u32(*rx_len as u32);
+        put.bytes(rx);
+        put.u32(*len as u32);
+        put.bytes(line);
+        put.bytes(&[esc.to_byte()]);
+        debug_assert!(put.0.is_empty(), "STATE_BYTES does not match the layout");
+    }
+
+    /// Replace the model state with one saved by [`Pl011::save_state`].
+    ///
+    /// Every field is checked (exact length, version, register widths, ring
+    /// indices, line length and text, escape state) before anything is
+    /// written, so on error `self` is unchanged, and on success every later
+    /// operation behaves as on a UART that reached that state by itself.
+    /// The state is copied in place, without a temporary `Pl011` on the
+    /// stack.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let len = bytes.len();
+        if len < Self::STATE_BYTES {
+            return Err(StateError::Truncated { len });
+        }
+        if len > Self::STATE_BYTES {
+            return Err(StateError::TooLong { len });
+        }
+        let mut take = Take { rest: bytes, len };
+        let version = take.u8()?;
+        if version != STATE_VERSION {
+            return Err(StateError::Version(version));
+        }
+        let new_ilpr = take.reg("UARTILPR", ILPR_MASK)?;
+        let new_ibrd = take.reg("UARTIBRD", IBRD_MASK)?;
+        let new_fbrd = take.reg("UARTFBRD", FBRD_MASK)?;
+        let new_lcr_h = take.reg("UARTLCR_H", LCR_H_MASK)?;
+        let new_cr = take.reg("UARTCR", CR_MASK)?;
+        let new_ifls = take.reg("UARTIFLS", IFLS_MASK)?;
+        let new_imsc = take.reg("UARTIMSC", INT_MASK)?;
+        let new_ris = take.reg("UARTRIS", TXRIS)?;
+        let new_dmacr = take.reg("UARTDMACR", DMACR_MASK)?;
+        let raw = take.u32()?;
+        let new_rx_head = below(raw, RX_RING_SIZE).ok_or(StateError::RxHead(raw))?;
+        let raw = take.u32()?;
+        let new_rx_len = below(raw, RX_RING_SIZE + 1).ok_or(StateError::RxLen(raw))?;
+        let new_rx = take.array::<RX_RING_SIZE>()?;
+        let raw = take.u32()?;
+        let new_len = below(raw, LINE_MAX).ok_or(StateError::LineLen(raw))?;
+        let new_line = take.array::<LINE_MAX>()?;
+        // The live part goes to the console; the rest is never read.
+        if let Some((at, &byte)) = new_line
+            .iter()
+            .take(new_len)
+            .enumerate()
+            .find(|&(_, &b)| !printable(b))
+        {
+            return Err(StateError::LineByte { at, byte });
+        }
+        let raw = take.u8()?;
+        let new_esc = Escape::from_byte(raw).ok_or(StateError::Escape(raw))?;
+
+        let Self {
+            ilpr,
+            ibrd,
+            fbrd,
+            lcr_h,
+            cr,
+            ifls,
+            imsc,
+            ris,
+            dmacr,
+            rx,
+            rx_head,
+            rx_len,
+            line,
+            len,
+            esc,
+        } = self;
+        *ilpr = new_ilpr;
+        *ibrd = new_ibrd;
+        *fbrd = new_fbrd;
+        *lcr_h = new_lcr_h;
+        *cr = new_cr;
+        *ifls = new_ifls;
+        *imsc = new_imsc;
+        *ris = new_ris;
+        *dmacr = new_dmacr;
+        rx.copy_from_slice(new_rx);
+        *rx_head = new_rx_head;
+        *rx_len = new_rx_len;
+        line.copy_from_slice(new_line);
+        *len = new_len;
+        *esc = new_esc;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
+    use std::string::ToString;
     use std::vec::Vec;
 
     /// Collects emitted lines.
@@ -1035,5 +1321,398 @@ mod tests {
         assert!(!u.irq_level());
         assert!(u.push_rx(7));
         assert_eq!(u.read(DR, 4).unwrap(), 7);
+    }
+
+    // Offsets into a saved state, following the layout comment.
+    const AT_RX_HEAD: usize = 1 + 9 * 4;
+    const AT_RX_LEN: usize = AT_RX_HEAD + 4;
+    const AT_RX: usize = AT_RX_LEN + 4;
+    const AT_LEN: usize = AT_RX + RX_RING_SIZE;
+    const AT_LINE: usize = AT_LEN + 4;
+    const AT_ESC: usize = AT_LINE + LINE_MAX;
+
+    const STATE_REGS: [(&str, u32); 9] = [
+        ("UARTILPR", ILPR_MASK),
+        ("UARTIBRD", IBRD_MASK),
+        ("UARTFBRD", FBRD_MASK),
+        ("UARTLCR_H", LCR_H_MASK),
+        ("UARTCR", CR_MASK),
+        ("UARTIFLS", IFLS_MASK),
+        ("UARTIMSC", INT_MASK),
+        ("UARTRIS", TXRIS),
+        ("UARTDMACR", DMACR_MASK),
+    ];
+
+    fn saved(u: &Pl011) -> Vec<u8> {
+        let mut buf = [0u8; Pl011::STATE_BYTES];
+        u.save_state(&mut buf);
+        buf.to_vec()
+    }
+
+    fn set_u32(bytes: &mut [u8], at: usize, value: u32) {
+        bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// A UART mid-session: programmed by a driver, its ring wrapped and
+    /// partly read, a partial line transmitted and then `tail` (e.g. an
+    /// unfinished escape sequence), the TX interrupt acknowledged.
+    fn busy(seed: usize, tail: &[u8]) -> Pl011 {
+        let mut u = Pl011::new();
+        for (reg, val) in [
+            (IBRD, 0x27),
+            (FBRD, 0x04),
+            (LCR_H, 0x70),
+            (IFLS, 0x09),
+            (ILPR, 0x11),
+            (DMACR, 0x2),
+            (IMSC, u64::from(RXRIS | RTRIS)),
+            (CR, 0x301),
+        ] {
+            u.write(reg, 4, val, &mut no_emit).unwrap();
+        }
+        for i in 0..RX_RING_SIZE {
+            assert!(u.push_rx(pattern(seed + i)));
+        }
+        for _ in 0..100 {
+            u.read(DR, 4).unwrap();
+        }
+        for i in 0..60 {
+            assert!(u.push_rx(pattern(seed + RX_RING_SIZE + i)));
+        }
+        let mut s = Sink::default();
+        s.put(&mut u, b"[    0.000000] Booting\r\nlogin: ");
+        s.put(&mut u, tail);
+        u.write(ICR, 4, u64::from(TXRIS), &mut no_emit).unwrap();
+        u
+    }
+
+    /// Appends every register (DR aside), the irq level and the ring
+    /// counters.
+    fn observe(u: &mut Pl011, seen: &mut Vec<u64>) {
+        for reg in (4..0x50).step_by(4).chain((0xfe0..SIZE).step_by(4)) {
+            seen.push(u.read(reg, 4).unwrap());
+        }
+        seen.push(u64::from(u.irq_level()));
+        seen.push(u.rx_pending() as u64);
+        seen.push(u.rx_room() as u64);
+    }
+
+    /// A stretch of further use; returns what the guest read and the lines
+    /// that reached the console.
+    fn drive(u: &mut Pl011) -> (Vec<u64>, Vec<Vec<u8>>) {
+        let mut seen = Vec::new();
+        let mut s = Sink::default();
+        observe(u, &mut seen);
+        s.put(u, b"m]$ ls\n");
+        observe(u, &mut seen);
+        for _ in 0..50 {
+            seen.push(u.read(DR, 4).unwrap());
+            seen.push(u64::from(u.irq_level()));
+        }
+        for i in 0..200 {
+            seen.push(u64::from(u.push_rx(pattern(50_000 + i))));
+        }
+        u.write(ICR, 4, 0x7ff, &mut no_emit).unwrap();
+        observe(u, &mut seen);
+        while u.rx_pending() > 0 {
+            seen.push(u.read(DR, 4).unwrap());
+            seen.push(u64::from(u.irq_level()));
+        }
+        seen.push(u.read(DR, 4).unwrap());
+        observe(u, &mut seen);
+        s.put(u, &[b'y'; LINE_MAX + 44]);
+        s.flush(u);
+        observe(u, &mut seen);
+        u.reset();
+        observe(u, &mut seen);
+        (seen, s.0)
+    }
+
+    #[test]
+    fn restored_uart_behaves_like_the_original() {
+        let cases: [(&[u8], &[u8]); 3] = [
+            (b"", b"login: m]$ ls"),
+            (b"\x1b", b"login: ]$ ls"),
+            (b"\x1b[1;3", b"login: ]$ ls"),
+        ];
+        for (tail, first_line) in cases {
+            let mut orig = busy(0, tail);
+            let bytes = saved(&orig);
+            assert_eq!(bytes[0], 1, "format version");
+            // The target starts elsewhere, so every field must be replaced.
+            let mut copy = busy(777, b"other text");
+            copy.write(IMSC, 4, 0x7ff, &mut no_emit).unwrap();
+            copy.write(DR, 4, u64::from(b'q'), &mut no_emit).unwrap();
+            copy.restore_state(&bytes).unwrap();
+            assert_eq!(saved(&copy), bytes);
+            let (seen, lines) = drive(&mut orig);
+            assert_eq!(drive(&mut copy), (seen, lines.clone()), "tail {tail:?}");
+            // The escape filter's state came along.
+            assert_eq!(lines[0], first_line, "tail {tail:?}");
+        }
+    }
+
+    #[test]
+    fn restoring_a_fresh_state_matches_a_new_uart() {
+        let mut u = busy(3, b"\x1b[");
+        u.restore_state(&saved(&Pl011::new())).unwrap();
+        assert_eq!(drive(&mut u), drive(&mut Pl011::new()));
+    }
+
+    #[test]
+    fn truncated_or_overlong_state_is_refused_and_changes_nothing() {
+        let bytes = saved(&busy(0, b"\x1b["));
+        let mut target = busy(99, b"x");
+        let before = saved(&target);
+        for len in 0..bytes.len() {
+            assert_eq!(
+                target.restore_state(&bytes[..len]),
+                Err(StateError::Truncated { len })
+            );
+            assert_eq!(saved(&target), before, "after {len} bytes");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(
+            target.restore_state(&long),
+            Err(StateError::TooLong {
+                len: Pl011::STATE_BYTES + 1
+            })
+        );
+        assert_eq!(saved(&target), before);
+    }
+
+    #[test]
+    fn invalid_fields_are_refused_and_change_nothing() {
+        let good = saved(&busy(0, b""));
+        let with = |at: usize, value: u32| {
+            let mut b = good.clone();
+            set_u32(&mut b, at, value);
+            b
+        };
+        let with_byte = |at: usize, value: u8| {
+            let mut b = good.clone();
+            b[at] = value;
+            b
+        };
+        let mut cases = Vec::new();
+        for v in [0, 2, 0xff] {
+            cases.push((with_byte(0, v), StateError::Version(v)));
+        }
+        for (i, (name, width)) in STATE_REGS.into_iter().enumerate() {
+            // Every width is a run of low bits, so width + 1 sets the first
+            // bit above it (for TXRIS alone, bit 0 below it).
+            for value in [width + 1, width | 1 << 31, u32::MAX] {
+                cases.push((with(1 + 4 * i, value), StateError::Register { name, value }));
+            }
+        }
+        for v in [RX_RING_SIZE as u32, 9000, u32::MAX] {
+            cases.push((with(AT_RX_HEAD, v), StateError::RxHead(v)));
+        }
+        for v in [RX_RING_SIZE as u32 + 1, 9000, u32::MAX] {
+            cases.push((with(AT_RX_LEN, v), StateError::RxLen(v)));
+        }
+        for v in [LINE_MAX as u32, LINE_MAX as u32 + 1, u32::MAX] {
+            cases.push((with(AT_LEN, v), StateError::LineLen(v)));
+        }
+        // busy() left "login: " in the line buffer.
+        for (at, byte) in [(0, 0x1b), (3, b'\r'), (6, 0x7f), (6, 0x80)] {
+            cases.push((
+                with_byte(AT_LINE + at, byte),
+                StateError::LineByte { at, byte },
+            ));
+        }
+        for v in [3, 0x80, 0xff] {
+            cases.push((with_byte(AT_ESC, v), StateError::Escape(v)));
+        }
+        let mut target = busy(5, b"\x1b");
+        let before = saved(&target);
+        for (bytes, want) in cases {
+            assert_eq!(target.restore_state(&bytes), Err(want));
+            assert_eq!(saved(&target), before, "{want}");
+        }
+        // Beyond the live part the line buffer is never read: any bytes do.
+        target.restore_state(&with_byte(AT_LINE + 7, 0x1b)).unwrap();
+    }
+
+    #[test]
+    fn state_errors_explain_themselves() {
+        for (err, text) in [
+            (
+                StateError::Truncated { len: 3 },
+                "UART state truncated (3 of 4402 bytes)",
+            ),
+            (
+                StateError::TooLong { len: 4403 },
+                "UART state too long (4403 bytes, expected 4402)",
+            ),
+            (
+                StateError::Version(7),
+                "UART state format version 7 is not supported (expected 1)",
+            ),
+            (
+                StateError::Register {
+                    name: "UARTCR",
+                    value: 0x1_0000,
+                },
+                "UART register UARTCR value 0x10000 has unimplemented bits set",
+            ),
+            (
+                StateError::RxHead(4096),
+                "UART rx head 4096 is outside the ring's 4096",
+            ),
+            (
+                StateError::RxLen(9000),
+                "UART rx length 9000 exceeds the ring's 4096",
+            ),
+            (
+                StateError::LineLen(256),
+                "UART line length 256 is not below the line buffer's 256",
+            ),
+            (
+                StateError::LineByte { at: 4, byte: 0x1b },
+                "UART line byte 4 (0x1b) is not printable text",
+            ),
+            (
+                StateError::Escape(3),
+                "UART escape-filter state 3 is not valid",
+            ),
+        ] {
+            assert_eq!(err.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn extreme_valid_states_work() {
+        // Every register at full width, a full ring whose oldest byte is
+        // in the last slot, a line one byte short of full.
+        let mut b = saved(&Pl011::new());
+        for (i, (_, width)) in STATE_REGS.into_iter().enumerate() {
+            set_u32(&mut b, 1 + 4 * i, width);
+        }
+        set_u32(&mut b, AT_RX_HEAD, RX_RING_SIZE as u32 - 1);
+        set_u32(&mut b, AT_RX_LEN, RX_RING_SIZE as u32);
+        for i in 0..RX_RING_SIZE {
+            b[AT_RX + i] = pattern(i);
+        }
+        set_u32(&mut b, AT_LEN, LINE_MAX as u32 - 1);
+        b[AT_LINE..AT_LINE + LINE_MAX].fill(b'a');
+        let mut u = Pl011::new();
+        u.restore_state(&b).unwrap();
+        for (reg, width) in [
+            (ILPR, ILPR_MASK),
+            (IBRD, IBRD_MASK),
+            (FBRD, FBRD_MASK),
+            (LCR_H, LCR_H_MASK),
+            (CR, CR_MASK),
+            (IFLS, IFLS_MASK),
+            (IMSC, INT_MASK),
+            (DMACR, DMACR_MASK),
+        ] {
+            assert_eq!(u.read(reg, 4).unwrap(), u64::from(width), "reg {reg:#x}");
+        }
+        assert_eq!(ris(&mut u), TXRIS | RXRIS | RTRIS);
+        assert_eq!(fr(&mut u) & FR_RXFF, FR_RXFF);
+        assert_eq!(u.rx_room(), 0);
+        assert!(!u.push_rx(1));
+        assert_eq!(u.read(DR, 4).unwrap(), u64::from(pattern(RX_RING_SIZE - 1)));
+        for i in 0..RX_RING_SIZE - 1 {
+            assert_eq!(u.read(DR, 4).unwrap(), u64::from(pattern(i)), "byte {i}");
+        }
+        assert_eq!(u.read(DR, 4).unwrap(), 0);
+        let mut s = Sink::default();
+        s.put(&mut u, b"bc");
+        let mut full = std::vec![b'a'; LINE_MAX - 1];
+        full.push(b'b');
+        assert_eq!(s.0, [full]);
+        s.flush(&mut u);
+        assert_eq!(s.0[1], b"c");
+    }
+
+    /// xorshift64: reproducible pseudo-random numbers.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// Uses `u` in every way the guest and the host can, checking that it
+    /// stays consistent and only lets text through.
+    fn exercise(u: &mut Pl011) {
+        let mut emit = |line: &[u8]| {
+            assert!(line.len() <= LINE_MAX);
+            assert!(line.iter().all(|&b| printable(b)), "{line:?}");
+        };
+        for reg in (0..SIZE).step_by(4) {
+            u.read(reg, 4).unwrap();
+        }
+        let pending = u.rx_pending();
+        assert!(pending <= RX_RING_SIZE);
+        assert_eq!(u.rx_room(), RX_RING_SIZE - pending);
+        while u.push_rx(0x5a) {}
+        assert_eq!(u.rx_pending(), RX_RING_SIZE);
+        assert_eq!(fr(u) & FR_RXFF, FR_RXFF);
+        for _ in 0..RX_RING_SIZE {
+            u.read(DR, 4).unwrap();
+            u.irq_level();
+        }
+        assert_eq!(u.rx_pending(), 0);
+        assert_eq!(fr(u) & FR_RXFE, FR_RXFE);
+        for &b in b"\x1b[0m\x1bXok\r\n".iter().chain(&[0x07; LINE_MAX + 3]) {
+            u.write(DR, 4, u64::from(b), &mut emit).unwrap();
+        }
+        for reg in [ILPR, IBRD, FBRD, LCR_H, CR, IFLS, IMSC, ICR, DMACR] {
+            u.write(reg, 4, u64::MAX, &mut emit).unwrap();
+        }
+        u.flush(&mut emit);
+        let mut again = Pl011::new();
+        again.restore_state(&saved(u)).unwrap();
+        u.reset();
+    }
+
+    #[test]
+    fn corrupted_states_never_panic() {
+        let good = saved(&busy(1, b"\x1b[2"));
+        let target = busy(2, b"\x1b");
+        let before = saved(&target);
+        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..3000 {
+            let mut bytes = good.clone();
+            for _ in 0..1 + rng.below(4) {
+                // Mostly the small fields, which is where the checks are.
+                let at = match rng.below(4) {
+                    0 => rng.below(Pl011::STATE_BYTES),
+                    1 => rng.below(AT_RX),
+                    2 => AT_LEN + rng.below(4),
+                    _ => [AT_ESC, AT_LINE + rng.below(8)][rng.below(2)],
+                };
+                bytes[at] ^= (rng.next() as u8) | 1;
+            }
+            let mut u = target.clone();
+            match u.restore_state(&bytes) {
+                Ok(()) => {
+                    accepted += 1;
+                    assert_eq!(saved(&u), bytes, "round {round}");
+                    exercise(&mut u);
+                }
+                Err(_) => {
+                    refused += 1;
+                    assert_eq!(saved(&u), before, "round {round}");
+                }
+            }
+        }
+        assert!(accepted > 100 && refused > 100, "{accepted}/{refused}");
     }
 }

@@ -390,6 +390,160 @@ impl PowerState {
     }
 }
 
+// Snapshot encoding. Layout, integers little-endian:
+//   version u8 (STATE_VERSION)
+//   vCPU count u16
+//   MAX_VCPUS slots of: state u8 (0 off, 1 on pending, 2 on),
+//     entry u64, context u64 (both 0 unless on pending)
+// Slots at and beyond the vCPU count are always off. The encoding is
+// canonical: a state that restores saves back to the same bytes.
+
+/// Format version written first by [`PowerState::save_state`].
+const STATE_VERSION: u8 = 1;
+
+const TAG_OFF: u8 = 0;
+const TAG_ON_PENDING: u8 = 1;
+const TAG_ON: u8 = 2;
+
+/// Bytes per vCPU slot in a saved state.
+const SLOT_BYTES: usize = 1 + 8 + 8;
+
+/// Why [`PowerState::restore_state`] refused a saved state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateError {
+    /// Fewer than [`PowerState::STATE_BYTES`] bytes.
+    Truncated { len: usize },
+    /// More than [`PowerState::STATE_BYTES`] bytes.
+    TooLong { len: usize },
+    /// A format version this code does not read.
+    Version(u8),
+    /// The state is of a VM with a different number of vCPUs.
+    VcpuCount { saved: u16, expected: u16 },
+    /// A vCPU's power state is not one of the three known ones.
+    Power { vcpu: usize, tag: u8 },
+    /// A vCPU that is not pending carries an entry point or context.
+    StrayStart { vcpu: usize },
+    /// A slot beyond the VM's vCPUs is not off.
+    Absent { vcpu: usize },
+}
+
+impl core::fmt::Display for StateError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match *self {
+            Self::Truncated { len } => write!(
+                f,
+                "PSCI state truncated ({len} of {} bytes)",
+                PowerState::STATE_BYTES
+            ),
+            Self::TooLong { len } => write!(
+                f,
+                "PSCI state too long ({len} bytes, expected {})",
+                PowerState::STATE_BYTES
+            ),
+            Self::Version(v) => write!(
+                f,
+                "PSCI state format version {v} is not supported (expected {STATE_VERSION})"
+            ),
+            Self::VcpuCount { saved, expected } => write!(
+                f,
+                "PSCI state is of a VM with {saved} vCPUs, this one has {expected}"
+            ),
+            Self::Power { vcpu, tag } => write!(
+                f,
+                "PSCI state of vCPU {vcpu} is {tag}, not off (0), on pending (1) or on (2)"
+            ),
+            Self::StrayStart { vcpu } => write!(
+                f,
+                "PSCI state gives vCPU {vcpu} an entry point or context but no pending start"
+            ),
+            Self::Absent { vcpu } => {
+                write!(
+                    f,
+                    "PSCI state powers vCPU {vcpu}, which the VM does not have"
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for StateError {}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    let chunk = bytes.get(at..)?.first_chunk::<8>()?;
+    Some(u64::from_le_bytes(*chunk))
+}
+
+impl PowerState {
+    /// Size of a saved state (see the layout above [`STATE_VERSION`]).
+    pub const STATE_BYTES: usize = 1 + 2 + MAX_VCPUS * SLOT_BYTES;
+
+    /// Encode the power state of every vCPU.
+    pub fn save_state(&self) -> [u8; Self::STATE_BYTES] {
+        let Self { cpus, n } = self;
+        let mut out = [0u8; Self::STATE_BYTES];
+        let (head, slots) = out.split_at_mut(3);
+        head[0] = STATE_VERSION;
+        head[1..].copy_from_slice(&n.to_le_bytes());
+        for (slot, cpu) in slots.chunks_exact_mut(SLOT_BYTES).zip(cpus) {
+            let (tag, entry, context) = match *cpu {
+                VcpuPower::Off => (TAG_OFF, 0, 0),
+                VcpuPower::OnPending { entry, context } => (TAG_ON_PENDING, entry, context),
+                VcpuPower::On => (TAG_ON, 0, 0),
+            };
+            slot[0] = tag;
+            slot[1..9].copy_from_slice(&entry.to_le_bytes());
+            slot[9..].copy_from_slice(&context.to_le_bytes());
+        }
+        out
+    }
+
+    /// Replace the power state with one saved by [`PowerState::save_state`]
+    /// for a VM of the same vCPU count. Everything is checked first; on
+    /// error `self` is unchanged. A pending start keeps its entry point
+    /// and context, so [`PowerState::take_start`] returns them as before.
+    pub fn restore_state(&mut self, bytes: &[u8]) -> Result<(), StateError> {
+        let len = bytes.len();
+        if len < Self::STATE_BYTES {
+            return Err(StateError::Truncated { len });
+        }
+        if len > Self::STATE_BYTES {
+            return Err(StateError::TooLong { len });
+        }
+        let truncated = StateError::Truncated { len };
+        let (&[version, n0, n1], slots) = bytes.split_first_chunk::<3>().ok_or(truncated)?;
+        if version != STATE_VERSION {
+            return Err(StateError::Version(version));
+        }
+        let saved = u16::from_le_bytes([n0, n1]);
+        if saved != self.n {
+            return Err(StateError::VcpuCount {
+                saved,
+                expected: self.n,
+            });
+        }
+        let mut cpus = [VcpuPower::Off; MAX_VCPUS];
+        for (vcpu, (slot, cpu)) in slots.chunks_exact(SLOT_BYTES).zip(&mut cpus).enumerate() {
+            let tag = *slot.first().ok_or(truncated)?;
+            let entry = u64_at(slot, 1).ok_or(truncated)?;
+            let context = u64_at(slot, 9).ok_or(truncated)?;
+            *cpu = match tag {
+                TAG_OFF => VcpuPower::Off,
+                TAG_ON_PENDING => VcpuPower::OnPending { entry, context },
+                TAG_ON => VcpuPower::On,
+                _ => return Err(StateError::Power { vcpu, tag }),
+            };
+            if tag != TAG_ON_PENDING && (entry, context) != (0, 0) {
+                return Err(StateError::StrayStart { vcpu });
+            }
+            if vcpu >= usize::from(self.n) && tag != TAG_OFF {
+                return Err(StateError::Absent { vcpu });
+            }
+        }
+        self.cpus = cpus;
+        Ok(())
+    }
+}
+
 /// PSCI 1.1 5.1.14 PSCI_FEATURES: SUCCESS (0, no feature flags) for the
 /// functions implemented, NOT_SUPPORTED otherwise.
 fn features(f: u32) -> i64 {
@@ -411,6 +565,7 @@ fn features(f: u32) -> i64 {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
 
     const RAM: GuestRam = GuestRam {
@@ -791,5 +946,246 @@ mod tests {
         let mut p = PowerState::new(2);
         assert_eq!(p.state(VcpuId(0)), Some(VcpuPower::Off));
         assert_eq!(p.take_start(VcpuId(0)), None);
+    }
+
+    fn slot_at(vcpu: usize) -> usize {
+        3 + vcpu * SLOT_BYTES
+    }
+
+    /// A 4-vCPU VM mid-run: vCPU 0 on, 1 pending with a 64-bit entry and
+    /// context, 2 on, 3 switched on and off again.
+    fn running() -> PowerState {
+        let mut p = booted(4);
+        let start = |p: &mut PowerState, target, entry, context| {
+            let call = Call::CpuOn {
+                target,
+                entry,
+                context,
+            };
+            assert!(matches!(h(p, call), Action::StartVcpu { .. }));
+        };
+        start(&mut p, 1, ENTRY + 0x40, 0xdead_beef_0000_0077);
+        start(&mut p, 2, ENTRY, 0x1234);
+        assert_eq!(p.take_start(VcpuId(2)), Some((ENTRY, 0x1234)));
+        start(&mut p, 3, ENTRY, 0);
+        p.take_start(VcpuId(3));
+        assert_eq!(
+            p.handle(Call::CpuOff, VcpuId(3), RAM, 0),
+            Action::StopCaller
+        );
+        p
+    }
+
+    /// What every vCPU sees over a stretch of further calls.
+    fn drive(p: &mut PowerState) -> std::vec::Vec<Action> {
+        let mut seen = std::vec::Vec::new();
+        let n = p.n_vcpus();
+        for target in 0..u64::from(n) + 1 {
+            seen.push(h(p, Call::AffinityInfo { target, level: 0 }));
+        }
+        for v in 0..n {
+            if let Some((entry, context)) = p.take_start(VcpuId(v)) {
+                seen.push(Action::StartVcpu {
+                    vcpu: VcpuId(v),
+                    entry,
+                    context,
+                });
+            }
+        }
+        for target in 0..u64::from(n) {
+            seen.push(h(p, cpu_on(target, ENTRY + 8)));
+        }
+        for v in 0..n {
+            seen.push(p.handle(Call::CpuOff, VcpuId(v), RAM, 0));
+            seen.push(p.handle(Call::Version, VcpuId(v), RAM, 0));
+        }
+        seen
+    }
+
+    #[test]
+    fn restored_power_state_behaves_like_the_original() {
+        let mut orig = running();
+        let bytes = orig.save_state();
+        assert_eq!(bytes[0], 1, "format version");
+        // The target starts elsewhere, so every vCPU must be replaced.
+        let mut copy = PowerState::new(4);
+        copy.boot(0x4100_0000, 9);
+        copy.restore_state(&bytes).unwrap();
+        assert_eq!(copy, orig);
+        assert_eq!(copy.save_state(), bytes);
+        assert_eq!(
+            copy.state(VcpuId(1)),
+            Some(VcpuPower::OnPending {
+                entry: ENTRY + 0x40,
+                context: 0xdead_beef_0000_0077
+            })
+        );
+        assert_eq!(drive(&mut copy), drive(&mut orig));
+        assert_eq!(copy, orig);
+    }
+
+    #[test]
+    fn pending_boot_survives_a_restore() {
+        let mut p = PowerState::new(2);
+        p.boot(u64::MAX - 3, u64::MAX);
+        let mut q = PowerState::new(2);
+        q.restore_state(&p.save_state()).unwrap();
+        assert_eq!(q.take_start(VcpuId(0)), Some((u64::MAX - 3, u64::MAX)));
+        assert_eq!(q.take_start(VcpuId(0)), None);
+    }
+
+    #[test]
+    fn state_of_another_vcpu_count_is_refused() {
+        let bytes = running().save_state();
+        for n in [0, 1, 2, 3, 5, 8] {
+            let mut p = PowerState::new(n);
+            p.boot(ENTRY, 1);
+            let before = p.clone();
+            assert_eq!(
+                p.restore_state(&bytes),
+                Err(StateError::VcpuCount {
+                    saved: 4,
+                    expected: n
+                })
+            );
+            assert_eq!(p, before);
+        }
+        // A VM with no vCPUs round-trips too.
+        let mut p = PowerState::new(0);
+        p.restore_state(&PowerState::new(0).save_state()).unwrap();
+    }
+
+    #[test]
+    fn truncated_or_overlong_power_state_is_refused_and_changes_nothing() {
+        let bytes = running().save_state();
+        let mut target = booted(4);
+        let before = target.clone();
+        for len in 0..bytes.len() {
+            assert_eq!(
+                target.restore_state(&bytes[..len]),
+                Err(StateError::Truncated { len })
+            );
+            assert_eq!(target, before, "after {len} bytes");
+        }
+        let mut long = [0u8; PowerState::STATE_BYTES + 1];
+        long[..bytes.len()].copy_from_slice(&bytes);
+        assert_eq!(
+            target.restore_state(&long),
+            Err(StateError::TooLong {
+                len: PowerState::STATE_BYTES + 1
+            })
+        );
+        assert_eq!(target, before);
+    }
+
+    #[test]
+    fn invalid_power_fields_are_refused_and_change_nothing() {
+        let good = running().save_state();
+        let edit = |at: usize, byte: u8| {
+            let mut b = good;
+            b[at] = byte;
+            b
+        };
+        let mut cases = std::vec::Vec::new();
+        for v in [0, 2, 0xff] {
+            cases.push((edit(0, v), StateError::Version(v)));
+        }
+        for (vcpu, tag) in [(0, 3), (3, 0xff), (7, 3)] {
+            cases.push((edit(slot_at(vcpu), tag), StateError::Power { vcpu, tag }));
+        }
+        // vCPU 0 is on, 3 off, 6 absent: none may carry a start.
+        for vcpu in [0, 3, 6] {
+            for at in [1, 8, 9, 16] {
+                cases.push((edit(slot_at(vcpu) + at, 1), StateError::StrayStart { vcpu }));
+            }
+        }
+        for vcpu in 4..MAX_VCPUS {
+            for tag in [TAG_ON_PENDING, TAG_ON] {
+                cases.push((edit(slot_at(vcpu), tag), StateError::Absent { vcpu }));
+            }
+        }
+        let mut target = booted(4);
+        let before = target.clone();
+        for (bytes, want) in cases {
+            assert_eq!(target.restore_state(&bytes), Err(want));
+            assert_eq!(target, before, "{want}");
+        }
+    }
+
+    #[test]
+    fn power_state_errors_explain_themselves() {
+        use std::string::ToString;
+        for (err, text) in [
+            (
+                StateError::Truncated { len: 3 },
+                "PSCI state truncated (3 of 139 bytes)",
+            ),
+            (
+                StateError::TooLong { len: 140 },
+                "PSCI state too long (140 bytes, expected 139)",
+            ),
+            (
+                StateError::Version(7),
+                "PSCI state format version 7 is not supported (expected 1)",
+            ),
+            (
+                StateError::VcpuCount {
+                    saved: 4,
+                    expected: 2,
+                },
+                "PSCI state is of a VM with 4 vCPUs, this one has 2",
+            ),
+            (
+                StateError::Power { vcpu: 1, tag: 9 },
+                "PSCI state of vCPU 1 is 9, not off (0), on pending (1) or on (2)",
+            ),
+            (
+                StateError::StrayStart { vcpu: 2 },
+                "PSCI state gives vCPU 2 an entry point or context but no pending start",
+            ),
+            (
+                StateError::Absent { vcpu: 5 },
+                "PSCI state powers vCPU 5, which the VM does not have",
+            ),
+        ] {
+            assert_eq!(err.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn corrupted_power_states_never_panic() {
+        let good = running().save_state();
+        let target = booted(4);
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..20_000 {
+            let mut bytes = good;
+            for _ in 0..1 + next() % 3 {
+                let at = (next() % PowerState::STATE_BYTES as u64) as usize;
+                bytes[at] ^= (next() as u8) | 1;
+            }
+            let mut p = target.clone();
+            match p.restore_state(&bytes) {
+                Ok(()) => {
+                    accepted += 1;
+                    assert_eq!(p.save_state(), bytes, "round {round}");
+                    drive(&mut p);
+                    for v in 0..MAX_VCPUS as u16 + 1 {
+                        p.take_start(VcpuId(v));
+                    }
+                }
+                Err(_) => {
+                    refused += 1;
+                    assert_eq!(p, target, "round {round}");
+                }
+            }
+        }
+        assert!(accepted > 100 && refused > 100, "{accepted}/{refused}");
     }
 }

@@ -31,7 +31,7 @@ const TYPER_IDBITS: u32 = 9 << 19;
 
 /// The defined GICD_IROUTER fields: Aff3 \[39:32\], IRM [31], Aff2..Aff0
 /// \[23:0\] (GICv3 spec 12.9.22). The rest is RES0.
-const IROUTER_MASK: u64 = 0x0000_00ff_80ff_ffff;
+pub(crate) const IROUTER_MASK: u64 = 0x0000_00ff_80ff_ffff;
 
 impl VGic {
     /// A guest read of `size` bytes at `offset` in the distributor frame.

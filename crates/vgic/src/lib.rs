@@ -31,8 +31,10 @@ use core::ops::{BitOr, BitOrAssign};
 mod gicd;
 mod gicr;
 pub mod lr;
+mod state;
 
 use lr::State;
+pub use state::{Place, Problem, StateError, STATE_VERSION};
 
 /// Size of the distributor frame (GICv3 spec 12.8: GICD is one 64 KiB frame).
 pub const GICD_SIZE: u64 = 0x1_0000;
@@ -886,6 +888,11 @@ impl VGic {
             state: State::Pending,
             eoi: false,
         });
+        // Keep `eoi_lrs` in step with the slot: LR 0 may have had the EOI bit
+        // if the interrupt went in before it was declared HW.
+        if let Some(m) = self.eoi_lrs.get_mut(v) {
+            *m &= !1;
+        }
         write(
             0,
             lr::encode(&lr::Lr {
