@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! magic     [u8; 8] = "BHCFG001"
-//! version   u32     = 9
+//! version   u32     = 10
 //! board     cpus u16, ram_base u64, ram_size u64
 //! disk_count u32
 //! disk_count times:
@@ -59,6 +59,8 @@
 //!   name_len u32, name [u8; name_len] (UTF-8)
 //!   vms [u16; 2] (end 0, end 1)
 //!   size u64
+//! only if the board has a management endpoint:
+//!   1 u8, ip [u8; 4], prefix u8, store ip [u8; 4], store port u16
 //! ```
 //!
 //! Version 2 added the initramfs and the command line; version 3 the
@@ -66,9 +68,10 @@
 //! version 5 a device tree the user gives; version 6 the board's disks and
 //! each VM's slices of them; version 7 the switches and each VM's nets;
 //! version 8 the disks' partitions and the partition a slice names;
-//! version 9 the CPU pools and each VM's pool, vCPU count, weight and cap.
+//! version 9 the CPU pools and each VM's pool, vCPU count, weight and cap;
+//! version 10 the management endpoint.
 //!
-//! Nothing may follow the last channel. [`decode`] reads the bytes from the image,
+//! Nothing may follow the management endpoint. [`decode`] reads the bytes from the image,
 //! so every length is checked against what is left before it is used, and no
 //! count is trusted for an allocation.
 
@@ -85,7 +88,7 @@ use crate::{
 /// First eight bytes of an encoded config.
 pub const MAGIC: [u8; 8] = *b"BHCFG001";
 /// Encoding version written by [`encode`] and accepted by [`decode`].
-pub const VERSION: u32 = 9;
+pub const VERSION: u32 = 10;
 
 /// Why [`decode`] refused its input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -283,6 +286,16 @@ pub fn encode(cfg: &SystemConfig) -> Vec<u8> {
         }
         out.extend_from_slice(&ch.size.to_le_bytes());
     }
+    match &cfg.board.management {
+        None => {}
+        Some(m) => {
+            out.push(1);
+            out.extend_from_slice(&m.ip);
+            out.push(m.prefix);
+            out.extend_from_slice(&m.store.0);
+            out.extend_from_slice(&m.store.1.to_le_bytes());
+        }
+    }
     out
 }
 
@@ -311,6 +324,7 @@ pub fn decode(bytes: &[u8]) -> Result<SystemConfig, DecodeError> {
         cpus: r.u16()?,
         ram_base: r.u64()?,
         ram_size: r.u64()?,
+        management: None,
     };
     // Untrusted like the VM count: each disk consumes input.
     let disk_count = r.u32()?;
@@ -340,6 +354,10 @@ pub fn decode(bytes: &[u8]) -> Result<SystemConfig, DecodeError> {
     let mut channels = Vec::new();
     for _ in 0..channel_count {
         channels.push(r.channel()?);
+    }
+    let mut board = board;
+    if r.pos != bytes.len() {
+        board.management = r.management()?;
     }
     if r.pos != bytes.len() {
         return Err(DecodeError::TrailingBytes(r.pos));
@@ -560,6 +578,26 @@ impl<'a> Reader<'a> {
         Ok(VmNet { switch, mac })
     }
 
+    /// The management endpoint after its tag byte, which must be 1.
+    fn management(&mut self) -> Result<Option<crate::Management>, DecodeError> {
+        match self.u8()? {
+            1 => {
+                let mut ip = [0; 4];
+                ip.copy_from_slice(self.take(4)?);
+                let prefix = self.u8()?;
+                let mut store = [0; 4];
+                store.copy_from_slice(self.take(4)?);
+                let port = self.u16()?;
+                Ok(Some(crate::Management {
+                    ip,
+                    prefix,
+                    store: (store, port),
+                }))
+            }
+            t => Err(DecodeError::BadOptionTag(t)),
+        }
+    }
+
     /// A presence byte and, if it is 1, a u16.
     fn optional_u16(&mut self) -> Result<Option<u16>, DecodeError> {
         match self.u8()? {
@@ -633,6 +671,7 @@ mod tests {
                 cpus: 4,
                 ram_base: 0x4000_0000,
                 ram_size: 1 << 30,
+                management: None,
             },
             vms: vec![
                 VmConfig {
@@ -896,8 +935,21 @@ mod tests {
     fn trailing_byte_is_an_error() {
         let mut bytes = encode(&sample());
         let len = bytes.len();
+        // After the channels only a management endpoint (tag 1) may come.
         bytes.push(0);
-        assert_eq!(decode(&bytes), Err(DecodeError::TrailingBytes(len)));
+        assert_eq!(decode(&bytes), Err(DecodeError::BadOptionTag(0)));
+        let mut cfg = sample();
+        cfg.board.management = Some(crate::Management {
+            ip: [10, 0, 2, 15],
+            prefix: 24,
+            store: ([10, 0, 2, 254], 7700),
+        });
+        let mut bytes = encode(&cfg);
+        assert_eq!(decode(&bytes), Ok(cfg));
+        let len2 = bytes.len();
+        assert_eq!(len2, len + 12);
+        bytes.push(0);
+        assert_eq!(decode(&bytes), Err(DecodeError::TrailingBytes(len2)));
     }
 
     #[test]
@@ -920,8 +972,8 @@ mod tests {
         b[0] ^= 1;
         assert_eq!(decode(&b), Err(DecodeError::BadMagic));
         let mut b = bytes.clone();
-        b[8] = 10;
-        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(10)));
+        b[8] = 11;
+        assert_eq!(decode(&b), Err(DecodeError::UnsupportedVersion(11)));
         // The last VM ends with restart u8, criticality u8, initramfs tag
         // u8 + u16, dtb tag u8 (none), an empty command line (length u32),
         // no passthrough (count u32), no disks (count u32) and no nets

@@ -195,6 +195,28 @@ pub struct Board {
     pub ram_base: u64,
     /// Bytes of RAM.
     pub ram_size: u64,
+    /// The hypervisor's own address on the physical NIC (snapshots,
+    /// docs/snapshot.md), if it has one.
+    pub management: Option<Management>,
+}
+
+/// The hypervisor's management endpoint on the board's physical NIC:
+/// `[board] address` and `store`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Management {
+    /// IPv4 address and prefix length on the link.
+    pub ip: [u8; 4],
+    pub prefix: u8,
+    /// Where snapshots go: the snapshot store's IPv4 address and TCP port.
+    pub store: ([u8; 4], u16),
+}
+
+impl Management {
+    /// The endpoint's MAC address: locally administered, 02:62:68 ("bh")
+    /// and the low three bytes of its IP address.
+    pub fn mac(&self) -> [u8; 6] {
+        [0x02, 0x62, 0x68, self.ip[1], self.ip[2], self.ip[3]]
+    }
 }
 
 /// One VM.
@@ -1104,6 +1126,7 @@ mod tests {
                 cpus: 1,
                 ram_base: RAM_IPA,
                 ram_size: 1 << 30,
+                management: None,
             },
             vms: Vec::new(),
             channels: channels

@@ -163,7 +163,7 @@ use serde::Deserialize;
 use crate::validate::pool_only;
 use crate::{
     partition_layout, validate, Board, Channel, Criticality, Disk, DiskPartition, Field, ImageInfo,
-    Passthrough, Pool, RestartPolicy, Switch, SystemConfig, VmConfig, VmDisk, VmNet,
+    Management, Passthrough, Pool, RestartPolicy, Switch, SystemConfig, VmConfig, VmDisk, VmNet,
     DEFAULT_CMDLINE, DEFAULT_WEIGHT, LINUX_CMDLINE, MAX_CHANNELS, MAX_POOLS, MAX_SERIAL_LEN,
     MIN_CHANNEL_SIZE, RAM_IPA,
 };
@@ -422,10 +422,49 @@ pub fn parse(text: &str, file: &str) -> Result<Parsed, Vec<Diagnostic>> {
         diags.push(diag(Some(rb.memory.span().start), "board.memory".into(), m));
         0
     });
+    let management = match (&rb.address, &rb.store) {
+        (None, None) => None,
+        (Some(a), Some(s)) => {
+            lines.board.add("address", "address", at(a.span()));
+            lines.board.add("store", "store", at(s.span()));
+            let ip = parse_cidr(a.get_ref()).unwrap_or_else(|m| {
+                diags.push(diag(Some(a.span().start), "board.address".into(), m));
+                ([0; 4], 0)
+            });
+            let store = parse_endpoint(s.get_ref()).unwrap_or_else(|m| {
+                diags.push(diag(Some(s.span().start), "board.store".into(), m));
+                ([0; 4], 0)
+            });
+            Some(Management {
+                ip: ip.0,
+                prefix: ip.1,
+                store,
+            })
+        }
+        (Some(a), None) => {
+            diags.push(diag(
+                Some(a.span().start),
+                "board.address".into(),
+                "`address` needs `store` too: where `snapshot` sends a VM (\"10.0.2.254:7700\")"
+                    .into(),
+            ));
+            None
+        }
+        (None, Some(s)) => {
+            diags.push(diag(
+                Some(s.span().start),
+                "board.store".into(),
+                "`store` needs `address` too: the hypervisor's own address on the physical NIC (\"10.0.2.15/24\")"
+                    .into(),
+            ));
+            None
+        }
+    };
     let board = Board {
         cpus: *rb.cpus.get_ref(),
         ram_base,
         ram_size,
+        management,
     };
 
     // The board's disks, which the VMs' slices name.
@@ -1168,6 +1207,50 @@ fn unknown_pool(name: &str, pools: &[Pool]) -> String {
 
 /// Parses a MAC address written `"xx:xx:xx:xx:xx:xx"`: six bytes of two
 /// hex digits each (upper or lower case), separated by colons.
+/// An IPv4 address with its prefix length, `"10.0.2.15/24"`: a unicast
+/// host address inside a prefix of 8 to 30 bits.
+pub fn parse_cidr(s: &str) -> Result<([u8; 4], u8), String> {
+    let bad = || format!("\"{s}\" is not an IPv4 address with a prefix length (\"10.0.2.15/24\")");
+    let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
+    let ip = parse_ipv4(ip).ok_or_else(bad)?;
+    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
+    if !(8..=30).contains(&prefix) {
+        return Err(format!("prefix length {prefix} in \"{s}\": use 8 to 30"));
+    }
+    let host = u32::from_be_bytes(ip) & (u32::MAX >> prefix);
+    if host == 0 || host == u32::MAX >> prefix || ip[0] == 127 || ip[0] >= 224 {
+        return Err(format!(
+            "\"{s}\" is not a host address (network, broadcast, loopback or multicast)"
+        ));
+    }
+    Ok((ip, prefix))
+}
+
+/// An IPv4 address and TCP port, `"10.0.2.254:7700"`.
+pub fn parse_endpoint(s: &str) -> Result<([u8; 4], u16), String> {
+    let bad = || format!("\"{s}\" is not an IPv4 address and port (\"10.0.2.254:7700\")");
+    let (ip, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let ip = parse_ipv4(ip).ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if port == 0 {
+        return Err(bad());
+    }
+    Ok((ip, port))
+}
+
+fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split('.');
+    for b in &mut out {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        *b = p.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
     let bad = || {
         format!(
@@ -1371,6 +1454,8 @@ struct RawBoard {
     cpus: Spanned<u16>,
     memory: Spanned<SizeValue>,
     ram_base: Option<Spanned<u64>>,
+    address: Option<Spanned<String>>,
+    store: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1551,6 +1636,27 @@ mod tests {
         assert_eq!(parse_size("2GiB"), Ok(2 << 30));
         assert_eq!(parse_size("0x100_0000"), Ok(16 << 20));
         assert_eq!(parse_size("1_024 K"), Ok(1 << 20));
+    }
+
+    #[test]
+    fn management_addresses_parse_and_refuse() {
+        assert_eq!(parse_cidr("10.0.2.15/24"), Ok(([10, 0, 2, 15], 24)));
+        assert_eq!(parse_endpoint("10.0.2.254:7700"), Ok(([10, 0, 2, 254], 7700)));
+        for bad in ["10.0.2.15", "10.0.2/24", "10.0.2.256/24", "10.0.2.15/31", "10.0.2.0/24"] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+        for bad in ["127.0.0.1/8", "224.0.0.1/8", "10.0.2.255/24", "1.2.3.04x/8"] {
+            assert!(parse_cidr(bad).is_err(), "{bad}");
+        }
+        for bad in ["10.0.2.254", "10.0.2.254:0", "10.0.2.254:99999", "host:7700"] {
+            assert!(parse_endpoint(bad).is_err(), "{bad}");
+        }
+        let m = Management {
+            ip: [10, 0, 2, 15],
+            prefix: 24,
+            store: ([10, 0, 2, 254], 7700),
+        };
+        assert_eq!(m.mac(), [0x02, 0x62, 0x68, 0, 2, 15]);
     }
 
     #[test]

@@ -46,12 +46,56 @@ pub fn validate(cfg: &SystemConfig, images: &[ImageInfo]) -> Vec<Problem> {
     v.channels();
     v.disks();
     v.switches();
+    v.management();
     v.problems
 }
 
 struct Validator<'a> {
     cfg: &'a SystemConfig,
     problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    /// The management endpoint: its store must be on its link (there is
+    /// no router), and its MAC must not be a VM's.
+    fn management(&mut self) {
+        let Some(m) = self.cfg.board.management else {
+            return;
+        };
+        let mask = u32::MAX << (32 - u32::from(m.prefix.clamp(1, 32)));
+        let (ip, store) = (u32::from_be_bytes(m.ip), u32::from_be_bytes(m.store.0));
+        if ip & mask != store & mask {
+            let [a, b, c, d] = m.store.0;
+            let [w, x, y, z] = m.ip;
+            self.report(
+                Field::Board("store"),
+                format!(
+                    "the store {a}.{b}.{c}.{d} is not on the management link {w}.{x}.{y}.{z}/{}: \
+                     the hypervisor does not route",
+                    m.prefix
+                ),
+            );
+        } else if ip == store {
+            self.report(
+                Field::Board("store"),
+                "the store has the hypervisor's own address".into(),
+            );
+        }
+        let mac = m.mac();
+        for (i, vm) in self.cfg.vms.iter().enumerate() {
+            for (k, n) in vm.nets.iter().enumerate() {
+                if n.mac == mac {
+                    self.report(
+                        Field::VmNet(i, k, "mac"),
+                        format!(
+                            "MAC {mac:02x?} is the management endpoint's (02:62:68 and the low \
+                             three bytes of board.address)"
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 fn aligned(x: u64) -> bool {
@@ -1449,6 +1493,7 @@ mod tests {
                 cpus: 4,
                 ram_base: 0x4000_0000,
                 ram_size: 1 << 30,
+                management: None,
             },
             vms: vec![
                 vm("safety", 16 * MIB, Some(0x5000_0000), &[0]),

@@ -26,6 +26,12 @@ pub enum Command<'a> {
         vcpu: u16,
         pcpu: u16,
     },
+    /// Send a VM's state to the snapshot store under `name` (default: the
+    /// VM's name); the VM runs on.
+    Snapshot { vm: &'a str, name: Option<&'a str> },
+    /// Replace a stopped VM with snapshot `name` (default: the VM's name)
+    /// from the store, and run it.
+    Restore { vm: &'a str, name: Option<&'a str> },
 }
 
 /// Why a line is not a command; `Display` is the one-line error shown.
@@ -37,6 +43,8 @@ pub enum ParseError<'a> {
     TooManyArguments(&'static str),
     /// `move` needs VM, a vCPU number and a pCPU number.
     MoveUsage,
+    /// `snapshot` / `restore` need VM and at most a snapshot name.
+    SnapshotUsage(&'static str),
 }
 
 impl core::fmt::Display for ParseError<'_> {
@@ -47,6 +55,7 @@ impl core::fmt::Display for ParseError<'_> {
             ParseError::MissingVm(c) => write!(f, "usage: {c} VM"),
             ParseError::TooManyArguments(c) => write!(f, "{c}: too many arguments"),
             ParseError::MoveUsage => write!(f, "usage: move VM VCPU PCPU (numbers from 0)"),
+            ParseError::SnapshotUsage(c) => write!(f, "usage: {c} VM [NAME]"),
         }
     }
 }
@@ -61,6 +70,8 @@ pub const HELP: &[&str] = &[
     "stats [VM]       exits by reason and interrupts injected",
     "sched            pools: run queues, load; vCPUs: state, pCPU, runtime",
     "move VM V P      move pool VM's vCPU V to pCPU P of its pool",
+    "snapshot VM [N]  send VM's state to the snapshot store as N (default VM)",
+    "restore VM [N]   run stopped VM from snapshot N of the store",
     "help             this text",
     "Ctrl-]           move console input to the next VM / this shell",
 ];
@@ -101,6 +112,18 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
                 (Ok(vcpu), Ok(pcpu)) => Ok(Command::Move { vm, vcpu, pcpu }),
                 _ => Err(ParseError::MoveUsage),
             }
+        }
+        "snapshot" | "restore" => {
+            let c = if cmd == "snapshot" { "snapshot" } else { "restore" };
+            let mut w = line.split_ascii_whitespace().skip(1);
+            let (Some(vm), name, None) = (w.next(), w.next(), w.next()) else {
+                return Err(ParseError::SnapshotUsage(c));
+            };
+            Ok(if c == "snapshot" {
+                Command::Snapshot { vm, name }
+            } else {
+                Command::Restore { vm, name }
+            })
         }
         other => Err(ParseError::Unknown(other)),
     }
@@ -193,6 +216,33 @@ mod tests {
         assert_eq!(
             parse("stats a b"),
             Err(ParseError::TooManyArguments("stats"))
+        );
+    }
+
+    #[test]
+    fn snapshot_and_restore_parse() {
+        assert_eq!(
+            parse("snapshot web"),
+            Ok(Command::Snapshot {
+                vm: "web",
+                name: None
+            })
+        );
+        assert_eq!(
+            parse("restore web monday"),
+            Ok(Command::Restore {
+                vm: "web",
+                name: Some("monday")
+            })
+        );
+        for bad in ["snapshot", "restore", "snapshot a b c"] {
+            assert!(matches!(parse(bad), Err(ParseError::SnapshotUsage(_))), "{bad}");
+        }
+        extern crate std;
+        use std::string::ToString;
+        assert_eq!(
+            parse("restore").unwrap_err().to_string(),
+            "usage: restore VM [NAME]"
         );
     }
 
