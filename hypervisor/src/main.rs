@@ -9,11 +9,13 @@ extern crate alloc;
 mod arch;
 mod channel;
 mod console;
+mod mgmt;
 mod net;
 mod percpu;
 mod platform;
 mod sched;
 mod shell;
+mod snapshot;
 mod sysreg;
 mod system;
 mod trap;
@@ -570,6 +572,7 @@ fn build_system(
     // Switch ports are fixed by the config, so VMs know theirs as they
     // are built.
     let net_ports = net::build(&cfg);
+    mgmt::init(cfg.board.management);
     let mut by_config = alloc::vec![None; cfg.vms.len()];
     // Each pool's pCPUs that exist here; its vCPUs, numbered as added.
     let pool_cpus: Vec<Vec<usize>> = cfg

@@ -278,25 +278,31 @@ fn uplink_send(frame: &[u8], off: &Offload) {
     });
 }
 
-/// The physical NIC's interrupt: every frame it received goes to the
-/// uplink's switch, one at a time, the NIC's lock released while it is
-/// forwarded.
+/// A frame from the hypervisor's own endpoint (crate::mgmt), straight out
+/// of the physical NIC.
+pub fn send_raw(frame: &[u8]) {
+    uplink_send(frame, &Offload::default());
+}
+
+/// The physical NIC's interrupt: see [`poll_uplink`].
 pub fn uplink_interrupt() {
     let Some(u) = uplink() else {
         return;
     };
-    let Some(sw) = switches()
-        .iter()
-        .position(|s| matches!(s.ports.first(), Some(Port::Uplink)))
-    else {
-        // No switch has the uplink: drain and drop.
-        let mut frame = [0u8; MAX_FRAME];
-        let mut u = u.lock();
-        u.nic.ack_interrupt();
-        while u.receive(&mut frame).is_some() {}
+    u.lock().nic.ack_interrupt();
+    poll_uplink();
+}
+
+/// Every frame the NIC has received goes to the management endpoint if it
+/// is addressed to it, else (and broadcasts too) to the uplink's switch,
+/// one at a time, the NIC's lock released while it is forwarded.
+pub fn poll_uplink() {
+    let Some(u) = uplink() else {
         return;
     };
-    u.lock().nic.ack_interrupt();
+    let sw = switches()
+        .iter()
+        .position(|s| matches!(s.ports.first(), Some(Port::Uplink)));
     let mut frame = [0u8; MAX_FRAME];
     loop {
         let got = {
@@ -309,7 +315,14 @@ pub fn uplink_interrupt() {
         };
         match got {
             Some(0) => continue,
-            Some(len) => send(sw, 0, &frame[..len], &Offload::default()),
+            Some(len) => {
+                let f = &frame[..len];
+                if crate::mgmt::offer(f) {
+                    if let Some(sw) = sw {
+                        send(sw, 0, f, &Offload::default());
+                    }
+                }
+            }
             None => break,
         }
     }

@@ -186,6 +186,10 @@ pub fn kick(vm: &Vm, vcpu: VcpuId) {
     let Some(pv) = vm.pool_vcpu(vcpu) else {
         return;
     };
+    if vm.paused.load(Ordering::Acquire) {
+        // `resume` wakes every vCPU; what arrives meanwhile waits in the vGIC.
+        return;
+    }
     let Some(pool) = pools().get(pv.pool) else {
         return;
     };
@@ -394,6 +398,11 @@ fn load(pool: &PoolHw, e: Entity) -> Option<GuestRegs> {
     } else {
         None
     };
+    if vm.paused.load(Ordering::Acquire) {
+        drop(st);
+        stop_entity(pv);
+        return None;
+    }
     let on = matches!(st.power.state(vcpu), Some(VcpuPower::On));
     if st.lifecycle != Lifecycle::Running || (start.is_none() && !on) {
         // Stopping: it would park at once, so it parks here.
@@ -612,6 +621,68 @@ fn wake_timers(pool: &PoolHw, t: u64) {
         let _ = vm.vgic.lock().set_pending(vcpu.0, VTIMER_INTID);
         kick(vm, vcpu);
     }
+}
+
+/// Holds a pool VM's vCPUs off their pCPUs (a snapshot): each leaves its
+/// run queue, one that runs is switched out, and this returns once every
+/// one's registers are saved. Interrupts for it meanwhile stay pending in
+/// its vGIC. Errors (and the VM runs on) if a vCPU does not leave in 2 s.
+pub fn pause(vm: &Vm) -> Result<(), String> {
+    let pool = pool_of(vm).ok_or_else(|| alloc::format!("{} is not a pool VM", vm.name))?;
+    vm.paused.store(true, Ordering::Release);
+    for pv in &vm.pool {
+        pv.wake_at.store(0, Ordering::Relaxed);
+        let cpu = pool.sched.lock().stop(pv.entity, now());
+        if let Some(c) = cpu {
+            resched(pool, c);
+        }
+    }
+    let deadline = now().saturating_add(ms(2000));
+    while vm
+        .pool
+        .iter()
+        .any(|pv| pv.loaded.load(Ordering::Acquire) != 0)
+    {
+        if now() > deadline {
+            resume(vm);
+            return Err(alloc::format!(
+                "{}: a vCPU did not leave its pCPU within 2 s",
+                vm.name
+            ));
+        }
+        core::hint::spin_loop();
+    }
+    Ok(())
+}
+
+/// Lets a paused VM run again: every vCPU is woken and the ones that are
+/// on run (a spurious wake-up of a waiting one is allowed by WFI).
+pub fn resume(vm: &Vm) {
+    vm.paused.store(false, Ordering::Release);
+    for v in 0..vm.n_vcpus() {
+        kick(vm, VcpuId(v));
+    }
+}
+
+/// The saved registers of pool vCPU `vcpu`, which no pCPU holds (paused
+/// or stopped): GPRs and PC, the rest of its context, and whether its
+/// timer PPI was active.
+pub fn with_saved<R>(
+    vm: &Vm,
+    vcpu: VcpuId,
+    f: impl FnOnce(&mut GuestRegs, &mut Context, &mut bool) -> R,
+) -> Option<R> {
+    let pv = vm.pool_vcpu(vcpu)?;
+    if pv.loaded.load(Ordering::Acquire) != 0 {
+        return None;
+    }
+    let mut sv = pv.saved.lock();
+    let Saved {
+        regs,
+        ctx,
+        timer_active,
+    } = &mut *sv;
+    Some(f(regs, ctx, timer_active))
 }
 
 /// `move VM VCPU PCPU` in the shell.

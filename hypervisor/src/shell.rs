@@ -226,6 +226,22 @@ fn run(line: &str) {
             }
         }
         Command::Sched => crate::sched::show(),
+        Command::Snapshot { vm, name } => {
+            let Some(vm) = find(vm) else { return };
+            let name = name.unwrap_or(&vm.name);
+            match crate::snapshot::snapshot(vm, name) {
+                Ok(m) => say!("{m}"),
+                Err(e) => say!("error: {}: snapshot failed: {e}", vm.name),
+            }
+        }
+        Command::Restore { vm, name } => {
+            let Some(vm) = find(vm) else { return };
+            let name = name.unwrap_or(&vm.name);
+            match crate::snapshot::restore(vm, name) {
+                Ok(m) => say!("{m}"),
+                Err(e) => say!("error: {e}"),
+            }
+        }
         Command::Move { vm, vcpu, pcpu } => {
             let Some(vm) = find(vm) else { return };
             if vcpu >= vm.n_vcpus() {

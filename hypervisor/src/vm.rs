@@ -186,6 +186,8 @@ pub struct Vm {
     ended: AtomicU8,
     /// CNTVOFF_EL2 for every vCPU: the counter when the VM last started.
     pub cntvoff: AtomicU64,
+    /// Held off its pCPUs for a snapshot (pool VMs: `sched::pause`).
+    pub paused: AtomicBool,
     pub complaints: AtomicU32,
     pub stats: VmStats,
     /// Has an initramfs (a Linux userland, usually a shell): the first such
@@ -341,6 +343,7 @@ impl Vm {
             restarts: AtomicU64::new(0),
             ended: AtomicU8::new(0),
             cntvoff: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
             complaints: AtomicU32::new(0),
             stats: VmStats::default(),
             has_initramfs: cfg.initramfs.is_some(),

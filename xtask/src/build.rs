@@ -43,7 +43,8 @@ pub struct Built {
     pub disks: Vec<PathBuf>,
     /// Their `[[disk]]` tables, for [`blank_disks`].
     pub disk_configs: Vec<bulkhead_config::Disk>,
-    /// A switch has the uplink: the board needs its physical NIC.
+    /// A switch has the uplink, or the board has a management address: the
+    /// board needs its physical NIC.
     pub uplink: bool,
 }
 
@@ -209,7 +210,8 @@ pub fn build_with_features(config: &Path, output: Output, features: &[&str]) -> 
         vcpus: busy_cpus(&parsed.config),
         disks,
         disk_configs: parsed.config.disks.clone(),
-        uplink: parsed.config.switches.iter().any(|s| s.uplink),
+        uplink: parsed.config.switches.iter().any(|s| s.uplink)
+            || parsed.config.board.management.is_some(),
     })
 }
 

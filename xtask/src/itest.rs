@@ -1290,6 +1290,10 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
         println!("booting a user's Image and device tree from a path (user_image)…");
         tally.record("user_image", user_image());
     }
+    if wanted("snapshot") {
+        println!("snapshot and restore across two machines (snapshot)…");
+        tally.record("snapshot", crate::snaptest::run());
+    }
     if wanted("bench_quick") {
         println!("running the benchmark harness (cargo xtask bench --quick)…");
         tally.record("bench_quick", bench_quick());

@@ -21,6 +21,7 @@ mod itest;
 mod netpeer;
 mod prereq;
 mod qemu;
+mod snaptest;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

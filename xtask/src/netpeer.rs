@@ -40,6 +40,30 @@
 //! with a std-host mode, and this module is only glue: a `phy::Device` over
 //! the framed TCP stream, the poll loop, the echo server and the counters.
 //!
+//! # The snapshot store
+//!
+//! With [`PeerConfig::store`] set to a directory, the peer is also the
+//! hypervisor's snapshot store (docs/snapshot.md) on TCP port
+//! [`STORE_PORT`]: one request per connection, any number of connections
+//! over the run, up to [`STORE_MAX_SLOTS`] at a time. A session opens with one
+//! request line of at most [`MAX_REQUEST`] bytes, its `\n` included:
+//!
+//! - `PUT <name>`: everything the client sends after that line, up to its
+//!   FIN, is the snapshot. It is written to `<name>.bhsnap.part`; when the
+//!   FIN arrives the file is renamed over `<name>.bhsnap` and the peer
+//!   answers `OK <bytes>\n` and closes. If the connection is reset or the
+//!   link drops first, the `.part` file is deleted and an older
+//!   `<name>.bhsnap` stays as it was: a cut stream never looks whole. A
+//!   stream that grows past [`MAX_SNAPSHOT`] is refused there.
+//! - `GET <name>`: the peer sends the bytes of `<name>.bhsnap`, read from
+//!   disk as the socket's send buffer drains, and closes; without such a
+//!   file it answers `ERR no snapshot <name>\n` and closes.
+//!
+//! A name is 1 to 31 of `a-z 0-9 _ -`. Any other request (unknown verb, bad
+//! name, a line too long or never ended) gets `ERR <reason>\n` and a close;
+//! input after a refusal is read and dropped. Store sessions have their own
+//! sockets and counters, apart from the echo server's.
+//!
 //! # Safety of the host
 //!
 //! The only real sockets are the listener on 127.0.0.1 and the connections
@@ -51,8 +75,10 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -89,6 +115,25 @@ const TCP_BUFFER: usize = 16 * 1024;
 const MAX_LINE: usize = 4096;
 /// Log entries kept; later ones are only counted.
 const LOG_CAP: usize = 256;
+/// The snapshot store's TCP port (see the module docs).
+pub const STORE_PORT: u16 = 7700;
+/// Store sockets made when a link comes up, and the most it may grow to.
+/// One is always kept listening: a client that drops its socket in
+/// TIME-WAIT never sends its last ACK, which leaves our socket in LAST-ACK
+/// until a retransmission draws a reset (a second or more).
+const STORE_SLOTS: usize = 2;
+const STORE_MAX_SLOTS: usize = 16;
+/// Each store socket's receive and send buffer: big enough to keep a
+/// snapshot stream moving.
+const STORE_BUFFER: usize = 256 * 1024;
+/// Longest request line, its `\n` included.
+const MAX_REQUEST: usize = 64;
+/// Longest snapshot name.
+const MAX_NAME: usize = 31;
+/// Largest snapshot a `PUT` may send.
+const MAX_SNAPSHOT: u64 = 1 << 30;
+/// Buffer of the file reads and writes behind a transfer.
+const FILE_BUFFER: usize = 256 * 1024;
 /// Pause of the poll loop when nothing moved.
 const IDLE_SLEEP: Duration = Duration::from_millis(1);
 /// Pause between accept attempts while no link is up.
@@ -107,6 +152,9 @@ pub struct PeerConfig {
     pub tcp_port: u16,
     /// The first line each TCP session receives (a "\n" is added).
     pub greeting: String,
+    /// The directory of the snapshot store on [`STORE_PORT`]; `None` turns
+    /// the store off. It must exist.
+    pub store: Option<PathBuf>,
 }
 
 /// What the peer saw, for test assertions and failure logs.
@@ -125,14 +173,26 @@ pub struct PeerReport {
     /// ARP replies and ICMP echo replies among the frames sent.
     pub arp_replies: u64,
     pub icmp_echo_replies: u64,
-    /// TCP sessions established, and those that have ended since.
+    /// Echo-port TCP sessions established, and those that have ended since.
     pub tcp_sessions: u64,
     pub tcp_sessions_closed: u64,
-    /// TCP payload bytes received and sent (greetings and echoes).
+    /// Echo-port TCP payload bytes received and sent (greetings and echoes).
     pub tcp_bytes_in: u64,
     pub tcp_bytes_out: u64,
     /// Lines echoed back.
     pub lines_echoed: u64,
+    /// Sessions on the store port.
+    pub store_sessions: u64,
+    /// `PUT`s answered `OK`, and the bytes of those snapshots.
+    pub snapshots_stored: u64,
+    pub snapshot_bytes_in: u64,
+    /// `GET`s whose whole file was handed to TCP, and the snapshot bytes
+    /// handed to TCP by all `GET`s (cut-short ones too).
+    pub snapshots_served: u64,
+    pub snapshot_bytes_out: u64,
+    /// Refused requests, transfers cut short and file errors, in order (the
+    /// first [`LOG_CAP`]); each is in the log too.
+    pub snapshot_errors: Vec<String>,
     /// Events in order: links, TCP sessions, errors; each with the time
     /// since the peer started.
     pub log: Vec<String>,
@@ -161,6 +221,19 @@ impl fmt::Display for PeerReport {
             self.tcp_bytes_out,
             self.lines_echoed,
         )?;
+        if self.store_sessions > 0 {
+            writeln!(
+                f,
+                "  store: {} session(s); {} snapshot(s) stored ({} B), {} served ({} B); \
+                 {} error(s)",
+                self.store_sessions,
+                self.snapshots_stored,
+                self.snapshot_bytes_in,
+                self.snapshots_served,
+                self.snapshot_bytes_out,
+                self.snapshot_errors.len(),
+            )?;
+        }
         for line in &self.log {
             writeln!(f, "  {line}")?;
         }
@@ -202,6 +275,15 @@ impl Shared {
             report.log_dropped += 1;
         }
     }
+
+    /// Logs a store failure and keeps it for [`PeerReport::snapshot_errors`].
+    fn store_error(&self, error: String) {
+        self.note(format_args!("store: {error}"));
+        let mut report = self.report();
+        if report.snapshot_errors.len() < LOG_CAP {
+            report.snapshot_errors.push(error);
+        }
+    }
 }
 
 /// The host end of the link; see the module docs. Dropping it stops it too.
@@ -229,6 +311,17 @@ impl NetPeer {
             "netpeer: {ip} is not a host address"
         );
         ensure!(config.tcp_port != 0, "netpeer: TCP port 0");
+        if let Some(dir) = &config.store {
+            ensure!(
+                config.tcp_port != STORE_PORT,
+                "netpeer: the echo server's port {STORE_PORT} is the store's"
+            );
+            ensure!(
+                dir.is_dir(),
+                "netpeer: snapshot store {} is not a directory",
+                dir.display()
+            );
+        }
 
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .context("netpeer: listening on 127.0.0.1")?;
@@ -240,6 +333,12 @@ impl NetPeer {
             "listening on 127.0.0.1:{port} as {mac} {ip}/{}, TCP echo on port {}",
             config.prefix, config.tcp_port
         ));
+        if let Some(dir) = &config.store {
+            shared.note(format_args!(
+                "snapshot store on port {STORE_PORT} in {}",
+                dir.display()
+            ));
+        }
         let thread = {
             let (shared, stop) = (shared.clone(), stop.clone());
             thread::Builder::new()
@@ -330,7 +429,7 @@ enum LinkEnd {
     Stopped,
 }
 
-/// Runs the interface and the TCP server over one link until it closes.
+/// Runs the interface and the TCP servers over one link until it closes.
 fn run_link(
     stream: TcpStream,
     config: &PeerConfig,
@@ -342,28 +441,44 @@ fn run_link(
     let mut iface = interface(config.mac, cidr, &mut device);
     let mut sockets = SocketSet::new(Vec::new());
     let mut server = EchoServer::new(&mut sockets, config);
-    let end = loop {
-        if stop.load(Ordering::Relaxed) {
-            break LinkEnd::Stopped;
-        }
-        let mut busy = match device.fill()? {
-            Fill::Eof => break LinkEnd::Closed,
-            Fill::Data => true,
-            Fill::Idle => false,
-        };
-        iface.poll(Instant::now(), &mut device, &mut sockets);
-        if server.service(&mut sockets, shared) {
-            // Send what the server just queued without waiting a round.
+    let mut store = config
+        .store
+        .as_deref()
+        .map(|dir| StoreServer::new(&mut sockets, dir));
+    let mut pump = || -> Result<LinkEnd> {
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(LinkEnd::Stopped);
+            }
+            let mut busy = match device.fill()? {
+                Fill::Eof => return Ok(LinkEnd::Closed),
+                Fill::Data => true,
+                Fill::Idle => false,
+            };
             iface.poll(Instant::now(), &mut device, &mut sockets);
-            busy = true;
-        }
-        busy |= device.flush()?;
-        if !busy {
-            thread::sleep(IDLE_SLEEP);
+            let mut served = server.service(&mut sockets, shared);
+            if let Some(store) = store.as_mut() {
+                served |= store.service(&mut sockets, shared);
+            }
+            if served {
+                // Send what the servers just queued without waiting a round.
+                iface.poll(Instant::now(), &mut device, &mut sockets);
+                busy = true;
+            }
+            busy |= device.flush()?;
+            if !busy {
+                thread::sleep(IDLE_SLEEP);
+            }
         }
     };
+    // However the link ends, its sessions end with it (and unfinished
+    // uploads are discarded).
+    let end = pump();
     server.drop_all(shared);
-    Ok(end)
+    if let Some(store) = store.as_mut() {
+        store.drop_all(shared);
+    }
+    end
 }
 
 /// A smoltcp interface on `device` with one address.
@@ -764,6 +879,507 @@ impl EchoServer {
     }
 }
 
+/// The snapshot store (see the module docs): a few listening sockets on
+/// [`STORE_PORT`], each serving one session at a time.
+struct StoreServer {
+    dir: PathBuf,
+    slots: Vec<StoreSlot>,
+    buf: Vec<u8>,
+}
+
+struct StoreSlot {
+    handle: SocketHandle,
+    session: Option<StoreSession>,
+}
+
+/// One store session's state beyond what the socket keeps.
+struct StoreSession {
+    remote: Option<IpEndpoint>,
+    /// The request line so far, without its `\n`.
+    line: Vec<u8>,
+    phase: Phase,
+    /// Reply bytes not yet taken by the socket.
+    out: Vec<u8>,
+    closing: bool,
+}
+
+enum Phase {
+    /// Reading the request line.
+    Request,
+    /// Receiving a snapshot.
+    Put(Upload),
+    /// Sending one.
+    Get(Download),
+    /// Sending `out`, then closing; input is dropped.
+    Done,
+}
+
+struct Upload {
+    name: String,
+    file: PartFile,
+    bytes: u64,
+}
+
+struct Download {
+    name: String,
+    reader: BufReader<File>,
+    size: u64,
+    sent: u64,
+}
+
+/// `<name>.bhsnap.part` while it is received; deleted when dropped unless
+/// [`PartFile::commit`] renamed it into place.
+struct PartFile {
+    path: PathBuf,
+    writer: Option<BufWriter<File>>,
+    committed: bool,
+}
+
+impl PartFile {
+    fn create(path: PathBuf) -> io::Result<PartFile> {
+        let file = File::create(&path)?;
+        Ok(PartFile {
+            path,
+            writer: Some(BufWriter::with_capacity(FILE_BUFFER, file)),
+            committed: false,
+        })
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        match self.writer.as_mut() {
+            Some(writer) => writer.write_all(data),
+            None => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    /// Flushes the file to disk and renames it to `dest`, replacing any
+    /// file there in one step.
+    fn commit(mut self, dest: &Path) -> io::Result<()> {
+        let writer = self.writer.take().ok_or(io::ErrorKind::BrokenPipe)?;
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&self.path, dest)?;
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Close without flushing what is still buffered, then delete.
+            if let Some(writer) = self.writer.take() {
+                drop(writer.into_parts());
+            }
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The store's file for snapshot `name`.
+fn snapshot_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.bhsnap"))
+}
+
+/// `[a-z0-9_-]{1,31}`.
+fn valid_name(name: &str) -> bool {
+    (1..=MAX_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verb {
+    Put,
+    Get,
+}
+
+/// A request line (without its `\n`): the verb and the snapshot's name, or
+/// why not.
+fn parse_request(line: &[u8]) -> Result<(Verb, &str), String> {
+    let text =
+        std::str::from_utf8(line).map_err(|_| "the request line is not UTF-8".to_string())?;
+    let (verb, name) = match text.split_once(' ') {
+        Some(("PUT", name)) => (Verb::Put, name),
+        Some(("GET", name)) => (Verb::Get, name),
+        _ => {
+            return Err(format!(
+                "bad request {text:?}: want PUT <name> or GET <name>"
+            ))
+        }
+    };
+    if !valid_name(name) {
+        return Err(format!(
+            "bad snapshot name {name:?}: want 1 to {MAX_NAME} of a-z 0-9 _ -"
+        ));
+    }
+    Ok((verb, name))
+}
+
+impl StoreServer {
+    fn new(sockets: &mut SocketSet<'_>, dir: &Path) -> StoreServer {
+        let mut server = StoreServer {
+            dir: dir.to_path_buf(),
+            slots: Vec::new(),
+            buf: vec![0; 64 * 1024],
+        };
+        for _ in 0..STORE_SLOTS {
+            server.add_slot(sockets);
+        }
+        server
+    }
+
+    /// A new socket, listening on [`STORE_PORT`].
+    fn add_slot(&mut self, sockets: &mut SocketSet<'_>) {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; STORE_BUFFER]),
+            tcp::SocketBuffer::new(vec![0; STORE_BUFFER]),
+        );
+        socket
+            .listen(STORE_PORT)
+            .expect("a new socket can listen on a non-zero port");
+        self.slots.push(StoreSlot {
+            handle: sockets.add(socket),
+            session: None,
+        });
+    }
+
+    /// Moves every session along; true if anything happened.
+    fn service(&mut self, sockets: &mut SocketSet<'_>, shared: &Shared) -> bool {
+        let mut busy = false;
+        for i in 0..self.slots.len() {
+            // Names other sessions are receiving: a second PUT of one is refused.
+            let uploading: Vec<String> = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .filter_map(|(_, slot)| match &slot.session.as_ref()?.phase {
+                    Phase::Put(upload) => Some(upload.name.clone()),
+                    _ => None,
+                })
+                .collect();
+            let slot = &mut self.slots[i];
+            let socket = sockets.get_mut::<tcp::Socket>(slot.handle);
+
+            if slot.session.is_none()
+                && matches!(
+                    socket.state(),
+                    tcp::State::Established | tcp::State::CloseWait
+                )
+            {
+                let remote = socket.remote_endpoint();
+                shared.report().store_sessions += 1;
+                shared.note(format_args!("store: session from {}", endpoint(remote)));
+                slot.session = Some(StoreSession {
+                    remote,
+                    line: Vec::new(),
+                    phase: Phase::Request,
+                    out: Vec::new(),
+                    closing: false,
+                });
+                busy = true;
+            }
+            if let Some(session) = slot.session.as_mut() {
+                busy |= session.step(socket, &self.dir, &mut self.buf, &uploading, shared);
+            }
+            if !socket.is_active() {
+                if let Some(session) = slot.session.take() {
+                    session.end("the connection ended", shared);
+                    busy = true;
+                }
+            }
+            if !socket.is_open() {
+                if let Err(e) = socket.listen(STORE_PORT) {
+                    shared.note(format_args!("store: listen on port {STORE_PORT}: {e}"));
+                }
+            }
+        }
+        let listening = self
+            .slots
+            .iter()
+            .any(|slot| sockets.get::<tcp::Socket>(slot.handle).is_listening());
+        if !listening && self.slots.len() < STORE_MAX_SLOTS {
+            self.add_slot(sockets);
+            busy = true;
+        }
+        busy
+    }
+
+    /// Ends the sessions a dropped link took with it.
+    fn drop_all(&mut self, shared: &Shared) {
+        for slot in &mut self.slots {
+            if let Some(session) = slot.session.take() {
+                session.end("the link dropped", shared);
+            }
+        }
+    }
+}
+
+impl StoreSession {
+    /// Reads what arrived, acts on the client's FIN, sends what is due and
+    /// closes when done; true if anything happened.
+    fn step(
+        &mut self,
+        socket: &mut tcp::Socket<'_>,
+        dir: &Path,
+        buf: &mut [u8],
+        uploading: &[String],
+        shared: &Shared,
+    ) -> bool {
+        let mut busy = false;
+        while socket.can_recv() {
+            match socket.recv_slice(buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    self.input(&buf[..n], dir, uploading, shared);
+                    busy = true;
+                }
+            }
+        }
+        // CLOSE-WAIT with the receive buffer drained: the client's FIN came
+        // and every byte before it has been read.
+        if socket.state() == tcp::State::CloseWait && !socket.can_recv() {
+            match &self.phase {
+                Phase::Request if self.line.is_empty() => {
+                    self.refuse("no request line".to_string(), shared);
+                }
+                Phase::Request => self.refuse("the request line has no \\n".to_string(), shared),
+                Phase::Put(_) => self.commit(dir, shared),
+                Phase::Get(_) | Phase::Done => {}
+            }
+        }
+        if !self.out.is_empty() && socket.can_send() {
+            if let Ok(n) = socket.send_slice(&self.out) {
+                self.out.drain(..n);
+                busy |= n > 0;
+            }
+        }
+        if let Phase::Get(download) = &mut self.phase {
+            let before = download.sent;
+            let result = download.pump(socket);
+            let sent = download.sent - before;
+            if sent > 0 {
+                shared.report().snapshot_bytes_out += sent;
+                busy = true;
+            }
+            match result {
+                Ok(false) => {}
+                Ok(true) => {
+                    shared.report().snapshots_served += 1;
+                    shared.note(format_args!(
+                        "store: served {} to {}: {} B",
+                        download.name,
+                        endpoint(self.remote),
+                        download.sent
+                    ));
+                    self.phase = Phase::Done;
+                }
+                Err(e) => {
+                    // A reset, so that the client cannot take a cut file
+                    // for a whole one.
+                    shared.store_error(format!(
+                        "GET {} to {}: reading the file failed after {} B: {e}; connection reset",
+                        download.name,
+                        endpoint(self.remote),
+                        download.sent
+                    ));
+                    socket.abort();
+                    self.phase = Phase::Done;
+                    self.closing = true;
+                }
+            }
+        }
+        if matches!(self.phase, Phase::Done) && self.out.is_empty() && !self.closing {
+            socket.close();
+            self.closing = true;
+            busy = true;
+        }
+        busy
+    }
+
+    /// Takes received bytes: the request line, then the stream of a `PUT`.
+    fn input(&mut self, mut data: &[u8], dir: &Path, uploading: &[String], shared: &Shared) {
+        if let Phase::Request = self.phase {
+            let Some(end) = data.iter().position(|&b| b == b'\n') else {
+                if self.line.len() + data.len() >= MAX_REQUEST {
+                    self.refuse(format!("request line over {MAX_REQUEST} bytes"), shared);
+                } else {
+                    self.line.extend_from_slice(data);
+                }
+                return;
+            };
+            if self.line.len() + end + 1 > MAX_REQUEST {
+                self.refuse(format!("request line over {MAX_REQUEST} bytes"), shared);
+                return;
+            }
+            self.line.extend_from_slice(&data[..end]);
+            data = &data[end + 1..];
+            self.begin(dir, uploading, shared);
+        }
+        let Phase::Put(upload) = &mut self.phase else {
+            return;
+        };
+        if upload.bytes + data.len() as u64 > MAX_SNAPSHOT {
+            let error = format!(
+                "PUT {}: the stream is over {MAX_SNAPSHOT} bytes; nothing stored",
+                upload.name
+            );
+            self.refuse(error, shared);
+            return;
+        }
+        if let Err(e) = upload.file.write(data) {
+            let error = format!(
+                "PUT {}: cannot write {}: {e}; nothing stored",
+                upload.name,
+                upload.file.path.display()
+            );
+            self.refuse(error, shared);
+            return;
+        }
+        upload.bytes += data.len() as u64;
+    }
+
+    /// Acts on a complete request line.
+    fn begin(&mut self, dir: &Path, uploading: &[String], shared: &Shared) {
+        let (verb, name) = match parse_request(&self.line) {
+            Ok((verb, name)) => (verb, name.to_string()),
+            Err(reason) => return self.refuse(reason, shared),
+        };
+        let path = snapshot_path(dir, &name);
+        match verb {
+            Verb::Put if uploading.contains(&name) => {
+                self.refuse(
+                    format!("snapshot {name} is being stored by another session"),
+                    shared,
+                );
+            }
+            Verb::Put => {
+                let part = path.with_extension("bhsnap.part");
+                match PartFile::create(part) {
+                    Ok(file) => {
+                        shared.note(format_args!(
+                            "store: receiving {name} from {}",
+                            endpoint(self.remote)
+                        ));
+                        self.phase = Phase::Put(Upload {
+                            name,
+                            file,
+                            bytes: 0,
+                        });
+                    }
+                    Err(e) => {
+                        self.refuse(format!("cannot create the file for {name}: {e}"), shared)
+                    }
+                }
+            }
+            Verb::Get => match File::open(&path) {
+                Ok(file) => {
+                    let size = file.metadata().map_or(0, |m| m.len());
+                    shared.note(format_args!(
+                        "store: sending {name} ({size} B) to {}",
+                        endpoint(self.remote)
+                    ));
+                    self.phase = Phase::Get(Download {
+                        name,
+                        reader: BufReader::with_capacity(FILE_BUFFER, file),
+                        size,
+                        sent: 0,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.refuse(format!("no snapshot {name}"), shared);
+                }
+                Err(e) => self.refuse(format!("cannot open snapshot {name}: {e}"), shared),
+            },
+        }
+    }
+
+    /// The client's FIN ended a `PUT`: puts the file in place and answers.
+    fn commit(&mut self, dir: &Path, shared: &Shared) {
+        let Phase::Put(upload) = std::mem::replace(&mut self.phase, Phase::Done) else {
+            return;
+        };
+        let Upload { name, file, bytes } = upload;
+        match file.commit(&snapshot_path(dir, &name)) {
+            Ok(()) => {
+                {
+                    let mut report = shared.report();
+                    report.snapshots_stored += 1;
+                    report.snapshot_bytes_in += bytes;
+                }
+                shared.note(format_args!(
+                    "store: stored {name} from {}: {bytes} B",
+                    endpoint(self.remote)
+                ));
+                self.out
+                    .extend_from_slice(format!("OK {bytes}\n").as_bytes());
+            }
+            Err(e) => self.refuse(format!("PUT {name}: cannot store the file: {e}"), shared),
+        }
+    }
+
+    /// Answers `ERR <reason>` and closes after it; any upload is discarded.
+    fn refuse(&mut self, reason: String, shared: &Shared) {
+        self.phase = Phase::Done;
+        self.out
+            .extend_from_slice(format!("ERR {reason}\n").as_bytes());
+        shared.store_error(format!("{}: {reason}", endpoint(self.remote)));
+    }
+
+    /// The session is over (`why` says how); an unfinished transfer is an
+    /// error, and an unfinished upload's file goes with it.
+    fn end(self, why: &str, shared: &Shared) {
+        let remote = endpoint(self.remote);
+        match self.phase {
+            Phase::Put(upload) => shared.store_error(format!(
+                "PUT {} from {remote}: {why} after {} B, before the client's FIN; nothing stored",
+                upload.name, upload.bytes
+            )),
+            Phase::Get(download) => shared.store_error(format!(
+                "GET {} to {remote}: {why} after {} of {} B",
+                download.name, download.sent, download.size
+            )),
+            Phase::Request => {
+                shared.note(format_args!(
+                    "store: session from {remote}: {why} before a request"
+                ));
+            }
+            Phase::Done if !self.out.is_empty() => {
+                shared.note(format_args!(
+                    "store: session from {remote}: {why} before the reply went out"
+                ));
+            }
+            Phase::Done => shared.note(format_args!("store: session from {remote} ended")),
+        }
+    }
+}
+
+impl Download {
+    /// Reads the file into the socket's free send buffer; true at the end
+    /// of the file.
+    fn pump(&mut self, socket: &mut tcp::Socket<'_>) -> io::Result<bool> {
+        while socket.can_send() {
+            let reader = &mut self.reader;
+            let read = socket.send(|space| match reader.read(space) {
+                Ok(n) => (n, Ok(n)),
+                Err(e) => (0, Err(e)),
+            });
+            match read {
+                // The socket can no longer send; `end` reports the rest.
+                Err(_) => return Ok(false),
+                Ok(Ok(0)) => return Ok(true),
+                Ok(Ok(n)) => self.sent += n as u64,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+}
+
 fn endpoint(remote: Option<IpEndpoint>) -> String {
     remote.map_or_else(|| "?".to_string(), |e| e.to_string())
 }
@@ -775,6 +1391,69 @@ mod tests {
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::socket::icmp;
     use smoltcp::wire::Icmpv4Repr;
+
+    /// Enough time for megabytes through two smoltcp stacks in a debug build.
+    const STORE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// xorshift64: pseudo-random, repeatable.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len).map(|_| next(&mut state) as u8).collect()
+    }
+
+    /// A fresh, empty directory for one test's store.
+    fn temp_store(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("bulkhead-netpeer-{}-{test}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn store_config(dir: &Path) -> PeerConfig {
+        PeerConfig {
+            store: Some(dir.to_path_buf()),
+            ..config()
+        }
+    }
+
+    /// The names in `dir`, sorted.
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Waits (polling the link, if there is one) until `done` holds for the
+    /// peer's report.
+    fn wait_for(
+        peer: &NetPeer,
+        mut client: Option<&mut Client>,
+        done: impl Fn(&PeerReport) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + STORE_TIMEOUT;
+        while !done(&peer.report()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out:\n{}",
+                peer.report()
+            );
+            match client.as_deref_mut() {
+                Some(client) => client.poll(),
+                None => thread::sleep(IDLE_SLEEP),
+            }
+        }
+    }
 
     /// Addresses from TEST-NET-1 (RFC 5737): they exist only inside the
     /// emulated Ethernet carried over 127.0.0.1.
@@ -794,6 +1473,7 @@ mod tests {
             prefix: 24,
             tcp_port: TCP_PORT,
             greeting: GREETING.to_string(),
+            store: None,
         }
     }
 
@@ -855,6 +1535,15 @@ mod tests {
             },
             PeerConfig {
                 tcp_port: 0,
+                ..config()
+            },
+            PeerConfig {
+                store: Some(std::env::temp_dir().join("bulkhead-netpeer-no-such-dir")),
+                ..config()
+            },
+            PeerConfig {
+                tcp_port: STORE_PORT,
+                store: Some(std::env::temp_dir()),
                 ..config()
             },
         ];
@@ -987,6 +1676,82 @@ mod tests {
             self.sockets.remove(handle);
         }
 
+        /// A TCP socket connected (or connecting) to the store.
+        fn store_socket(&mut self, local_port: u16) -> SocketHandle {
+            let socket = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; STORE_BUFFER]),
+                tcp::SocketBuffer::new(vec![0; STORE_BUFFER]),
+            );
+            let handle = self.sockets.add(socket);
+            self.sockets
+                .get_mut::<tcp::Socket>(handle)
+                .connect(
+                    self.iface.context(),
+                    (IpAddress::from(Ipv4Address::from(PEER_IP)), STORE_PORT),
+                    local_port,
+                )
+                .unwrap();
+            handle
+        }
+
+        /// Sends `data` in uneven pieces, and polls until the peer has
+        /// acknowledged all of it.
+        fn send_all(&mut self, handle: SocketHandle, data: &[u8], rng: &mut u64) {
+            let mut pos = 0;
+            loop {
+                let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+                while socket.can_send() && pos < data.len() {
+                    let piece = (1 + next(rng) % 40_000) as usize;
+                    let end = data.len().min(pos + piece);
+                    pos += socket.send_slice(&data[pos..end]).unwrap();
+                }
+                if pos == data.len() && socket.send_queue() == 0 {
+                    return;
+                }
+                assert!(
+                    socket.may_send() || socket.state() == tcp::State::SynSent,
+                    "the store closed: {}",
+                    socket.state()
+                );
+                self.poll();
+            }
+        }
+
+        /// One store session: the request line, then `payload` in uneven
+        /// pieces, then our FIN; returns what the peer sent until it closed.
+        fn store_session(&mut self, local_port: u16, request: &str, payload: &[u8]) -> Vec<u8> {
+            let handle = self.store_socket(local_port);
+            let mut rng = u64::from(local_port) | 1;
+            let outgoing = [request.as_bytes(), payload].concat();
+            let (mut pos, mut closed) = (0, false);
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let socket = self.sockets.get_mut::<tcp::Socket>(handle);
+                if socket.may_send() {
+                    while socket.can_send() && pos < outgoing.len() {
+                        let piece = (1 + next(&mut rng) % 40_000) as usize;
+                        let end = outgoing.len().min(pos + piece);
+                        pos += socket.send_slice(&outgoing[pos..end]).unwrap();
+                    }
+                    if pos == outgoing.len() && !closed {
+                        socket.close();
+                        closed = true;
+                    }
+                }
+                while socket.can_recv() {
+                    let n = socket.recv_slice(&mut buf).unwrap();
+                    got.extend_from_slice(&buf[..n]);
+                }
+                if !socket.is_open() {
+                    break;
+                }
+                self.poll();
+            }
+            self.sockets.remove(handle);
+            got
+        }
+
         fn read_until(&mut self, handle: SocketHandle, len: usize) -> String {
             let mut got = Vec::new();
             while got.len() < len {
@@ -1037,5 +1802,187 @@ mod tests {
                 .any(|l| l.contains("closed by the other end")),
             "{context}"
         );
+    }
+
+    #[test]
+    fn store_puts_and_gets_snapshots() {
+        let dir = temp_store("put-get");
+        let peer = NetPeer::start(store_config(&dir)).unwrap();
+        let mut client = Client::connect(peer.port());
+        client.deadline = std::time::Instant::now() + STORE_TIMEOUT;
+        let payload = noise(3 * 1024 * 1024 + 12_345, 0x5eed);
+
+        let reply = client.store_session(49200, "PUT vm-1_a\n", &payload);
+        let ok = format!("OK {}\n", payload.len());
+        assert_eq!(String::from_utf8_lossy(&reply), ok, "{}", peer.report());
+        let stored = fs::read(dir.join("vm-1_a.bhsnap")).unwrap();
+        assert!(
+            stored == payload,
+            "stored {} B, sent {} B",
+            stored.len(),
+            payload.len()
+        );
+        assert_eq!(listing(&dir), ["vm-1_a.bhsnap"]);
+        let report = peer.report();
+        assert_eq!(report.snapshots_stored, 1, "{report}");
+        assert_eq!(report.snapshot_bytes_in, payload.len() as u64, "{report}");
+
+        let got = client.store_session(49201, "GET vm-1_a\n", &[]);
+        assert!(
+            got == payload,
+            "got {} B, stored {} B",
+            got.len(),
+            payload.len()
+        );
+
+        // A second PUT of the name replaces the snapshot whole.
+        let small = noise(1000, 7);
+        let reply = client.store_session(49202, "PUT vm-1_a\n", &small);
+        assert_eq!(String::from_utf8_lossy(&reply), "OK 1000\n");
+        assert_eq!(fs::read(dir.join("vm-1_a.bhsnap")).unwrap(), small);
+        // An empty stream is a snapshot too.
+        let reply = client.store_session(49203, "PUT empty\n", &[]);
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            "OK 0\n",
+            "{}",
+            peer.report()
+        );
+
+        // The echo server works alongside, with its counters its own.
+        client.echo_session(49204);
+        wait_for(&peer, Some(&mut client), |r| r.tcp_sessions_closed == 1);
+        drop(client);
+        let report = peer.stop();
+        let context = report.to_string();
+        assert_eq!(report.store_sessions, 4, "{context}");
+        assert_eq!(report.snapshots_stored, 3, "{context}");
+        assert_eq!(
+            report.snapshot_bytes_in,
+            payload.len() as u64 + 1000,
+            "{context}"
+        );
+        assert_eq!(report.snapshots_served, 1, "{context}");
+        assert_eq!(report.snapshot_bytes_out, payload.len() as u64, "{context}");
+        assert!(report.snapshot_errors.is_empty(), "{context}");
+        assert_eq!(report.tcp_sessions, 1, "{context}");
+        assert_eq!(report.tcp_bytes_in, 6, "{context}");
+        assert_eq!(
+            report.tcp_bytes_out,
+            (GREETING.len() + 1 + "echo: hello\n".len()) as u64,
+            "{context}"
+        );
+        assert!(context.contains("store: 4 session(s)"), "{context}");
+        assert_eq!(listing(&dir), ["empty.bhsnap", "vm-1_a.bhsnap"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn store_refuses_bad_requests() {
+        let dir = temp_store("bad-requests");
+        let peer = NetPeer::start(store_config(&dir)).unwrap();
+        let mut client = Client::connect(peer.port());
+        client.deadline = std::time::Instant::now() + STORE_TIMEOUT;
+
+        let reply = client.store_session(49300, "GET nothing-here\n", &[]);
+        assert_eq!(
+            String::from_utf8_lossy(&reply),
+            "ERR no snapshot nothing-here\n"
+        );
+
+        let long_name = format!("PUT {}\n", "a".repeat(32));
+        let long_line = "x".repeat(100);
+        let bad = [
+            "DEL x\n",
+            "get x\n",
+            "PUT\n",
+            "PUT \n",
+            "PUT Upper\n",
+            "PUT a/b\n",
+            "GET ../x\n",
+            "PUT x y\n",
+            "PUT x\r\n",
+            "\n",
+            long_name.as_str(),
+            long_line.as_str(),
+            "PUT unended",
+            "",
+        ];
+        // Back to back, more sessions than the store starts with sockets:
+        // it must keep one listening as the old ones linger in LAST-ACK.
+        for (k, request) in bad.iter().enumerate() {
+            // Data after a refused PUT is read and dropped.
+            let reply = client.store_session(49301 + k as u16, request, &noise(100_000, 3));
+            let reply = String::from_utf8(reply).unwrap();
+            assert!(
+                reply.starts_with("ERR ") && reply.ends_with('\n') && reply.lines().count() == 1,
+                "{request:?} got {reply:?}"
+            );
+        }
+        drop(client);
+        let report = peer.stop();
+        let context = report.to_string();
+        assert_eq!(report.snapshot_errors.len(), bad.len() + 1, "{context}");
+        assert_eq!(report.snapshots_stored, 0, "{context}");
+        assert_eq!(report.snapshots_served, 0, "{context}");
+        assert!(listing(&dir).is_empty(), "{:?}", listing(&dir));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn store_keeps_nothing_of_a_broken_put() {
+        let dir = temp_store("broken-put");
+        let old = b"the older snapshot".as_slice();
+        fs::write(dir.join("keep.bhsnap"), old).unwrap();
+        let peer = NetPeer::start(store_config(&dir)).unwrap();
+        let mut client = Client::connect(peer.port());
+        client.deadline = std::time::Instant::now() + STORE_TIMEOUT;
+        let mut rng = 0x1234;
+
+        // Reset part way: of an existing name, then of a new one.
+        for (k, name) in ["keep", "fresh"].into_iter().enumerate() {
+            let handle = client.store_socket(49400 + k as u16);
+            let request = format!("PUT {name}\n");
+            client.send_all(
+                handle,
+                &[request.as_bytes(), &noise(600_000, 9)].concat(),
+                &mut rng,
+            );
+            assert!(dir.join(format!("{name}.bhsnap.part")).exists());
+            client.sockets.get_mut::<tcp::Socket>(handle).abort();
+            wait_for(&peer, Some(&mut client), |r| {
+                r.snapshot_errors.len() == k + 1
+            });
+            client.sockets.remove(handle);
+            assert_eq!(listing(&dir), ["keep.bhsnap"], "after the reset of {name}");
+        }
+
+        // The link drops part way.
+        let handle = client.store_socket(49402);
+        client.send_all(
+            handle,
+            &[b"PUT keep\n".as_slice(), &noise(300_000, 11)].concat(),
+            &mut rng,
+        );
+        assert!(dir.join("keep.bhsnap.part").exists());
+        drop(client);
+        wait_for(&peer, None, |r| r.snapshot_errors.len() == 3);
+
+        let report = peer.stop();
+        let context = report.to_string();
+        assert_eq!(listing(&dir), ["keep.bhsnap"], "{context}");
+        assert_eq!(fs::read(dir.join("keep.bhsnap")).unwrap(), old);
+        assert_eq!(report.snapshots_stored, 0, "{context}");
+        let errors = &report.snapshot_errors;
+        assert!(
+            errors[0].contains("PUT keep") && errors[0].contains("nothing stored"),
+            "{context}"
+        );
+        assert!(errors[1].contains("PUT fresh"), "{context}");
+        assert!(
+            errors[2].contains("PUT keep") && errors[2].contains("link dropped"),
+            "{context}"
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -79,14 +79,20 @@ pub fn nic_args(peer: &crate::netpeer::NetPeer) -> Vec<String> {
 }
 
 /// The host at the far end of the uplink in tests and `run`: 10.0.2.254,
-/// a TCP greeting and echo server on port 7 (docs/network.md).
+/// a TCP greeting and echo server on port 7 (docs/network.md), and the
+/// snapshot store on port 7700 keeping `target/snapshots` (docs/snapshot.md).
 pub fn host_peer() -> Result<crate::netpeer::NetPeer> {
+    // One directory for every peer of the run, and for later runs.
+    let store = crate::target_dir().join("snapshots");
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("cannot create {}", store.display()))?;
     crate::netpeer::NetPeer::start(crate::netpeer::PeerConfig {
         mac: [0x02, 0, 0, 0, 0, 0xfe],
         ip: [10, 0, 2, 254],
         prefix: 24,
         tcp_port: 7,
         greeting: "hello from the host behind the uplink".into(),
+        store: Some(store),
     })
 }
 

@@ -1641,14 +1641,28 @@ mod tests {
     #[test]
     fn management_addresses_parse_and_refuse() {
         assert_eq!(parse_cidr("10.0.2.15/24"), Ok(([10, 0, 2, 15], 24)));
-        assert_eq!(parse_endpoint("10.0.2.254:7700"), Ok(([10, 0, 2, 254], 7700)));
-        for bad in ["10.0.2.15", "10.0.2/24", "10.0.2.256/24", "10.0.2.15/31", "10.0.2.0/24"] {
+        assert_eq!(
+            parse_endpoint("10.0.2.254:7700"),
+            Ok(([10, 0, 2, 254], 7700))
+        );
+        for bad in [
+            "10.0.2.15",
+            "10.0.2/24",
+            "10.0.2.256/24",
+            "10.0.2.15/31",
+            "10.0.2.0/24",
+        ] {
             assert!(parse_cidr(bad).is_err(), "{bad}");
         }
         for bad in ["127.0.0.1/8", "224.0.0.1/8", "10.0.2.255/24", "1.2.3.04x/8"] {
             assert!(parse_cidr(bad).is_err(), "{bad}");
         }
-        for bad in ["10.0.2.254", "10.0.2.254:0", "10.0.2.254:99999", "host:7700"] {
+        for bad in [
+            "10.0.2.254",
+            "10.0.2.254:0",
+            "10.0.2.254:99999",
+            "host:7700",
+        ] {
             assert!(parse_endpoint(bad).is_err(), "{bad}");
         }
         let m = Management {

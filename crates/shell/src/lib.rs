@@ -28,10 +28,16 @@ pub enum Command<'a> {
     },
     /// Send a VM's state to the snapshot store under `name` (default: the
     /// VM's name); the VM runs on.
-    Snapshot { vm: &'a str, name: Option<&'a str> },
+    Snapshot {
+        vm: &'a str,
+        name: Option<&'a str>,
+    },
     /// Replace a stopped VM with snapshot `name` (default: the VM's name)
     /// from the store, and run it.
-    Restore { vm: &'a str, name: Option<&'a str> },
+    Restore {
+        vm: &'a str,
+        name: Option<&'a str>,
+    },
 }
 
 /// Why a line is not a command; `Display` is the one-line error shown.
@@ -114,7 +120,11 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
             }
         }
         "snapshot" | "restore" => {
-            let c = if cmd == "snapshot" { "snapshot" } else { "restore" };
+            let c = if cmd == "snapshot" {
+                "snapshot"
+            } else {
+                "restore"
+            };
             let mut w = line.split_ascii_whitespace().skip(1);
             let (Some(vm), name, None) = (w.next(), w.next(), w.next()) else {
                 return Err(ParseError::SnapshotUsage(c));
@@ -236,7 +246,10 @@ mod tests {
             })
         );
         for bad in ["snapshot", "restore", "snapshot a b c"] {
-            assert!(matches!(parse(bad), Err(ParseError::SnapshotUsage(_))), "{bad}");
+            assert!(
+                matches!(parse(bad), Err(ParseError::SnapshotUsage(_))),
+                "{bad}"
+            );
         }
         extern crate std;
         use std::string::ToString;

@@ -51,6 +51,11 @@ macro_rules! el1_regs {
         }
 
         impl El1 {
+            /// The registers in declaration order (snapshots).
+            pub fn fields_mut(&mut self) -> impl Iterator<Item = &mut u64> {
+                [$(&mut self.$field,)*].into_iter()
+            }
+
             fn save(&mut self) {
                 $(
                     // SAFETY: reading a guest EL1 register has no side effects.
@@ -109,6 +114,11 @@ macro_rules! opt_regs {
         }
 
         impl Optional {
+            /// The registers in declaration order (snapshots).
+            pub fn fields_mut(&mut self) -> impl Iterator<Item = &mut u64> {
+                [$($(&mut self.$field,)*)*].into_iter()
+            }
+
             fn save(&mut self, f: Features) {
                 $(if f.$feature {
                     $(

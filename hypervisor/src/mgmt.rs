@@ -1,0 +1,331 @@
+//! The management endpoint (docs/snapshot.md): the hypervisor's own IPv4
+//! address on the board's physical NIC, beside the VMs' switch ports, with
+//! `smoltcp` as its TCP/IP stack. It is a TCP client of the snapshot store
+//! (`[board] store`): `snapshot` sends a VM's stream there with
+//! `PUT <name>`, `restore` fetches one with `GET <name>`.
+//!
+//! Frames the uplink receives for the endpoint's MAC come here, broadcasts
+//! both here and to the uplink's switch; the endpoint sends straight out
+//! of the NIC. A session runs to its end on the pCPU that asked (the
+//! console's, from the shell) and polls the NIC itself meanwhile, so VMs'
+//! traffic through the uplink keeps flowing during it.
+
+use crate::arch::regs;
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+use bulkhead_config::Management;
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
+use spin::Mutex;
+
+/// Frames waiting for the endpoint, at most this many (more are dropped,
+/// as a NIC with a full ring would).
+const RX_BACKLOG: usize = 256;
+/// TCP buffers of a session.
+const TCP_BUF: usize = 64 << 10;
+/// A session that makes no progress for this long (ms of the counter)
+/// fails.
+const STALL_MS: u64 = 20_000;
+/// The store's answer line, at most.
+const REPLY_MAX: usize = 128;
+/// Local TCP port of the first session (one per session after it).
+const FIRST_PORT: u16 = 49_152;
+
+struct Endpoint {
+    cfg: Management,
+    iface: Interface,
+    next_port: u16,
+}
+
+static ENDPOINT: spin::Once<Option<Mutex<Endpoint>>> = spin::Once::new();
+static RX: Mutex<VecDeque<Vec<u8>>> = Mutex::new(VecDeque::new());
+/// The endpoint's MAC, outside [`ENDPOINT`]'s lock: [`offer`] runs inside
+/// a session's NIC polling, which holds that lock.
+static MAC: spin::Once<[u8; 6]> = spin::Once::new();
+
+/// Brings the endpoint up if the config gives it an address; needs the
+/// uplink (`net::probe` first).
+pub fn init(cfg: Option<Management>) {
+    ENDPOINT.call_once(|| {
+        let m = cfg?;
+        if crate::net::uplink().is_none() {
+            log::error!(
+                "management: board.address is set but the board has no physical NIC: snapshots are off"
+            );
+            return None;
+        }
+        MAC.call_once(|| m.mac());
+        let mut dev = Nic;
+        let mut config = Config::new(HardwareAddress::Ethernet(EthernetAddress(m.mac())));
+        config.random_seed = regs::cntpct_el0() ^ 0x626c_6b68_6561_6400;
+        let mut iface = Interface::new(config, &mut dev, now());
+        let [a, b, c, d] = m.ip;
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(
+                IpAddress::Ipv4(Ipv4Address::new(a, b, c, d)),
+                m.prefix,
+            ));
+        });
+        let [w, x, y, z] = m.store.0;
+        log::info!(
+            "management: {a}.{b}.{c}.{d}/{} on the physical NIC, MAC {:02x?}; snapshot store {w}.{x}.{y}.{z}:{}",
+            m.prefix,
+            m.mac(),
+            m.store.1
+        );
+        Some(Mutex::new(Endpoint {
+            cfg: m,
+            iface,
+            next_port: FIRST_PORT,
+        }))
+    });
+}
+
+fn endpoint() -> Option<&'static Mutex<Endpoint>> {
+    ENDPOINT.get().and_then(Option::as_ref)
+}
+
+/// The endpoint's MAC, if it is up.
+pub fn mac() -> Option<[u8; 6]> {
+    MAC.get().copied()
+}
+
+/// A frame from the uplink: kept for the endpoint if it is addressed to it
+/// (or broadcast). Returns whether the switch should still see it.
+pub fn offer(frame: &[u8]) -> bool {
+    let Some(mac) = mac() else {
+        return true;
+    };
+    let Some(dst) = frame.get(..6) else {
+        return true;
+    };
+    let ours = dst == mac;
+    if ours || dst == [0xff; 6] {
+        let mut rx = RX.lock();
+        if rx.len() < RX_BACKLOG {
+            rx.push_back(frame.to_vec());
+        }
+    }
+    !ours
+}
+
+fn now() -> Instant {
+    let freq = regs::cntfrq_el0().max(1);
+    let t = regs::cntpct_el0();
+    Instant::from_micros(((u128::from(t) * 1_000_000) / u128::from(freq)) as i64)
+}
+
+fn ms() -> u64 {
+    let freq = regs::cntfrq_el0().max(1);
+    ((u128::from(regs::cntpct_el0()) * 1000) / u128::from(freq)) as u64
+}
+
+/// smoltcp's view of the NIC: frames from [`RX`], frames out through
+/// the uplink.
+struct Nic;
+
+struct Rx(Vec<u8>);
+struct Tx;
+
+impl Device for Nic {
+    type RxToken<'a> = Rx;
+    type TxToken<'a> = Tx;
+
+    fn receive(&mut self, _t: Instant) -> Option<(Rx, Tx)> {
+        RX.lock().pop_front().map(|f| (Rx(f), Tx))
+    }
+
+    fn transmit(&mut self, _t: Instant) -> Option<Tx> {
+        Some(Tx)
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut c = DeviceCapabilities::default();
+        c.medium = Medium::Ethernet;
+        c.max_transmission_unit = 1514;
+        c
+    }
+}
+
+impl phy::RxToken for Rx {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        f(&self.0)
+    }
+}
+
+impl phy::TxToken for Tx {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let mut frame = vec![0u8; len];
+        let r = f(&mut frame);
+        crate::net::send_raw(&frame);
+        r
+    }
+}
+
+/// What a session does with the connection once it is up.
+pub trait Session {
+    /// The request line (without its `\n`).
+    fn request(&self) -> String;
+    /// Next bytes to send, appended to `out`; `false` once everything is
+    /// sent (the session then closes its side).
+    fn produce(&mut self, out: &mut Vec<u8>) -> Result<bool, String>;
+    /// Bytes received. A session that sends its data treats them as the
+    /// store's reply line.
+    fn consume(&mut self, data: &[u8]) -> Result<(), String>;
+}
+
+/// Counters of one session, for the shell.
+#[derive(Default, Clone, Copy)]
+pub struct Transfer {
+    pub sent: u64,
+    pub received: u64,
+    pub ms: u64,
+}
+
+/// Runs `s` against the store: connect, request, exchange until both sides
+/// have closed. Errors name what failed.
+pub fn run(s: &mut dyn Session) -> Result<Transfer, String> {
+    let ep = endpoint().ok_or("no management endpoint (board.address and board.store)")?;
+    let mut ep = ep.lock();
+    let [a, b, c, d] = ep.cfg.store.0;
+    let store = (
+        IpAddress::Ipv4(Ipv4Address::new(a, b, c, d)),
+        ep.cfg.store.1,
+    );
+    let port = ep.next_port;
+    ep.next_port = if port == u16::MAX {
+        FIRST_PORT
+    } else {
+        port + 1
+    };
+    let mut sockets = SocketSet::new(Vec::new());
+    let sock = tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+        tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+    );
+    let h = sockets.add(sock);
+    {
+        let Endpoint { iface, .. } = &mut *ep;
+        sockets
+            .get_mut::<tcp::Socket>(h)
+            .connect(iface.context(), store, port)
+            .map_err(|e| format!("cannot connect to the store: {e:?}"))?;
+    }
+    let start = ms();
+    let mut last_progress = start;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut pos = 0;
+    let mut requested = false;
+    let mut producing = true;
+    let mut closed_ours = false;
+    let mut t = Transfer::default();
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        crate::net::poll_uplink();
+        let Endpoint { iface, .. } = &mut *ep;
+        iface.poll(now(), &mut Nic, &mut sockets);
+        let sock = sockets.get_mut::<tcp::Socket>(h);
+        let mut progress = false;
+        if sock.may_send() {
+            if !requested {
+                pending.extend_from_slice(s.request().as_bytes());
+                pending.push(b'\n');
+                requested = true;
+            }
+            loop {
+                if pos == pending.len() {
+                    pending.clear();
+                    pos = 0;
+                    if producing {
+                        producing = s.produce(&mut pending)?;
+                        if !pending.is_empty() {
+                            continue;
+                        }
+                    }
+                    break;
+                }
+                match sock.send_slice(&pending[pos..]) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        pos += n;
+                        t.sent += n as u64;
+                        progress = true;
+                    }
+                    Err(e) => return Err(format!("send to the store failed: {e:?}")),
+                }
+            }
+            if !producing && pos == pending.len() && !closed_ours {
+                sock.close();
+                closed_ours = true;
+            }
+        }
+        while sock.can_recv() {
+            match sock.recv_slice(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    t.received += n as u64;
+                    progress = true;
+                    s.consume(&buf[..n])?;
+                }
+                Err(e) => return Err(format!("receive from the store failed: {e:?}")),
+            }
+        }
+        if !sock.is_open() {
+            if !requested {
+                return Err("the store refused the connection".into());
+            }
+            break;
+        }
+        let now_ms = ms();
+        if progress {
+            last_progress = now_ms;
+        } else if now_ms.saturating_sub(last_progress) > STALL_MS {
+            sock.abort();
+            iface.poll(now(), &mut Nic, &mut sockets);
+            return Err(format!(
+                "the store stopped answering ({} s without progress, state {})",
+                STALL_MS / 1000,
+                sockets.get_mut::<tcp::Socket>(h).state()
+            ));
+        }
+    }
+    if !closed_ours && producing {
+        return Err("the store closed the connection before the stream was sent".into());
+    }
+    t.ms = ms().saturating_sub(start);
+    Ok(t)
+}
+
+/// Collects the store's one-line reply to a `PUT`.
+#[derive(Default)]
+pub struct Reply(Vec<u8>);
+
+impl Reply {
+    pub fn push(&mut self, data: &[u8]) -> Result<(), String> {
+        if self.0.len() + data.len() > REPLY_MAX {
+            return Err("the store's reply is too long".into());
+        }
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    /// `Ok(bytes stored)` for `OK <n>`, the store's reason otherwise.
+    pub fn outcome(&self) -> Result<u64, String> {
+        let text = core::str::from_utf8(&self.0).unwrap_or("(not text)").trim();
+        if let Some(n) = text.strip_prefix("OK ") {
+            return n
+                .parse()
+                .map_err(|_| format!("the store answered \"{text}\""));
+        }
+        if text.is_empty() {
+            return Err("the store closed without an answer".into());
+        }
+        Err(format!("the store answered \"{text}\""))
+    }
+}

@@ -1,0 +1,598 @@
+//! `snapshot VM` and `restore VM` (docs/snapshot.md): a pool VM's whole
+//! state as a `bulkhead_snapshot` stream, sent to and fetched from the
+//! snapshot store through the management endpoint (crate::mgmt).
+//!
+//! A snapshot pauses the VM (`sched::pause`: every vCPU off its pCPU,
+//! registers saved), sends its RAM (zero pages skipped), each vCPU's
+//! registers, the vGIC, the UART, the PSCI power states and its virtual
+//! time, and lets the VM run on. A restore fills a stopped VM of the same
+//! shape from the stream and runs it only once the whole stream has
+//! checked out; one that fails leaves the VM stopped.
+
+use crate::arch::context::Context;
+use crate::arch::{cache, regs, GuestRegs};
+use crate::mgmt::{self, Reply, Session};
+use crate::vm::{Lifecycle, Vm};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use bulkhead_config::RAM_IPA;
+use bulkhead_devices::pl011::Pl011;
+use bulkhead_snapshot::{
+    self as snap, Decoder, Device, Encoder, RamChunk, Record, VcpuState, VmInfo,
+};
+use bulkhead_types::VcpuId;
+use core::sync::atomic::Ordering;
+
+/// Register ids in a vCPU record: x0..x30 are 0..30.
+const REG_ELR: u16 = 31;
+const REG_SPSR: u16 = 32;
+/// EL1 registers in `context::El1` order from here, the optional ones in
+/// `context::Optional` order from `REG_OPT`.
+const REG_EL1: u16 = 0x100;
+const REG_OPT: u16 = 0x200;
+/// The GIC virtual interface: list registers from here, then VMCR, the
+/// two APRs and ICH_HCR.
+const REG_LR: u16 = 0x300;
+const REG_VMCR: u16 = 0x320;
+const REG_AP0R0: u16 = 0x321;
+const REG_AP1R0: u16 = 0x322;
+const REG_ICH_HCR: u16 = 0x323;
+/// 1 if the timer PPI was active when the vCPU left its pCPU.
+const REG_TIMER_ACTIVE: u16 = 0x400;
+/// The optional-register features of the machine that took it: a VM
+/// restores only where they are the same.
+const REG_FEATURES: u16 = 0x401;
+
+/// Pages per RAM record.
+const CHUNK_PAGES: usize = 256;
+const PAGE: usize = 4096;
+
+/// Device record names.
+const DEV_UART: &str = "uart";
+const DEV_PSCI: &str = "psci";
+/// The guest's virtual count when it was paused (u64 LE).
+const DEV_TIME: &str = "time";
+
+fn features_word() -> u64 {
+    let f = crate::arch::context::features();
+    u64::from(f.pauth)
+        | u64::from(f.tcr2) << 1
+        | u64::from(f.sctlr2) << 2
+        | u64::from(f.s1pie) << 3
+        | u64::from(f.s1poe) << 4
+}
+
+/// Why a VM cannot be snapshot or restored (checked before anything
+/// happens to it).
+fn supported(vm: &Vm) -> Result<(), String> {
+    if vm.pool.is_empty() {
+        return Err(format!(
+            "{} has pinned vCPUs: snapshots are of pool VMs only (docs/snapshot.md)",
+            vm.name
+        ));
+    }
+    if !vm.virtio.is_empty() {
+        return Err(format!(
+            "{} has virtio devices: their queues are not in snapshots yet",
+            vm.name
+        ));
+    }
+    if !vm.ends.is_empty() {
+        return Err(format!(
+            "{} has channels: their state is not in snapshots yet",
+            vm.name
+        ));
+    }
+    Ok(())
+}
+
+/// One vCPU's saved registers as a record.
+fn vcpu_state(index: u16, r: &GuestRegs, ctx: &mut Context, timer_active: bool) -> VcpuState {
+    let mut regs: Vec<(u16, u64)> = Vec::new();
+    for (i, &x) in r.x.iter().enumerate() {
+        regs.push((i as u16, x));
+    }
+    regs.push((REG_ELR, r.elr));
+    regs.push((REG_SPSR, r.spsr));
+    for (i, v) in ctx.el1.fields_mut().enumerate() {
+        regs.push((REG_EL1 + i as u16, *v));
+    }
+    for (i, v) in ctx.opt.fields_mut().enumerate() {
+        regs.push((REG_OPT + i as u16, *v));
+    }
+    for (i, &lr) in ctx.vgic.lrs.iter().enumerate() {
+        regs.push((REG_LR + i as u16, lr));
+    }
+    regs.push((REG_VMCR, ctx.vgic.vmcr));
+    regs.push((REG_AP0R0, ctx.vgic.ap0r0));
+    regs.push((REG_AP1R0, ctx.vgic.ap1r0));
+    regs.push((REG_ICH_HCR, ctx.vgic.hcr));
+    regs.push((REG_TIMER_ACTIVE, u64::from(timer_active)));
+    regs.push((REG_FEATURES, features_word()));
+    VcpuState {
+        index,
+        regs,
+        fp: ctx.fp.v,
+        fpcr: ctx.fp.fpcr,
+        fpsr: ctx.fp.fpsr,
+    }
+}
+
+/// A vCPU record back into registers; every register must be there.
+fn apply_vcpu(s: &VcpuState, r: &mut GuestRegs, ctx: &mut Context) -> Result<bool, String> {
+    let get = |id: u16| {
+        s.get(id)
+            .ok_or_else(|| format!("vCPU {}: register {id:#x} missing", s.index))
+    };
+    if get(REG_FEATURES)? != features_word() {
+        return Err(format!(
+            "vCPU {}: taken on a CPU with optional registers {:#x}, this one has {:#x}",
+            s.index,
+            get(REG_FEATURES)?,
+            features_word()
+        ));
+    }
+    let mut out = GuestRegs::zero();
+    for (i, x) in out.x.iter_mut().enumerate() {
+        *x = get(i as u16)?;
+    }
+    out.elr = get(REG_ELR)?;
+    out.spsr = get(REG_SPSR)?;
+    // An SPSR that would return to EL2 (or to AArch32) is refused: the
+    // vCPU resumes at EL1 or EL0 of AArch64 only.
+    let mode = out.spsr & 0x1f;
+    if !matches!(mode, 0b00000 | 0b00100 | 0b00101) {
+        return Err(format!(
+            "vCPU {}: SPSR {:#x} is not an AArch64 EL0/EL1 state",
+            s.index, out.spsr
+        ));
+    }
+    let mut c = Context::fresh();
+    for (i, v) in c.el1.fields_mut().enumerate() {
+        *v = get(REG_EL1 + i as u16)?;
+    }
+    for (i, v) in c.opt.fields_mut().enumerate() {
+        *v = get(REG_OPT + i as u16)?;
+    }
+    for (i, lr) in c.vgic.lrs.iter_mut().enumerate() {
+        *lr = get(REG_LR + i as u16)?;
+    }
+    c.vgic.vmcr = get(REG_VMCR)?;
+    c.vgic.ap0r0 = get(REG_AP0R0)?;
+    c.vgic.ap1r0 = get(REG_AP1R0)?;
+    c.vgic.hcr = get(REG_ICH_HCR)?;
+    c.fp.v = s.fp;
+    c.fp.fpcr = s.fpcr;
+    c.fp.fpsr = s.fpsr;
+    let active = get(REG_TIMER_ACTIVE)? != 0;
+    *r = out;
+    *ctx = c;
+    Ok(active)
+}
+
+/// The VM's RAM as a byte slice, caches cleaned so EL2 sees what a guest
+/// with its MMU off wrote.
+///
+/// # Safety
+/// No vCPU of the VM may run while the slice is used (paused or stopped).
+unsafe fn ram(vm: &Vm) -> &mut [u8] {
+    let (base, size) = (vm.ram.0 as usize, vm.ram_size as usize);
+    cache::clean_invalidate_for_guest(base, size);
+    // SAFETY: the VM's RAM is its alone, identity-mapped at EL2, and
+    // (caller) none of its vCPUs runs.
+    unsafe { core::slice::from_raw_parts_mut(base as *mut u8, size) }
+}
+
+/// What a snapshot stream still has to send.
+enum Step {
+    Vm,
+    Ram(usize),
+    Vcpu(u16),
+    Vgic,
+    Devices,
+    End,
+    Done,
+}
+
+struct Sender<'a> {
+    vm: &'a Vm,
+    name: &'a str,
+    ram: &'a [u8],
+    vcount: u64,
+    enc: Option<Encoder>,
+    step: Step,
+    reply: Reply,
+    pages: u64,
+    zero_pages: u64,
+    bytes: u64,
+}
+
+impl Session for Sender<'_> {
+    fn request(&self) -> String {
+        format!("PUT {}", self.name)
+    }
+
+    fn produce(&mut self, out: &mut Vec<u8>) -> Result<bool, String> {
+        if matches!(self.step, Step::Done) {
+            return Ok(false);
+        }
+        let mut put = |b: &[u8]| out.extend_from_slice(b);
+        let enc = match &mut self.enc {
+            Some(e) => e,
+            None => self.enc.insert(Encoder::new(&mut put)),
+        };
+        let e = |e: snap::Error| format!("{e}");
+        match self.step {
+            Step::Vm => {
+                let info = VmInfo {
+                    name: self.vm.name.clone(),
+                    memory: self.vm.ram_size,
+                    vcpus: self.vm.n_vcpus(),
+                    ram_ipa: RAM_IPA,
+                };
+                enc.record(snap::TAG_VM, &info.encode(), &mut put)
+                    .map_err(e)?;
+                self.step = Step::Ram(0);
+            }
+            Step::Ram(mut at) => {
+                // The next run of non-zero pages, at most CHUNK_PAGES.
+                while at < self.ram.len() && snap::is_zero_page(&self.ram[at..at + PAGE]) {
+                    at += PAGE;
+                    self.zero_pages += 1;
+                }
+                if at >= self.ram.len() {
+                    self.step = Step::Vcpu(0);
+                } else {
+                    let mut end = at;
+                    while end < self.ram.len()
+                        && end - at < CHUNK_PAGES * PAGE
+                        && !snap::is_zero_page(&self.ram[end..end + PAGE])
+                    {
+                        end += PAGE;
+                    }
+                    self.pages += ((end - at) / PAGE) as u64;
+                    let off = (at as u64).to_le_bytes();
+                    enc.record_parts(snap::TAG_RAM, &[&off, &self.ram[at..end]], &mut put)
+                        .map_err(e)?;
+                    self.step = Step::Ram(end);
+                }
+            }
+            Step::Vcpu(v) if v < self.vm.n_vcpus() => {
+                let st = crate::sched::with_saved(self.vm, VcpuId(v), |r, ctx, active| {
+                    vcpu_state(v, r, ctx, *active)
+                })
+                .ok_or_else(|| format!("vCPU {v} is on a pCPU"))?;
+                enc.record(snap::TAG_VCPU, &st.encode(), &mut put)
+                    .map_err(e)?;
+                self.step = Step::Vcpu(v + 1);
+            }
+            Step::Vcpu(_) => {
+                let state = self.vm.vgic.lock().save_state();
+                enc.record(snap::TAG_VGIC, &state, &mut put).map_err(e)?;
+                self.step = Step::Vgic;
+            }
+            Step::Vgic => {
+                let mut uart = alloc::vec![0u8; Pl011::STATE_BYTES];
+                let buf: &mut [u8; Pl011::STATE_BYTES] = (&mut uart[..])
+                    .try_into()
+                    .map_err(|_| String::from("UART state buffer"))?;
+                self.vm.uart.lock().save_state(buf);
+                let psci = self.vm.state.lock().power.save_state();
+                let time = self.vcount.to_le_bytes();
+                for (name, state) in [
+                    (DEV_UART, &uart[..]),
+                    (DEV_PSCI, &psci[..]),
+                    (DEV_TIME, &time[..]),
+                ] {
+                    let d = Device { name, state };
+                    enc.record(snap::TAG_DEVICE, &d.encode(), &mut put)
+                        .map_err(e)?;
+                }
+                self.step = Step::Devices;
+            }
+            Step::Devices => self.step = Step::End,
+            Step::End => {
+                if let Some(enc) = self.enc.take() {
+                    self.bytes = enc.end(&mut put);
+                }
+                self.step = Step::Done;
+            }
+            Step::Done => {}
+        }
+        Ok(true)
+    }
+
+    fn consume(&mut self, data: &[u8]) -> Result<(), String> {
+        self.reply.push(data)
+    }
+}
+
+/// A snapshot's name in the store: a file name there.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=31).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "snapshot name '{name}': use 1 to 31 of a-z 0-9 - _"
+        ))
+    }
+}
+
+/// `snapshot VM [NAME]`.
+pub fn snapshot(vm: &Vm, name: &str) -> Result<String, String> {
+    check_name(name)?;
+    supported(vm)?;
+    if vm.state.lock().lifecycle != Lifecycle::Running {
+        return Err(format!("{} is not running", vm.name));
+    }
+    let t0 = regs::cntpct_el0();
+    crate::sched::pause(vm)?;
+    log::info!("{}: paused for snapshot '{name}'", vm.name);
+    let paused_at = regs::cntpct_el0();
+    let vcount = paused_at.wrapping_sub(vm.cntvoff.load(Ordering::Relaxed));
+    // SAFETY: paused: no vCPU of the VM runs until `resume` below.
+    let ram = unsafe { ram(vm) };
+    let mut s = Sender {
+        vm,
+        name,
+        ram,
+        vcount,
+        enc: None,
+        step: Step::Vm,
+        reply: Reply::default(),
+        pages: 0,
+        zero_pages: 0,
+        bytes: 0,
+    };
+    let r = mgmt::run(&mut s);
+    // The guest's virtual time does not count the pause: it was frozen
+    // at `vcount`.
+    let now = regs::cntpct_el0();
+    vm.cntvoff
+        .store(now.wrapping_sub(vcount), Ordering::Relaxed);
+    log::info!("{}: runs again", vm.name);
+    crate::sched::resume(vm);
+    let freq = regs::cntfrq_el0().max(1);
+    let paused_ms = (now - t0) * 1000 / freq;
+    let t = r?;
+    let stored = s.reply.outcome()?;
+    if stored != s.bytes {
+        return Err(format!(
+            "the store kept {stored} bytes of a {}-byte stream",
+            s.bytes
+        ));
+    }
+    Ok(format!(
+        "{}: snapshot '{name}' stored: {} bytes, {} RAM pages sent, {} zero pages skipped, {} ms paused ({} ms sending)",
+        vm.name, s.bytes, s.pages, s.zero_pages, paused_ms, t.ms
+    ))
+}
+
+/// A restore: the stream's decoder and what it has taken so far.
+struct Receiver<'a> {
+    name: &'a str,
+    dec: Decoder,
+    /// The start of the stream, for the store's ERR line.
+    head: Vec<u8>,
+    got: Staged<'a>,
+}
+
+/// What a restore has taken from the stream so far.
+struct Staged<'a> {
+    vm: &'a Vm,
+    ram: &'a mut [u8],
+    info: Option<VmInfo>,
+    vcpus: Vec<Option<VcpuState>>,
+    vgic: Option<Vec<u8>>,
+    uart: Option<Vec<u8>>,
+    psci: Option<Vec<u8>>,
+    vcount: Option<u64>,
+    pages: u64,
+}
+
+impl Staged<'_> {
+    fn record(&mut self, r: Record<'_>) -> Result<(), snap::Error> {
+        let bad = |m: &'static str| snap::Error::Malformed(m);
+        match r.tag {
+            snap::TAG_VM => {
+                let info = VmInfo::decode(r.payload)?;
+                if info.memory != self.vm.ram_size
+                    || info.vcpus != self.vm.n_vcpus()
+                    || info.ram_ipa != RAM_IPA
+                {
+                    return Err(bad(
+                        "the snapshot's VM has another memory size or vCPU count",
+                    ));
+                }
+                self.ram.fill(0);
+                self.info = Some(info);
+            }
+            snap::TAG_RAM => {
+                let c = RamChunk::decode(r.payload)?;
+                c.check_in(self.ram.len() as u64)?;
+                let at = c.offset as usize;
+                self.ram[at..at + c.data.len()].copy_from_slice(c.data);
+                self.pages += (c.data.len() / PAGE) as u64;
+            }
+            snap::TAG_VCPU => {
+                let s = VcpuState::decode(r.payload)?;
+                let slot = self
+                    .vcpus
+                    .get_mut(usize::from(s.index))
+                    .ok_or(bad("vCPU index out of range"))?;
+                if slot.is_some() {
+                    return Err(bad("a vCPU twice"));
+                }
+                *slot = Some(s);
+            }
+            snap::TAG_VGIC => {
+                if self.vgic.replace(r.payload.to_vec()).is_some() {
+                    return Err(bad("two vGIC records"));
+                }
+            }
+            snap::TAG_DEVICE => {
+                let d = Device::decode(r.payload)?;
+                let slot = match d.name {
+                    DEV_UART => &mut self.uart,
+                    DEV_PSCI => &mut self.psci,
+                    DEV_TIME => {
+                        let v = d
+                            .state
+                            .try_into()
+                            .map(u64::from_le_bytes)
+                            .map_err(|_| bad("time record is not 8 bytes"))?;
+                        if self.vcount.replace(v).is_some() {
+                            return Err(bad("two time records"));
+                        }
+                        return Ok(());
+                    }
+                    _ => return Err(bad("unknown device record")),
+                };
+                if slot.replace(d.state.to_vec()).is_some() {
+                    return Err(bad("a device record twice"));
+                }
+            }
+            _ => return Err(bad("unexpected record")),
+        }
+        Ok(())
+    }
+}
+
+impl Session for Receiver<'_> {
+    fn request(&self) -> String {
+        format!("GET {}", self.name)
+    }
+
+    fn produce(&mut self, _out: &mut Vec<u8>) -> Result<bool, String> {
+        Ok(false)
+    }
+
+    fn consume(&mut self, data: &[u8]) -> Result<(), String> {
+        if self.head.len() < 64 {
+            let take = (64 - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..take]);
+            if self.head.starts_with(b"ERR ") {
+                return Ok(()); // reported once the store closes
+            }
+        }
+        if self.head.starts_with(b"ERR ") {
+            return Ok(());
+        }
+        let got = &mut self.got;
+        self.dec
+            .push(data, &mut |rec| got.record(rec))
+            .map_err(|e| format!("{e}"))
+    }
+}
+
+/// `restore VM [NAME]`: VM must be stopped.
+pub fn restore(vm: &Vm, name: &str) -> Result<String, String> {
+    check_name(name)?;
+    supported(vm)?;
+    if vm.state.lock().lifecycle != Lifecycle::Stopped {
+        return Err(format!("{} is not stopped: stop it first", vm.name));
+    }
+    // SAFETY: stopped: no vCPU of the VM runs, and the shell (this pCPU)
+    // is the only one that starts it.
+    let ram = unsafe { ram(vm) };
+    let mut r = Receiver {
+        name,
+        dec: Decoder::new(),
+        head: Vec::new(),
+        got: Staged {
+            vm,
+            ram,
+            info: None,
+            vcpus: (0..vm.n_vcpus()).map(|_| None).collect(),
+            vgic: None,
+            uart: None,
+            psci: None,
+            vcount: None,
+            pages: 0,
+        },
+    };
+    let failed = |why: String| {
+        format!(
+            "{}: restore of '{name}' failed: {why}; the VM stays stopped",
+            vm.name
+        )
+    };
+    let t = mgmt::run(&mut r).map_err(failed)?;
+    if r.head.starts_with(b"ERR ") {
+        let line = core::str::from_utf8(&r.head).unwrap_or("ERR").trim();
+        return Err(failed(format!("the store answered \"{line}\"")));
+    }
+    r.dec.finish().map_err(|e| failed(format!("{e}")))?;
+    let r = r.got;
+    let (Some(vgic), Some(uart), Some(psci), Some(vcount)) = (&r.vgic, &r.uart, &r.psci, r.vcount)
+    else {
+        return Err(failed(
+            "the stream lacks the vGIC, UART, PSCI or time record".into(),
+        ));
+    };
+    if r.vcpus.iter().any(Option::is_none) {
+        return Err(failed("the stream lacks a vCPU".into()));
+    }
+    // Everything checks out as far as it can be without applying it; the
+    // models check their own state, into copies first.
+    let mut new_vgic = bulkhead_vgic::VGic::new(vm.n_vcpus(), crate::vm::NR_SPIS);
+    new_vgic
+        .restore_state(vgic)
+        .map_err(|e| failed(format!("vGIC: {e}")))?;
+    let mut new_uart = Pl011::new();
+    new_uart
+        .restore_state(uart)
+        .map_err(|e| failed(format!("UART: {e}")))?;
+    let mut new_power = bulkhead_psci::PowerState::new(vm.n_vcpus());
+    new_power
+        .restore_state(psci)
+        .map_err(|e| failed(format!("PSCI: {e}")))?;
+    let mut regs_of = Vec::new();
+    for s in r.vcpus.iter().flatten() {
+        let mut g = GuestRegs::zero();
+        let mut c = Context::fresh();
+        let active = apply_vcpu(s, &mut g, &mut c).map_err(failed)?;
+        regs_of.push((g, c, active));
+    }
+    // Apply: nothing below can fail.
+    *vm.vgic.lock() = new_vgic;
+    *vm.uart.lock() = new_uart;
+    for (v, (g, c, active)) in regs_of.into_iter().enumerate() {
+        crate::sched::with_saved(vm, VcpuId(v as u16), |r, ctx, a| {
+            *r = g;
+            *ctx = c;
+            *a = active;
+        });
+    }
+    cache::clean_invalidate_for_guest(vm.ram.0 as usize, vm.ram_size as usize);
+    vm.cntvoff
+        .store(regs::cntpct_el0().wrapping_sub(vcount), Ordering::Relaxed);
+    {
+        let mut st = vm.state.lock();
+        st.power = new_power;
+        st.running = (0..vm.n_vcpus())
+            .filter(|&v| {
+                matches!(
+                    st.power.state(VcpuId(v)),
+                    Some(bulkhead_psci::VcpuPower::On)
+                )
+            })
+            .fold(0, |m, v| m | 1 << v);
+        st.lifecycle = Lifecycle::Running;
+    }
+    let from = r.info.as_ref().map_or("?", |i| i.name.as_str());
+    log::info!(
+        "{}: restored from snapshot '{name}' (of VM '{from}')",
+        vm.name
+    );
+    crate::sched::resume(vm);
+    Ok(format!(
+        "{}: {} RAM pages, {} bytes from the store in {} ms",
+        vm.name, r.pages, t.received, t.ms
+    ))
+}
