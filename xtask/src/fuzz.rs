@@ -27,7 +27,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::{cargo, repo_root};
 
 /// Every target, in the order the smoke run takes them.
-pub const TARGETS: [&str; 11] = [
+pub const TARGETS: [&str; 12] = [
     "channel",
     "exit_decode",
     "psci",
@@ -39,6 +39,7 @@ pub const TARGETS: [&str; 11] = [
     "virtio_blk",
     "virtio_net",
     "net_offload",
+    "snapshot_stream",
 ];
 
 /// Seconds per target in a smoke run: the targets take about five minutes

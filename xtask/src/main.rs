@@ -96,9 +96,10 @@ enum Verb {
     /// Fuzz the guest-facing decoders and device models with libFuzzer.
     Fuzz {
         /// One target (default: all): channel, exit_decode, psci, pl011,
-        /// vgic_regs, config, guest_fdt, virtqueue, virtio_blk, virtio_net.
+        /// vgic_regs, config, guest_fdt, virtqueue, virtio_blk, virtio_net,
+        /// net_offload, snapshot_stream.
         target: Option<String>,
-        /// Seconds per target [default: 42 with --smoke, else 300; 0 runs
+        /// Seconds per target [default: 25 with --smoke, else 300; 0 runs
         /// one target until interrupted].
         #[arg(long)]
         seconds: Option<u64>,
