@@ -585,6 +585,8 @@ pub fn restore(vm: &Vm, name: &str) -> Result<String, String> {
             .fold(0, |m, v| m | 1 << v);
         st.lifecycle = Lifecycle::Running;
     }
+    // It counts as running again for the machine's power-off.
+    crate::system::vm_started();
     let from = r.info.as_ref().map_or("?", |i| i.name.as_str());
     log::info!(
         "{}: restored from snapshot '{name}' (of VM '{from}')",

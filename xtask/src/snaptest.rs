@@ -114,6 +114,13 @@ fn machine(built: &build::Built, script: &[(&str, &str)]) -> Result<String> {
             qemu::indent(&log)
         );
     }
+    // The bystander outlives the counter and the machine ends only when it
+    // is stopped: a restored VM counts as running again.
+    ensure!(
+        log.contains("system ended: clean (counter: powered off, bystander: stopped from the shell)"),
+        "the machine did not end with the counter powered off and then the bystander stopped; serial log:\n{}",
+        qemu::indent(&log)
+    );
     for bad in crate::itest::FORBID {
         if let Some(l) = log.lines().find(|l| l.contains(bad)) {
             bail!(
