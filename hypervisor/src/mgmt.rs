@@ -170,8 +170,13 @@ impl phy::TxToken for Tx {
 
 /// What a session does with the connection once it is up.
 pub trait Session {
-    /// The request line (without its `\n`).
-    fn request(&self) -> String;
+    /// The request line (without its `\n`) a client sends first; a
+    /// server's session sends none.
+    fn request(&self) -> Option<String>;
+    /// Milliseconds without progress after which the session fails.
+    fn stall_ms(&self) -> u64 {
+        STALL_MS
+    }
     /// Next bytes to send, appended to `out`; `false` once everything is
     /// sent (the session then closes its side).
     fn produce(&mut self, out: &mut Vec<u8>) -> Result<bool, String>;
@@ -186,18 +191,24 @@ pub struct Transfer {
     pub sent: u64,
     pub received: u64,
     pub ms: u64,
+    /// The peer closed its side (a FIN, not a reset).
+    pub peer_closed: bool,
 }
 
 /// Runs `s` against the store: connect, request, exchange until both sides
 /// have closed. Errors name what failed.
 pub fn run(s: &mut dyn Session) -> Result<Transfer, String> {
     let ep = endpoint().ok_or("no management endpoint (board.address and board.store)")?;
+    let store = ep.lock().cfg.store;
+    connect(s, store)
+}
+
+/// Runs `s` as a client of `to` (address, TCP port).
+pub fn connect(s: &mut dyn Session, to: ([u8; 4], u16)) -> Result<Transfer, String> {
+    let ep = endpoint().ok_or("no management endpoint (board.address and board.store)")?;
     let mut ep = ep.lock();
-    let [a, b, c, d] = ep.cfg.store.0;
-    let store = (
-        IpAddress::Ipv4(Ipv4Address::new(a, b, c, d)),
-        ep.cfg.store.1,
-    );
+    let [a, b, c, d] = to.0;
+    let remote = (IpAddress::Ipv4(Ipv4Address::new(a, b, c, d)), to.1);
     let port = ep.next_port;
     ep.next_port = if port == u16::MAX {
         FIRST_PORT
@@ -205,19 +216,70 @@ pub fn run(s: &mut dyn Session) -> Result<Transfer, String> {
         port + 1
     };
     let mut sockets = SocketSet::new(Vec::new());
-    let sock = tcp::Socket::new(
-        tcp::SocketBuffer::new(vec![0; TCP_BUF]),
-        tcp::SocketBuffer::new(vec![0; TCP_BUF]),
-    );
-    let h = sockets.add(sock);
+    let h = sockets.add(new_socket());
     {
         let Endpoint { iface, .. } = &mut *ep;
         sockets
             .get_mut::<tcp::Socket>(h)
-            .connect(iface.context(), store, port)
-            .map_err(|e| format!("cannot connect to the store: {e:?}"))?;
+            .connect(iface.context(), remote, port)
+            .map_err(|e| format!("cannot connect to {a}.{b}.{c}.{d}:{}: {e:?}", to.1))?;
     }
+    exchange(&mut ep, &mut sockets, h, s)
+}
+
+/// Runs `s` as the server of one connection to `port`, waiting at most
+/// `wait_ms` for it to come.
+pub fn accept(s: &mut dyn Session, port: u16, wait_ms: u64) -> Result<Transfer, String> {
+    let ep = endpoint().ok_or("no management endpoint (board.address)")?;
+    let mut ep = ep.lock();
+    let mut sockets = SocketSet::new(Vec::new());
+    let h = sockets.add(new_socket());
+    sockets
+        .get_mut::<tcp::Socket>(h)
+        .listen(port)
+        .map_err(|e| format!("cannot listen on port {port}: {e:?}"))?;
     let start = ms();
+    loop {
+        crate::net::poll_uplink();
+        let Endpoint { iface, .. } = &mut *ep;
+        iface.poll(now(), &mut Nic, &mut sockets);
+        if sockets.get_mut::<tcp::Socket>(h).state() != tcp::State::Listen {
+            break;
+        }
+        if ms().saturating_sub(start) > wait_ms {
+            return Err(format!(
+                "nothing connected to port {port} within {} s",
+                wait_ms / 1000
+            ));
+        }
+    }
+    exchange(&mut ep, &mut sockets, h, s)
+}
+
+/// Resets the connection (the other end learns at once that the session
+/// failed) and lets the RST out.
+fn reset(iface: &mut Interface, sockets: &mut SocketSet<'_>, h: smoltcp::iface::SocketHandle) {
+    sockets.get_mut::<tcp::Socket>(h).abort();
+    iface.poll(now(), &mut Nic, sockets);
+}
+
+fn new_socket() -> tcp::Socket<'static> {
+    tcp::Socket::new(
+        tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+        tcp::SocketBuffer::new(vec![0; TCP_BUF]),
+    )
+}
+
+/// The session on a connection being made or made: request (a client's),
+/// exchange until both sides have closed.
+fn exchange(
+    ep: &mut Endpoint,
+    sockets: &mut SocketSet<'_>,
+    h: smoltcp::iface::SocketHandle,
+    s: &mut dyn Session,
+) -> Result<Transfer, String> {
+    let start = ms();
+    let stall = s.stall_ms();
     let mut last_progress = start;
     let mut pending: Vec<u8> = Vec::new();
     let mut pos = 0;
@@ -229,13 +291,24 @@ pub fn run(s: &mut dyn Session) -> Result<Transfer, String> {
     loop {
         crate::net::poll_uplink();
         let Endpoint { iface, .. } = &mut *ep;
-        iface.poll(now(), &mut Nic, &mut sockets);
+        iface.poll(now(), &mut Nic, sockets);
         let sock = sockets.get_mut::<tcp::Socket>(h);
         let mut progress = false;
+        if matches!(
+            sock.state(),
+            tcp::State::CloseWait
+                | tcp::State::LastAck
+                | tcp::State::Closing
+                | tcp::State::TimeWait
+        ) {
+            t.peer_closed = true;
+        }
         if sock.may_send() {
             if !requested {
-                pending.extend_from_slice(s.request().as_bytes());
-                pending.push(b'\n');
+                if let Some(line) = s.request() {
+                    pending.extend_from_slice(line.as_bytes());
+                    pending.push(b'\n');
+                }
                 requested = true;
             }
             loop {
@@ -243,7 +316,13 @@ pub fn run(s: &mut dyn Session) -> Result<Transfer, String> {
                     pending.clear();
                     pos = 0;
                     if producing {
-                        producing = s.produce(&mut pending)?;
+                        producing = match s.produce(&mut pending) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                reset(iface, sockets, h);
+                                return Err(e);
+                            }
+                        };
                         if !pending.is_empty() {
                             continue;
                         }
@@ -257,7 +336,7 @@ pub fn run(s: &mut dyn Session) -> Result<Transfer, String> {
                         t.sent += n as u64;
                         progress = true;
                     }
-                    Err(e) => return Err(format!("send to the store failed: {e:?}")),
+                    Err(e) => return Err(format!("send failed: {e:?}")),
                 }
             }
             if !producing && pos == pending.len() && !closed_ours {
@@ -271,32 +350,35 @@ pub fn run(s: &mut dyn Session) -> Result<Transfer, String> {
                 Ok(n) => {
                     t.received += n as u64;
                     progress = true;
-                    s.consume(&buf[..n])?;
+                    if let Err(e) = s.consume(&buf[..n]) {
+                        reset(iface, sockets, h);
+                        return Err(e);
+                    }
                 }
-                Err(e) => return Err(format!("receive from the store failed: {e:?}")),
+                Err(e) => return Err(format!("receive failed: {e:?}")),
             }
         }
         if !sock.is_open() {
             if !requested {
-                return Err("the store refused the connection".into());
+                return Err("the connection was refused".into());
             }
             break;
         }
         let now_ms = ms();
         if progress {
             last_progress = now_ms;
-        } else if now_ms.saturating_sub(last_progress) > STALL_MS {
+        } else if now_ms.saturating_sub(last_progress) > stall {
+            let state = sock.state();
             sock.abort();
-            iface.poll(now(), &mut Nic, &mut sockets);
+            iface.poll(now(), &mut Nic, sockets);
             return Err(format!(
-                "the store stopped answering ({} s without progress, state {})",
-                STALL_MS / 1000,
-                sockets.get_mut::<tcp::Socket>(h).state()
+                "the other end stopped answering ({} s without progress, state {state})",
+                stall / 1000
             ));
         }
     }
     if !closed_ours && producing {
-        return Err("the store closed the connection before the stream was sent".into());
+        return Err("the other end closed the connection before everything was sent".into());
     }
     t.ms = ms().saturating_sub(start);
     Ok(t)
@@ -307,6 +389,11 @@ pub fn run(s: &mut dyn Session) -> Result<Transfer, String> {
 pub struct Reply(Vec<u8>);
 
 impl Reply {
+    /// Whether the whole line has come.
+    pub fn complete(&self) -> bool {
+        self.0.ends_with(b"\n")
+    }
+
     pub fn push(&mut self, data: &[u8]) -> Result<(), String> {
         if self.0.len() + data.len() > REPLY_MAX {
             return Err("the store's reply is too long".into());

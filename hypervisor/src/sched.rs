@@ -300,11 +300,16 @@ fn wait_state(vm: &Vm, vcpu: VcpuId) -> Wait {
     if ctl & 0b100 != 0 {
         return Wait::Pending;
     }
+    // The deadline in physical time, from how far ahead of the guest's
+    // virtual now it is: CNTVOFF is modulo 2^64 (a migrated VM's virtual
+    // count can be ahead of this machine's physical one).
     let cval = regs::cntv_cval_el0();
-    Wait::Until(
-        cval.saturating_add(vm.cntvoff.load(Ordering::Relaxed))
-            .max(1),
-    )
+    let pnow = regs::cntpct_el0();
+    let vnow = pnow.wrapping_sub(vm.cntvoff.load(Ordering::Relaxed));
+    if cval <= vnow {
+        return Wait::Pending;
+    }
+    Wait::Until(pnow.saturating_add(cval - vnow).max(1))
 }
 
 fn switch(frame: &mut TrapFrame, wfi: bool) {

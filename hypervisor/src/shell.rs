@@ -242,6 +242,20 @@ fn run(line: &str) {
                 Err(e) => say!("error: {e}"),
             }
         }
+        Command::Migrate { vm, to } => {
+            let Some(vm) = find(vm) else { return };
+            match crate::snapshot::migrate(vm, to) {
+                Ok(m) => say!("{m}"),
+                Err(e) => say!("error: {}: {e}", vm.name),
+            }
+        }
+        Command::Incoming(vm) => {
+            let Some(vm) = find(vm) else { return };
+            match crate::snapshot::incoming(vm) {
+                Ok(m) => say!("{m}"),
+                Err(e) => say!("error: {e}"),
+            }
+        }
         Command::Move { vm, vcpu, pcpu } => {
             let Some(vm) = find(vm) else { return };
             if vcpu >= vm.n_vcpus() {

@@ -12,7 +12,8 @@
 use crate::arch::context::Context;
 use crate::arch::{cache, regs, GuestRegs};
 use crate::mgmt::{self, Reply, Session};
-use crate::vm::{Lifecycle, Vm};
+use crate::vm::{End, Lifecycle, Vm};
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -209,8 +210,8 @@ struct Sender<'a> {
 }
 
 impl Session for Sender<'_> {
-    fn request(&self) -> String {
-        format!("PUT {}", self.name)
+    fn request(&self) -> Option<String> {
+        Some(format!("PUT {}", self.name))
     }
 
     fn produce(&mut self, out: &mut Vec<u8>) -> Result<bool, String> {
@@ -464,8 +465,8 @@ impl Staged<'_> {
 }
 
 impl Session for Receiver<'_> {
-    fn request(&self) -> String {
-        format!("GET {}", self.name)
+    fn request(&self) -> Option<String> {
+        Some(format!("GET {}", self.name))
     }
 
     fn produce(&mut self, _out: &mut Vec<u8>) -> Result<bool, String> {
@@ -500,22 +501,7 @@ pub fn restore(vm: &Vm, name: &str) -> Result<String, String> {
     // SAFETY: stopped: no vCPU of the VM runs, and the shell (this pCPU)
     // is the only one that starts it.
     let ram = unsafe { ram(vm) };
-    let mut r = Receiver {
-        name,
-        dec: Decoder::new(),
-        head: Vec::new(),
-        got: Staged {
-            vm,
-            ram,
-            info: None,
-            vcpus: (0..vm.n_vcpus()).map(|_| None).collect(),
-            vgic: None,
-            uart: None,
-            psci: None,
-            vcount: None,
-            pages: 0,
-        },
-    };
+    let mut r = Receiver::new(vm, ram, name);
     let failed = |why: String| {
         format!(
             "{}: restore of '{name}' failed: {why}; the VM stays stopped",
@@ -528,53 +514,110 @@ pub fn restore(vm: &Vm, name: &str) -> Result<String, String> {
         return Err(failed(format!("the store answered \"{line}\"")));
     }
     r.dec.finish().map_err(|e| failed(format!("{e}")))?;
-    let r = r.got;
-    let (Some(vgic), Some(uart), Some(psci), Some(vcount)) = (&r.vgic, &r.uart, &r.psci, r.vcount)
-    else {
-        return Err(failed(
-            "the stream lacks the vGIC, UART, PSCI or time record".into(),
-        ));
-    };
-    if r.vcpus.iter().any(Option::is_none) {
-        return Err(failed("the stream lacks a vCPU".into()));
+    let pages = r.got.pages;
+    let ready = r.got.check().map_err(failed)?;
+    apply(vm, ready, &format!("restored from snapshot '{name}'"));
+    Ok(format!(
+        "{}: {} RAM pages, {} bytes from the store in {} ms",
+        vm.name, pages, t.received, t.ms
+    ))
+}
+
+impl<'a> Receiver<'a> {
+    fn new(vm: &'a Vm, ram: &'a mut [u8], name: &'a str) -> Receiver<'a> {
+        Receiver {
+            name,
+            dec: Decoder::new(),
+            head: Vec::new(),
+            got: Staged {
+                vm,
+                ram,
+                info: None,
+                vcpus: (0..vm.n_vcpus()).map(|_| None).collect(),
+                vgic: None,
+                uart: None,
+                psci: None,
+                vcount: None,
+                pages: 0,
+            },
+        }
     }
-    // Everything checks out as far as it can be without applying it; the
-    // models check their own state, into copies first.
-    let mut new_vgic = bulkhead_vgic::VGic::new(vm.n_vcpus(), crate::vm::NR_SPIS);
-    new_vgic
-        .restore_state(vgic)
-        .map_err(|e| failed(format!("vGIC: {e}")))?;
-    let mut new_uart = Pl011::new();
-    new_uart
-        .restore_state(uart)
-        .map_err(|e| failed(format!("UART: {e}")))?;
-    let mut new_power = bulkhead_psci::PowerState::new(vm.n_vcpus());
-    new_power
-        .restore_state(psci)
-        .map_err(|e| failed(format!("PSCI: {e}")))?;
-    let mut regs_of = Vec::new();
-    for s in r.vcpus.iter().flatten() {
-        let mut g = GuestRegs::zero();
-        let mut c = Context::fresh();
-        let active = apply_vcpu(s, &mut g, &mut c).map_err(failed)?;
-        regs_of.push((g, c, active));
+}
+
+/// A whole stream's state, checked and ready to put in place.
+struct Ready {
+    from: String,
+    // Boxed, as the session that holds them is: they are large for the
+    // EL2 stack.
+    vgic: Box<bulkhead_vgic::VGic>,
+    uart: Box<Pl011>,
+    power: bulkhead_psci::PowerState,
+    vcpus: Vec<(GuestRegs, Context, bool)>,
+    vcount: u64,
+}
+
+impl Staged<'_> {
+    /// Everything checks out as far as it can be without applying it; the
+    /// models check their own state, into fresh copies.
+    fn check(&self) -> Result<Box<Ready>, String> {
+        let vm = self.vm;
+        let (Some(info), Some(vgic), Some(uart), Some(psci), Some(vcount)) =
+            (&self.info, &self.vgic, &self.uart, &self.psci, self.vcount)
+        else {
+            return Err("the stream lacks the VM, vGIC, UART, PSCI or time record".into());
+        };
+        if self.vcpus.iter().any(Option::is_none) {
+            return Err("the stream lacks a vCPU".into());
+        }
+        let mut new_vgic = Box::new(bulkhead_vgic::VGic::new(vm.n_vcpus(), crate::vm::NR_SPIS));
+        new_vgic
+            .restore_state(vgic)
+            .map_err(|e| format!("vGIC: {e}"))?;
+        let mut new_uart = Box::new(Pl011::new());
+        new_uart
+            .restore_state(uart)
+            .map_err(|e| format!("UART: {e}"))?;
+        let mut power = bulkhead_psci::PowerState::new(vm.n_vcpus());
+        power
+            .restore_state(psci)
+            .map_err(|e| format!("PSCI: {e}"))?;
+        let mut vcpus = Vec::new();
+        for s in self.vcpus.iter().flatten() {
+            let mut g = GuestRegs::zero();
+            let mut c = Context::fresh();
+            let active = apply_vcpu(s, &mut g, &mut c)?;
+            vcpus.push((g, c, active));
+        }
+        Ok(Box::new(Ready {
+            from: info.name.clone(),
+            vgic: new_vgic,
+            uart: new_uart,
+            power,
+            vcpus,
+            vcount,
+        }))
     }
-    // Apply: nothing below can fail.
-    *vm.vgic.lock() = new_vgic;
-    *vm.uart.lock() = new_uart;
-    for (v, (g, c, active)) in regs_of.into_iter().enumerate() {
-        crate::sched::with_saved(vm, VcpuId(v as u16), |r, ctx, a| {
-            *r = g;
+}
+
+/// Puts a checked state in place in a stopped VM (whose RAM already holds
+/// the stream's) and runs it. Nothing here can fail.
+fn apply(vm: &Vm, r: Box<Ready>, how: &str) {
+    let r = *r;
+    *vm.vgic.lock() = *r.vgic;
+    *vm.uart.lock() = *r.uart;
+    for (v, (g, c, active)) in r.vcpus.into_iter().enumerate() {
+        crate::sched::with_saved(vm, VcpuId(v as u16), |regs, ctx, a| {
+            *regs = g;
             *ctx = c;
             *a = active;
         });
     }
     cache::clean_invalidate_for_guest(vm.ram.0 as usize, vm.ram_size as usize);
     vm.cntvoff
-        .store(regs::cntpct_el0().wrapping_sub(vcount), Ordering::Relaxed);
+        .store(regs::cntpct_el0().wrapping_sub(r.vcount), Ordering::Relaxed);
     {
         let mut st = vm.state.lock();
-        st.power = new_power;
+        st.power = r.power;
         st.running = (0..vm.n_vcpus())
             .filter(|&v| {
                 matches!(
@@ -587,14 +630,233 @@ pub fn restore(vm: &Vm, name: &str) -> Result<String, String> {
     }
     // It counts as running again for the machine's power-off.
     crate::system::vm_started();
-    let from = r.info.as_ref().map_or("?", |i| i.name.as_str());
-    log::info!(
-        "{}: restored from snapshot '{name}' (of VM '{from}')",
-        vm.name
-    );
+    log::info!("{}: {how} (of VM '{}')", vm.name, r.from);
     crate::sched::resume(vm);
+}
+
+/// The TCP port `incoming` waits on.
+pub const MIGRATE_PORT: u16 = 7701;
+/// How long `incoming` waits for a migration to begin.
+const INCOMING_WAIT_MS: u64 = 120_000;
+/// A migration that makes no progress for this long has lost the other
+/// machine.
+const MIGRATE_STALL_MS: u64 = 5_000;
+
+fn dotted(ip: [u8; 4]) -> String {
+    format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
+}
+
+/// The source's side: the stream, then the target's `OK <bytes>` (its
+/// whole state checked), then our FIN, which is the target's go-ahead.
+struct Migrator<'a> {
+    sender: Sender<'a>,
+    sent_all: bool,
+    /// The target has accepted; from here the VM is the target's.
+    committed: bool,
+}
+
+impl Session for Migrator<'_> {
+    fn request(&self) -> Option<String> {
+        Some(format!("MIGRATE {}", self.sender.vm.name))
+    }
+
+    fn stall_ms(&self) -> u64 {
+        MIGRATE_STALL_MS
+    }
+
+    fn produce(&mut self, out: &mut Vec<u8>) -> Result<bool, String> {
+        if !self.sent_all {
+            if self.sender.produce(out)? {
+                return Ok(true);
+            }
+            self.sent_all = true;
+        }
+        if !self.sender.reply.complete() {
+            return Ok(true); // waiting for the target's answer
+        }
+        let kept = self.sender.reply.outcome()?;
+        if kept != self.sender.bytes {
+            return Err(format!(
+                "the target took {kept} bytes of a {}-byte stream",
+                self.sender.bytes
+            ));
+        }
+        self.committed = true;
+        Ok(false)
+    }
+
+    fn consume(&mut self, data: &[u8]) -> Result<(), String> {
+        self.sender.reply.push(data)
+    }
+}
+
+/// `migrate VM ADDR`: pauses the VM, sends its whole state to the machine
+/// at `to` (waiting in `incoming`), and stops it here once that machine has
+/// checked it all; on any failure before that the VM runs on here.
+pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
+    supported(vm)?;
+    if vm.state.lock().lifecycle != Lifecycle::Running {
+        return Err(format!("{} is not running", vm.name));
+    }
+    let ip = dotted(to);
+    let t0 = regs::cntpct_el0();
+    crate::sched::pause(vm)?;
+    log::info!("{}: paused for migration to {ip}", vm.name);
+    let vcount = t0.wrapping_sub(vm.cntvoff.load(Ordering::Relaxed));
+    // SAFETY: paused: no vCPU of the VM runs until it resumes or stops.
+    let ram = unsafe { ram(vm) };
+    let mut m = Migrator {
+        sender: Sender {
+            vm,
+            name: &vm.name,
+            ram,
+            vcount,
+            enc: None,
+            step: Step::Vm,
+            reply: Reply::default(),
+            pages: 0,
+            zero_pages: 0,
+            bytes: 0,
+        },
+        sent_all: false,
+        committed: false,
+    };
+    let r = mgmt::connect(&mut m, (to, MIGRATE_PORT));
+    let now = regs::cntpct_el0();
+    let paused_ms = (now - t0) * 1000 / regs::cntfrq_el0().max(1);
+    if m.committed {
+        // The target runs it from here on, whatever became of the last
+        // packets of the connection.
+        let mut st = vm.state.lock();
+        vm.begin_stop(&mut st, End::Migrated, &format!("migrated to {ip}"));
+        drop(st);
+        vm.paused.store(false, Ordering::Release);
+        let s = &m.sender;
+        return Ok(format!(
+            "{}: migrated to {ip}: {} bytes, {} RAM pages, {} zero pages skipped, {paused_ms} ms from pause to the target's go",
+            vm.name, s.bytes, s.pages, s.zero_pages
+        ));
+    }
+    vm.cntvoff
+        .store(now.wrapping_sub(vcount), Ordering::Relaxed);
+    log::info!("{}: runs again here", vm.name);
+    crate::sched::resume(vm);
+    let why = match r {
+        Err(e) => e,
+        Ok(_) => "the target closed without accepting".into(),
+    };
+    Err(format!(
+        "migration to {ip} failed: {why}; the VM runs on here"
+    ))
+}
+
+/// The target's side: the source's `MIGRATE` line, the stream into a
+/// stopped VM, `OK <bytes>` once all of it checks out.
+struct Incoming<'a> {
+    rx: Receiver<'a>,
+    line: Vec<u8>,
+    stream_bytes: u64,
+    ready: Option<Box<Ready>>,
+    answered: bool,
+}
+
+impl Session for Incoming<'_> {
+    fn request(&self) -> Option<String> {
+        None
+    }
+
+    fn stall_ms(&self) -> u64 {
+        MIGRATE_STALL_MS
+    }
+
+    fn produce(&mut self, out: &mut Vec<u8>) -> Result<bool, String> {
+        if self.answered {
+            return Ok(false);
+        }
+        if !self.rx.dec.finished() {
+            return Ok(true);
+        }
+        self.ready = Some(self.rx.got.check()?);
+        out.extend_from_slice(format!("OK {}\n", self.stream_bytes).as_bytes());
+        self.answered = true;
+        Ok(true)
+    }
+
+    fn consume(&mut self, mut data: &[u8]) -> Result<(), String> {
+        if !self.line.ends_with(b"\n") {
+            let take = data
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(data.len(), |i| i + 1);
+            if self.line.len() + take > 64 {
+                return Err("the source's request line is too long".into());
+            }
+            self.line.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if !self.line.ends_with(b"\n") {
+                return Ok(());
+            }
+            let Some(from) = self
+                .line
+                .strip_prefix(b"MIGRATE ")
+                .and_then(|n| core::str::from_utf8(n).ok())
+            else {
+                return Err("the other end did not ask for a migration".into());
+            };
+            log::info!(
+                "{}: receiving the migration of VM '{}'",
+                self.rx.got.vm.name,
+                from.trim()
+            );
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.stream_bytes += data.len() as u64;
+        let got = &mut self.rx.got;
+        self.rx
+            .dec
+            .push(data, &mut |rec| got.record(rec))
+            .map_err(|e| format!("{e}"))
+    }
+}
+
+/// `incoming VM`: waits for a migration into stopped VM `vm` and runs it
+/// once the source has let go of it (its FIN after our `OK`).
+pub fn incoming(vm: &Vm) -> Result<String, String> {
+    supported(vm)?;
+    if vm.state.lock().lifecycle != Lifecycle::Stopped {
+        return Err(format!("{} is not stopped: stop it first", vm.name));
+    }
+    log::info!(
+        "{}: waiting for a migration on port {MIGRATE_PORT} ({} s)",
+        vm.name,
+        INCOMING_WAIT_MS / 1000
+    );
+    // SAFETY: stopped: no vCPU of the VM runs, and the shell (this pCPU)
+    // is the only one that starts it.
+    let ram = unsafe { ram(vm) };
+    let mut s = Incoming {
+        rx: Receiver::new(vm, ram, "migration"),
+        line: Vec::new(),
+        stream_bytes: 0,
+        ready: None,
+        answered: false,
+    };
+    let failed = |why: String| {
+        format!(
+            "{}: incoming migration failed: {why}; the VM stays stopped",
+            vm.name
+        )
+    };
+    let t = mgmt::accept(&mut s, MIGRATE_PORT, INCOMING_WAIT_MS).map_err(failed)?;
+    let pages = s.rx.got.pages;
+    let Some(ready) = s.ready.take().filter(|_| t.peer_closed) else {
+        return Err(failed("the source did not let go of the VM".into()));
+    };
+    apply(vm, ready, "migrated in");
     Ok(format!(
-        "{}: {} RAM pages, {} bytes from the store in {} ms",
-        vm.name, r.pages, t.received, t.ms
+        "{}: migrated in: {} RAM pages, {} bytes in {} ms",
+        vm.name, pages, t.received, t.ms
     ))
 }

@@ -45,6 +45,8 @@ pub enum End {
     ShellStop,
     /// `restart` in the console shell.
     ShellRestart,
+    /// `migrate` moved it to another machine, which runs it now.
+    Migrated,
 }
 
 impl End {
@@ -52,7 +54,7 @@ impl End {
     pub fn restarts(self, policy: RestartPolicy) -> bool {
         match self {
             End::ShellRestart => true,
-            End::ShellStop => false,
+            End::ShellStop | End::Migrated => false,
             End::Reset | End::Crash => policy != RestartPolicy::Never,
             End::Off => policy == RestartPolicy::Always,
         }
@@ -63,7 +65,7 @@ impl End {
     /// or a reset its policy did not follow (Linux turns a panic into a
     /// reset).
     pub fn is_clean(self) -> bool {
-        matches!(self, End::Off | End::ShellStop)
+        matches!(self, End::Off | End::ShellStop | End::Migrated)
     }
 
     /// For [`Vm::ended`]: 0 is "has not ended".
@@ -74,6 +76,7 @@ impl End {
             End::Crash => 3,
             End::ShellStop => 4,
             End::ShellRestart => 5,
+            End::Migrated => 6,
         }
     }
 
@@ -84,6 +87,7 @@ impl End {
             End::Crash,
             End::ShellStop,
             End::ShellRestart,
+            End::Migrated,
         ]
         .into_iter()
         .find(|e| e.code() == code)
@@ -97,6 +101,7 @@ impl End {
             End::Crash => "crashed",
             End::ShellStop => "stopped from the shell",
             End::ShellRestart => "restarting",
+            End::Migrated => "migrated to another machine",
         }
     }
 }

@@ -1294,6 +1294,10 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
         println!("snapshot and restore across two machines (snapshot)…");
         tally.record("snapshot", crate::snaptest::run());
     }
+    if wanted("migrate") {
+        println!("migration between two machines, and a target killed mid-stream (migrate)…");
+        tally.record("migrate", crate::migtest::run());
+    }
     if wanted("bench_quick") {
         println!("running the benchmark harness (cargo xtask bench --quick)…");
         tally.record("bench_quick", bench_quick());

@@ -18,6 +18,7 @@ mod elf;
 mod fuzz;
 mod image;
 mod itest;
+mod migtest;
 mod netpeer;
 mod prereq;
 mod qemu;

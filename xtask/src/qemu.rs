@@ -370,6 +370,9 @@ pub fn run_captured(args: &[String], timeout: Duration) -> Result<Outcome> {
     run_scripted(args, timeout, &[])
 }
 
+/// In a [`run_scripted`] script, instead of text to type: kill QEMU there.
+pub const KILL: &str = "\0kill";
+
 /// Like [`run_captured`], typing on QEMU's serial input: each `(wait_for,
 /// send)` pair sends `send` once `wait_for` has appeared in the output
 /// (after the previous pair's match), as a person at the console would.
@@ -430,10 +433,15 @@ pub fn run_scripted(
                     .map(|at| from + at + wait_for.len())
             });
             if let Some(end) = seen {
-                // QEMU may already be gone; the exit status tells.
-                let _ = input
-                    .write_all(send.as_bytes())
-                    .and_then(|()| input.flush());
+                if *send == KILL {
+                    // As if the machine lost power: the status says killed.
+                    let _ = child.kill();
+                } else {
+                    // QEMU may already be gone; the exit status tells.
+                    let _ = input
+                        .write_all(send.as_bytes())
+                        .and_then(|()| input.flush());
+                }
                 step += 1;
                 from = end;
             }

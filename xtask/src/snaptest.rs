@@ -58,7 +58,7 @@ fn count_line(line: &str) -> Option<(u64, u64)> {
 
 /// The counts printed between the first line containing `from` (or the
 /// start) and the first later line containing `to` (or the end).
-fn counts_between(log: &str, from: Option<&str>, to: Option<&str>) -> Result<Vec<(u64, u64)>> {
+pub fn counts_between(log: &str, from: Option<&str>, to: Option<&str>) -> Result<Vec<(u64, u64)>> {
     let mut lines = log.lines();
     if let Some(f) = from {
         lines
@@ -80,7 +80,7 @@ fn counts_between(log: &str, from: Option<&str>, to: Option<&str>) -> Result<Vec
 }
 
 /// `counts` go up by one from `first`, each with the expected sum.
-fn check_run(what: &str, counts: &[(u64, u64)], first: u64, sums: &[u64]) -> Result<()> {
+pub fn check_run(what: &str, counts: &[(u64, u64)], first: u64, sums: &[u64]) -> Result<()> {
     for (k, &(n, sum)) in counts.iter().enumerate() {
         let want = first + k as u64;
         ensure!(

@@ -38,6 +38,14 @@ pub enum Command<'a> {
         vm: &'a str,
         name: Option<&'a str>,
     },
+    /// Move a running VM to the machine at IPv4 address `to`, which waits
+    /// for it with `incoming`.
+    Migrate {
+        vm: &'a str,
+        to: [u8; 4],
+    },
+    /// Wait for a migration into stopped VM `vm`.
+    Incoming(&'a str),
 }
 
 /// Why a line is not a command; `Display` is the one-line error shown.
@@ -51,6 +59,8 @@ pub enum ParseError<'a> {
     MoveUsage,
     /// `snapshot` / `restore` need VM and at most a snapshot name.
     SnapshotUsage(&'static str),
+    /// `migrate` needs VM and an IPv4 address.
+    MigrateUsage,
 }
 
 impl core::fmt::Display for ParseError<'_> {
@@ -62,6 +72,10 @@ impl core::fmt::Display for ParseError<'_> {
             ParseError::TooManyArguments(c) => write!(f, "{c}: too many arguments"),
             ParseError::MoveUsage => write!(f, "usage: move VM VCPU PCPU (numbers from 0)"),
             ParseError::SnapshotUsage(c) => write!(f, "usage: {c} VM [NAME]"),
+            ParseError::MigrateUsage => write!(
+                f,
+                "usage: migrate VM A.B.C.D (the other machine's board.address)"
+            ),
         }
     }
 }
@@ -78,6 +92,8 @@ pub const HELP: &[&str] = &[
     "move VM V P      move pool VM's vCPU V to pCPU P of its pool",
     "snapshot VM [N]  send VM's state to the snapshot store as N (default VM)",
     "restore VM [N]   run stopped VM from snapshot N of the store",
+    "migrate VM ADDR  move running VM to the machine at ADDR (it waits: incoming)",
+    "incoming VM      wait for a migration into stopped VM",
     "help             this text",
     "Ctrl-]           move console input to the next VM / this shell",
 ];
@@ -135,8 +151,31 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
                 Command::Restore { vm, name }
             })
         }
+        "migrate" => {
+            let mut w = line.split_ascii_whitespace().skip(1);
+            let (Some(vm), Some(addr), None) = (w.next(), w.next(), w.next()) else {
+                return Err(ParseError::MigrateUsage);
+            };
+            let to = parse_ipv4(addr).ok_or(ParseError::MigrateUsage)?;
+            Ok(Command::Migrate { vm, to })
+        }
+        "incoming" => one_vm("incoming").map(Command::Incoming),
         other => Err(ParseError::Unknown(other)),
     }
+}
+
+/// `a.b.c.d`, each part 0 to 255 in decimal.
+fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in &mut out {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 pub const LINE_MAX: usize = 80;
@@ -227,6 +266,30 @@ mod tests {
             parse("stats a b"),
             Err(ParseError::TooManyArguments("stats"))
         );
+    }
+
+    #[test]
+    fn migrate_and_incoming_parse() {
+        assert_eq!(
+            parse("migrate web 10.0.2.16"),
+            Ok(Command::Migrate {
+                vm: "web",
+                to: [10, 0, 2, 16]
+            })
+        );
+        assert_eq!(parse("incoming web"), Ok(Command::Incoming("web")));
+        for bad in [
+            "migrate",
+            "migrate web",
+            "migrate web 10.0.2",
+            "migrate web 10.0.2.256",
+            "migrate web 10.0.2.1.5",
+            "migrate web 10.0.2.+1",
+            "migrate web 10.0.2.16 x",
+        ] {
+            assert_eq!(parse(bad), Err(ParseError::MigrateUsage), "{bad}");
+        }
+        assert_eq!(parse("incoming"), Err(ParseError::MissingVm("incoming")));
     }
 
     #[test]

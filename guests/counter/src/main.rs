@@ -7,7 +7,9 @@
 //! n, so the same n always prints the same S: a restored copy must go on
 //! from the count it was taken at, printing the sums the original did,
 //! with its memory intact (docs/snapshot.md). Stops after
-//! `counter.ticks=N` ticks (600 if not given).
+//! `counter.ticks=N` ticks (600 if not given). `counter.fill=M` also
+//! writes M MiB past the region once at boot (a constant pattern, outside
+//! the sums), so a snapshot or migration has that much more to send.
 #![no_std]
 #![no_main]
 
@@ -77,8 +79,13 @@ pub extern "C" fn guest_main() -> ! {
         write64(base + 8 * i, mix(i as u64, 0));
     }
     SUM.store(full_sum(), Ordering::SeqCst);
+    let fill = guest_rt::dtb_value(b"counter.fill=").unwrap_or(0) as usize;
+    let extra = base + REGION_BYTES;
+    for i in 0..(fill << 20) / 8 {
+        write64(extra + 8 * i, 0x636f_756e_7465_7200 | (i as u64 & 0xff));
+    }
     println!(
-        "COUNTER boot: {} KiB region, {ticks} ticks",
+        "COUNTER boot: {} KiB region, {fill} MiB filled, {ticks} ticks",
         REGION_BYTES >> 10
     );
     PERIOD.store(freq() / 100, Ordering::SeqCst);

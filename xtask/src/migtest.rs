@@ -1,0 +1,332 @@
+//! The `migrate` integration test (docs/snapshot.md, "Migration"): two
+//! QEMU machines whose NICs are joined directly on the host's loopback
+//! (one `-netdev stream` listens on 127.0.0.1, the other connects to it).
+//!
+//! Round trip: the counter guest (guests/counter) moves from machine A to
+//! machine B and back while it counts. Across both consoles its counts
+//! run 1..=1000 with no gap and no repeat, each with the memory sum the
+//! host computes, and every migration's downtime is read from the shell
+//! and bounded.
+//!
+//! Target killed: machine B is killed mid-stream (its QEMU, as a power
+//! loss would); the counter on A must go on by itself, again with no gap.
+
+use crate::build::{self, Output};
+use crate::qemu::{self, CAPTURED_CONSOLE, KILL};
+use crate::snaptest::{check_run, counts_between, expected_sums};
+use anyhow::{bail, ensure, Context, Result};
+use std::path::Path;
+use std::time::Duration;
+
+const CONFIG_A: &str = "configs/test-migrate-a.toml";
+const CONFIG_B: &str = "configs/test-migrate-b.toml";
+const CONFIG_FILL: &str = "configs/test-migrate-fill.toml";
+/// The guest's `counter.ticks` in those configs.
+const TICKS: u64 = 1000;
+const TIMEOUT: Duration = Duration::from_secs(240);
+/// Most milliseconds (virtual time) a migration of the 16 MiB counter VM
+/// (about 2 MiB of it not zero) may keep it from running.
+const MAX_DOWNTIME_MS: u64 = 1000;
+
+/// One machine's QEMU arguments: its NIC the listening or the connecting
+/// end of the loopback link on `port`.
+fn args(built: &build::Built, listen: bool, port: u16) -> Vec<String> {
+    let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
+    args.extend(["-icount", "shift=0,sleep=on"].map(String::from));
+    args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
+    let end = if listen {
+        "server=on".to_string()
+    } else {
+        "server=off,reconnect-ms=100".to_string()
+    };
+    args.extend([
+        "-netdev".to_string(),
+        format!(
+            "stream,id={},{end},addr.type=inet,addr.host=127.0.0.1,addr.port={port}",
+            crate::netpeer::NETDEV_ID
+        ),
+        "-global".to_string(),
+        "virtio-mmio.force-legacy=false".to_string(),
+        "-device".to_string(),
+        format!(
+            "virtio-net-device,netdev={},mac=52:54:00:00:00:{}",
+            crate::netpeer::NETDEV_ID,
+            if listen { "0a" } else { "0b" }
+        ),
+    ]);
+    args
+}
+
+/// A free TCP port on 127.0.0.1 for the link.
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("no free port on 127.0.0.1")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Runs both machines at once with their scripts; their logs, `Err` for
+/// a machine that had to end on its own but did not.
+fn pair(
+    a: (&build::Built, &[(&str, &str)]),
+    b: (&build::Built, &[(&str, &str)]),
+    b_killed: bool,
+) -> Result<(String, String)> {
+    let port = free_port()?;
+    let (args_a, args_b) = (args(a.0, true, port), args(b.0, false, port));
+    let (out_a, out_b) = std::thread::scope(|s| {
+        let ta = s.spawn(|| qemu::run_scripted(&args_a, TIMEOUT, a.1));
+        let tb = s.spawn(|| qemu::run_scripted(&args_b, TIMEOUT, b.1));
+        (ta.join(), tb.join())
+    });
+    let out_a = out_a.map_err(|_| anyhow::anyhow!("machine A's thread panicked"))??;
+    let out_b = out_b.map_err(|_| anyhow::anyhow!("machine B's thread panicked"))??;
+    let both = || {
+        format!(
+            "machine A:\n{}\nmachine B:\n{}",
+            qemu::indent(&out_a.log),
+            qemu::indent(&out_b.log)
+        )
+    };
+    if !out_a.succeeded() {
+        bail!(
+            "machine A {}; serial logs:\n{}",
+            out_a.ending(TIMEOUT),
+            both()
+        );
+    }
+    if !b_killed && !out_b.succeeded() {
+        bail!(
+            "machine B {}; serial logs:\n{}",
+            out_b.ending(TIMEOUT),
+            both()
+        );
+    }
+    if b_killed && out_b.status.is_some_and(|s| s.success()) {
+        bail!(
+            "machine B was to be killed but ended on its own; serial logs:\n{}",
+            both()
+        );
+    }
+    for (name, log) in [("A", &out_a.log), ("B", &out_b.log)] {
+        for bad in crate::itest::FORBID {
+            if let Some(l) = log.lines().find(|l| l.contains(bad)) {
+                bail!(
+                    "{bad:?} in machine {name}'s log: {l}\nserial logs:\n{}",
+                    both()
+                );
+            }
+        }
+    }
+    Ok((out_a.log, out_b.log))
+}
+
+/// The `N` of "..., N ms from pause to the target's go" on `log`'s line
+/// that says the counter migrated to `to`.
+fn downtime(log: &str, to: &str) -> Result<u64> {
+    let line = log
+        .lines()
+        .find(|l| l.contains(&format!("counter: migrated to {to}:")))
+        .with_context(|| format!("no \"migrated to {to}\" line"))?;
+    let ms = line
+        .split(" ms from pause")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no downtime in {line:?}"))?;
+    println!("  {}", line.trim());
+    Ok(ms)
+}
+
+fn round_trip(a: &build::Built, b: &build::Built, sums: &[u64]) -> Result<()> {
+    let (log_a, log_b) = pair(
+        (
+            a,
+            &[
+                ("[counter] COUNT 200 ", "migrate counter 10.0.2.16\r"),
+                ("counter: migrated to 10.0.2.16", "incoming counter\r"),
+                ("[counter] COUNTER done", "stop bystander\r"),
+            ],
+        ),
+        (
+            b,
+            &[
+                ("[counter] COUNT 5 ", "stop counter\r"),
+                ("counter: stopped", "incoming counter\r"),
+                ("counter: migrated in", ""),
+                ("[counter] COUNT 500 ", "migrate counter 10.0.2.15\r"),
+                ("counter: migrated to 10.0.2.15", "stop bystander\r"),
+            ],
+        ),
+        false,
+    )?;
+    let logs = || {
+        format!(
+            "machine A:\n{}\nmachine B:\n{}",
+            qemu::indent(&log_a),
+            qemu::indent(&log_b)
+        )
+    };
+    let fail = |e: anyhow::Error| anyhow::anyhow!("{e:#}\nserial logs:\n{}", logs());
+    // A: 1..=k, then nothing until it comes back.
+    let first =
+        counts_between(&log_a, None, Some("counter: paused for migration")).map_err(fail)?;
+    check_run("A before leaving", &first, 1, sums).map_err(fail)?;
+    let k = first.last().map_or(0, |&(n, _)| n);
+    let away = counts_between(
+        &log_a,
+        Some("counter: paused for migration"),
+        Some("counter: migrated in"),
+    )
+    .map_err(fail)?;
+    ensure!(
+        away.is_empty(),
+        "machine A counted {away:?} while its counter was away\n{}",
+        logs()
+    );
+    // B: k+1..=m, then nothing.
+    let on_b = counts_between(
+        &log_b,
+        Some("counter: migrated in"),
+        Some("counter: paused for migration"),
+    )
+    .map_err(fail)?;
+    check_run("B", &on_b, k + 1, sums).map_err(fail)?;
+    let m = on_b.last().map_or(k, |&(n, _)| n);
+    ensure!(
+        m >= 500,
+        "machine B handed the counter back at {m}, before 500"
+    );
+    let after =
+        counts_between(&log_b, Some("counter: paused for migration"), None).map_err(fail)?;
+    ensure!(
+        after.is_empty(),
+        "machine B counted {after:?} after it gave the counter back\n{}",
+        logs()
+    );
+    // A again: m+1..=TICKS.
+    let back = counts_between(&log_a, Some("counter: migrated in"), None).map_err(fail)?;
+    check_run("A after coming back", &back, m + 1, sums).map_err(fail)?;
+    ensure!(
+        back.last().map(|&(n, _)| n) == Some(TICKS),
+        "the counter did not reach {TICKS} back on machine A\n{}",
+        logs()
+    );
+    for (log, name, end) in [
+        (
+            &log_a,
+            "A",
+            "counter: powered off, bystander: stopped from the shell",
+        ),
+        (
+            &log_b,
+            "B",
+            "counter: migrated to another machine, bystander: stopped from the shell",
+        ),
+    ] {
+        ensure!(
+            log.contains(&format!("system ended: clean ({end})")),
+            "machine {name} did not end with ({end})\n{}",
+            logs()
+        );
+    }
+    let out = downtime(&log_a, "10.0.2.16").map_err(fail)?;
+    let home = downtime(&log_b, "10.0.2.15").map_err(fail)?;
+    ensure!(
+        out <= MAX_DOWNTIME_MS && home <= MAX_DOWNTIME_MS,
+        "downtime {out} ms and {home} ms: more than {MAX_DOWNTIME_MS} ms"
+    );
+    println!(
+        "  counts 1..={k} on A, {}..={m} on B, {}..={TICKS} on A again",
+        k + 1,
+        m + 1
+    );
+    Ok(())
+}
+
+fn target_killed(fill: &build::Built, b: &build::Built, sums: &[u64]) -> Result<()> {
+    let (log_a, log_b) = pair(
+        (
+            fill,
+            &[
+                ("[counter] COUNT 100 ", "migrate counter 10.0.2.16\r"),
+                ("migration to 10.0.2.16 failed", ""),
+                ("[counter] COUNTER done", "stop bystander\r"),
+            ],
+        ),
+        (
+            b,
+            &[
+                ("[counter] COUNT 5 ", "stop counter\r"),
+                ("counter: stopped", "incoming counter\r"),
+                ("counter: receiving the migration", KILL),
+            ],
+        ),
+        true,
+    )?;
+    let logs = || {
+        format!(
+            "machine A:\n{}\nmachine B (killed):\n{}",
+            qemu::indent(&log_a),
+            qemu::indent(&log_b)
+        )
+    };
+    let fail = |e: anyhow::Error| anyhow::anyhow!("{e:#}\nserial logs:\n{}", logs());
+    ensure!(
+        log_a.contains("[counter] COUNTER boot: 2048 KiB region, 12 MiB filled"),
+        "machine A's counter did not fill its 12 MiB\n{}",
+        logs()
+    );
+    let line = log_a
+        .lines()
+        .find(|l| l.contains("migration to 10.0.2.16 failed"))
+        .context("no failure line")
+        .map_err(fail)?;
+    ensure!(
+        line.contains("the VM runs on here"),
+        "the failure does not say the VM runs on: {line}"
+    );
+    println!("  machine A: {}", line.trim());
+    ensure!(
+        !log_b.contains("counter: migrated in"),
+        "machine B ran the counter before it was killed\n{}",
+        logs()
+    );
+    let all = counts_between(&log_a, None, None).map_err(fail)?;
+    check_run("A", &all, 1, sums).map_err(fail)?;
+    ensure!(
+        all.last().map(|&(n, _)| n) == Some(TICKS),
+        "machine A's counter did not reach {TICKS}\n{}",
+        logs()
+    );
+    ensure!(
+        log_a.contains(
+            "system ended: clean (counter: powered off, bystander: stopped from the shell)"
+        ),
+        "machine A did not end cleanly\n{}",
+        logs()
+    );
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
+    let a = build::build(Path::new(CONFIG_A), Output::Quiet)?;
+    let b = build::build(Path::new(CONFIG_B), Output::Quiet)?;
+    let fill = build::build(Path::new(CONFIG_FILL), Output::Quiet)?;
+    let sums = expected_sums(TICKS);
+    println!("  A -> B -> A while counting:");
+    round_trip(&a, &b, &sums)?;
+    println!("  the target killed mid-stream:");
+    target_killed(&fill, &b, &sums)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn downtime_is_read_from_the_shell_line() {
+        let log = "x\ncounter: migrated to 10.0.2.16: 2143433 bytes, 521 RAM pages, 3575 zero pages skipped, 212 ms from pause to the target's go\n";
+        assert_eq!(downtime(log, "10.0.2.16").unwrap(), 212);
+        assert!(downtime(log, "10.0.2.15").is_err());
+    }
+}
