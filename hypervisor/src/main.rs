@@ -9,6 +9,7 @@ extern crate alloc;
 mod arch;
 mod channel;
 mod console;
+mod dirty;
 mod mgmt;
 mod net;
 mod percpu;
@@ -310,7 +311,7 @@ fn stage2_confined(vm: &vm::Vm, channels: &[channel::ChannelHw]) -> Result<(), S
                 .any(|c| pa >= c.shm && end <= c.shm.saturating_add(c.size))
     };
     let (mut n, mut largest, mut stray) = (0, 0, None);
-    vm.stage2.for_each_mapping(&mut |m| {
+    vm.stage2.lock().for_each_mapping(&mut |m| {
         n += 1;
         largest = largest.max(m.size);
         if stray.is_none() && !own(m.pa, m.pa.saturating_add(m.size)) {

@@ -216,6 +216,9 @@ pub fn stop_unloaded(vm: &Vm, vcpu: VcpuId) -> bool {
         return false;
     }
     stop_entity(pv);
+    // A timer interrupt it had not been loaded for is the stopped
+    // instance's: the next one starts without it.
+    pv.timer_fired.store(false, Ordering::Relaxed);
     true
 }
 
@@ -690,6 +693,22 @@ pub fn with_saved<R>(
     Some(f(regs, ctx, timer_active))
 }
 
+/// Whether pool vCPU `vcpu`'s timer interrupt was set pending while no
+/// pCPU held it: its next load makes the physical PPI active, as if it had
+/// been taken (a snapshot records it with the vCPU's timer state).
+pub fn timer_fired(vm: &Vm, vcpu: VcpuId) -> bool {
+    vm.pool_vcpu(vcpu)
+        .is_some_and(|pv| pv.timer_fired.load(Ordering::Relaxed))
+}
+
+/// A restored vCPU's timer state replaces whatever its last instance
+/// left.
+pub fn clear_timer_fired(vm: &Vm, vcpu: VcpuId) {
+    if let Some(pv) = vm.pool_vcpu(vcpu) {
+        pv.timer_fired.store(false, Ordering::Relaxed);
+    }
+}
+
 /// `move VM VCPU PCPU` in the shell.
 pub fn move_vcpu(vm: &Vm, vcpu: VcpuId, pcpu: usize) -> Result<(), String> {
     let pv = vm
@@ -787,8 +806,8 @@ pub fn show() {
             ));
         }
         say(format_args!(
-            "  {:<20} {:<10} {:>4} {:>6} {:>4} {:>12}",
-            "VCPU", "STATE", "PCPU", "WEIGHT", "CAP", "RUNTIME_US"
+            "  {:<20} {:<10} {:>4} {:>6} {:>4} {:>12} {:>12}",
+            "VCPU", "STATE", "PCPU", "WEIGHT", "CAP", "RUNTIME_US", "TIMER_IN_US"
         ));
         for (e, info) in ents.iter().enumerate() {
             let (vm, v) = name(Entity(e as u16));
@@ -801,14 +820,29 @@ pub fn show() {
                 }
                 None => cap.push('-'),
             }
+            // A waiting vCPU's timer deadline: "-" when it waits for an
+            // interrupt alone.
+            let wake = system::vms()
+                .iter()
+                .flat_map(|vm| vm.pool.iter())
+                .find(|pv| pv.entity == Entity(e as u16))
+                .map_or(0, |pv| pv.wake_at.load(Ordering::Relaxed));
+            let mut timer = String::new();
+            if info.state == State::Blocked && wake != 0 {
+                let left = wake.saturating_sub(now());
+                let _ = core::fmt::Write::write_fmt(&mut timer, format_args!("{}", us(left)));
+            } else {
+                timer.push('-');
+            }
             say(format_args!(
-                "  {:<20} {:<10} {:>4} {:>6} {:>4} {:>12}",
+                "  {:<20} {:<10} {:>4} {:>6} {:>4} {:>12} {:>12}",
                 id,
                 state_name(info.state),
                 pool.pcpus.get(info.cpu).copied().unwrap_or(usize::MAX),
                 info.weight,
                 cap,
-                us(info.runtime)
+                us(info.runtime),
+                timer
             ));
         }
     }

@@ -260,8 +260,12 @@ impl Session for Sender<'_> {
                 }
             }
             Step::Vcpu(v) if v < self.vm.n_vcpus() => {
+                // A timer interrupt set pending while the vCPU was off its
+                // pCPU counts as taken (its physical PPI is made active
+                // where it runs next): it is in the vGIC record.
+                let fired = crate::sched::timer_fired(self.vm, VcpuId(v));
                 let st = crate::sched::with_saved(self.vm, VcpuId(v), |r, ctx, active| {
-                    vcpu_state(v, r, ctx, *active)
+                    vcpu_state(v, r, ctx, *active || fired)
                 })
                 .ok_or_else(|| format!("vCPU {v} is on a pCPU"))?;
                 enc.record(snap::TAG_VCPU, &st.encode(), &mut put)
@@ -611,6 +615,7 @@ fn apply(vm: &Vm, r: Box<Ready>, how: &str) {
             *ctx = c;
             *a = active;
         });
+        crate::sched::clear_timer_fired(vm, VcpuId(v as u16));
     }
     cache::clean_invalidate_for_guest(vm.ram.0 as usize, vm.ram_size as usize);
     vm.cntvoff
@@ -646,13 +651,154 @@ fn dotted(ip: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
 }
 
-/// The source's side: the stream, then the target's `OK <bytes>` (its
-/// whole state checked), then our FIN, which is the target's go-ahead.
+/// Pre-copy ends when a round leaves at most this many dirty pages...
+const FINAL_PAGES: usize = 64;
+/// ... or after this many rounds.
+const MAX_ROUNDS: usize = 8;
+
+/// A pre-copy round: pages to send (page numbers in RAM, ascending).
+struct Round {
+    pages: Vec<u32>,
+    at: usize,
+    /// The first round skips pages of zeros (the target zero-filled RAM);
+    /// later ones send every dirty page, zero or not.
+    skip_zero: bool,
+    /// The VM is paused for it: the last one.
+    last: bool,
+    sent: u64,
+}
+
+enum Phase {
+    /// The VM record.
+    Start,
+    Round(Round),
+    /// The VM is paused and its RAM sent: the sender's vCPU, vGIC and
+    /// device records, and END.
+    Tail,
+    /// Waiting for the target's `OK`.
+    Wait,
+}
+
+/// The source's side: the VM record, pre-copy rounds of RAM while the VM
+/// runs (dirty pages tracked through stage 2: crate::dirty), the last
+/// round and the device state with the VM paused, then the target's
+/// `OK <bytes>` (its whole state checked), then our FIN, which is the
+/// target's go-ahead.
 struct Migrator<'a> {
     sender: Sender<'a>,
-    sent_all: bool,
+    phase: Phase,
+    /// Pages sent by each round.
+    rounds: Vec<u64>,
+    /// When the VM was paused for the last round (physical count).
+    paused_at: Option<u64>,
     /// The target has accepted; from here the VM is the target's.
     committed: bool,
+}
+
+impl Migrator<'_> {
+    /// Appends the next RAM record of `r` (a run of consecutive pages,
+    /// copied now) to `out`; `false` once the round is through.
+    fn ram_record(&mut self, out: &mut Vec<u8>) -> Result<bool, String> {
+        let Phase::Round(r) = &mut self.phase else {
+            return Ok(false);
+        };
+        let s = &mut self.sender;
+        let mut put = |b: &[u8]| out.extend_from_slice(b);
+        let enc = s.enc.as_mut().ok_or("no stream")?;
+        let base = s.vm.ram.0 as usize;
+        let mut data: Vec<u8> = Vec::new();
+        let mut first = None;
+        while r.at < r.pages.len() {
+            let p = r.pages[r.at];
+            if let Some(f) = first {
+                if p != f + (data.len() / PAGE) as u32 || data.len() >= CHUNK_PAGES * PAGE {
+                    break;
+                }
+            }
+            r.at += 1;
+            let page = copy_guest_page(base + p as usize * PAGE);
+            if r.skip_zero && snap::is_zero_page(&page) {
+                s.zero_pages += 1;
+                if first.is_some() {
+                    break;
+                }
+                continue;
+            }
+            first.get_or_insert(p);
+            data.extend_from_slice(&page);
+        }
+        let Some(f) = first else {
+            return Ok(r.at < r.pages.len());
+        };
+        let n = (data.len() / PAGE) as u64;
+        s.pages += n;
+        r.sent += n;
+        let off = (u64::from(f) * PAGE as u64).to_le_bytes();
+        enc.record_parts(snap::TAG_RAM, &[&off, &data], &mut put)
+            .map_err(|e| format!("{e}"))?;
+        Ok(true)
+    }
+
+    /// A round is through: the next one, or the last (pausing the VM).
+    fn next_round(&mut self) -> Result<(), String> {
+        let Phase::Round(done) = &self.phase else {
+            return Ok(());
+        };
+        self.rounds.push(done.sent);
+        if done.last {
+            self.sender.step = Step::Vcpu(0);
+            self.phase = Phase::Tail;
+            return Ok(());
+        }
+        let vm = self.sender.vm;
+        let mut pages = crate::dirty::harvest(vm, true);
+        // Done when little is left, after MAX_ROUNDS, or when a round (after
+        // the first, which sent every page) left as much as it sent: the
+        // guest writes as fast as the link carries, and more rounds would
+        // only add to the total, not take from the last.
+        let stuck = self.rounds.len() >= 2 && pages.len() as u64 >= done.sent;
+        let last = pages.len() <= FINAL_PAGES || self.rounds.len() + 1 >= MAX_ROUNDS || stuck;
+        if last {
+            crate::sched::pause(vm)?;
+            let t = regs::cntpct_el0();
+            self.paused_at = Some(t);
+            self.sender.vcount = t.wrapping_sub(vm.cntvoff.load(Ordering::Relaxed));
+            log::info!(
+                "{}: paused for the last round of its migration ({} rounds sent)",
+                vm.name,
+                self.rounds.len()
+            );
+            pages.extend(crate::dirty::harvest(vm, false));
+            pages.sort_unstable();
+            pages.dedup();
+            // The paused VM's RAM as its own vCPUs left it in memory.
+            cache::clean_invalidate_for_guest(vm.ram.0 as usize, vm.ram_size as usize);
+        }
+        self.phase = Phase::Round(Round {
+            pages,
+            at: 0,
+            skip_zero: false,
+            last,
+            sent: 0,
+        });
+        Ok(())
+    }
+}
+
+/// One page of a running VM's RAM at `pa`, as memory holds it now.
+fn copy_guest_page(pa: usize) -> Vec<u8> {
+    // A guest with its caches off writes around EL2's cached copy.
+    cache::clean_invalidate_for_guest(pa, PAGE);
+    let mut page = alloc::vec![0u8; PAGE];
+    for (i, chunk) in page.chunks_exact_mut(8).enumerate() {
+        // SAFETY: `pa` is a page of the VM's RAM, identity-mapped at EL2
+        // and never freed; the guest may write it meanwhile, so it is read
+        // word by word with volatile loads (a torn page is sent again:
+        // the write that tore it made it dirty).
+        let w = unsafe { core::ptr::read_volatile((pa as *const u64).add(i)) };
+        chunk.copy_from_slice(&w.to_le_bytes());
+    }
+    page
 }
 
 impl Session for Migrator<'_> {
@@ -665,24 +811,47 @@ impl Session for Migrator<'_> {
     }
 
     fn produce(&mut self, out: &mut Vec<u8>) -> Result<bool, String> {
-        if !self.sent_all {
-            if self.sender.produce(out)? {
-                return Ok(true);
+        match self.phase {
+            Phase::Start => {
+                // The VM record (the sender's first step).
+                self.sender.produce(out)?;
+                let all = (0..(self.sender.vm.ram_size as usize / PAGE) as u32).collect();
+                self.phase = Phase::Round(Round {
+                    pages: all,
+                    at: 0,
+                    skip_zero: true,
+                    last: false,
+                    sent: 0,
+                });
+                Ok(true)
             }
-            self.sent_all = true;
+            Phase::Round(_) => {
+                if !self.ram_record(out)? {
+                    self.next_round()?;
+                }
+                Ok(true)
+            }
+            Phase::Tail => {
+                if !self.sender.produce(out)? {
+                    self.phase = Phase::Wait;
+                }
+                Ok(true)
+            }
+            Phase::Wait => {
+                if !self.sender.reply.complete() {
+                    return Ok(true); // waiting for the target's answer
+                }
+                let kept = self.sender.reply.outcome()?;
+                if kept != self.sender.bytes {
+                    return Err(format!(
+                        "the target took {kept} bytes of a {}-byte stream",
+                        self.sender.bytes
+                    ));
+                }
+                self.committed = true;
+                Ok(false)
+            }
         }
-        if !self.sender.reply.complete() {
-            return Ok(true); // waiting for the target's answer
-        }
-        let kept = self.sender.reply.outcome()?;
-        if kept != self.sender.bytes {
-            return Err(format!(
-                "the target took {kept} bytes of a {}-byte stream",
-                self.sender.bytes
-            ));
-        }
-        self.committed = true;
-        Ok(false)
     }
 
     fn consume(&mut self, data: &[u8]) -> Result<(), String> {
@@ -690,27 +859,38 @@ impl Session for Migrator<'_> {
     }
 }
 
-/// `migrate VM ADDR`: pauses the VM, sends its whole state to the machine
-/// at `to` (waiting in `incoming`), and stops it here once that machine has
-/// checked it all; on any failure before that the VM runs on here.
+/// `migrate VM ADDR`: sends the VM to the machine at `to` (waiting in
+/// `incoming`) while it runs, pre-copying its RAM in rounds of dirty
+/// pages, then pauses it for the last round and its device state, and
+/// stops it here once that machine has checked it all. On any failure
+/// before that the VM runs on here, as it was.
 pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
     supported(vm)?;
     if vm.state.lock().lifecycle != Lifecycle::Running {
         return Err(format!("{} is not running", vm.name));
     }
     let ip = dotted(to);
+    let freq = regs::cntfrq_el0().max(1);
     let t0 = regs::cntpct_el0();
     crate::sched::pause(vm)?;
-    log::info!("{}: paused for migration to {ip}", vm.name);
-    let vcount = t0.wrapping_sub(vm.cntvoff.load(Ordering::Relaxed));
-    // SAFETY: paused: no vCPU of the VM runs until it resumes or stops.
+    let tables = crate::dirty::start(vm);
+    crate::sched::resume(vm);
+    let tables = tables?;
+    log::info!(
+        "{}: migrating to {ip}: dirty pages tracked ({tables} stage-2 tables split off its blocks)",
+        vm.name
+    );
+    // SAFETY: the slice is only used once the VM is paused (the sender's
+    // vCPU and device steps read none of it); the rounds read RAM with
+    // `copy_guest_page`.
     let ram = unsafe { ram(vm) };
+    let faults0 = vm.stats.dirty_faults.load(Ordering::Relaxed);
     let mut m = Migrator {
         sender: Sender {
             vm,
             name: &vm.name,
             ram,
-            vcount,
+            vcount: 0,
             enc: None,
             step: Step::Vm,
             reply: Reply::default(),
@@ -718,12 +898,26 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
             zero_pages: 0,
             bytes: 0,
         },
-        sent_all: false,
+        phase: Phase::Start,
+        rounds: Vec::new(),
+        paused_at: None,
         committed: false,
     };
     let r = mgmt::connect(&mut m, (to, MIGRATE_PORT));
     let now = regs::cntpct_el0();
-    let paused_ms = (now - t0) * 1000 / regs::cntfrq_el0().max(1);
+    let faults = vm.stats.dirty_faults.load(Ordering::Relaxed) - faults0;
+    if m.paused_at.is_none() {
+        // Stopped in a round while the VM ran: hold it still to put its
+        // stage 2 back.
+        let _ = crate::sched::pause(vm);
+    }
+    let merged = crate::dirty::stop(vm);
+    let rounds = m
+        .rounds
+        .iter()
+        .map(|n| format!("{n}"))
+        .collect::<Vec<_>>()
+        .join(" + ");
     if m.committed {
         // The target runs it from here on, whatever became of the last
         // packets of the connection.
@@ -731,22 +925,37 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
         vm.begin_stop(&mut st, End::Migrated, &format!("migrated to {ip}"));
         drop(st);
         vm.paused.store(false, Ordering::Release);
+        let down = m.paused_at.map_or(0, |p| (now - p) * 1000 / freq);
         let s = &m.sender;
         return Ok(format!(
-            "{}: migrated to {ip}: {} bytes, {} RAM pages, {} zero pages skipped, {paused_ms} ms from pause to the target's go",
-            vm.name, s.bytes, s.pages, s.zero_pages
+            "{}: migrated to {ip}: {} bytes, pages {rounds} ({} in all of {}, {} zero pages skipped), {faults} write faults, {} ms in all, {down} ms from pause to the target's go ({merged} blocks merged back)",
+            vm.name,
+            s.bytes,
+            s.pages,
+            vm.ram_size as usize / PAGE,
+            s.zero_pages,
+            (now - t0) * 1000 / freq
         ));
     }
-    vm.cntvoff
-        .store(now.wrapping_sub(vcount), Ordering::Relaxed);
-    log::info!("{}: runs again here", vm.name);
+    if let Some(p) = m.paused_at {
+        // Its virtual time did not run while it was paused.
+        let vcount = p.wrapping_sub(vm.cntvoff.load(Ordering::Relaxed));
+        vm.cntvoff
+            .store(now.wrapping_sub(vcount), Ordering::Relaxed);
+    }
+    log::info!("{}: runs on here", vm.name);
     crate::sched::resume(vm);
     let why = match r {
         Err(e) => e,
         Ok(_) => "the target closed without accepting".into(),
     };
+    let sent = if m.rounds.is_empty() {
+        "in its first round".into()
+    } else {
+        format!("after rounds of {rounds} pages")
+    };
     Err(format!(
-        "migration to {ip} failed: {why}; the VM runs on here"
+        "migration to {ip} failed {sent}: {why}; the VM runs on here"
     ))
 }
 

@@ -243,6 +243,11 @@ fn channel_target(vm: &Vm, ipa: u64) -> Option<Mmio> {
 
 fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da: DataAbort) {
     let ipa = bulkhead_exit::fault_ipa(regs::hpfar_el2(), regs::far_el2()).0;
+    // RAM is never MMIO: a permission fault there is dirty-page tracking's
+    // write protection (crate::dirty). The instruction runs again.
+    if bulkhead_exit::is_permission_fault(da.dfsc) && crate::dirty::write_fault(vm, ipa) {
+        return;
+    }
     let far = regs::far_el2();
     let target = mmio_target(vm, ipa);
     let (Some(target), Some(access)) = (&target, da.access) else {

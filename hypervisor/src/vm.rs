@@ -120,6 +120,8 @@ pub struct VmStats {
     pub refused: AtomicU64,
     /// Channel doorbells this VM rang.
     pub doorbells: AtomicU64,
+    /// Stage-2 write faults taken for dirty-page tracking.
+    pub dirty_faults: AtomicU64,
 }
 
 /// Exits of one vCPU by reason, and virtual interrupts put in its list
@@ -168,7 +170,13 @@ pub struct Vm {
     pub ram_size: u64,
     pub vttbr: u64,
     pub vtcr: u64,
-    pub stage2: PageTable<IdentityTables>,
+    /// Changed only for dirty-page tracking (crate::dirty), with this
+    /// lock held.
+    pub stage2: Mutex<PageTable<IdentityTables>>,
+    /// Dirty-page bits of RAM while tracking (crate::dirty), taken after
+    /// `stage2`.
+    pub dirty: Mutex<Vec<u64>>,
+    pub tracking: AtomicBool,
     image: &'static [u8],
     initramfs: Option<&'static [u8]>,
     /// A device tree the config gave, loaded as it is instead of the
@@ -330,7 +338,9 @@ impl Vm {
             ram_size: cfg.memory,
             vttbr: bulkhead_pagetable::vttbr(vmid, stage2.root()),
             vtcr: bulkhead_pagetable::vtcr_el2(ipa_bits, stage2.start_level(), pa_range),
-            stage2,
+            stage2: Mutex::new(stage2),
+            dirty: Mutex::new(Vec::new()),
+            tracking: AtomicBool::new(false),
             image,
             initramfs,
             dtb,

@@ -21,12 +21,21 @@ use std::time::Duration;
 const CONFIG_A: &str = "configs/test-migrate-a.toml";
 const CONFIG_B: &str = "configs/test-migrate-b.toml";
 const CONFIG_FILL: &str = "configs/test-migrate-fill.toml";
-/// The guest's `counter.ticks` in those configs.
-const TICKS: u64 = 1000;
+/// The guest's `counter.ticks` in those configs (one every 50 ms: 16
+/// pages written each, about 1.3 MB/s, which the link outruns).
+const TICKS: u64 = 300;
 const TIMEOUT: Duration = Duration::from_secs(240);
+/// Where each machine gives the counter up. The VM is paused from the
+/// "paused for the last round" line to this one; a count printed between
+/// the two is from before the pause (the console's lines from two pCPUs
+/// are not in strict order), so the counts are split here.
+const LEFT_A: &str = "counter: stopping (migrated to 10.0.2.16";
+const LEFT_B: &str = "counter: stopping (migrated to 10.0.2.15";
 /// Most milliseconds (virtual time) a migration of the 16 MiB counter VM
-/// (about 2 MiB of it not zero) may keep it from running.
-const MAX_DOWNTIME_MS: u64 = 1000;
+/// (about 2 MiB of it not zero, 16 pages written every 10 ms) may keep it
+/// from running: its last round is a few dozen pages (docs/snapshot.md has
+/// the figures; this leaves room for a loaded host).
+const MAX_DOWNTIME_MS: u64 = 250;
 
 /// One machine's QEMU arguments: its NIC the listening or the connecting
 /// end of the loopback link on `port`.
@@ -132,6 +141,15 @@ fn downtime(log: &str, to: &str) -> Result<u64> {
         .and_then(|s| s.rsplit(' ').next())
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("no downtime in {line:?}"))?;
+    // Pre-copy: a round while the VM ran, then the last one.
+    ensure!(
+        line.contains(" pages ")
+            && line
+                .split(" pages ")
+                .nth(1)
+                .is_some_and(|r| r.split('(').next().is_some_and(|r| r.contains(" + "))),
+        "not pre-copied in rounds: {line}"
+    );
     println!("  {}", line.trim());
     Ok(ms)
 }
@@ -141,7 +159,7 @@ fn round_trip(a: &build::Built, b: &build::Built, sums: &[u64]) -> Result<()> {
         (
             a,
             &[
-                ("[counter] COUNT 200 ", "migrate counter 10.0.2.16\r"),
+                ("[counter] COUNT 60 ", "migrate counter 10.0.2.16\r"),
                 ("counter: migrated to 10.0.2.16", "incoming counter\r"),
                 ("[counter] COUNTER done", "stop bystander\r"),
             ],
@@ -152,7 +170,7 @@ fn round_trip(a: &build::Built, b: &build::Built, sums: &[u64]) -> Result<()> {
                 ("[counter] COUNT 5 ", "stop counter\r"),
                 ("counter: stopped", "incoming counter\r"),
                 ("counter: migrated in", ""),
-                ("[counter] COUNT 500 ", "migrate counter 10.0.2.15\r"),
+                ("[counter] COUNT 150 ", "migrate counter 10.0.2.15\r"),
                 ("counter: migrated to 10.0.2.15", "stop bystander\r"),
             ],
         ),
@@ -167,36 +185,24 @@ fn round_trip(a: &build::Built, b: &build::Built, sums: &[u64]) -> Result<()> {
     };
     let fail = |e: anyhow::Error| anyhow::anyhow!("{e:#}\nserial logs:\n{}", logs());
     // A: 1..=k, then nothing until it comes back.
-    let first =
-        counts_between(&log_a, None, Some("counter: paused for migration")).map_err(fail)?;
+    let first = counts_between(&log_a, None, Some(LEFT_A)).map_err(fail)?;
     check_run("A before leaving", &first, 1, sums).map_err(fail)?;
     let k = first.last().map_or(0, |&(n, _)| n);
-    let away = counts_between(
-        &log_a,
-        Some("counter: paused for migration"),
-        Some("counter: migrated in"),
-    )
-    .map_err(fail)?;
+    let away = counts_between(&log_a, Some(LEFT_A), Some("counter: migrated in")).map_err(fail)?;
     ensure!(
         away.is_empty(),
         "machine A counted {away:?} while its counter was away\n{}",
         logs()
     );
     // B: k+1..=m, then nothing.
-    let on_b = counts_between(
-        &log_b,
-        Some("counter: migrated in"),
-        Some("counter: paused for migration"),
-    )
-    .map_err(fail)?;
+    let on_b = counts_between(&log_b, Some("counter: migrated in"), Some(LEFT_B)).map_err(fail)?;
     check_run("B", &on_b, k + 1, sums).map_err(fail)?;
     let m = on_b.last().map_or(k, |&(n, _)| n);
     ensure!(
-        m >= 500,
-        "machine B handed the counter back at {m}, before 500"
+        m >= 150,
+        "machine B handed the counter back at {m}, before 150"
     );
-    let after =
-        counts_between(&log_b, Some("counter: paused for migration"), None).map_err(fail)?;
+    let after = counts_between(&log_b, Some(LEFT_B), None).map_err(fail)?;
     ensure!(
         after.is_empty(),
         "machine B counted {after:?} after it gave the counter back\n{}",
@@ -247,7 +253,7 @@ fn target_killed(fill: &build::Built, b: &build::Built, sums: &[u64]) -> Result<
         (
             fill,
             &[
-                ("[counter] COUNT 100 ", "migrate counter 10.0.2.16\r"),
+                ("[counter] COUNT 30 ", "migrate counter 10.0.2.16\r"),
                 ("migration to 10.0.2.16 failed", ""),
                 ("[counter] COUNTER done", "stop bystander\r"),
             ],
@@ -325,8 +331,10 @@ mod tests {
 
     #[test]
     fn downtime_is_read_from_the_shell_line() {
-        let log = "x\ncounter: migrated to 10.0.2.16: 2143433 bytes, 521 RAM pages, 3575 zero pages skipped, 212 ms from pause to the target's go\n";
-        assert_eq!(downtime(log, "10.0.2.16").unwrap(), 212);
+        let log = "x\ncounter: migrated to 10.0.2.16: 2549937 bytes, pages 521 + 86 + 13 (620 in all of 4096, 3575 zero pages skipped), 99 write faults, 290 ms in all, 7 ms from pause to the target's go (8 blocks merged back)\n";
+        assert_eq!(downtime(log, "10.0.2.16").unwrap(), 7);
+        let stop_and_copy = log.replace("pages 521 + 86 + 13", "pages 620");
+        assert!(downtime(&stop_and_copy, "10.0.2.16").is_err());
         assert!(downtime(log, "10.0.2.15").is_err());
     }
 }

@@ -243,6 +243,12 @@ pub fn is_translation_fault(dfsc: u8) -> bool {
     dfsc & 0b11_1100 == 0b00_0100 || dfsc == 0b10_1011
 }
 
+/// True for a permission fault at level 0 to 3: DFSC 0b0011LL (Arm ARM
+/// D24.2.40, DFSC).
+pub fn is_permission_fault(dfsc: u8) -> bool {
+    dfsc & 0b11_1100 == 0b00_1100
+}
+
 /// Injection of a synchronous exception into a guest's EL1: where to
 /// resume, with which PSTATE, and the EL1 syndrome registers to write.
 /// Which optional EL1 registers a CPU has, from its ID registers: what a
@@ -678,6 +684,12 @@ mod tests {
 
     #[test]
     fn translation_faults_at_each_level() {
+        for dfsc in 0x0c..=0x0f {
+            assert!(is_permission_fault(dfsc) && !is_translation_fault(dfsc));
+        }
+        for dfsc in [0x00, 0x04, 0x07, 0x08, 0x0b, 0x10, 0x2b, 0x3f] {
+            assert!(!is_permission_fault(dfsc), "{dfsc:#x}");
+        }
         for dfsc in 0x04..=0x07 {
             assert!(is_translation_fault(dfsc));
         }

@@ -12,7 +12,7 @@ mod registers;
 mod table;
 
 pub use registers::{pa_bits, tcr_el2, vtcr_el2, vttbr, MAIR_EL2, VTCR_EL2_VS_16BIT_VMID};
-pub use table::{PageTable, TableMemory};
+pub use table::{PageTable, TableMemory, WasWritable};
 
 /// The translation regime a table is built for; it decides the descriptor
 /// attribute encoding (Arm ARM D8.3 "Translation table descriptor formats").
@@ -63,6 +63,8 @@ pub enum MapError {
     /// The request cannot be expressed: a stage-1 mapping without read
     /// permission, or an input address size outside 25..=48 bits.
     Unsupported,
+    /// `va` is not mapped by a 4 KiB page (unmapped, or inside a block).
+    NotAPage { va: u64 },
 }
 
 /// One leaf (block or page) of a table, as reported by

@@ -16,6 +16,10 @@ pub trait TableMemory {
     fn write(&mut self, table: u64, index: usize, descriptor: u64);
 }
 
+/// A 4 KiB page's write permission before [`PageTable::set_page_writable`]
+/// changed it.
+pub type WasWritable = bool;
+
 const PAGE_SIZE: u64 = 1 << 12;
 const ENTRIES: usize = 512;
 const INDEX_MASK: u64 = ENTRIES as u64 - 1;
@@ -177,6 +181,188 @@ impl<M: TableMemory> PageTable<M> {
                 }
             }
         }
+    }
+
+    /// Splits every block leaf overlapping `[va, va + size)` into 4 KiB
+    /// pages with the same output and attributes (dirty-page tracking
+    /// write-protects page by page). The number of tables allocated.
+    ///
+    /// A block is replaced by its table in one descriptor write, without
+    /// break-before-make (Arm ARM D8.16.1): the caller makes sure nothing
+    /// translates through this table meanwhile (a stage-2 table's VM does
+    /// not run) and invalidates the TLBs before it does again. On
+    /// [`MapError::OutOfMemory`] the blocks split so far stay split (the
+    /// same translations, in pages).
+    pub fn split_to_pages(&mut self, va: u64, size: u64) -> Result<usize, MapError> {
+        let end = self.checked_range(va, size)?;
+        let mut n = 0;
+        self.split_in(self.root, self.start_level, va, end, &mut n)?;
+        Ok(n)
+    }
+
+    /// Sets the write permission of the 4 KiB page leaf that maps `va`;
+    /// the permission it had. The caller invalidates the TLBs.
+    pub fn set_page_writable(&mut self, va: u64, writable: bool) -> Result<WasWritable, MapError> {
+        if va >= self.va_limit() {
+            return Err(MapError::OutOfRange);
+        }
+        let mut table = self.root;
+        for level in self.start_level..=LAST_LEVEL {
+            let idx = index(va, level);
+            let desc = self.mem.read(table, idx);
+            match classify(desc, level) {
+                Entry::Table(next) if level < LAST_LEVEL => table = next,
+                Entry::Leaf if level == LAST_LEVEL => {
+                    let mut attrs = descriptor::decode_attrs(self.regime, desc);
+                    let was = attrs.write;
+                    if was != writable {
+                        attrs.write = writable;
+                        if !descriptor::expressible(self.regime, attrs) {
+                            return Err(MapError::Unsupported);
+                        }
+                        let pa = desc & descriptor::OA_MASK;
+                        self.mem
+                            .write(table, idx, descriptor::leaf(self.regime, level, pa, attrs));
+                    }
+                    return Ok(was);
+                }
+                _ => break,
+            }
+        }
+        Err(MapError::NotAPage {
+            va: va & !(PAGE_SIZE - 1),
+        })
+    }
+
+    /// The reverse of [`split_to_pages`](Self::split_to_pages): every table
+    /// inside `[va, va + size)` whose 512 entries are leaves of one size
+    /// with contiguous, aligned output and equal attributes becomes one
+    /// block again (2 MiB, then 1 GiB where that fits), deepest first.
+    /// Each table taken out is passed to `unlinked`, to be freed once the
+    /// TLBs no longer hold it. The number of blocks made. The same
+    /// break-before-make caveat as for splitting applies.
+    pub fn merge_blocks(
+        &mut self,
+        va: u64,
+        size: u64,
+        unlinked: &mut dyn FnMut(u64),
+    ) -> Result<usize, MapError> {
+        let end = self.checked_range(va, size)?;
+        let mut n = 0;
+        self.merge_in(self.root, self.start_level, va, end, unlinked, &mut n);
+        Ok(n)
+    }
+
+    fn checked_range(&self, va: u64, size: u64) -> Result<u64, MapError> {
+        if size == 0 {
+            return Err(MapError::ZeroSize);
+        }
+        if (va | size) & (PAGE_SIZE - 1) != 0 {
+            return Err(MapError::Unaligned);
+        }
+        let end = va.checked_add(size).ok_or(MapError::OutOfRange)?;
+        if end > self.va_limit() {
+            return Err(MapError::OutOfRange);
+        }
+        Ok(end)
+    }
+
+    fn split_in(
+        &mut self,
+        table: u64,
+        level: u8,
+        start: u64,
+        end: u64,
+        n: &mut usize,
+    ) -> Result<(), MapError> {
+        let mut va = start;
+        while va < end {
+            let chunk_end = entry_end(va, level).min(end);
+            let idx = index(va, level);
+            let desc = self.mem.read(table, idx);
+            match classify(desc, level) {
+                Entry::Invalid => {}
+                Entry::Leaf if level == LAST_LEVEL => {}
+                Entry::Leaf => {
+                    let size = 1u64 << level_shift(level);
+                    let base = desc & descriptor::OA_MASK & !(size - 1);
+                    let attrs = descriptor::decode_attrs(self.regime, desc);
+                    let next = alloc(&mut self.mem)?;
+                    *n += 1;
+                    let step = size / ENTRIES as u64;
+                    for i in 0..ENTRIES {
+                        let pa = base + i as u64 * step;
+                        self.mem.write(
+                            next,
+                            i,
+                            descriptor::leaf(self.regime, level + 1, pa, attrs),
+                        );
+                    }
+                    self.mem.write(table, idx, descriptor::table(next));
+                    self.split_in(next, level + 1, va, chunk_end, n)?;
+                }
+                Entry::Table(next) => self.split_in(next, level + 1, va, chunk_end, n)?,
+            }
+            va = chunk_end;
+        }
+        Ok(())
+    }
+
+    fn merge_in(
+        &mut self,
+        table: u64,
+        level: u8,
+        start: u64,
+        end: u64,
+        unlinked: &mut dyn FnMut(u64),
+        n: &mut usize,
+    ) {
+        let mut va = start;
+        while va < end {
+            let entry_start = va & !((1u64 << level_shift(level)) - 1);
+            let chunk_end = entry_end(va, level).min(end);
+            let idx = index(va, level);
+            if let Entry::Table(next) = classify(self.mem.read(table, idx), level) {
+                self.merge_in(next, level + 1, va, chunk_end, unlinked, n);
+                // Only a table the range covers whole, at a level that has
+                // blocks.
+                let whole = entry_start >= start && entry_end(va, level) <= end;
+                if whole && matches!(level, 1 | 2) {
+                    if let Some(block) = self.mergeable(next, level) {
+                        self.mem.write(table, idx, block);
+                        unlinked(next);
+                        *n += 1;
+                    }
+                }
+            }
+            va = chunk_end;
+        }
+    }
+
+    /// The block descriptor at `level` equal to table `t`'s 512 leaves (at
+    /// `level + 1`), if they make one.
+    fn mergeable(&self, t: u64, level: u8) -> Option<u64> {
+        let child = level + 1;
+        let step = 1u64 << level_shift(child);
+        let size = 1u64 << level_shift(level);
+        let first = self.mem.read(t, 0);
+        if !matches!(classify(first, child), Entry::Leaf) {
+            return None;
+        }
+        let base = first & descriptor::OA_MASK;
+        let attrs = descriptor::decode_attrs(self.regime, first);
+        if base & (size - 1) != 0 {
+            return None;
+        }
+        for i in 0..ENTRIES {
+            let d = self.mem.read(t, i);
+            let same = matches!(classify(d, child), Entry::Leaf)
+                && d == descriptor::leaf(self.regime, child, base + i as u64 * step, attrs);
+            if !same {
+                return None;
+            }
+        }
+        Some(descriptor::leaf(self.regime, level, base, attrs))
     }
 
     /// The lowest address in `[start, end)` that `table` (at `level`) maps.

@@ -7,7 +7,8 @@
 //! n, so the same n always prints the same S: a restored copy must go on
 //! from the count it was taken at, printing the sums the original did,
 //! with its memory intact (docs/snapshot.md). Stops after
-//! `counter.ticks=N` ticks (600 if not given). `counter.fill=M` also
+//! `counter.ticks=N` ticks (600 if not given), one every
+//! `counter.period_ms=P` ms (10 if not given). `counter.fill=M` also
 //! writes M MiB past the region once at boot (a constant pattern, outside
 //! the sums), so a snapshot or migration has that much more to send.
 #![no_std]
@@ -88,7 +89,10 @@ pub extern "C" fn guest_main() -> ! {
         "COUNTER boot: {} KiB region, {fill} MiB filled, {ticks} ticks",
         REGION_BYTES >> 10
     );
-    PERIOD.store(freq() / 100, Ordering::SeqCst);
+    let period_ms = guest_rt::dtb_value(b"counter.period_ms=")
+        .unwrap_or(10)
+        .clamp(1, 1000);
+    PERIOD.store(freq() * period_ms / 1000, Ordering::SeqCst);
     gic::init_distributor();
     gic::init_cpu(0, 1 << VTIMER_INTID);
     guest_rt::set_irq_handler(irq);

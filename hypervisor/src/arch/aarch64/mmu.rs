@@ -25,8 +25,8 @@ impl TableMemory for IdentityTables {
     }
 
     fn read(&self, table: u64, index: usize) -> u64 {
-        // SAFETY: `table` came from `alloc_table` (a live 4 KiB page that is
-        // never freed) and the page-table crate keeps `index` below 512.
+        // SAFETY: `table` came from `alloc_table` (a live 4 KiB page, freed
+        // only once unlinked: `free_table`) and the page-table crate keeps `index` below 512.
         unsafe { core::ptr::read_volatile((table as *const u64).add(index & 511)) }
     }
 
@@ -35,6 +35,18 @@ impl TableMemory for IdentityTables {
         // installed, or (stage 2) while no vCPU of that VM runs.
         unsafe { core::ptr::write_volatile((table as *mut u64).add(index & 511), descriptor) }
     }
+}
+
+/// Gives back a table page from [`IdentityTables`].
+///
+/// # Safety
+/// `table` came from `IdentityTables::alloc_table`, is linked into no
+/// table any more, and no TLB or walk cache can hold it (the TLBs were
+/// invalidated for its VMID since it was unlinked).
+pub unsafe fn free_table(table: u64) {
+    // SAFETY: per the caller, the page is an allocation of PAGE's layout
+    // that nothing uses.
+    unsafe { alloc::alloc::dealloc(table as *mut u8, PAGE) }
 }
 
 /// SCTLR_EL2: M (MMU), C (data cache), SA (stack alignment check), I

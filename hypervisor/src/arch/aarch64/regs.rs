@@ -194,6 +194,49 @@ pub unsafe fn set_stage2(vtcr: u64, vttbr: u64) {
     };
 }
 
+/// Invalidates every pCPU's stage-1 and stage-2 TLB entries for the VMID
+/// in `vttbr` (a VM's stage-2 table changed), and waits for that to
+/// complete everywhere: after it no access of that VM uses an old
+/// translation (Arm ARM D8.17.5, "the completion of a TLB maintenance
+/// instruction"). This pCPU's VTTBR_EL2 is put back as it was.
+pub fn flush_vmid_everywhere(vttbr: u64) {
+    // SAFETY: VTTBR_EL2 only names the VMID for the TLBI here: it is
+    // consulted for EL1&0 translations, and none happen on this pCPU before
+    // the old value is back (this runs at EL2). The DSB ISHST before makes
+    // the new descriptors visible to every walker first.
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "mrs {old}, vttbr_el2",
+            "msr vttbr_el2, {vttbr}",
+            "isb",
+            "tlbi vmalls12e1is",
+            "dsb ish",
+            "msr vttbr_el2, {old}",
+            "isb",
+            old = out(reg) _,
+            vttbr = in(reg) vttbr,
+            options(nostack)
+        )
+    };
+}
+
+/// Invalidates this pCPU's TLB entries for the VMID it has loaded (a
+/// page of the running VM became writable).
+pub fn flush_loaded_vmid_here() {
+    // SAFETY: TLB maintenance only; the DSB ISHST publishes the changed
+    // descriptor first.
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "tlbi vmalls12e1",
+            "dsb nsh",
+            "isb",
+            options(nostack)
+        )
+    };
+}
+
 /// # Safety
 /// Must be `GUEST_HCR` or another value whose traps the hypervisor handles.
 pub unsafe fn set_hcr_el2(v: u64) {
