@@ -843,8 +843,8 @@ fn sched_readings(log: &str, pool: &str, vcpus: usize) -> Vec<SchedReading> {
         let mut runtime = Vec::new();
         for row in lines.by_ref() {
             let w: Vec<&str> = row.split_whitespace().collect();
-            // "  vm/n  STATE  PCPU  WEIGHT  CAP  RUNTIME_US"
-            if let [id, _, _, _, _, rt] = w.as_slice() {
+            // "  vm/n  STATE  PCPU  WEIGHT  CAP  RUNTIME_US  TIMER_IN_US"
+            if let [id, _, _, _, _, rt, _] = w.as_slice() {
                 if let (Some((vm, _)), Ok(rt)) = (id.split_once('/'), rt.parse::<u64>()) {
                     runtime.push((vm.to_owned(), rt));
                 }
@@ -2122,7 +2122,7 @@ mod tests {
                 .enumerate()
             {
                 t.push_str(&format!(
-                    "  {vm:<20} running       1    256    - {:>12}\n",
+                    "  {vm:<20} running       1    256    - {:>12}            -\n",
                     rt[i]
                 ));
             }
