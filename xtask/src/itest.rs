@@ -2145,10 +2145,12 @@ mod tests {
         assert_eq!(sched_deltas(&r[0], &r[1])[2], ("c".to_owned(), 1000));
         assert_eq!(sched_shares(&log), Ok(()));
         // c with a's share, a with c's.
-        let unfair = log.replacen("500\n", "250\n", 2);
+        let unfair = log.replacen("500            -\n", "250            -\n", 2);
         assert!(sched_shares(&unfair).is_err());
         // 2 + 2 us of 1000 is 0.4%; 10 + 10 is 2%, too much for an idle VM.
-        assert!(sched_shares(&log.replace("  502\n", "  510\n")).is_err());
+        assert!(
+            sched_shares(&log.replace("  502            -\n", "  510            -\n")).is_err()
+        );
         assert!(sched_shares(&log.replace("misses=0 ", "misses=2 ")).is_err());
         assert!(sched_shares(&table(0, fair)).is_err());
     }
