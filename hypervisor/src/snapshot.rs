@@ -880,16 +880,14 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
         "{}: migrating to {ip}: dirty pages tracked ({tables} stage-2 tables split off its blocks)",
         vm.name
     );
-    // SAFETY: the slice is only used once the VM is paused (the sender's
-    // vCPU and device steps read none of it); the rounds read RAM with
-    // `copy_guest_page`.
-    let ram = unsafe { ram(vm) };
     let faults0 = vm.stats.dirty_faults.load(Ordering::Relaxed);
     let mut m = Migrator {
         sender: Sender {
             vm,
             name: &vm.name,
-            ram,
+            // The rounds read RAM page by page (`copy_guest_page`); the
+            // sender's own RAM step is not used.
+            ram: &[],
             vcount: 0,
             enc: None,
             step: Step::Vm,
