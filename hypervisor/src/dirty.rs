@@ -13,9 +13,12 @@
 //! page its write access back, merges the pages into blocks again and
 //! frees the tables the split made.
 //!
-//! Only the guest's own writes through stage 2 are seen, which is why
-//! VMs with virtio devices or channels (where the hypervisor or another
-//! VM writes into its RAM) are not migrated.
+//! The guest's own writes are seen through stage 2; the hypervisor's
+//! writes into its RAM (a virtio device's used rings and received frames,
+//! and a disk's DMA into a read request's buffers, on completion) are
+//! [`mark`]ed by the one path they take (`virtio::VmMem`). Channels,
+//! where another VM writes into this one's RAM, are not tracked, which is
+//! why VMs with channels are not migrated.
 
 use crate::vm::Vm;
 use alloc::vec::Vec;
@@ -75,6 +78,25 @@ pub fn write_fault(vm: &Vm, ipa: u64) -> bool {
     crate::arch::regs::flush_loaded_vmid_here();
     vm.stats.dirty_faults.fetch_add(1, Ordering::Relaxed);
     true
+}
+
+/// The hypervisor wrote `[ipa, ipa + len)` of `vm`'s RAM (after the
+/// write, so a harvest that raced it sends the page again next round).
+/// Nothing while the VM is not tracked.
+pub fn mark(vm: &Vm, ipa: u64, len: u64) {
+    if len == 0 || !vm.tracking.load(Ordering::Acquire) {
+        return;
+    }
+    let Some(off) = ipa.checked_sub(RAM_IPA).filter(|&o| o < vm.ram_size) else {
+        return;
+    };
+    let last = off.saturating_add(len - 1).min(vm.ram_size - 1) / PAGE;
+    let mut bits = vm.dirty.lock();
+    for page in off / PAGE..=last {
+        if let Some(w) = bits.get_mut((page / 64) as usize) {
+            *w |= 1 << (page % 64);
+        }
+    }
 }
 
 /// The pages written since the last harvest (page numbers from the start

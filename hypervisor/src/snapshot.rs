@@ -54,6 +54,11 @@ const DEV_UART: &str = "uart";
 const DEV_PSCI: &str = "psci";
 /// The guest's virtual count when it was paused (u64 LE).
 const DEV_TIME: &str = "time";
+/// `virtio<N>`: the VM's virtio device N (`bulkhead_virtio::state`).
+const DEV_VIRTIO: &str = "virtio";
+/// How long a snapshot or migration waits, the VM paused, for its disk
+/// requests in flight to be answered.
+const QUIESCE_MS: u64 = 2_000;
 
 fn features_word() -> u64 {
     let f = crate::arch::context::features();
@@ -70,12 +75,6 @@ fn supported(vm: &Vm) -> Result<(), String> {
     if vm.pool.is_empty() {
         return Err(format!(
             "{} has pinned vCPUs: snapshots are of pool VMs only (docs/snapshot.md)",
-            vm.name
-        ));
-    }
-    if !vm.virtio.is_empty() {
-        return Err(format!(
-            "{} has virtio devices: their queues are not in snapshots yet",
             vm.name
         ));
     }
@@ -294,6 +293,18 @@ impl Session for Sender<'_> {
                     enc.record(snap::TAG_DEVICE, &d.encode(), &mut put)
                         .map_err(e)?;
                 }
+                // The virtio devices, quiesced with the VM paused.
+                for (i, dev) in self.vm.virtio.iter().enumerate() {
+                    let state = crate::virtio::save_state(dev)
+                        .map_err(|err| format!("virtio device {i}: {err}"))?;
+                    let name = format!("{DEV_VIRTIO}{i}");
+                    let d = Device {
+                        name: &name,
+                        state: &state,
+                    };
+                    enc.record(snap::TAG_DEVICE, &d.encode(), &mut put)
+                        .map_err(e)?;
+                }
                 self.step = Step::Devices;
             }
             Step::Devices => self.step = Step::End,
@@ -337,6 +348,10 @@ pub fn snapshot(vm: &Vm, name: &str) -> Result<String, String> {
     }
     let t0 = regs::cntpct_el0();
     crate::sched::pause(vm)?;
+    if let Err(e) = crate::virtio::quiesce(vm, QUIESCE_MS) {
+        crate::sched::resume(vm);
+        return Err(format!("{}: snapshot not taken: {e}", vm.name));
+    }
     log::info!("{}: paused for snapshot '{name}'", vm.name);
     let paused_at = regs::cntpct_el0();
     let vcount = paused_at.wrapping_sub(vm.cntvoff.load(Ordering::Relaxed));
@@ -397,6 +412,8 @@ struct Staged<'a> {
     uart: Option<Vec<u8>>,
     psci: Option<Vec<u8>>,
     vcount: Option<u64>,
+    /// One per virtio device of the VM.
+    virtio: Vec<Option<Vec<u8>>>,
     pages: u64,
 }
 
@@ -445,6 +462,11 @@ impl Staged<'_> {
                 let slot = match d.name {
                     DEV_UART => &mut self.uart,
                     DEV_PSCI => &mut self.psci,
+                    n if n.starts_with(DEV_VIRTIO) => n[DEV_VIRTIO.len()..]
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|i| self.virtio.get_mut(i))
+                        .ok_or(bad("a virtio device this VM does not have"))?,
                     DEV_TIME => {
                         let v = d
                             .state
@@ -542,6 +564,7 @@ impl<'a> Receiver<'a> {
                 uart: None,
                 psci: None,
                 vcount: None,
+                virtio: vm.virtio.iter().map(|_| None).collect(),
                 pages: 0,
             },
         }
@@ -558,6 +581,7 @@ struct Ready {
     power: bulkhead_psci::PowerState,
     vcpus: Vec<(GuestRegs, Context, bool)>,
     vcount: u64,
+    virtio: Vec<crate::virtio::Fresh>,
 }
 
 impl Staged<'_> {
@@ -585,6 +609,15 @@ impl Staged<'_> {
         power
             .restore_state(psci)
             .map_err(|e| format!("PSCI: {e}"))?;
+        let mut virtio = Vec::new();
+        for (i, (dev, saved)) in vm.virtio.iter().zip(&self.virtio).enumerate() {
+            let saved = saved
+                .as_deref()
+                .ok_or_else(|| format!("the stream lacks virtio device {i}"))?;
+            let fresh = crate::virtio::check_state(vm, dev, saved)
+                .map_err(|e| format!("virtio device {i}: {e}"))?;
+            virtio.push(fresh);
+        }
         let mut vcpus = Vec::new();
         for s in self.vcpus.iter().flatten() {
             let mut g = GuestRegs::zero();
@@ -599,6 +632,7 @@ impl Staged<'_> {
             power,
             vcpus,
             vcount,
+            virtio,
         }))
     }
 }
@@ -609,6 +643,9 @@ fn apply(vm: &Vm, r: Box<Ready>, how: &str) {
     let r = *r;
     *vm.vgic.lock() = *r.vgic;
     *vm.uart.lock() = *r.uart;
+    for (dev, fresh) in vm.virtio.iter().zip(r.virtio) {
+        crate::virtio::put_state(dev, fresh);
+    }
     for (v, (g, c, active)) in r.vcpus.into_iter().enumerate() {
         crate::sched::with_saved(vm, VcpuId(v as u16), |regs, ctx, a| {
             *regs = g;
@@ -763,6 +800,9 @@ impl Migrator<'_> {
             let t = regs::cntpct_el0();
             self.paused_at = Some(t);
             self.sender.vcount = t.wrapping_sub(vm.cntvoff.load(Ordering::Relaxed));
+            // Its disk requests answered (their DMA and used rings marked
+            // dirty) before the last harvest.
+            crate::virtio::quiesce(vm, QUIESCE_MS)?;
             log::info!(
                 "{}: paused for the last round of its migration ({} rounds sent)",
                 vm.name,

@@ -70,7 +70,15 @@ extern "C" fn handle_lower_sync(frame: &mut TrapFrame) {
             smccc(vm, vcpu, frame)
         }
         Exit::DataAbort(da) => data_abort(vm, vcpu, frame, esr, da),
-        Exit::InstructionAbort { .. } => {
+        Exit::InstructionAbort { fsc } => {
+            // A permission fault on a fetch is a stage-1 walk that writes
+            // (hardware Access flag or dirty state, FEAT_HAFDBS) to a page
+            // table in RAM that dirty-page tracking has write-protected:
+            // the page is dirty and the fetch runs again.
+            let ipa = bulkhead_exit::fault_ipa(regs::hpfar_el2(), regs::far_el2()).0;
+            if bulkhead_exit::is_permission_fault(fsc) && crate::dirty::write_fault(vm, ipa) {
+                return;
+            }
             let far = regs::far_el2();
             vm.complain(
                 vcpu,

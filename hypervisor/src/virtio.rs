@@ -450,6 +450,7 @@ impl PhysDisk {
         &mut self,
         owner: Owner,
         out: &mut [(u16, Result<(), IoError>); blk::MAX_INFLIGHT],
+        mem: &VmMem,
     ) -> usize {
         let mut n = 0;
         for (i, s) in self.slots.iter_mut().enumerate() {
@@ -460,6 +461,12 @@ impl PhysDisk {
                 continue;
             }
             if let Some(r) = s.done.take() {
+                if s.op == blk::Op::Read {
+                    // The disk wrote these pages of guest RAM by DMA.
+                    for seg in &s.segs {
+                        mem.wrote(seg.ipa, u64::from(seg.len));
+                    }
+                }
                 out[n] = (i as u16, r);
                 n += 1;
                 s.owner = None;
@@ -671,7 +678,7 @@ fn deliver(d: usize) {
         };
         on_device(d, owner, |blk, mem, backend| {
             let mut done = [(0, Ok(())); blk::MAX_INFLIGHT];
-            let n = backend.disk.lock().take_done(owner, &mut done);
+            let n = backend.disk.lock().take_done(owner, &mut done, mem);
             (n > 0).then(|| blk.complete(mem, backend, &done[..n]))
         });
     }
@@ -758,13 +765,23 @@ fn settle(disk: &Mutex<PhysDisk>, owner: Owner) {
     }
 }
 
-/// A VM's RAM for its devices: IPA `RAM_IPA..+size` at host `pa`.
-pub struct VmMem {
+/// A VM's RAM for its devices: IPA `RAM_IPA..+size` at host `pa`. Every
+/// write through it is marked dirty while the VM is migrating
+/// (crate::dirty).
+pub struct VmMem<'a> {
     pub pa: u64,
     pub size: u64,
+    pub vm: &'a Vm,
 }
 
-impl GuestMemory for VmMem {
+impl VmMem<'_> {
+    /// The device (not the guest) wrote `[ipa, ipa + len)` of RAM.
+    fn wrote(&self, ipa: u64, len: u64) {
+        crate::dirty::mark(self.vm, ipa, len);
+    }
+}
+
+impl GuestMemory for VmMem<'_> {
     fn read(&self, ipa: u64, buf: &mut [u8]) -> Result<(), bulkhead_virtio::MemError> {
         let host = self
             .translate(ipa, buf.len() as u64)
@@ -789,6 +806,7 @@ impl GuestMemory for VmMem {
             })?;
         // SAFETY: as in `read`: the VM's own RAM, mapped at EL2.
         unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), host as *mut u8, data.len()) };
+        self.wrote(ipa, data.len() as u64);
         Ok(())
     }
 
@@ -1049,9 +1067,112 @@ pub fn net_deliver(vm: &Vm, dev: &VirtioDev, frame: &[u8], off: &Offload) -> Opt
         return None;
     };
     let mut n = net.lock();
+    // A paused VM's NIC drops what comes (as a full ring would): its RAM
+    // and rings are being copied (crate::snapshot, which takes this lock
+    // once after pausing, so a delivery under way finishes first).
+    if vm.paused.load(Ordering::Acquire) {
+        n.stats.rx_dropped += 1;
+        return Some(net::Delivery::NoBuffer);
+    }
     let d = n.deliver(&vm.memory(), frame, off);
     let kicks = dev.line(vm, n.irq_level());
     drop(n);
     apply(vm, kicks, None);
     Some(d)
+}
+
+/// Waits, with `vm` paused, until its devices hold nothing in flight: a
+/// disk's requests all answered into the guest's rings, and any frame
+/// delivery under way finished (later ones see the VM paused and drop).
+/// Their state and the RAM they wrote can then be copied. Polls the disks
+/// itself (their interrupts may be routed to this pCPU, which is in the
+/// shell with interrupts masked); `Err` naming the device after
+/// `timeout_ms`.
+pub fn quiesce(vm: &Vm, timeout_ms: u64) -> Result<(), alloc::string::String> {
+    let freq = arch::regs::cntfrq_el0().max(1);
+    let deadline = arch::regs::cntpct_el0() + timeout_ms * freq / 1000;
+    for (i, dev) in vm.virtio.iter().enumerate() {
+        match &dev.model {
+            Model::Net { net, .. } => drop(net.lock()),
+            Model::Blk { blk, disk } => loop {
+                if blk.lock().quiet() {
+                    break;
+                }
+                if arch::regs::cntpct_el0() > deadline {
+                    return Err(alloc::format!(
+                        "virtio-blk {i}: requests still on disk{disk} after {timeout_ms} ms"
+                    ));
+                }
+                if let Some(d) = disks().get(*disk) {
+                    d.lock().reap();
+                    deliver(*disk);
+                }
+                core::hint::spin_loop();
+            },
+        }
+    }
+    Ok(())
+}
+
+/// Device `dev`'s state for a snapshot (crate::snapshot), once
+/// [`quiesce`]d.
+pub fn save_state(dev: &VirtioDev) -> Result<Vec<u8>, bulkhead_virtio::state::StateError> {
+    match &dev.model {
+        Model::Blk { blk, .. } => blk.lock().save_state(),
+        Model::Net { net, .. } => Ok(net.lock().save_state()),
+    }
+}
+
+/// A device model with a snapshot's state, checked, to put in place with
+/// [`put_state`].
+pub enum Fresh {
+    Blk(alloc::boxed::Box<blk::Blk>),
+    Net(alloc::boxed::Box<net::Net>),
+}
+
+/// Checks `bytes` against device `dev` of `vm` (same kind, same slice or
+/// MAC, queues in the VM's RAM) into a new model; `dev` is unchanged.
+pub fn check_state(
+    vm: &Vm,
+    dev: &VirtioDev,
+    bytes: &[u8],
+) -> Result<Fresh, bulkhead_virtio::state::StateError> {
+    let mem = vm.memory();
+    match &dev.model {
+        Model::Blk { blk, .. } => {
+            let mut b = alloc::boxed::Box::new(blk::Blk::new(blk.lock().slice.clone()));
+            b.restore_state(bytes, &mem)?;
+            Ok(Fresh::Blk(b))
+        }
+        Model::Net { net, .. } => {
+            let mut n = alloc::boxed::Box::new(net::Net::new(net.lock().mac));
+            n.restore_state(bytes, &mem)?;
+            Ok(Fresh::Net(n))
+        }
+    }
+}
+
+/// Puts a checked state in place in a stopped VM's device (its counters
+/// stay, they are this machine's history) and gives the vGIC line the
+/// level the state has (the vGIC's own state is restored beside it).
+pub fn put_state(dev: &VirtioDev, fresh: Fresh) {
+    let level = match (&dev.model, fresh) {
+        (Model::Blk { blk, .. }, Fresh::Blk(new)) => {
+            let mut b = blk.lock();
+            let stats = b.stats;
+            *b = *new;
+            b.stats = stats;
+            b.irq_level()
+        }
+        (Model::Net { net, .. }, Fresh::Net(new)) => {
+            let mut n = net.lock();
+            let stats = n.stats;
+            *n = *new;
+            n.stats = stats;
+            n.irq_level()
+        }
+        // `check_state` made it for this device.
+        _ => return,
+    };
+    dev.level.store(level, Ordering::Relaxed);
 }

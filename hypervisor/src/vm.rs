@@ -399,10 +399,11 @@ impl Vm {
     }
 
     /// Its RAM, as its devices reach it.
-    pub fn memory(&self) -> crate::virtio::VmMem {
+    pub fn memory(&self) -> crate::virtio::VmMem<'_> {
         crate::virtio::VmMem {
             pa: self.ram.0,
             size: self.ram_size,
+            vm: self,
         }
     }
 

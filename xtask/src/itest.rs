@@ -1298,6 +1298,10 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
         println!("migration between two machines, and a target killed mid-stream (migrate)…");
         tally.record("migrate", crate::migtest::run());
     }
+    if wanted("migrate_linux") {
+        println!("live migration of a Linux VM with a shared disk (migrate_linux)…");
+        tally.record("migrate_linux", crate::migtest::run_linux());
+    }
     if wanted("bench_quick") {
         println!("running the benchmark harness (cargo xtask bench --quick)…");
         tally.record("bench_quick", bench_quick());

@@ -49,6 +49,18 @@ pub fn console_and_kernel(console: &[&str], image: &Path) -> Vec<String> {
 /// virtio-mmio address and the hypervisor numbers disks by ascending
 /// address, so they are passed last disk first.
 pub fn disk_args(disks: &[PathBuf]) -> Vec<String> {
+    disk_args_with(disks, "")
+}
+
+/// [`disk_args`] for images that two QEMU machines are given at once
+/// (shared storage, for migration): without QEMU's image locking, which
+/// would refuse the second machine. Both write through the host's page
+/// cache, so each sees what the other wrote.
+pub fn shared_disk_args(disks: &[PathBuf]) -> Vec<String> {
+    disk_args_with(disks, ",file.locking=off")
+}
+
+fn disk_args_with(disks: &[PathBuf], drive_options: &str) -> Vec<String> {
     let mut args = Vec::new();
     if disks.is_empty() {
         return args;
@@ -57,7 +69,7 @@ pub fn disk_args(disks: &[PathBuf]) -> Vec<String> {
     for (i, path) in disks.iter().enumerate().rev() {
         args.push("-drive".to_owned());
         args.push(format!(
-            "if=none,id=disk{i},format=raw,file={}",
+            "if=none,id=disk{i},format=raw,file={}{drive_options}",
             path.display()
         ));
         args.push("-device".to_owned());

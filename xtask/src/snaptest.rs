@@ -56,9 +56,13 @@ fn count_line(line: &str) -> Option<(u64, u64)> {
     Some((n.parse().ok()?, u64::from_str_radix(sum.trim(), 16).ok()?))
 }
 
-/// The counts printed between the first line containing `from` (or the
-/// start) and the first later line containing `to` (or the end).
-pub fn counts_between(log: &str, from: Option<&str>, to: Option<&str>) -> Result<Vec<(u64, u64)>> {
+/// The lines between the first line containing `from` (or the start)
+/// and the first later line containing `to` (or the end).
+pub fn lines_between<'a>(
+    log: &'a str,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<Vec<&'a str>> {
     let mut lines = log.lines();
     if let Some(f) = from {
         lines
@@ -71,12 +75,21 @@ pub fn counts_between(log: &str, from: Option<&str>, to: Option<&str>) -> Result
         if to.is_some_and(|t| l.contains(t)) {
             return Ok(out);
         }
-        out.extend(count_line(l));
+        out.push(l);
     }
     if let Some(t) = to {
         bail!("{t:?} never appeared after {from:?}");
     }
     Ok(out)
+}
+
+/// The counts printed between the first line containing `from` (or the
+/// start) and the first later line containing `to` (or the end).
+pub fn counts_between(log: &str, from: Option<&str>, to: Option<&str>) -> Result<Vec<(u64, u64)>> {
+    Ok(lines_between(log, from, to)?
+        .into_iter()
+        .filter_map(count_line)
+        .collect())
 }
 
 /// `counts` go up by one from `first`, each with the expected sum.

@@ -29,6 +29,7 @@ pub mod mmio;
 pub mod net;
 pub mod offload;
 pub mod queue;
+pub mod state;
 pub mod switch;
 
 mod mem;

@@ -103,6 +103,21 @@ pub struct Transport<const Q: usize> {
     pub queue_num_max: u16,
 }
 
+/// A transport's registers apart from its queues, as [`crate::state`]
+/// saves them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Saved {
+    pub device_id: u32,
+    pub device_features: u64,
+    pub queue_num_max: u16,
+    pub driver_features: u64,
+    /// DeviceFeaturesSel, DriverFeaturesSel, QueueSel.
+    pub selectors: [u32; 3],
+    pub status: u32,
+    pub interrupt_status: u32,
+    pub config_generation: u32,
+}
+
 impl<const Q: usize> Transport<Q> {
     pub fn new(device_id: u32, features: u64, queue_num_max: u16) -> Self {
         Transport {
@@ -117,6 +132,38 @@ impl<const Q: usize> Transport<Q> {
             interrupt_status: 0,
             config_generation: 0,
             queue_num_max,
+        }
+    }
+
+    /// Its registers apart from the queues.
+    pub fn saved(&self) -> Saved {
+        Saved {
+            device_id: self.device_id,
+            device_features: self.device_features,
+            queue_num_max: self.queue_num_max,
+            driver_features: self.driver_features,
+            selectors: [self.dev_sel, self.drv_sel, self.queue_sel],
+            status: self.status,
+            interrupt_status: self.interrupt_status,
+            config_generation: self.config_generation,
+        }
+    }
+
+    /// A transport with saved registers and queues (checked by the caller).
+    pub fn from_saved(s: Saved, queues: [QueueRegs; Q]) -> Self {
+        let [dev_sel, drv_sel, queue_sel] = s.selectors;
+        Transport {
+            device_id: s.device_id,
+            device_features: s.device_features,
+            driver_features: s.driver_features,
+            dev_sel,
+            drv_sel,
+            queue_sel,
+            queues,
+            status: s.status,
+            interrupt_status: s.interrupt_status,
+            config_generation: s.config_generation,
+            queue_num_max: s.queue_num_max,
         }
     }
 

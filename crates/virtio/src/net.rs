@@ -162,6 +162,14 @@ impl Net {
         self.queues = [None, None];
     }
 
+    pub(crate) fn queue_refs(&self) -> &[Option<Queue>; 2] {
+        &self.queues
+    }
+
+    pub(crate) fn set_queues(&mut self, q: [Option<Queue>; 2]) {
+        self.queues = q;
+    }
+
     pub fn mmio_read(&self, off: u64, size: u8) -> Option<u32> {
         self.transport.read(off, size, &self.config)
     }

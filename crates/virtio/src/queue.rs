@@ -142,6 +142,29 @@ impl Queue {
         self.layout.size
     }
 
+    /// A queue part-way through, as [`Queue::indices`] gave them.
+    pub fn with_indices(
+        layout: Layout,
+        event_idx: bool,
+        last_avail: u16,
+        used_idx: u16,
+        signalled: u16,
+    ) -> Queue {
+        Queue {
+            layout,
+            event_idx,
+            last_avail,
+            used_idx,
+            signalled,
+        }
+    }
+
+    /// The next available entry to take, our `used.idx`, and `used.idx`
+    /// at the last interrupt.
+    pub fn indices(&self) -> (u16, u16, u16) {
+        (self.last_avail, self.used_idx, self.signalled)
+    }
+
     /// Reads `avail.idx` and checks it against what we took.
     fn avail_idx(&self, mem: &impl GuestMemory) -> Result<u16, QueueError> {
         let at = ipa(self.layout.avail, 2)?;

@@ -1,0 +1,48 @@
+#!/bin/busybox sh
+# /init of configs/test-migrate-linux-{a,b}.toml (xtask/src/migtest.rs):
+# the Linux VM that is migrated from machine A to machine B and back.
+#   A: makes ext4 on its disk (Debian's mkfs.ext4), then counts to 1500,
+#      one count every 10 ms: each is printed ("MIGCOUNT n") and appended
+#      to /mnt/seq, and every 25th is followed by a sync, so the disk is
+#      busy while the VM moves. At the end the file system is unmounted,
+#      mounted again and the file compared with the counts it should hold.
+#   B (migtest.role=target): touches nothing, since the disk is A's, and
+#      waits for the test to stop it and migrate A's VM into it.
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+case " $(cat /proc/cmdline) " in
+*" migtest.role=target "*)
+    echo "MIGTEST target: waiting"
+    while :; do sleep 1000; done
+    ;;
+esac
+for m in virtio virtio_ring virtio_mmio virtio_blk; do
+    insmod /lib/modules/$(uname -r)/$m.ko || echo "MIGTEST FAIL: insmod $m"
+done
+for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
+[ -b /dev/vda ] || { echo "MIGTEST FAIL: no /dev/vda"; poweroff -f; }
+/sbin/mkfs.ext4 -q -F /dev/vda || echo "MIGTEST FAIL: mkfs.ext4"
+mkdir -p /mnt
+mount -t ext4 /dev/vda /mnt || echo "MIGTEST FAIL: mount"
+n=1500
+echo "MIGTEST counting to $n"
+i=0
+while [ $i -lt $n ]; do
+    i=$((i + 1))
+    echo "MIGCOUNT $i"
+    echo $i >> /mnt/seq
+    [ $((i % 25)) = 0 ] && sync
+    usleep 10000
+done
+umount /mnt || echo "MIGTEST FAIL: umount"
+mount -t ext4 /dev/vda /mnt || echo "MIGTEST FAIL: mount again"
+if seq $n | cmp -s - /mnt/seq; then
+    echo "MIGTEST file holds 1..$n ($(wc -l < /mnt/seq) lines)"
+else
+    echo "MIGTEST FAIL: /mnt/seq holds $(wc -l < /mnt/seq) lines, not 1..$n"
+fi
+umount /mnt
+poweroff -f
