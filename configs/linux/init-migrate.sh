@@ -2,7 +2,7 @@
 # /init of configs/test-migrate-linux-{a,b}.toml (xtask/src/migtest.rs):
 # the Linux VM that is migrated from machine A to machine B and back.
 #   A: makes ext4 on its disk (Debian's mkfs.ext4), then counts to 1500,
-#      one count every 10 ms: each is printed ("MIGCOUNT n") and appended
+#      one count every 10 ms: each is printed ("MIGCOUNT n end") and appended
 #      to /mnt/seq, and every 25th is followed by a sync, so the disk is
 #      busy while the VM moves. At the end the file system is unmounted,
 #      mounted again and the file compared with the counts it should hold.
@@ -32,7 +32,7 @@ echo "MIGTEST counting to $n"
 i=0
 while [ $i -lt $n ]; do
     i=$((i + 1))
-    echo "MIGCOUNT $i"
+    echo "MIGCOUNT $i end"
     echo $i >> /mnt/seq
     [ $((i % 25)) = 0 ] && sync
     usleep 10000

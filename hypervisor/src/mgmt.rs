@@ -28,7 +28,7 @@ use spin::Mutex;
 /// as a NIC with a full ring would).
 const RX_BACKLOG: usize = 256;
 /// TCP buffers of a session.
-const TCP_BUF: usize = 64 << 10;
+const TCP_BUF: usize = 256 << 10;
 /// A session that makes no progress for this long (ms of the counter)
 /// fails.
 const STALL_MS: u64 = 20_000;
@@ -264,10 +264,16 @@ fn reset(iface: &mut Interface, sockets: &mut SocketSet<'_>, h: smoltcp::iface::
 }
 
 fn new_socket() -> tcp::Socket<'static> {
-    tcp::Socket::new(
+    let mut s = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; TCP_BUF]),
         tcp::SocketBuffer::new(vec![0; TCP_BUF]),
-    )
+    );
+    // A bulk stream one way: every segment is acknowledged at once (a
+    // delayed ACK holds the sender's window shut for smoltcp's 10 ms), and
+    // nothing waits for Nagle.
+    s.set_ack_delay(None);
+    s.set_nagle_enabled(false);
+    s
 }
 
 /// The session on a connection being made or made: request (a client's),

@@ -699,7 +699,11 @@ impl Vm {
         }
         let mut flush =
             |line: &[u8]| crate::console::guest_partial(self.id.index(), &self.name, line);
-        self.uart.lock().flush(&mut flush);
+        // A migrated VM's unfinished output line went with its UART state:
+        // the target prints it once the guest ends it.
+        if !matches!(st.lifecycle, Lifecycle::Stopping(End::Migrated)) {
+            self.uart.lock().flush(&mut flush);
+        }
         match st.lifecycle {
             Lifecycle::Stopping(end) if end.restarts(self.restart) => {
                 let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;

@@ -79,6 +79,42 @@ fn crc32_is_the_ieee_one() {
     assert_eq!(crc32(b""), 0);
 }
 
+/// The bit-at-a-time definition, for the table-driven one to match.
+fn crc32_bitwise(bytes: &[u8]) -> u32 {
+    let mut c = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        c ^= u32::from(b);
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                0xEDB8_8320 ^ (c >> 1)
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+#[test]
+fn crc32_by_eight_bytes_matches_the_definition_at_any_length_and_split() {
+    let data: Vec<u8> = (0..1000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    for len in [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 999, 1000] {
+        assert_eq!(
+            crc32(&data[..len]),
+            crc32_bitwise(&data[..len]),
+            "length {len}"
+        );
+    }
+    // Fed in pieces that do not fall on 8-byte boundaries.
+    let mut c = Crc32::new();
+    for piece in data.chunks(13) {
+        c.update(piece);
+    }
+    assert_eq!(c.value(), crc32_bitwise(&data));
+}
+
 #[test]
 fn typed_payloads_round_trip() {
     assert_eq!(VmInfo::decode(&vm().encode()), Ok(vm()));
