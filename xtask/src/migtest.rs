@@ -11,6 +11,7 @@
 //! Target killed: machine B is killed mid-stream (its QEMU, as a power
 //! loss would); the counter on A must go on by itself, again with no gap.
 
+use crate::bench::Figure;
 use crate::build::{self, Output};
 use crate::qemu::{self, CAPTURED_CONSOLE, KILL};
 use crate::snaptest::{check_run, counts_between, expected_sums, lines_between};
@@ -492,6 +493,113 @@ pub fn run_linux() -> Result<()> {
     linux_round_trip()
 }
 
+/// The figures of a "VM: migrated to ADDR: ..." line, named
+/// `<prefix>_downtime_ms`, `_total_ms`, `_pages` (sent, all rounds),
+/// `_vm_pages` (the VM's RAM) and `_rounds`.
+fn migration_figures(line: &str, prefix: &str, unit_ms: &str) -> Result<Vec<Figure>> {
+    // The first number N that stands as "{before}N{after}".
+    let grab = |before: &str, after: &str| -> Result<u64> {
+        line.match_indices(after)
+            .find_map(|(at, _)| line[..at].rsplit(before).next()?.trim().parse().ok())
+            .with_context(|| format!("no \"{before}N{after}\" in {line:?}"))
+    };
+    let rounds = line
+        .split(" pages ")
+        .nth(1)
+        .and_then(|r| r.split(" (").next())
+        .map(|r| r.split(" + ").count() as u64)
+        .with_context(|| format!("no rounds in {line:?}"))?;
+    let fig = |name: &str, unit: &str, v: u64| Figure {
+        name: format!("{prefix}_{name}"),
+        unit: unit.to_owned(),
+        text: v.to_string(),
+        value: v as f64,
+    };
+    Ok(vec![
+        fig("downtime_ms", unit_ms, grab(", ", " ms from pause")?),
+        fig("total_ms", unit_ms, grab(", ", " ms in all")?),
+        fig("pages", "pages", grab("(", " in all of")?),
+        fig("vm_pages", "pages", grab(" in all of ", ", ")?),
+        fig("rounds", "rounds", rounds),
+    ])
+}
+
+/// The "migrated to ADDR" line of VM `vm` in `log`.
+fn migrated_line<'a>(log: &'a str, vm: &str, to: &str) -> Result<&'a str> {
+    log.lines()
+        .find(|l| l.contains(&format!("{vm}: migrated to {to}:")))
+        .with_context(|| format!("no \"{vm}: migrated to {to}\" line"))
+}
+
+/// One run of `cargo xtask bench`'s migration figures: the counter VM
+/// moved A -> B under `-icount shift=0,sleep=on` (virtual ms), then the
+/// Linux VM of the `migrate_linux` test, which counts and syncs its disk
+/// as it goes, moved A -> B (host ms, one host thread per CPU).
+pub fn bench_run() -> Result<Vec<Figure>> {
+    let a = build::build(Path::new(CONFIG_A), Output::Quiet)?;
+    let b = build::build(Path::new(CONFIG_B), Output::Quiet)?;
+    let (log_a, _) = pair(
+        (
+            &a,
+            &[
+                ("[counter] COUNT 60 ", "migrate counter 10.0.2.16\r"),
+                ("counter: migrated to 10.0.2.16", "stop bystander\r"),
+            ],
+        ),
+        (
+            &b,
+            &[
+                ("[counter] COUNT 5 ", "stop counter\r"),
+                ("counter: stopped", "incoming counter\r"),
+                ("counter: migrated in", ""),
+                ("[counter] COUNTER done", "stop bystander\r"),
+            ],
+        ),
+        false,
+        BARE,
+    )?;
+    let mut out = migration_figures(
+        migrated_line(&log_a, "counter", "10.0.2.16")?,
+        "migrate",
+        "ms",
+    )?;
+    let a = build::build(Path::new(LINUX_A), Output::Quiet)?;
+    let b = build::build(Path::new(LINUX_B), Output::Quiet)?;
+    build::blank_disks(&a)?;
+    let run = Run {
+        icount: false,
+        shared_disks: &a.disks,
+        timeout: LINUX_TIMEOUT,
+    };
+    let (log_a, _) = pair(
+        (
+            &a,
+            &[
+                ("[lin] MIGCOUNT 300", "\x1d\x1dmigrate lin 10.0.2.16\r"),
+                ("lin: migrated to 10.0.2.16", "stop bystander\r"),
+            ],
+        ),
+        (
+            &b,
+            &[
+                ("MIGTEST target: waiting", "\x1d\x1dstop lin\r"),
+                ("lin: stopped", "incoming lin\r"),
+                ("lin: migrated in", ""),
+                ("[lin] MIGTEST file holds", ""),
+                ("lin: stopped", "stop bystander\r"),
+            ],
+        ),
+        false,
+        run,
+    )?;
+    out.extend(migration_figures(
+        migrated_line(&log_a, "lin", "10.0.2.16")?,
+        "migrate_linux",
+        "ms_host",
+    )?);
+    Ok(out)
+}
+
 pub fn run() -> Result<()> {
     let a = build::build(Path::new(CONFIG_A), Output::Quiet)?;
     let b = build::build(Path::new(CONFIG_B), Output::Quiet)?;
@@ -514,6 +622,27 @@ mod tests {
         let lines: Vec<&str> = log.lines().collect();
         // 4 has no end yet: not a count.
         assert_eq!(linux_counts(&lines), [1, 2, 3]);
+    }
+
+    #[test]
+    fn bench_figures_are_read_from_the_shell_line() {
+        let line = "counter: migrated to 10.0.2.16: 2549937 bytes, pages 521 + 86 + 13 (620 in all of 4096, 3575 zero pages skipped), 99 write faults, 290 ms in all, 7 ms from pause to the target's go (8 blocks merged back)";
+        let f = migration_figures(line, "migrate", "ms").unwrap();
+        let got: Vec<(&str, &str, f64)> = f
+            .iter()
+            .map(|f| (f.name.as_str(), f.unit.as_str(), f.value))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("migrate_downtime_ms", "ms", 7.0),
+                ("migrate_total_ms", "ms", 290.0),
+                ("migrate_pages", "pages", 620.0),
+                ("migrate_vm_pages", "pages", 4096.0),
+                ("migrate_rounds", "rounds", 3.0),
+            ]
+        );
+        assert!(migration_figures("counter: migrated to x: nothing", "m", "ms").is_err());
     }
 
     #[test]
