@@ -27,7 +27,7 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::{cargo, repo_root};
 
 /// Every target, in the order the smoke run takes them.
-pub const TARGETS: [&str; 12] = [
+pub const TARGETS: [&str; 13] = [
     "channel",
     "exit_decode",
     "psci",
@@ -40,6 +40,7 @@ pub const TARGETS: [&str; 12] = [
     "virtio_net",
     "net_offload",
     "snapshot_stream",
+    "virtio_state",
 ];
 
 /// Seconds per target in a smoke run: the targets take about five minutes

@@ -589,6 +589,38 @@ mod tests {
     }
 
     #[test]
+    fn a_saved_nic_receives_into_the_next_buffer_in_another_device() {
+        use crate::state::StateError;
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, mut rx, _tx) = up(&mem);
+        let f = frame(100, 0x55);
+        let first = rx.add(&mem, &[(BASE + 0x20_000, 1600, true)]);
+        net.deliver(&mem, &f, &NONE);
+        assert_eq!(rx.take_used(&mem), Some((first, (HDR_LEN + 100) as u32)));
+        let saved = net.save_state();
+        // Another MAC is another device.
+        let mut other = Net::new([2, 0, 0, 0, 0, 9]);
+        assert_eq!(other.restore_state(&saved, &mem), Err(StateError::Device));
+        assert!(!other.transport.live());
+        // The same one goes on: the next frame lands in the next buffer.
+        let mut moved = Net::new(MAC);
+        moved.restore_state(&saved, &mem).unwrap();
+        assert!(moved.transport.live());
+        let second = rx.add(&mem, &[(BASE + 0x30_000, 1600, true)]);
+        let g = frame(80, 0x66);
+        assert!(matches!(
+            moved.deliver(&mem, &g, &NONE),
+            Delivery::Delivered { .. }
+        ));
+        assert_eq!(rx.take_used(&mem), Some((second, (HDR_LEN + 80) as u32)));
+        let mut got = vec![0u8; 80];
+        mem.read(BASE + 0x30_000 + HDR_LEN as u64, &mut got)
+            .unwrap();
+        assert_eq!(got, g);
+    }
+
+    #[test]
     fn bad_transmit_chains_are_dropped_not_sent() {
         let mut ram = vec![0u8; 1 << 20];
         let mem = SliceMem::new(BASE, &mut ram);
