@@ -134,6 +134,16 @@ fn typed_payloads_round_trip() {
     assert!(c.check_in(4096).is_err());
     assert!(is_zero_page(&[0; PAGE]));
     assert!(!is_zero_page(&p[8..]));
+    // One bit set anywhere, and in a tail that is not a whole word.
+    for at in [0, 7, 8, 2047, PAGE - 9, PAGE - 1] {
+        let mut page = [0u8; PAGE];
+        page[at] = 0x80;
+        assert!(!is_zero_page(&page), "byte {at}");
+    }
+    let mut odd = [0u8; 13];
+    assert!(is_zero_page(&odd));
+    odd[12] = 1;
+    assert!(!is_zero_page(&odd));
 }
 
 #[test]
