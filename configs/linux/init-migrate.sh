@@ -1,19 +1,28 @@
 #!/bin/busybox sh
 # /init of configs/test-migrate-linux-{a,b}.toml (xtask/src/migtest.rs):
 # the Linux VM that is migrated from machine A to machine B and back.
-#   A: makes ext4 on its disk (Debian's mkfs.ext4), then counts to 1500,
+#   A: makes ext4 on its disk (Debian's mkfs.ext4), then counts to 3000,
 #      one count every 10 ms: each is printed ("MIGCOUNT n end") and appended
 #      to /mnt/seq, and every 25th is followed by a sync, so the disk is
 #      busy while the VM moves. At the end the file system is unmounted,
 #      mounted again and the file compared with the counts it should hold.
 #   B (migtest.role=target): touches nothing, since the disk is A's, and
 #      waits for the test to stop it and migrate A's VM into it.
+#   migtest.role=idle (configs/bench-migrate-idle-*.toml): says so after
+#      5 s and does nothing more.
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 case " $(cat /proc/cmdline) " in
+*" migtest.role=idle "*)
+    # configs/bench-migrate-idle-a.toml: an idle VM for `cargo xtask
+    # bench` to move; the pause gives the other machine time to wait.
+    sleep 5
+    echo "MIGTEST idle"
+    while :; do sleep 1000; done
+    ;;
 *" migtest.role=target "*)
     echo "MIGTEST target: waiting"
     while :; do sleep 1000; done
@@ -27,7 +36,7 @@ for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
 /sbin/mkfs.ext4 -q -F /dev/vda || echo "MIGTEST FAIL: mkfs.ext4"
 mkdir -p /mnt
 mount -t ext4 /dev/vda /mnt || echo "MIGTEST FAIL: mount"
-n=1500
+n=3000
 echo "MIGTEST counting to $n"
 i=0
 while [ $i -lt $n ]; do

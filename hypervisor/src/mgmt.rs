@@ -180,6 +180,12 @@ pub trait Session {
     /// Next bytes to send, appended to `out`; `false` once everything is
     /// sent (the session then closes its side).
     fn produce(&mut self, out: &mut Vec<u8>) -> Result<bool, String>;
+    /// Whether [`Session::produce`] is to wait until everything sent so
+    /// far has been acknowledged (a migration's round is over: what it
+    /// decides next depends on the link being empty).
+    fn wants_drained(&self) -> bool {
+        false
+    }
     /// Bytes received. A session that sends its data treats them as the
     /// store's reply line.
     fn consume(&mut self, data: &[u8]) -> Result<(), String>;
@@ -321,6 +327,9 @@ fn exchange(
                 if pos == pending.len() {
                     pending.clear();
                     pos = 0;
+                    if producing && s.wants_drained() && sock.send_queue() > 0 {
+                        break;
+                    }
                     if producing {
                         producing = match s.produce(&mut pending) {
                             Ok(p) => p,

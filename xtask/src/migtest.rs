@@ -340,9 +340,11 @@ fn target_killed(fill: &build::Built, b: &build::Built, sums: &[u64]) -> Result<
 }
 
 const LINUX_A: &str = "configs/test-migrate-linux-a.toml";
+const IDLE_A: &str = "configs/bench-migrate-idle-a.toml";
+const IDLE_B: &str = "configs/bench-migrate-idle-b.toml";
 const LINUX_B: &str = "configs/test-migrate-linux-b.toml";
 /// `n` of configs/linux/init-migrate.sh.
-const LINUX_COUNTS: u64 = 1500;
+const LINUX_COUNTS: u64 = 3000;
 /// The Linux case boots two Debian kernels and moves the VM twice, with a
 /// host thread per CPU of each machine on this host's cores.
 const LINUX_TIMEOUT: Duration = Duration::from_secs(420);
@@ -497,6 +499,7 @@ pub fn run_linux() -> Result<()> {
 /// `<prefix>_downtime_ms`, `_total_ms`, `_pages` (sent, all rounds),
 /// `_vm_pages` (the VM's RAM) and `_rounds`.
 fn migration_figures(line: &str, prefix: &str, unit_ms: &str) -> Result<Vec<Figure>> {
+    println!("  {}", line.trim());
     // The first number N that stands as "{before}N{after}".
     let grab = |before: &str, after: &str| -> Result<u64> {
         line.match_indices(after)
@@ -531,10 +534,11 @@ fn migrated_line<'a>(log: &'a str, vm: &str, to: &str) -> Result<&'a str> {
         .with_context(|| format!("no \"{vm}: migrated to {to}\" line"))
 }
 
-/// One run of `cargo xtask bench`'s migration figures: the counter VM
-/// moved A -> B under `-icount shift=0,sleep=on` (virtual ms), then the
-/// Linux VM of the `migrate_linux` test, which counts and syncs its disk
-/// as it goes, moved A -> B (host ms, one host thread per CPU).
+/// One run of `cargo xtask bench`'s migration figures, each VM moved
+/// A -> B once: the counter VM under `-icount shift=0,sleep=on` (virtual
+/// ms); then, in host ms with one host thread per CPU, an idle 512 MiB
+/// Linux VM (configs/bench-migrate-idle-*.toml) and the Linux VM of the
+/// `migrate_linux` test, which counts and syncs its disk as it goes.
 pub fn bench_run() -> Result<Vec<Figure>> {
     let a = build::build(Path::new(CONFIG_A), Output::Quiet)?;
     let b = build::build(Path::new(CONFIG_B), Output::Quiet)?;
@@ -563,13 +567,44 @@ pub fn bench_run() -> Result<Vec<Figure>> {
         "migrate",
         "ms",
     )?;
+    let a = build::build(Path::new(IDLE_A), Output::Quiet)?;
+    let b = build::build(Path::new(IDLE_B), Output::Quiet)?;
+    let run = Run {
+        icount: false,
+        shared_disks: &[],
+        timeout: LINUX_TIMEOUT,
+    };
+    let (log_a, _) = pair(
+        (
+            &a,
+            &[
+                ("[idle] MIGTEST idle", "\x1d\x1dmigrate idle 10.0.2.16\r"),
+                ("idle: migrated to 10.0.2.16", "stop bystander\r"),
+            ],
+        ),
+        (
+            &b,
+            &[
+                ("MIGTEST target: waiting", "\x1d\x1dstop idle\r"),
+                ("idle: stopped", "incoming idle\r"),
+                // Its figures are A's; B need not run on.
+                ("idle: migrated in", KILL),
+            ],
+        ),
+        true,
+        run,
+    )?;
+    out.extend(migration_figures(
+        migrated_line(&log_a, "idle", "10.0.2.16")?,
+        "migrate_linux_idle",
+        "ms_host",
+    )?);
     let a = build::build(Path::new(LINUX_A), Output::Quiet)?;
     let b = build::build(Path::new(LINUX_B), Output::Quiet)?;
     build::blank_disks(&a)?;
     let run = Run {
-        icount: false,
         shared_disks: &a.disks,
-        timeout: LINUX_TIMEOUT,
+        ..run
     };
     let (log_a, _) = pair(
         (
@@ -584,17 +619,15 @@ pub fn bench_run() -> Result<Vec<Figure>> {
             &[
                 ("MIGTEST target: waiting", "\x1d\x1dstop lin\r"),
                 ("lin: stopped", "incoming lin\r"),
-                ("lin: migrated in", ""),
-                ("[lin] MIGTEST file holds", ""),
-                ("lin: stopped", "stop bystander\r"),
+                ("lin: migrated in", KILL),
             ],
         ),
-        false,
+        true,
         run,
     )?;
     out.extend(migration_figures(
         migrated_line(&log_a, "lin", "10.0.2.16")?,
-        "migrate_linux",
+        "migrate_linux_disk",
         "ms_host",
     )?);
     Ok(out)
