@@ -178,6 +178,37 @@ fn downtime(log: &str, vm: &str, to: &str) -> Result<u64> {
     Ok(ms)
 }
 
+/// Both machines ended as a round trip of VM `vm` leaves them (A powered
+/// it off, B let it go, each bystander stopped from the shell), and both
+/// migrations' downtimes were at most `max_ms`.
+fn round_trip_ended(
+    log_a: &str,
+    log_b: &str,
+    vm: &str,
+    max_ms: u64,
+    logs: &dyn Fn() -> String,
+) -> Result<()> {
+    for (log, name, end) in [
+        (log_a, "A", format!("{vm}: powered off")),
+        (log_b, "B", format!("{vm}: migrated to another machine")),
+    ] {
+        let end = format!("{end}, bystander: stopped from the shell");
+        ensure!(
+            log.contains(&format!("system ended: clean ({end})")),
+            "machine {name} did not end with ({end})\n{}",
+            logs()
+        );
+    }
+    let with_logs = |e: anyhow::Error| anyhow::anyhow!("{e:#}\nserial logs:\n{}", logs());
+    let out = downtime(log_a, vm, "10.0.2.16").map_err(with_logs)?;
+    let home = downtime(log_b, vm, "10.0.2.15").map_err(with_logs)?;
+    ensure!(
+        out <= max_ms && home <= max_ms,
+        "downtime {out} ms and {home} ms: more than {max_ms} ms"
+    );
+    Ok(())
+}
+
 fn round_trip(a: &build::Built, b: &build::Built, sums: &[u64]) -> Result<()> {
     let (log_a, log_b) = pair(
         (
@@ -241,30 +272,7 @@ fn round_trip(a: &build::Built, b: &build::Built, sums: &[u64]) -> Result<()> {
         "the counter did not reach {TICKS} back on machine A\n{}",
         logs()
     );
-    for (log, name, end) in [
-        (
-            &log_a,
-            "A",
-            "counter: powered off, bystander: stopped from the shell",
-        ),
-        (
-            &log_b,
-            "B",
-            "counter: migrated to another machine, bystander: stopped from the shell",
-        ),
-    ] {
-        ensure!(
-            log.contains(&format!("system ended: clean ({end})")),
-            "machine {name} did not end with ({end})\n{}",
-            logs()
-        );
-    }
-    let out = downtime(&log_a, "counter", "10.0.2.16").map_err(fail)?;
-    let home = downtime(&log_b, "counter", "10.0.2.15").map_err(fail)?;
-    ensure!(
-        out <= MAX_DOWNTIME_MS && home <= MAX_DOWNTIME_MS,
-        "downtime {out} ms and {home} ms: more than {MAX_DOWNTIME_MS} ms"
-    );
+    round_trip_ended(&log_a, &log_b, "counter", MAX_DOWNTIME_MS, &logs)?;
     println!(
         "  counts 1..={k} on A, {}..={m} on B, {}..={TICKS} on A again",
         k + 1,
@@ -455,30 +463,7 @@ fn linux_round_trip() -> Result<()> {
         "the VM's file on the shared disk did not check out back on A ({file:?})\n{}",
         logs()
     );
-    for (log, name, end) in [
-        (
-            &log_a,
-            "A",
-            "lin: powered off, bystander: stopped from the shell",
-        ),
-        (
-            &log_b,
-            "B",
-            "lin: migrated to another machine, bystander: stopped from the shell",
-        ),
-    ] {
-        ensure!(
-            log.contains(&format!("system ended: clean ({end})")),
-            "machine {name} did not end with ({end})\n{}",
-            logs()
-        );
-    }
-    let out = downtime(&log_a, "lin", "10.0.2.16").map_err(fail)?;
-    let home = downtime(&log_b, "lin", "10.0.2.15").map_err(fail)?;
-    ensure!(
-        out <= LINUX_MAX_DOWNTIME_MS && home <= LINUX_MAX_DOWNTIME_MS,
-        "downtime {out} ms and {home} ms: more than {LINUX_MAX_DOWNTIME_MS} ms"
-    );
+    round_trip_ended(&log_a, &log_b, "lin", LINUX_MAX_DOWNTIME_MS, &logs)?;
     println!(
         "  counts 1..={} on A, {}..={} on B, {}..={LINUX_COUNTS} on A again; the file checked out",
         first.len(),
