@@ -2,8 +2,10 @@
 //! Every line carries the pCPU and the level; guest output carries the VM.
 
 use crate::percpu;
+use crate::vm::Vm;
+use bulkhead_devices::outq::OutQueue;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use spin::Mutex;
 
 /// QEMU virt's UART, used only if the host DTB names none.
@@ -89,13 +91,45 @@ impl Write for Uart {
     }
 }
 
+/// Runs `f` with the console lock held, printing the critical VMs' queued
+/// output before it (it came first) and after it (what arrived meanwhile;
+/// their vCPUs do not wait for the lock, see [`guest_line`]).
+fn locked(f: impl FnOnce(&mut Uart)) {
+    {
+        let _g = LOCK.lock();
+        print_queued();
+        f(&mut Uart);
+        print_queued();
+    }
+    drain_after_unlock();
+}
+
+/// Bytes a critical VM queued between our last look and the unlock would
+/// wait for the next console user: look again with the lock released.
+/// The fence pairs with the one in [`queue_output`]: either this load sees
+/// the queued bytes or that side's `try_lock` sees the lock free.
+fn drain_after_unlock() {
+    loop {
+        core::sync::atomic::fence(Ordering::SeqCst);
+        if !any_queued() {
+            return;
+        }
+        let Some(_g) = LOCK.try_lock() else {
+            // The holder looks again after its own unlock.
+            return;
+        };
+        print_queued();
+    }
+}
+
 /// Writes preformatted text as one unit.
 pub fn write_fmt(args: fmt::Arguments) {
-    let _g = LOCK.lock();
-    if OPEN_LINE.swap(0, Ordering::Relaxed) != 0 {
-        let _ = Uart.write_str("\n");
-    }
-    let _ = Uart.write_fmt(args);
+    locked(|u| {
+        if OPEN_LINE.swap(0, Ordering::Relaxed) != 0 {
+            let _ = u.write_str("\n");
+        }
+        let _ = u.write_fmt(args);
+    });
 }
 
 /// The VM whose output line is open on the console (printed without its
@@ -110,25 +144,21 @@ const SHELL_LINE: usize = usize::MAX;
 
 /// Text for the shell's input line (prompt, echo), left open.
 pub fn shell_partial(bytes: &[u8]) {
-    let _g = LOCK.lock();
-    let mut u = Uart;
-    let open = OPEN_LINE.load(Ordering::Relaxed);
-    if open != 0 && open != SHELL_LINE {
-        let _ = u.write_str("\n");
-    }
-    for &b in bytes {
-        u.putc(b);
-    }
-    OPEN_LINE.store(SHELL_LINE, Ordering::Relaxed);
+    locked(|u| {
+        let open = OPEN_LINE.load(Ordering::Relaxed);
+        if open != 0 && open != SHELL_LINE {
+            let _ = u.write_str("\n");
+        }
+        for &b in bytes {
+            u.putc(b);
+        }
+        OPEN_LINE.store(SHELL_LINE, Ordering::Relaxed);
+    });
 }
 
 /// Plain text lines from the shell (no log prefix).
 pub fn shell_fmt(args: fmt::Arguments) {
-    let _g = LOCK.lock();
-    if OPEN_LINE.swap(0, Ordering::Relaxed) != 0 {
-        let _ = Uart.write_str("\n");
-    }
-    let _ = Uart.write_fmt(args);
+    write_fmt(args);
 }
 
 fn begin_guest_output(u: &mut Uart, id: usize, vm: &str) {
@@ -143,10 +173,34 @@ fn begin_guest_output(u: &mut Uart, id: usize, vm: &str) {
 }
 
 /// One complete line of a guest's console output, tagged with its VM.
-pub fn guest_line(id: usize, vm: &str, line: &[u8]) {
-    let _g = LOCK.lock();
-    let mut u = Uart;
-    begin_guest_output(&mut u, id, vm);
+/// A critical VM's goes through its queue (see [`queue_output`]).
+pub fn guest_line(vm: &Vm, line: &[u8]) {
+    if let Some(q) = &vm.console_queue {
+        let mut framed = [0u8; bulkhead_devices::pl011::LINE_MAX + 1];
+        let n = line.len().min(framed.len() - 1);
+        framed[..n].copy_from_slice(&line[..n]);
+        framed[n] = b'\n';
+        queue_output(q, &framed[..=n]);
+        return;
+    }
+    locked(|u| print_line(u, vm.id.index(), &vm.name, line));
+}
+
+/// The start of a line a guest has not finished (a shell prompt, typed
+/// characters echoed back): printed now so an interactive user sees it.
+pub fn guest_partial(vm: &Vm, bytes: &[u8]) {
+    if bytes.is_empty() {
+        return;
+    }
+    if let Some(q) = &vm.console_queue {
+        queue_output(q, bytes);
+        return;
+    }
+    locked(|u| print_partial(u, vm.id.index(), &vm.name, bytes));
+}
+
+fn print_line(u: &mut Uart, id: usize, vm: &str, line: &[u8]) {
+    begin_guest_output(u, id, vm);
     for &b in line {
         u.putc(b);
     }
@@ -154,19 +208,92 @@ pub fn guest_line(id: usize, vm: &str, line: &[u8]) {
     OPEN_LINE.store(0, Ordering::Relaxed);
 }
 
-/// The start of a line a guest has not finished (a shell prompt, typed
-/// characters echoed back): printed now so an interactive user sees it.
-pub fn guest_partial(id: usize, vm: &str, bytes: &[u8]) {
-    if bytes.is_empty() {
-        return;
-    }
-    let _g = LOCK.lock();
-    let mut u = Uart;
-    begin_guest_output(&mut u, id, vm);
+fn print_partial(u: &mut Uart, id: usize, vm: &str, bytes: &[u8]) {
+    begin_guest_output(u, id, vm);
     for &b in bytes {
         u.putc(b);
     }
     OPEN_LINE.store(id + 1, Ordering::Relaxed);
+}
+
+/// The pCPU that prints queued output nobody else prints (set at boot to
+/// where console input is taken: never a critical VM's pCPU if there is
+/// another), as (index, MPIDR); `usize::MAX` before then.
+static DRAINER: AtomicUsize = AtomicUsize::new(usize::MAX);
+static DRAINER_MPIDR: AtomicU64 = AtomicU64::new(0);
+/// A kick to the drainer is on its way and has not been served.
+static DRAIN_ASKED: AtomicBool = AtomicBool::new(false);
+
+pub fn set_drainer(cpu: usize, mpidr: u64) {
+    DRAINER_MPIDR.store(mpidr, Ordering::Relaxed);
+    DRAINER.store(cpu, Ordering::Release);
+}
+
+/// A critical vCPU's output: queued without waiting (a full queue drops
+/// the line and counts it), then printed by whoever holds the console lock
+/// when it is released, or by the drainer pCPU, kicked for it. On the
+/// drainer pCPU itself it is printed at once if the lock is free.
+fn queue_output(q: &OutQueue, bytes: &[u8]) {
+    q.put(bytes);
+    core::sync::atomic::fence(Ordering::SeqCst);
+    let drainer = DRAINER.load(Ordering::Acquire);
+    if drainer == usize::MAX || drainer == percpu::this_index_or_boot().index() {
+        drain_after_unlock();
+    } else if !DRAIN_ASKED.swap(true, Ordering::AcqRel) {
+        crate::arch::gic::kick(DRAINER_MPIDR.load(Ordering::Relaxed));
+    }
+}
+
+/// The drainer's part, on a kick: prints what critical VMs queued.
+pub fn kicked() {
+    if DRAIN_ASKED.swap(false, Ordering::AcqRel) {
+        drain_after_unlock();
+    }
+}
+
+fn any_queued() -> bool {
+    crate::system::vms()
+        .iter()
+        .filter_map(|vm| vm.console_queue.as_deref())
+        .any(|q| !q.is_empty() || q.has_dropped())
+}
+
+/// With the lock held: prints every critical VM's queued output, whole
+/// lines as lines and a trailing unfinished one as an open line.
+fn print_queued() {
+    let mut u = Uart;
+    for vm in crate::system::vms() {
+        let Some(q) = vm.console_queue.as_deref() else {
+            continue;
+        };
+        let id = vm.id.index();
+        let mut buf = [0u8; 256];
+        loop {
+            let n = q.take(&mut buf);
+            if n == 0 {
+                break;
+            }
+            let mut rest = &buf[..n];
+            while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                print_partial(&mut u, id, &vm.name, &rest[..end]);
+                let _ = u.write_str("\n");
+                OPEN_LINE.store(0, Ordering::Relaxed);
+                rest = &rest[end + 1..];
+            }
+            if !rest.is_empty() {
+                print_partial(&mut u, id, &vm.name, rest);
+            }
+        }
+        let lost = q.take_dropped();
+        if lost != 0 {
+            print_line(
+                &mut u,
+                id,
+                &vm.name,
+                alloc::format!("(bulkhead: {lost} bytes of this VM's console output dropped: its {}-byte queue was full)", bulkhead_devices::outq::CAPACITY).as_bytes(),
+            );
+        }
+    }
 }
 
 /// Makes the console usable from a fatal path: if the lock stays held (the

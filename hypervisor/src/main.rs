@@ -195,6 +195,10 @@ extern "C" fn primary_main(dtb: usize) -> ! {
     sched::install(pools);
     let focus = cfg_focus(sys);
     system::set_input_focus(focus);
+    // Critical VMs' console output is printed there too (see
+    // `console::guest_line`).
+    let drainer = console_cpu(sys, focus);
+    console::set_drainer(drainer, plat.cpus.get(drainer).copied().unwrap_or(0));
     if let Some(intid) = plat.uart_intid {
         let cpu = console_cpu(sys, focus);
         log::info!("console input is taken on cpu{cpu}");

@@ -402,7 +402,9 @@ pub fn service_interrupts_without_vcpu() {
             continue;
         }
         gic::deactivate(intid);
-        if Some(intid) == crate::console::rx_intid() {
+        if intid == gic::KICK_SGI {
+            crate::console::kicked();
+        } else if Some(intid) == crate::console::rx_intid() {
             console_input();
         } else if Some(intid) == el2_timer_intid() {
             crate::sched::el2_timer();

@@ -279,13 +279,12 @@ fn data_abort(vm: &'static Vm, vcpu: VcpuId, frame: &mut TrapFrame, esr: u64, da
         let value = access.store_value(frame.reg(access.reg));
         match *target {
             Mmio::Uart(off) => {
-                let id = vm.id.index();
-                let mut emit = |line: &[u8]| console::guest_line(id, &vm.name, line);
+                let mut emit = |line: &[u8]| console::guest_line(vm, line);
                 let mut uart = vm.uart.lock();
                 let r = uart.write(off, size, value, &mut emit).is_ok();
                 if system::has_input_focus(vm) {
                     // Interactive: show prompts and echoed keys at once.
-                    uart.flush(&mut |part: &[u8]| console::guest_partial(id, &vm.name, part));
+                    uart.flush(&mut |part: &[u8]| console::guest_partial(vm, part));
                 }
                 drop(uart);
                 vm.update_uart_line(Some(vcpu));
@@ -380,6 +379,7 @@ extern "C" fn handle_lower_irq(frame: &mut TrapFrame) {
         gic::deactivate(intid);
         if intid == gic::KICK_SGI {
             recheck = true;
+            console::kicked();
             if !vm.ends.is_empty() {
                 channel::refresh(vm, vcpu);
             }

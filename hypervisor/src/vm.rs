@@ -190,6 +190,9 @@ pub struct Vm {
     // a `Vm` moves through a few stack slots while it is built at boot.
     pub vgic: Box<Mutex<VGic>>,
     pub uart: Box<Mutex<Pl011>>,
+    /// A critical VM's console output waits here, not for the console
+    /// lock (`console::guest_line`); `None` for the others.
+    pub console_queue: Option<Box<bulkhead_devices::outq::OutQueue>>,
     /// The level last given to the vGIC for the UART's SPI (changed only
     /// with the `uart` lock held).
     uart_level: AtomicBool,
@@ -354,6 +357,8 @@ impl Vm {
                 running: 0,
             }),
             uart: Box::new(Mutex::new(Pl011::new())),
+            console_queue: (cfg.criticality == bulkhead_config::Criticality::Critical)
+                .then(|| Box::new(bulkhead_devices::outq::OutQueue::new())),
             uart_level: AtomicBool::new(false),
             restarts: AtomicU64::new(0),
             ended: AtomicU8::new(0),
@@ -697,8 +702,7 @@ impl Vm {
                 gic::clear_active_spi(irq);
             }
         }
-        let mut flush =
-            |line: &[u8]| crate::console::guest_partial(self.id.index(), &self.name, line);
+        let mut flush = |line: &[u8]| crate::console::guest_partial(self, line);
         // A migrated VM's unfinished output line went with its UART state:
         // the target prints it once the guest ends it.
         if !matches!(st.lifecycle, Lifecycle::Stopping(End::Migrated)) {
