@@ -10,6 +10,8 @@
 #      waits for the test to stop it and migrate A's VM into it.
 #   migtest.role=idle (configs/bench-migrate-idle-*.toml): says so after
 #      5 s and does nothing more.
+#   migtest.role=busy (configs/bench-migrate-busy-*.toml): rewrites 64 MiB
+#      of its memory without end.
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -22,6 +24,24 @@ case " $(cat /proc/cmdline) " in
     sleep 5
     echo "MIGTEST idle"
     while :; do sleep 1000; done
+    ;;
+*" migtest.role=busy "*)
+    # configs/bench-migrate-busy-a.toml: a memory-busy VM. A 1 MiB pattern
+    # is written over the 64 MiB of a tmpfs file, one MiB at a time, again
+    # and again: 16,384 pages rewritten per pass, as fast as the vCPU can.
+    mkdir -p /dev/shm /tmp
+    mount -t tmpfs -o size=80m tmpfs /dev/shm
+    yes 0123456789abcdef | head -c 1048576 > /tmp/pattern
+    sleep 5
+    echo "MIGTEST busy"
+    pass=0
+    while :; do
+        for i in $(seq 0 63); do
+            dd if=/tmp/pattern of=/dev/shm/busy bs=1M seek=$i count=1 conv=notrunc 2>/dev/null
+        done
+        pass=$((pass + 1))
+        echo "MIGTEST busy pass $pass"
+    done
     ;;
 *" migtest.role=target "*)
     echo "MIGTEST target: waiting"

@@ -738,6 +738,34 @@ pub fn move_vcpu(vm: &Vm, vcpu: VcpuId, pcpu: usize) -> Result<(), String> {
     }
 }
 
+/// Each pool vCPU's cap (`None`: uncapped), in vCPU order; empty for a
+/// pinned VM.
+pub fn caps(vm: &Vm) -> Vec<Option<u8>> {
+    vm.pool
+        .iter()
+        .map(|pv| {
+            pools()
+                .get(pv.pool)
+                .and_then(|pool| pool.sched.lock().entity(pv.entity).cap)
+        })
+        .collect()
+}
+
+/// Sets the caps of `vm`'s pool vCPUs (in vCPU order, as [`caps`] gives
+/// them); a migration slows a VM that dirties memory faster than the link
+/// carries it, and gives the VM its own caps back if it stays.
+pub fn set_caps(vm: &Vm, caps: &[Option<u8>]) {
+    for (pv, &cap) in vm.pool.iter().zip(caps) {
+        let Some(pool) = pools().get(pv.pool) else {
+            continue;
+        };
+        let kick = pool.sched.lock().set_cap(pv.entity, cap, now());
+        if let Some(c) = kick {
+            resched(pool, c);
+        }
+    }
+}
+
 /// The pool a VM's vCPUs share, if it is a pool VM.
 pub fn pool_of(vm: &Vm) -> Option<&'static PoolHw> {
     pools().get(vm.pool.first()?.pool)

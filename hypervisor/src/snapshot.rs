@@ -697,7 +697,14 @@ fn dotted(ip: [u8; 4]) -> String {
 /// Pre-copy ends when a round leaves at most this many dirty pages...
 const FINAL_PAGES: usize = 64;
 /// ... or after this many rounds.
-const MAX_ROUNDS: usize = 8;
+const MAX_ROUNDS: usize = 16;
+/// A round (after the first) that left more than half of what it sent
+/// dirty slows the VM's pool vCPUs down: capped at this share of a pCPU,
+/// halved at each such round down to [`THROTTLE_MIN`] (auto-converge, as
+/// QEMU does it for KVM): a guest that dirties memory faster than the link
+/// carries it converges, and its downtime stays that of a small last round.
+const THROTTLE_FIRST: u8 = 50;
+const THROTTLE_MIN: u8 = 1;
 
 /// A pre-copy round: pages to send (page numbers in RAM, ascending).
 struct Round {
@@ -736,6 +743,11 @@ struct Migrator<'a> {
     paused_at: Option<u64>,
     /// The target has accepted; from here the VM is the target's.
     committed: bool,
+    /// The cap its pool vCPUs are slowed to (percent of a pCPU), and from
+    /// which round; `None` while it runs as configured.
+    throttle: Option<(u8, usize)>,
+    /// Its pool vCPUs' own caps, given back when the migration ends.
+    own_caps: Vec<Option<u8>>,
 }
 
 impl Migrator<'_> {
@@ -787,14 +799,15 @@ impl Migrator<'_> {
         let Phase::Round(done) = &self.phase else {
             return Ok(());
         };
-        self.rounds.push(done.sent);
+        let (sent, was_last) = (done.sent, done.last);
+        self.rounds.push(sent);
         let vm = self.sender.vm;
         // The guest may power off or crash while its RAM is on the way: a
         // stopped VM is not handed over (the target would run nothing).
         if vm.state.lock().lifecycle != Lifecycle::Running {
             return Err(format!("{} stopped during its migration", vm.name));
         }
-        if done.last {
+        if was_last {
             self.sender.step = Step::Vcpu(0);
             self.phase = Phase::Tail;
             return Ok(());
@@ -804,7 +817,13 @@ impl Migrator<'_> {
         // the first, which sent every page) left as much as it sent: the
         // guest writes as fast as the link carries, and more rounds would
         // only add to the total, not take from the last.
-        let stuck = self.rounds.len() >= 2 && pages.len() as u64 >= done.sent;
+        let dirty = pages.len() as u64;
+        let slow = self.rounds.len() >= 2 && dirty > FINAL_PAGES as u64 && dirty * 2 > sent;
+        let floor = self.throttle.is_some_and(|(c, _)| c <= THROTTLE_MIN);
+        if slow && !floor && !vm.pool.is_empty() {
+            self.slow_down();
+        }
+        let stuck = self.rounds.len() >= 2 && dirty >= sent && (floor || vm.pool.is_empty());
         let last = pages.len() <= FINAL_PAGES || self.rounds.len() + 1 >= MAX_ROUNDS || stuck;
         if last {
             crate::sched::pause(vm)?;
@@ -834,6 +853,30 @@ impl Migrator<'_> {
             sent: 0,
         });
         Ok(())
+    }
+}
+
+impl Migrator<'_> {
+    /// The guest dirties memory faster than the rounds shrink: its pool
+    /// vCPUs get a lower cap (never above their own).
+    fn slow_down(&mut self) {
+        let cap = self
+            .throttle
+            .map_or(THROTTLE_FIRST, |(c, _)| (c / 2).max(THROTTLE_MIN));
+        let from = self.throttle.map_or(self.rounds.len() + 1, |(_, r)| r);
+        self.throttle = Some((cap, from));
+        let vm = self.sender.vm;
+        let caps: Vec<Option<u8>> = self
+            .own_caps
+            .iter()
+            .map(|own| Some(own.map_or(cap, |o| o.min(cap))))
+            .collect();
+        crate::sched::set_caps(vm, &caps);
+        log::info!(
+            "{}: dirties memory faster than its migration sends it: slowed to {cap}% of a pCPU per vCPU from round {}",
+            vm.name,
+            self.rounds.len() + 1
+        );
     }
 }
 
@@ -959,9 +1002,19 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
         rounds: Vec::new(),
         paused_at: None,
         committed: false,
+        throttle: None,
+        own_caps: crate::sched::caps(vm),
     };
     let r = mgmt::connect(&mut m, (to, MIGRATE_PORT));
     let now = regs::cntpct_el0();
+    if m.throttle.is_some() {
+        // Its own caps again, here (it may run on, or come back later).
+        crate::sched::set_caps(vm, &m.own_caps);
+    }
+    let slowed = match m.throttle {
+        Some((cap, from)) => format!(", slowed to {cap}% of a pCPU from round {from}"),
+        None => String::new(),
+    };
     let faults = vm.stats.dirty_faults.load(Ordering::Relaxed) - faults0;
     if m.paused_at.is_none() {
         // Stopped in a round while the VM ran: hold it still to put its
@@ -985,7 +1038,7 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
         let down = m.paused_at.map_or(0, |p| (now - p) * 1000 / freq);
         let s = &m.sender;
         return Ok(format!(
-            "{}: migrated to {ip}: {} bytes, pages {rounds} ({} in all of {}, {} zero pages skipped), {faults} write faults, {} ms in all, {down} ms from pause to the target's go ({merged} blocks merged back)",
+            "{}: migrated to {ip}: {} bytes, pages {rounds} ({} in all of {}, {} zero pages skipped), {faults} write faults, {} ms in all, {down} ms from pause to the target's go ({merged} blocks merged back){slowed}",
             vm.name,
             s.bytes,
             s.pages,
@@ -1019,7 +1072,9 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
     } else {
         "the VM is not running here either"
     };
-    Err(format!("migration to {ip} failed {sent}: {why}; {here}"))
+    Err(format!(
+        "migration to {ip} failed {sent}{slowed}: {why}; {here}"
+    ))
 }
 
 /// The target's side: the source's `MIGRATE` line, the stream into a

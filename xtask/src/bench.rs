@@ -256,7 +256,7 @@ pub fn run(quick: bool) -> Result<ExitCode> {
     let migrate_failed = (|| -> Result<()> {
         for (i, all) in bulkhead.iter_mut().enumerate() {
             println!("migrating between two machines, run {}…", i + 1);
-            all.extend(crate::migtest::bench_run()?);
+            all.extend(crate::migtest::bench_run(quick)?);
         }
         Ok(())
     })()

@@ -1298,6 +1298,12 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
         println!("migration between two machines, and a target killed mid-stream (migrate)…");
         tally.record("migrate", crate::migtest::run());
     }
+    if wanted("migrate_busy") {
+        println!(
+            "live migration of a memory-busy Linux VM, slowed down to converge (migrate_busy)…"
+        );
+        tally.record("migrate_busy", crate::migtest::run_busy());
+    }
     if wanted("migrate_linux") {
         println!("live migration of a Linux VM with a shared disk (migrate_linux)…");
         tally.record("migrate_linux", crate::migtest::run_linux());

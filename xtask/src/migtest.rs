@@ -350,6 +350,10 @@ fn target_killed(fill: &build::Built, b: &build::Built, sums: &[u64]) -> Result<
 const LINUX_A: &str = "configs/test-migrate-linux-a.toml";
 const IDLE_A: &str = "configs/bench-migrate-idle-a.toml";
 const IDLE_B: &str = "configs/bench-migrate-idle-b.toml";
+const BUSY_A: &str = "configs/bench-migrate-busy-a.toml";
+const BUSY_B: &str = "configs/bench-migrate-busy-b.toml";
+/// What the memory-busy VM prints after each pass over its 64 MiB.
+const BUSY_PASS: &str = "[busy] MIGTEST busy pass ";
 const LINUX_B: &str = "configs/test-migrate-linux-b.toml";
 /// `n` of configs/linux/init-migrate.sh.
 const LINUX_COUNTS: u64 = 3000;
@@ -512,6 +516,51 @@ fn migration_figures(line: &str, prefix: &str, unit_ms: &str) -> Result<Vec<Figu
     ])
 }
 
+/// The figures `migrate_linux_<vm>_*` of moving Linux VM `vm` A -> B
+/// (configs `a`, `b`) once it prints "MIGTEST <vm>"; with `_slowed_pct`,
+/// the cap it was slowed to for the migration (100: never slowed). With
+/// `then`, B runs on until the VM prints it there.
+fn linux_vm_moved(a: &str, b: &str, vm: &str, run: Run, then: Option<&str>) -> Result<Vec<Figure>> {
+    let a = build::build(Path::new(a), Output::Quiet)?;
+    let b = build::build(Path::new(b), Output::Quiet)?;
+    let ready = format!("[{vm}] MIGTEST {vm}");
+    let go = format!("\x1d\x1dmigrate {vm} 10.0.2.16\r");
+    let moved = format!("{vm}: migrated to 10.0.2.16");
+    let stop = format!("\x1d\x1dstop {vm}\r");
+    let stopped = format!("{vm}: stopped");
+    let incoming = format!("incoming {vm}\r");
+    let came = format!("{vm}: migrated in");
+    let (log_a, _) = pair(
+        (&a, &[(&ready, &go), (&moved, "stop bystander\r")]),
+        (
+            &b,
+            &[
+                ("MIGTEST target: waiting", &stop),
+                (&stopped, &incoming),
+                // Its figures are A's; B need not run on.
+                (&came, if then.is_some() { "" } else { KILL }),
+                (then.unwrap_or(&came), KILL),
+            ],
+        ),
+        true,
+        run,
+    )?;
+    let line = migrated_line(&log_a, vm, "10.0.2.16")?;
+    let mut figs = migration_figures(line, &format!("migrate_linux_{vm}"), "ms_host")?;
+    let slowed = line
+        .split(", slowed to ")
+        .nth(1)
+        .and_then(|r| r.split('%').next()?.parse().ok())
+        .unwrap_or(100u64);
+    figs.push(Figure {
+        name: format!("migrate_linux_{vm}_slowed_pct"),
+        unit: "%".into(),
+        text: slowed.to_string(),
+        value: slowed as f64,
+    });
+    Ok(figs)
+}
+
 /// The "migrated to ADDR" line of VM `vm` in `log`.
 fn migrated_line<'a>(log: &'a str, vm: &str, to: &str) -> Result<&'a str> {
     log.lines()
@@ -522,9 +571,10 @@ fn migrated_line<'a>(log: &'a str, vm: &str, to: &str) -> Result<&'a str> {
 /// One run of `cargo xtask bench`'s migration figures, each VM moved
 /// A -> B once: the counter VM under `-icount shift=0,sleep=on` (virtual
 /// ms); then, in host ms with one host thread per CPU, an idle 512 MiB
-/// Linux VM (configs/bench-migrate-idle-*.toml) and the Linux VM of the
-/// `migrate_linux` test, which counts and syncs its disk as it goes.
-pub fn bench_run() -> Result<Vec<Figure>> {
+/// Linux VM (configs/bench-migrate-idle-*.toml), unless `quick` a
+/// memory-busy one (configs/bench-migrate-busy-*.toml), and the Linux VM
+/// of the `migrate_linux` test, which counts and syncs its disk as it goes.
+pub fn bench_run(quick: bool) -> Result<Vec<Figure>> {
     let a = build::build(Path::new(CONFIG_A), Output::Quiet)?;
     let b = build::build(Path::new(CONFIG_B), Output::Quiet)?;
     let (log_a, _) = pair(
@@ -552,38 +602,23 @@ pub fn bench_run() -> Result<Vec<Figure>> {
         "migrate",
         "ms",
     )?;
-    let a = build::build(Path::new(IDLE_A), Output::Quiet)?;
-    let b = build::build(Path::new(IDLE_B), Output::Quiet)?;
     let run = Run {
         icount: false,
         shared_disks: &[],
         timeout: LINUX_TIMEOUT,
     };
-    let (log_a, _) = pair(
-        (
-            &a,
-            &[
-                ("[idle] MIGTEST idle", "\x1d\x1dmigrate idle 10.0.2.16\r"),
-                ("idle: migrated to 10.0.2.16", "stop bystander\r"),
-            ],
-        ),
-        (
-            &b,
-            &[
-                ("MIGTEST target: waiting", "\x1d\x1dstop idle\r"),
-                ("idle: stopped", "incoming idle\r"),
-                // Its figures are A's; B need not run on.
-                ("idle: migrated in", KILL),
-            ],
-        ),
-        true,
-        run,
-    )?;
-    out.extend(migration_figures(
-        migrated_line(&log_a, "idle", "10.0.2.16")?,
-        "migrate_linux_idle",
-        "ms_host",
-    )?);
+    out.extend(linux_vm_moved(IDLE_A, IDLE_B, "idle", run, None)?);
+    if !quick {
+        // The longest of them (a minute or two): not for --quick, which
+        // checks the harness.
+        out.extend(linux_vm_moved(
+            BUSY_A,
+            BUSY_B,
+            "busy",
+            run,
+            Some(BUSY_PASS),
+        )?);
+    }
     let a = build::build(Path::new(LINUX_A), Output::Quiet)?;
     let b = build::build(Path::new(LINUX_B), Output::Quiet)?;
     build::blank_disks(&a)?;
@@ -616,6 +651,40 @@ pub fn bench_run() -> Result<Vec<Figure>> {
         "ms_host",
     )?);
     Ok(out)
+}
+
+/// Test `migrate_busy`: a Linux VM that rewrites 64 MiB of its memory
+/// without end (configs/bench-migrate-busy-*.toml) dirties it faster than
+/// the link carries it; the migration slows its vCPU down until the
+/// rounds shrink, it arrives, carries on writing on B, and its downtime
+/// stays that of a small last round.
+pub fn run_busy() -> Result<()> {
+    let run = Run {
+        icount: false,
+        shared_disks: &[],
+        timeout: LINUX_TIMEOUT,
+    };
+    let figs = linux_vm_moved(BUSY_A, BUSY_B, "busy", run, Some(BUSY_PASS))?;
+    let get = |name: &str| {
+        figs.iter()
+            .find(|f| f.name == format!("migrate_linux_busy_{name}"))
+            .map(|f| f.value)
+            .with_context(|| format!("no figure {name}"))
+    };
+    let (slowed, down) = (get("slowed_pct")?, get("downtime_ms")?);
+    anyhow::ensure!(
+        slowed < 100.0,
+        "the busy VM was never slowed down: its rounds shrank on their own, so this test shows nothing"
+    );
+    anyhow::ensure!(
+        down <= LINUX_MAX_DOWNTIME_MS as f64,
+        "downtime {down} ms, over {LINUX_MAX_DOWNTIME_MS} ms"
+    );
+    println!(
+        "  busy VM slowed to {slowed}% of a pCPU, {} rounds, {down} ms downtime",
+        get("rounds")?
+    );
+    Ok(())
 }
 
 pub fn run() -> Result<()> {

@@ -315,11 +315,7 @@ impl Pool {
         let e = Entity(u16::try_from(self.ents.len()).expect("more than 65536 entities in a pool"));
         let cpu = if cpu < self.cpus.len() { cpu } else { 0 };
         let cap = cap.map(|c| c.clamp(1, FULL));
-        let period = self.params.period;
-        let budget = cap.filter(|&c| c < FULL).map(|c| {
-            let b = u128::from(period) * u128::from(c) / u128::from(FULL);
-            u64::try_from(b).unwrap_or(u64::MAX).max(1)
-        });
+        let budget = self.budget_of(cap);
         self.ents.push(Ent {
             state: State::Stopped,
             cpu,
@@ -549,6 +545,49 @@ impl Pool {
             }
             State::Throttled => self.throttle_kick(i),
             State::Blocked | State::Stopped | State::Running => None,
+        })
+    }
+
+    /// Change `e`'s cap (clamped as in [`Pool::add`]; `None` or 100 limits
+    /// nothing), for instance to slow a VM down while it is migrated. A
+    /// newly capped entity starts an empty window now. A throttled entity
+    /// whose new cap leaves it budget (or no cap) is queued at once.
+    /// Returns the cpu to interrupt: the running entity's, so its next
+    /// deadline follows the new budget, or where a released one was
+    /// queued. An unknown entity is ignored.
+    pub fn set_cap(&mut self, e: Entity, cap: Option<u8>, now: u64) -> Option<usize> {
+        let now = self.tick(now);
+        let i = self.index(e)?;
+        self.unthrottle_due(now);
+        let cap = cap.map(|c| c.clamp(1, FULL));
+        let budget = self.budget_of(cap);
+        let window = self.window_of(now);
+        let x = &mut self.ents[i];
+        if x.budget.is_none() && budget.is_some() {
+            x.window = window;
+            x.used = 0;
+        }
+        x.cap = cap;
+        x.budget = budget;
+        let (state, cpu) = (x.state, x.cpu);
+        match state {
+            State::Running => Some(cpu),
+            State::Throttled if !self.budget_spent(i, now) => {
+                self.place(i, cpu, now);
+                self.enqueue(i, cpu);
+                self.kick_for_queued(cpu, i, now)
+            }
+            State::Throttled => self.throttle_kick(i),
+            State::Runnable | State::Blocked | State::Stopped => None,
+        }
+    }
+
+    /// Ticks per period a cap allows; `None` when it limits nothing.
+    fn budget_of(&self, cap: Option<u8>) -> Option<u64> {
+        let period = self.params.period;
+        cap.filter(|&c| c < FULL).map(|c| {
+            let b = u128::from(period) * u128::from(c) / u128::from(FULL);
+            u64::try_from(b).unwrap_or(u64::MAX).max(1)
         })
     }
 

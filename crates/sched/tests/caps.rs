@@ -211,3 +211,61 @@ fn capped_entity_next_to_a_lone_one_on_another_cpu_gets_its_release() {
     let rest = frac(sim.ran[b.0 as usize] + sim.ran[c.0 as usize], 20 * SEC);
     within(rest, 0.90, 0.01);
 }
+
+#[test]
+fn a_cap_set_and_lifted_while_running_takes_effect_at_once() {
+    // Uncapped 2 s, capped at 10 % for 4 s (a migration slowing the VM
+    // down), then uncapped again for 4 s beside an uncapped rival.
+    let mut sim = Sim::new(1, params(), 0);
+    let a = sim.add(256, None, 0, Work::CpuBound);
+    let b = sim.add(256, None, 0, Work::CpuBound);
+    sim.start(a);
+    sim.start(b);
+    sim.run_until(2 * SEC);
+    let before = sim.ran[a.0 as usize];
+    within(frac(before, 2 * SEC), 0.50, 0.01);
+    let now = sim.now;
+    if let Some(cpu) = sim.pool.set_cap(a, Some(10), now) {
+        sim.kick(cpu);
+    }
+    sim.check();
+    sim.run_until(6 * SEC);
+    let capped = sim.ran[a.0 as usize] - before;
+    within(frac(capped, 4 * SEC), 0.10, 0.01);
+    assert_eq!(sim.pool.entity(a).cap, Some(10));
+    let now = sim.now;
+    if let Some(cpu) = sim.pool.set_cap(a, None, now) {
+        sim.kick(cpu);
+    }
+    sim.check();
+    sim.run_until(10 * SEC);
+    let after = sim.ran[a.0 as usize] - before - capped;
+    within(frac(after, 4 * SEC), 0.50, 0.01);
+    assert_eq!(sim.pool.entity(a).cap, None);
+}
+
+#[test]
+fn lifting_the_cap_of_a_throttled_entity_queues_it() {
+    let mut sim = Sim::new(1, params(), 0);
+    let a = sim.add(256, Some(5), 0, Work::CpuBound);
+    sim.start(a);
+    // Past its 5 % of the first period: throttled until the next.
+    let p = params().period;
+    sim.run_until(p / 2);
+    assert_eq!(sim.pool.entity(a).state, State::Throttled);
+    let now = sim.now;
+    let kick = sim.pool.set_cap(a, None, now);
+    assert_eq!(kick, Some(0));
+    assert_eq!(sim.pool.entity(a).state, State::Runnable);
+    sim.check();
+    sim.kick(0);
+    sim.run_until(p / 2 + SEC);
+    within(frac(sim.ran[a.0 as usize] - p / 20, SEC), 1.0, 0.01);
+}
+
+#[test]
+fn a_cap_on_an_unknown_entity_changes_nothing() {
+    let mut pool = Pool::new(1, params());
+    assert_eq!(pool.set_cap(bulkhead_sched::Entity(7), Some(10), 0), None);
+    pool.check().unwrap();
+}
