@@ -209,6 +209,14 @@ pub fn run(s: &mut dyn Session) -> Result<Transfer, String> {
     connect(s, store)
 }
 
+/// What a session's pCPU still does while the session holds it: the
+/// uplink's frames, and the critical VMs' console lines, which wait for
+/// this pCPU to print them (their kick stays pending meanwhile).
+fn serve_meanwhile() {
+    crate::net::poll_uplink();
+    crate::console::kicked();
+}
+
 /// Runs `s` as a client of `to` (address, TCP port).
 pub fn connect(s: &mut dyn Session, to: ([u8; 4], u16)) -> Result<Transfer, String> {
     let ep = endpoint().ok_or("no management endpoint (board.address and board.store)")?;
@@ -246,7 +254,7 @@ pub fn accept(s: &mut dyn Session, port: u16, wait_ms: u64) -> Result<Transfer, 
         .map_err(|e| format!("cannot listen on port {port}: {e:?}"))?;
     let start = ms();
     loop {
-        crate::net::poll_uplink();
+        serve_meanwhile();
         let Endpoint { iface, .. } = &mut *ep;
         iface.poll(now(), &mut Nic, &mut sockets);
         if sockets.get_mut::<tcp::Socket>(h).state() != tcp::State::Listen {
@@ -301,7 +309,7 @@ fn exchange(
     let mut t = Transfer::default();
     let mut buf = vec![0u8; 16 << 10];
     loop {
-        crate::net::poll_uplink();
+        serve_meanwhile();
         let Endpoint { iface, .. } = &mut *ep;
         iface.poll(now(), &mut Nic, sockets);
         let sock = sockets.get_mut::<tcp::Socket>(h);
