@@ -33,6 +33,9 @@ const PAGE: u64 = 4096;
 pub fn start(vm: &Vm) -> Result<usize, alloc::string::String> {
     let pages = (vm.ram_size / PAGE) as usize;
     let mut pt = vm.stage2.lock();
+    if vm.tracking.load(Ordering::Acquire) {
+        return Err("its dirty pages are tracked already (`track`, or a migration)".into());
+    }
     let tables = pt
         .split_to_pages(RAM_IPA, vm.ram_size)
         .map_err(|e| alloc::format!("cannot split stage 2 into pages: {e:?}"))?;

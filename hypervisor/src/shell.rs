@@ -256,6 +256,18 @@ fn run(line: &str) {
                 Err(e) => say!("error: {e}"),
             }
         }
+        Command::Track(vm) | Command::Untrack(vm) => {
+            let Some(vm) = find(vm) else { return };
+            let r = if matches!(cmd, Command::Track(_)) {
+                crate::snapshot::track(vm)
+            } else {
+                crate::snapshot::untrack(vm)
+            };
+            match r {
+                Ok(m) => say!("{m}"),
+                Err(e) => say!("error: {}: {e}", vm.name),
+            }
+        }
         Command::Move { vm, vcpu, pcpu } => {
             let Some(vm) = find(vm) else { return };
             if vcpu >= vm.n_vcpus() {

@@ -694,18 +694,6 @@ fn dotted(ip: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
 }
 
-/// Pre-copy ends when a round leaves at most this many dirty pages...
-const FINAL_PAGES: usize = 64;
-/// ... or after this many rounds.
-const MAX_ROUNDS: usize = 16;
-/// A round (after the first) that left more than half of what it sent
-/// dirty slows the VM's pool vCPUs down: capped at this share of a pCPU,
-/// halved at each such round down to [`THROTTLE_MIN`] (auto-converge, as
-/// QEMU does it for KVM): a guest that dirties memory faster than the link
-/// carries it converges, and its downtime stays that of a small last round.
-const THROTTLE_FIRST: u8 = 50;
-const THROTTLE_MIN: u8 = 1;
-
 /// A pre-copy round: pages to send (page numbers in RAM, ascending).
 struct Round {
     pages: Vec<u32>,
@@ -813,18 +801,19 @@ impl Migrator<'_> {
             return Ok(());
         }
         let mut pages = crate::dirty::harvest(vm, true);
-        // Done when little is left, after MAX_ROUNDS, or when a round (after
-        // the first, which sent every page) left as much as it sent: the
-        // guest writes as fast as the link carries, and more rounds would
-        // only add to the total, not take from the last.
-        let dirty = pages.len() as u64;
-        let slow = self.rounds.len() >= 2 && dirty > FINAL_PAGES as u64 && dirty * 2 > sent;
-        let floor = self.throttle.is_some_and(|(c, _)| c <= THROTTLE_MIN);
-        if slow && !floor && !vm.pool.is_empty() {
-            self.slow_down();
+        // Go on, slow the VM down, or pause it (snap::precopy).
+        let throttle = self.throttle.map(|(c, _)| c);
+        let plan = snap::precopy::next(
+            self.rounds.len(),
+            sent,
+            pages.len() as u64,
+            throttle,
+            !vm.pool.is_empty(),
+        );
+        if let snap::precopy::Next::SlowDown(cap) = plan {
+            self.slow_down(cap);
         }
-        let stuck = self.rounds.len() >= 2 && dirty >= sent && (floor || vm.pool.is_empty());
-        let last = pages.len() <= FINAL_PAGES || self.rounds.len() + 1 >= MAX_ROUNDS || stuck;
+        let last = plan == snap::precopy::Next::Last;
         if last {
             crate::sched::pause(vm)?;
             let t = regs::cntpct_el0();
@@ -859,10 +848,7 @@ impl Migrator<'_> {
 impl Migrator<'_> {
     /// The guest dirties memory faster than the rounds shrink: its pool
     /// vCPUs get a lower cap (never above their own).
-    fn slow_down(&mut self) {
-        let cap = self
-            .throttle
-            .map_or(THROTTLE_FIRST, |(c, _)| (c / 2).max(THROTTLE_MIN));
+    fn slow_down(&mut self, cap: u8) {
         let from = self.throttle.map_or(self.rounds.len() + 1, |(_, r)| r);
         self.throttle = Some((cap, from));
         let vm = self.sender.vm;
@@ -1074,6 +1060,39 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
     };
     Err(format!(
         "migration to {ip} failed {sent}{slowed}: {why}; {here}"
+    ))
+}
+
+/// `track VM`: dirty tracking as a migration's pre-copy starts it, without
+/// a migration, so what it costs the guest can be measured (`cargo xtask
+/// bench`, `mem_stream_tracked`). Pages are not protected again: what the
+/// guest pays is one fault per page it writes and the split stage 2.
+pub fn track(vm: &Vm) -> Result<String, String> {
+    supported(vm)?;
+    if vm.state.lock().lifecycle != Lifecycle::Running {
+        return Err(format!("{} is not running", vm.name));
+    }
+    crate::sched::pause(vm)?;
+    let tables = crate::dirty::start(vm);
+    crate::sched::resume(vm);
+    Ok(format!(
+        "{}: dirty pages tracked ({} stage-2 tables split off its blocks)",
+        vm.name, tables?
+    ))
+}
+
+/// `untrack VM`: ends `track`, stage 2 merged back into blocks.
+pub fn untrack(vm: &Vm) -> Result<String, String> {
+    if !vm.tracking.load(Ordering::Acquire) {
+        return Err(format!("{}'s dirty pages are not tracked", vm.name));
+    }
+    crate::sched::pause(vm)?;
+    let faults = vm.stats.dirty_faults.load(Ordering::Relaxed);
+    let merged = crate::dirty::stop(vm);
+    crate::sched::resume(vm);
+    Ok(format!(
+        "{}: dirty pages no longer tracked ({merged} blocks merged back; {faults} write faults since boot)",
+        vm.name
     ))
 }
 

@@ -135,11 +135,23 @@ pub fn differences(side: &str, first: &[Figure], second: &[Figure]) -> Vec<Strin
 /// Boots `args` and returns the figures; errors (with the log) when QEMU
 /// fails, times out or prints no figures.
 fn measure(side: &str, run: usize, args: &[String], timeout: Duration) -> Result<Vec<Figure>> {
+    measure_scripted(side, run, args, timeout, &[])
+}
+
+/// [`measure`], typing `script` on the console as [`qemu::run_scripted`]
+/// does.
+fn measure_scripted(
+    side: &str,
+    run: usize,
+    args: &[String],
+    timeout: Duration,
+    script: &[(&str, &str)],
+) -> Result<Vec<Figure>> {
     println!(
         "booting {side} run {run}… (timeout {} s)",
         timeout.as_secs()
     );
-    let outcome = qemu::run_captured(args, timeout)?;
+    let outcome = qemu::run_scripted(args, timeout, script)?;
     if !outcome.succeeded() {
         bail!(
             "{side} run {run}: {}; log:\n{}",
@@ -234,6 +246,15 @@ pub fn run(quick: bool) -> Result<ExitCode> {
         }
         Err(e) => Some(e),
     };
+    let track_failed = match track_bench() {
+        Ok(b) => {
+            for (all, new) in bulkhead.iter_mut().zip(b) {
+                all.extend(new);
+            }
+            None
+        }
+        Err(e) => Some(e),
+    };
     // The Linux boot, the shared disk and the network run with --quick
     // too: they are short, and their figures are the ones that matter.
     let mut merge = |r: Result<(TwoRuns, TwoRuns)>| match r {
@@ -300,28 +321,17 @@ pub fn run(quick: bool) -> Result<ExitCode> {
     std::fs::write(&path, text + "\n")
         .with_context(|| format!("cannot write {}", path.display()))?;
     println!("wrote {}", path.display());
-    if let Some(e) = pool_failed {
-        println!("\nthe shared-pCPU benchmark failed: {e:#}");
-        return Ok(ExitCode::FAILURE);
-    }
-    if let Some(e) = linux_failed {
-        println!("\nthe Linux boot benchmark failed: {e:#}");
-        return Ok(ExitCode::FAILURE);
-    }
-    if let Some(e) = migrate_failed {
-        println!("\nthe migration benchmark failed: {e:#}");
-        return Ok(ExitCode::FAILURE);
-    }
-    if let Some(e) = disk_failed {
-        println!("\nthe disk benchmark failed: {e:#}");
-        return Ok(ExitCode::FAILURE);
-    }
-    if let Some(e) = net_failed {
-        println!("\nthe network benchmark failed: {e:#}");
-        return Ok(ExitCode::FAILURE);
-    }
-    if let Some(e) = mixed_failed {
-        println!("\nthe mixed-criticality benchmark failed: {e:#}");
+    let failed = [
+        ("the shared-pCPU benchmark", pool_failed),
+        ("the dirty-tracking benchmark", track_failed),
+        ("the Linux boot benchmark", linux_failed),
+        ("the migration benchmark", migrate_failed),
+        ("the disk benchmark", disk_failed),
+        ("the network benchmark", net_failed),
+        ("the mixed-criticality benchmark", mixed_failed),
+    ];
+    if let Some((what, Some(e))) = failed.into_iter().find(|(_, e)| e.is_some()) {
+        println!("\n{what} failed: {e:#}");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -370,6 +380,46 @@ fn pool_bench(quick: bool) -> Result<TwoRuns> {
     let args = bare_metal_args(config)?;
     for (i, run) in runs.iter_mut().enumerate() {
         run.extend(measure("bulkhead vcpu switch", i + 1, &args, TIMEOUT)?);
+    }
+    Ok(runs)
+}
+
+/// Two runs of the bench guest as a pool VM (configs/bench-track.toml)
+/// timing `mem_write` and `mem_stream` before and after the shell's
+/// `track bench` turns on dirty tracking as a migration's pre-copy does:
+/// the figures `mem_write_tracked`, `mem_stream_tracked` and their
+/// `_untracked` twins, side by side in one run.
+fn track_bench() -> Result<TwoRuns> {
+    let args = bare_metal_args(Path::new("configs/bench-track.toml"))?;
+    // The shell has the console first (no VM has a userland); Ctrl-] then
+    // gives it to the guest, which waits for a key.
+    let script = [
+        ("press a key once tracking is on", "track bench\r"),
+        ("bench: dirty pages tracked", "\x1dg"),
+        ("bench done", ""),
+    ];
+    let mut runs: TwoRuns = [Vec::new(), Vec::new()];
+    for (i, run) in runs.iter_mut().enumerate() {
+        let figures = measure_scripted("bulkhead tracked", i + 1, &args, TIMEOUT, &script)?;
+        let get = |want: &str| {
+            figures
+                .iter()
+                .find(|f| f.name == want)
+                .map(|f| f.value)
+                .with_context(|| format!("the tracked run printed no {want} figure"))
+        };
+        let mut ratios = Vec::new();
+        for name in ["mem_write", "mem_stream"] {
+            let r = get(&format!("{name}_tracked"))? / get(&format!("{name}_untracked"))?.max(1.0);
+            ratios.push(Figure {
+                name: format!("{name}_tracking_ratio"),
+                unit: "x".into(),
+                text: format!("{r:.3}"),
+                value: r,
+            });
+        }
+        run.extend(figures);
+        run.extend(ratios);
     }
     Ok(runs)
 }

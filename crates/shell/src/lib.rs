@@ -46,6 +46,12 @@ pub enum Command<'a> {
     },
     /// Wait for a migration into stopped VM `vm`.
     Incoming(&'a str),
+    /// Track a running pool VM's dirty pages as a migration's pre-copy
+    /// does (stage 2 split into pages, all write-protected), to measure
+    /// what that costs the guest.
+    Track(&'a str),
+    /// Stop `track`: stage 2 as it was.
+    Untrack(&'a str),
 }
 
 /// Why a line is not a command; `Display` is the one-line error shown.
@@ -94,6 +100,7 @@ pub const HELP: &[&str] = &[
     "restore VM [N]   run stopped VM from snapshot N of the store",
     "migrate VM ADDR  move running VM to the machine at ADDR (it waits: incoming)",
     "incoming VM      wait for a migration into stopped VM",
+    "track VM         track VM's dirty pages as a migration does (untrack VM: stop)",
     "help             this text",
     "Ctrl-]           move console input to the next VM / this shell",
 ];
@@ -160,6 +167,8 @@ pub fn parse(line: &str) -> Result<Command<'_>, ParseError<'_>> {
             Ok(Command::Migrate { vm, to })
         }
         "incoming" => one_vm("incoming").map(Command::Incoming),
+        "track" => one_vm("track").map(Command::Track),
+        "untrack" => one_vm("untrack").map(Command::Untrack),
         other => Err(ParseError::Unknown(other)),
     }
 }
@@ -278,6 +287,13 @@ mod tests {
             })
         );
         assert_eq!(parse("incoming web"), Ok(Command::Incoming("web")));
+        assert_eq!(parse("track web"), Ok(Command::Track("web")));
+        assert_eq!(parse("untrack web"), Ok(Command::Untrack("web")));
+        assert_eq!(parse("track"), Err(ParseError::MissingVm("track")));
+        assert_eq!(
+            parse("untrack web x"),
+            Err(ParseError::TooManyArguments("untrack"))
+        );
         for bad in [
             "migrate",
             "migrate web",

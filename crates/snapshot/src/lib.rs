@@ -664,3 +664,5 @@ impl<'a> Device<'a> {
 
 #[cfg(test)]
 mod tests;
+
+pub mod precopy;
