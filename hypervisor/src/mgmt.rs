@@ -26,7 +26,7 @@ use spin::Mutex;
 
 /// Frames waiting for the endpoint, at most this many (more are dropped,
 /// as a NIC with a full ring would).
-const RX_BACKLOG: usize = 256;
+pub const RX_BACKLOG: usize = 256;
 /// TCP buffers of a session.
 const TCP_BUF: usize = 256 << 10;
 /// A session that makes no progress for this long (ms of the counter)
@@ -87,6 +87,11 @@ pub fn init(cfg: Option<Management>) {
     });
 }
 
+/// Whether the board has a management endpoint.
+pub fn endpoint_configured() -> bool {
+    endpoint().is_some()
+}
+
 fn endpoint() -> Option<&'static Mutex<Endpoint>> {
     ENDPOINT.get().and_then(Option::as_ref)
 }
@@ -110,9 +115,19 @@ pub fn offer(frame: &[u8]) -> bool {
         let mut rx = RX.lock();
         if rx.len() < RX_BACKLOG {
             rx.push_back(frame.to_vec());
+        } else {
+            BACKLOG_DROPS.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
         }
     }
     !ours
+}
+
+/// Frames for the endpoint dropped because [`RX_BACKLOG`] were waiting.
+static BACKLOG_DROPS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// For `stats`: frames for the endpoint it had no room for.
+pub fn backlog_drops() -> u64 {
+    BACKLOG_DROPS.load(core::sync::atomic::Ordering::Relaxed)
 }
 
 fn now() -> Instant {

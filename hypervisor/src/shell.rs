@@ -352,6 +352,13 @@ fn run(line: &str) {
                         u.stats.tx_errors,
                         u.stats.rx_errors
                     );
+                    if crate::mgmt::endpoint_configured() {
+                        say!(
+                            "management endpoint: {} frames dropped with its {}-frame backlog full",
+                            crate::mgmt::backlog_drops(),
+                            crate::mgmt::RX_BACKLOG
+                        );
+                    }
                 }
                 for s in crate::net::switches() {
                     let st = s.table.lock().stats;

@@ -729,6 +729,12 @@ struct Migrator<'a> {
     rounds: Vec<u64>,
     /// When the VM was paused for the last round (physical count).
     paused_at: Option<u64>,
+    /// Then when the last round was through (the state records began),
+    /// all of the stream was queued, and the target's `OK` came: where the
+    /// downtime went.
+    tail_at: u64,
+    sent_at: u64,
+    ok_at: u64,
     /// The target has accepted; from here the VM is the target's.
     committed: bool,
     /// The cap its pool vCPUs are slowed to (percent of a pCPU), and from
@@ -796,6 +802,7 @@ impl Migrator<'_> {
             return Err(format!("{} stopped during its migration", vm.name));
         }
         if was_last {
+            self.tail_at = regs::cntpct_el0();
             self.sender.step = Step::Vcpu(0);
             self.phase = Phase::Tail;
             return Ok(());
@@ -921,6 +928,7 @@ impl Session for Migrator<'_> {
             }
             Phase::Tail => {
                 if !self.sender.produce(out)? {
+                    self.sent_at = regs::cntpct_el0();
                     self.phase = Phase::Wait;
                 }
                 Ok(true)
@@ -936,6 +944,7 @@ impl Session for Migrator<'_> {
                         self.sender.bytes
                     ));
                 }
+                self.ok_at = regs::cntpct_el0();
                 self.committed = true;
                 Ok(false)
             }
@@ -987,6 +996,9 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
         phase: Phase::Start,
         rounds: Vec::new(),
         paused_at: None,
+        tail_at: 0,
+        sent_at: 0,
+        ok_at: 0,
         committed: false,
         throttle: None,
         own_caps: crate::sched::caps(vm),
@@ -1021,10 +1033,25 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
         vm.begin_stop(&mut st, End::Migrated, &format!("migrated to {ip}"));
         drop(st);
         vm.paused.store(false, Ordering::Release);
-        let down = m.paused_at.map_or(0, |p| (now - p) * 1000 / freq);
+        let paused = m.paused_at.unwrap_or(now);
+        // Our FIN, the target's go, leaves as the OK is taken; what comes
+        // after (its ACK, the close) is no longer downtime.
+        let down = (m.ok_at.max(paused) - paused) * 1000 / freq;
+        // Tenths of a ms between two marks.
+        let part = |a: u64, b: u64| {
+            let t = b.saturating_sub(a) * 10_000 / freq;
+            format!("{}.{}", t / 10, t % 10)
+        };
+        let parts = format!(
+            "; downtime: last round {} ms, state records {} ms, until the target's OK {} ms (then {} ms until the close)",
+            part(paused, m.tail_at),
+            part(m.tail_at, m.sent_at),
+            part(m.sent_at, m.ok_at),
+            part(m.ok_at, now)
+        );
         let s = &m.sender;
         return Ok(format!(
-            "{}: migrated to {ip}: {} bytes, pages {rounds} ({} in all of {}, {} zero pages skipped), {faults} write faults, {} ms in all, {down} ms from pause to the target's go ({merged} blocks merged back){slowed}",
+            "{}: migrated to {ip}: {} bytes, pages {rounds} ({} in all of {}, {} zero pages skipped), {faults} write faults, {} ms in all, {down} ms from pause to the target's go ({merged} blocks merged back){slowed}{parts}",
             vm.name,
             s.bytes,
             s.pages,
@@ -1104,6 +1131,8 @@ struct Incoming<'a> {
     stream_bytes: u64,
     ready: Option<Box<Ready>>,
     answered: bool,
+    /// When the `OK` was queued (physical count).
+    ok_at: u64,
 }
 
 impl Session for Incoming<'_> {
@@ -1124,6 +1153,7 @@ impl Session for Incoming<'_> {
         }
         self.ready = Some(self.rx.got.check()?);
         out.extend_from_slice(format!("OK {}\n", self.stream_bytes).as_bytes());
+        self.ok_at = regs::cntpct_el0();
         self.answered = true;
         Ok(true)
     }
@@ -1188,6 +1218,7 @@ pub fn incoming(vm: &Vm) -> Result<String, String> {
         stream_bytes: 0,
         ready: None,
         answered: false,
+        ok_at: 0,
     };
     let failed = |why: String| {
         format!(
@@ -1201,8 +1232,16 @@ pub fn incoming(vm: &Vm) -> Result<String, String> {
         return Err(failed("the source did not let go of the VM".into()));
     };
     apply(vm, ready, "migrated in");
+    // The source's downtime runs to its go (its FIN, the answer to our
+    // OK); this is the rest: the OK's trip, the FIN's, and the resume.
+    let resumed = (regs::cntpct_el0() - s.ok_at) * 10_000 / regs::cntfrq_el0().max(1);
     Ok(format!(
-        "{}: migrated in: {} RAM pages, {} bytes in {} ms",
-        vm.name, pages, t.received, t.ms
+        "{}: migrated in: {} RAM pages, {} bytes in {} ms, resumed {}.{} ms after its OK",
+        vm.name,
+        pages,
+        t.received,
+        t.ms,
+        resumed / 10,
+        resumed % 10
     ))
 }
