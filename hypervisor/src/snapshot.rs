@@ -1113,10 +1113,17 @@ pub fn untrack(vm: &Vm) -> Result<String, String> {
     if !vm.tracking.load(Ordering::Acquire) {
         return Err(format!("{}'s dirty pages are not tracked", vm.name));
     }
-    crate::sched::pause(vm)?;
+    // A running VM is held still while its stage 2 is put back; a stopped
+    // one is not woken by a resume.
+    let running = vm.state.lock().lifecycle == Lifecycle::Running;
+    if running {
+        crate::sched::pause(vm)?;
+    }
     let faults = vm.stats.dirty_faults.load(Ordering::Relaxed);
     let merged = crate::dirty::stop(vm);
-    crate::sched::resume(vm);
+    if running {
+        crate::sched::resume(vm);
+    }
     Ok(format!(
         "{}: dirty pages no longer tracked ({merged} blocks merged back; {faults} write faults since boot)",
         vm.name
