@@ -150,15 +150,6 @@ fn tick() {
     }
     let period = PERIOD.load(Ordering::Relaxed);
     let release = RELEASE.load(Ordering::Relaxed);
-    // The next release is armed first, so a timer deadline is always
-    // pending while the task runs. Under QEMU's -icount the vCPUs take
-    // turns in one thread and a turn ends at the next timer deadline; with
-    // none pending (this timer fired, not yet re-armed), a host event that
-    // ended this vCPU's turn mid-task let the other two run for a third of
-    // the next far deadline each, and a 2 us task took over a period. On
-    // hardware it costs nothing and keeps the release independent of the
-    // task's length.
-    vtimer::arm(release + period);
     let latency = now.saturating_sub(release);
     // A release more than 1 us late asks the hypervisor how much of the
     // delay came before it saw the interrupt (one hypercall, about 130
@@ -191,9 +182,7 @@ fn tick() {
         r += period;
     }
     RELEASE.store(r, Ordering::Relaxed);
-    if r != next {
-        vtimer::arm(r);
-    }
+    vtimer::arm(r);
     gic::eoi(id);
 }
 
