@@ -1241,7 +1241,7 @@ pub fn incoming(vm: &Vm) -> Result<String, String> {
     apply(vm, ready, "migrated in");
     // The source's downtime runs to its go (its FIN, the answer to our
     // OK); this is the rest: the OK's trip, the FIN's, and the resume.
-    let resumed = (regs::cntpct_el0() - s.ok_at) * 10_000 / regs::cntfrq_el0().max(1);
+    let resumed = regs::cntpct_el0().saturating_sub(s.ok_at) * 10_000 / regs::cntfrq_el0().max(1);
     Ok(format!(
         "{}: migrated in: {} RAM pages, {} bytes in {} ms, resumed {}.{} ms after its OK",
         vm.name,
