@@ -246,7 +246,9 @@ fn queue_output(q: &OutQueue, bytes: &[u8]) {
 
 /// The drainer's part, on a kick: prints what critical VMs queued.
 pub fn kicked() {
-    if DRAIN_ASKED.swap(false, Ordering::AcqRel) {
+    // A plain load first: every kick SGI comes here, almost all for
+    // something else.
+    if DRAIN_ASKED.load(Ordering::Relaxed) && DRAIN_ASKED.swap(false, Ordering::AcqRel) {
         drain_after_unlock();
     }
 }
