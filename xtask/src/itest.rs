@@ -1691,6 +1691,10 @@ fn run_case(case: &Case) -> Result<()> {
     if let Some(peer) = peer {
         outcome.log.push_str(&format!("\n{}", peer.stop()));
     }
+    // Every case's serial log stays on disk, passed or not, to compare runs.
+    let logs = crate::target_dir().join("itest/logs");
+    std::fs::create_dir_all(&logs)?;
+    std::fs::write(logs.join(format!("{}.log", case.name)), &outcome.log)?;
 
     let forbid: Vec<&str> = FORBID.iter().chain(case.forbid).copied().collect();
     let mut problems: Vec<String> = check_log(&outcome.log, case.expect, &forbid)

@@ -473,6 +473,33 @@ pub mod vtimer {
     }
 }
 
+/// The EL1 physical timer as a *masked* deadline: it never interrupts, but
+/// QEMU keeps a timer event for it. Under `-icount` QEMU runs every vCPU on
+/// one host thread in turns, and a turn lasts until the nearest timer event
+/// of the whole machine: a vCPU that loses its turn in the middle of work
+/// waits until the other vCPUs' turns end, which can be milliseconds when
+/// no event is near. A masked deadline shortly after the work bounds that
+/// wait. On a board (one core per pCPU) it does nothing at all.
+pub mod guard {
+    use core::arch::asm;
+
+    /// A masked physical-timer event at virtual counter value `cval`
+    /// (relative to now, so CNTVOFF does not matter).
+    pub fn at(cval: u64) {
+        let ticks = cval.saturating_sub(crate::counter()).min(i32::MAX as u64);
+        // SAFETY: this vCPU's own physical timer; ENABLE with IMASK set, so
+        // its output never asserts an interrupt.
+        unsafe {
+            asm!("msr cntp_tval_el0, {}", "msr cntp_ctl_el0, {}", "isb", in(reg) ticks, in(reg) 0b11u64, options(nostack))
+        };
+    }
+
+    pub fn disarm() {
+        // SAFETY: as for `at`.
+        unsafe { asm!("msr cntp_ctl_el0, xzr", "isb", options(nostack)) };
+    }
+}
+
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     println!("FAIL guest panic: {info}");
