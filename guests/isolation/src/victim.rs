@@ -9,7 +9,7 @@
 
 use crate::RAM;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use guest_rt::{counter, gic, hvc, mmio_read32, mmio_write32, println, psci, vtimer};
+use guest_rt::{counter, gic, guard, hvc, mmio_read32, mmio_write32, println, psci, vtimer};
 
 const PATTERN_AT: usize = RAM + 0x10_0000;
 const PATTERN_WORDS: usize = 0x10_0000 / 8;
@@ -116,6 +116,9 @@ fn tick() {
             }
             RELEASE.store(next, Ordering::Relaxed);
             vtimer::arm(next);
+            // As in the safety RTOS: bounds how long QEMU's -icount round
+            // robin can leave this vCPU unrun mid-release (no interrupt).
+            guard::at(next + period / 4);
             gic::eoi(id);
         }
         RTC_INTID => {
@@ -237,6 +240,7 @@ pub fn run() -> ! {
     let first = counter() + period;
     RELEASE.store(first, Ordering::Relaxed);
     vtimer::arm(first);
+    guard::at(first + period / 4);
     gic::enable_irqs();
     let mut reported = 0;
     loop {
