@@ -50,20 +50,16 @@ struct Run<'a> {
     /// Raw images both machines are given (shared storage).
     shared_disks: &'a [PathBuf],
     timeout: Duration,
-    /// The machines' NICs meet in [`link`] instead of A's QEMU listening
-    /// for B's: for a run that kills B mid-stream.
-    relayed: bool,
 }
 
 const BARE: Run = Run {
     icount: true,
     shared_disks: &[],
     timeout: TIMEOUT,
-    relayed: false,
 };
 
-/// One machine's QEMU arguments: its NIC on the loopback link on `port`,
-/// A's listening for B's unless the link is relayed (both connect).
+/// One machine's QEMU arguments: its NIC on its end of the loopback
+/// [`link`], on `port`.
 fn args(built: &build::Built, is_a: bool, port: u16, run: Run) -> Vec<String> {
     let mut args = qemu::machine_args(built.cpus, built.ram_mib, "");
     if run.icount {
@@ -71,11 +67,7 @@ fn args(built: &build::Built, is_a: bool, port: u16, run: Run) -> Vec<String> {
     }
     args.extend(qemu::console_and_kernel(CAPTURED_CONSOLE, &built.image));
     args.extend(qemu::shared_disk_args(run.shared_disks));
-    let end = if is_a && !run.relayed {
-        "server=on"
-    } else {
-        "server=off,reconnect-ms=100"
-    };
+    let end = "server=off,reconnect-ms=100";
     args.extend([
         "-netdev".to_string(),
         format!(
@@ -97,11 +89,16 @@ fn args(built: &build::Built, is_a: bool, port: u16, run: Run) -> Vec<String> {
 /// The link between the two machines, on 127.0.0.1: each QEMU connects
 /// to its own port here (a `-netdev stream` client) and the bytes are
 /// copied across as they come (QEMU's framing passes through untouched).
-/// When one machine dies, the other keeps its connection and what it sends
-/// goes nowhere, as on a network whose other end went away. (With one
-/// QEMU the other's stream server, A's QEMU crashed with SIGSEGV in one of
-/// about three runs of the test that kills B mid-stream. The relay costs
-/// latency, so the other runs keep the direct link.)
+///
+/// Why not one QEMU the other's stream server: QEMU turns Nagle off on a
+/// stream *client*'s socket but not on a server's (`net/stream.c`), so a
+/// small frame from the server's machine, sent while an earlier one was
+/// not yet acknowledged, waited for the host kernel's delayed ACK: about
+/// 40 ms, the best part of every migration's downtime. Here every socket
+/// has `TCP_NODELAY`. And when one machine dies, the other keeps its
+/// connection and what it sends goes nowhere, as on a network whose other
+/// end went away (with a direct link, A's QEMU as the server crashed with
+/// SIGSEGV in about one run of three when B was killed).
 fn link() -> Result<(u16, u16)> {
     let bind = || TcpListener::bind("127.0.0.1:0").context("no free port on 127.0.0.1");
     let (la, lb) = (bind()?, bind()?);
@@ -110,6 +107,9 @@ fn link() -> Result<(u16, u16)> {
         let (Ok((a, _)), Ok((b, _))) = (la.accept(), lb.accept()) else {
             return;
         };
+        if a.set_nodelay(true).is_err() || b.set_nodelay(true).is_err() {
+            return;
+        }
         let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
             return;
         };
@@ -145,15 +145,7 @@ fn pair(
     run: Run,
 ) -> Result<(String, String)> {
     let timeout = run.timeout;
-    let (port_a, port_b) = if run.relayed {
-        link()?
-    } else {
-        let p = std::net::TcpListener::bind("127.0.0.1:0")
-            .context("no free port on 127.0.0.1")?
-            .local_addr()?
-            .port();
-        (p, p)
-    };
+    let (port_a, port_b) = link()?;
     let (args_a, args_b) = (args(a.0, true, port_a, run), args(b.0, false, port_b, run));
     let (out_a, out_b) = std::thread::scope(|s| {
         let ta = s.spawn(|| qemu::run_scripted(&args_a, timeout, a.1));
@@ -375,10 +367,7 @@ fn target_killed(fill: &build::Built, b: &build::Built, sums: &[u64]) -> Result<
             ],
         ),
         true,
-        Run {
-            relayed: true,
-            ..BARE
-        },
+        BARE,
     )?;
     let logs = || {
         format!(
@@ -474,7 +463,6 @@ fn linux_round_trip() -> Result<()> {
         icount: false,
         shared_disks: &a.disks,
         timeout: LINUX_TIMEOUT,
-        relayed: false,
     };
     let (log_a, log_b) = pair(
         (
@@ -697,7 +685,6 @@ pub fn bench_run(quick: bool) -> Result<Vec<Figure>> {
         icount: false,
         shared_disks: &[],
         timeout: LINUX_TIMEOUT,
-        relayed: false,
     };
     out.extend(linux_vm_moved(IDLE_A, IDLE_B, "idle", run, None)?);
     if !quick {
@@ -757,7 +744,6 @@ pub fn run_busy() -> Result<()> {
         icount: false,
         shared_disks: &[],
         timeout: LINUX_TIMEOUT,
-        relayed: false,
     };
     let figs = linux_vm_moved(BUSY_A, BUSY_B, "busy", run, Some(BUSY_PASS))?;
     let get = |name: &str| {
