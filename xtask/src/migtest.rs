@@ -38,7 +38,7 @@ const LEFT_B: &str = "counter: stopping (migrated to 10.0.2.15";
 /// (about 2 MiB of it not zero, 16 pages written every 10 ms) may keep it
 /// from running: its last round is a few dozen pages (docs/snapshot.md has
 /// the figures; this leaves room for a loaded host).
-const MAX_DOWNTIME_MS: u64 = 250;
+const MAX_DOWNTIME_MS: u64 = 100;
 
 /// How a pair of machines runs.
 #[derive(Clone, Copy)]
@@ -433,7 +433,7 @@ const LINUX_TIMEOUT: Duration = Duration::from_secs(420);
 /// Most milliseconds a migration of the Linux VM may keep it from running.
 /// Host time here (no `-icount`), on a host whose two cores run both
 /// machines: docs/snapshot.md has the figures measured.
-const LINUX_MAX_DOWNTIME_MS: u64 = 1_500;
+const LINUX_MAX_DOWNTIME_MS: u64 = 500;
 
 /// The counts in the Linux VM's `MIGCOUNT n end` lines among `lines`. The
 /// console prints a line the guest has not finished when it pauses (a
