@@ -23,6 +23,8 @@ pub mod f {
     pub const RO: u64 = 1 << 5;
     pub const BLK_SIZE: u64 = 1 << 6;
     pub const FLUSH: u64 = 1 << 9;
+    pub const DISCARD: u64 = 1 << 13;
+    pub const WRITE_ZEROES: u64 = 1 << 14;
 }
 
 /// Request types and status values (5.2.6).
@@ -31,6 +33,10 @@ pub mod req {
     pub const OUT: u32 = 1;
     pub const FLUSH: u32 = 4;
     pub const GET_ID: u32 = 8;
+    pub const DISCARD: u32 = 11;
+    pub const WRITE_ZEROES: u32 = 13;
+    /// `virtio_blk_discard_write_zeroes.flags`: the device may deallocate.
+    pub const F_UNMAP: u32 = 1;
     pub const S_OK: u8 = 0;
     pub const S_IOERR: u8 = 1;
     pub const S_UNSUPP: u8 = 2;
@@ -42,6 +48,10 @@ pub const QUEUE_SIZE: u16 = 256;
 /// holds the header and the status byte, and the physical queue has the
 /// same room.
 pub const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// `struct virtio_blk_config` up to `write_zeroes_may_unmap` and its
+/// padding (5.2.4): capacity at 0, seg_max at 12, blk_size at 20, the
+/// discard limits at 36..48, the write-zeroes limits at 48..57.
+pub const CONFIG_BYTES: usize = 60;
 /// The serial number `GET_ID` returns is up to 20 bytes.
 pub const ID_BYTES: usize = 20;
 
@@ -64,6 +74,27 @@ pub enum Op {
     Read,
     Write,
     Flush,
+    /// The sectors' data is no longer wanted (what they read afterwards
+    /// is the disk's choice). No data buffers: the sector count is the
+    /// request's `bytes` / 512.
+    Discard,
+    /// The sectors read as zeroes afterwards. No data buffers, as for
+    /// `Discard`.
+    WriteZeroes,
+}
+
+/// The one range of a discard or write-zeroes request
+/// (`struct virtio_blk_discard_write_zeroes`).
+pub const RANGE_BYTES: usize = 16;
+
+/// What the disk behind a slice does besides read, write and flush: the
+/// most sectors one discard or write-zeroes request may cover, 0 where the
+/// request is not offered (the physical disk does not have it, or the
+/// slice is read-only). One range per request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Extras {
+    pub max_discard_sectors: u32,
+    pub max_write_zeroes_sectors: u32,
 }
 
 /// What [`BlockBackend::submit`] did with a request.
@@ -92,11 +123,27 @@ pub trait BlockBackend {
     fn write(&mut self, sector: u64, segs: &[Seg]) -> Result<(), IoError>;
     fn flush(&mut self) -> Result<(), IoError>;
 
-    fn submit(&mut self, op: Op, sector: u64, segs: &[Seg]) -> Submitted {
+    /// `sectors` from `sector` no longer wanted; only asked of a disk
+    /// whose slice offers discard ([`Extras`]).
+    fn discard(&mut self, _sector: u64, _sectors: u64) -> Result<(), IoError> {
+        Err(IoError)
+    }
+
+    /// `sectors` from `sector` to read as zeroes; only asked of a disk
+    /// whose slice offers write-zeroes.
+    fn write_zeroes(&mut self, _sector: u64, _sectors: u64) -> Result<(), IoError> {
+        Err(IoError)
+    }
+
+    /// `bytes` is the request's size (the sectors a discard or
+    /// write-zeroes covers, times 512).
+    fn submit(&mut self, op: Op, sector: u64, bytes: u64, segs: &[Seg]) -> Submitted {
         Submitted::Done(match op {
             Op::Read => self.read(sector, segs),
             Op::Write => self.write(sector, segs),
             Op::Flush => self.flush(),
+            Op::Discard => self.discard(sector, bytes / SECTOR),
+            Op::WriteZeroes => self.write_zeroes(sector, bytes / SECTOR),
         })
     }
 }
@@ -115,6 +162,7 @@ pub struct Slice {
     pub read_only: bool,
     /// What GET_ID answers (NUL-padded).
     pub serial: [u8; ID_BYTES],
+    pub extras: Extras,
 }
 
 /// Counters for the shell (`info`, `stats`).
@@ -123,6 +171,11 @@ pub struct BlkStats {
     pub reads: u64,
     pub writes: u64,
     pub flushes: u64,
+    /// Discard and write-zeroes requests done, and the bytes they covered.
+    pub discards: u64,
+    pub zeroes: u64,
+    pub discard_bytes: u64,
+    pub zero_bytes: u64,
     pub read_bytes: u64,
     pub write_bytes: u64,
     /// Requests answered IOERR or UNSUPP.
@@ -161,6 +214,11 @@ pub enum ReqError {
     },
     /// A write to a read-only slice.
     ReadOnly,
+    /// A discard or write-zeroes range over the limit the device
+    /// announced, or with flags it does not take.
+    Limit {
+        sectors: u64,
+    },
     Unsupported {
         kind: u32,
     },
@@ -184,6 +242,10 @@ impl core::fmt::Display for ReqError {
                 sector.saturating_add(sectors)
             ),
             ReqError::ReadOnly => write!(f, "write to a read-only disk"),
+            ReqError::Limit { sectors } => write!(
+                f,
+                "a discard or write-zeroes range of {sectors} sectors, over the device's limit or with flags it does not take"
+            ),
             ReqError::Unsupported { kind } => write!(f, "request type {kind} is not supported"),
             ReqError::Io => write!(f, "the physical disk failed the request"),
         }
@@ -212,7 +274,7 @@ pub struct Blk {
     pub transport: Transport<1>,
     pub slice: Slice,
     queue: Option<Queue>,
-    config: [u8; 24],
+    config: [u8; CONFIG_BYTES],
     chain: Vec<Desc>,
     /// The data buffers of the request being checked or of `stalled`.
     segs: Vec<Seg>,
@@ -250,10 +312,22 @@ impl Blk {
         if slice.read_only {
             features |= f::RO;
         }
-        let mut config = [0u8; 24];
+        let x = slice.extras;
+        let mut config = [0u8; CONFIG_BYTES];
         config[0..8].copy_from_slice(&slice.sectors.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
+        if !slice.read_only && x.max_discard_sectors > 0 {
+            features |= f::DISCARD;
+            config[36..40].copy_from_slice(&x.max_discard_sectors.to_le_bytes());
+            config[40..44].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
+            config[44..48].copy_from_slice(&1u32.to_le_bytes()); // alignment (sectors)
+        }
+        if !slice.read_only && x.max_write_zeroes_sectors > 0 {
+            features |= f::WRITE_ZEROES;
+            config[48..52].copy_from_slice(&x.max_write_zeroes_sectors.to_le_bytes());
+            config[52..56].copy_from_slice(&1u32.to_le_bytes()); // max_write_zeroes_seg
+        }
         Blk {
             transport: Transport::new(DEVICE_ID, features, QUEUE_SIZE),
             slice,
@@ -423,7 +497,7 @@ impl Blk {
     ) -> Result<(), QueueError> {
         loop {
             if let Some((e, sector)) = self.stalled.take() {
-                match backend.submit(e.op, sector, &self.segs) {
+                match backend.submit(e.op, sector, e.bytes, &self.segs) {
                     Submitted::Busy => {
                         self.stalled = Some((e, sector));
                         return Ok(());
@@ -479,6 +553,8 @@ impl Blk {
             Op::Read => (&mut self.stats.reads, &mut self.stats.read_bytes, bytes),
             Op::Write => (&mut self.stats.writes, &mut self.stats.write_bytes, 0),
             Op::Flush => (&mut self.stats.flushes, &mut 0u64, 0),
+            Op::Discard => (&mut self.stats.discards, &mut self.stats.discard_bytes, 0),
+            Op::WriteZeroes => (&mut self.stats.zeroes, &mut self.stats.zero_bytes, 0),
         };
         *count += 1;
         *total += bytes;
@@ -639,6 +715,61 @@ impl Blk {
                     bytes: 0,
                 })
             }
+            req::DISCARD | req::WRITE_ZEROES => {
+                let (op, max) = if kind == req::DISCARD {
+                    (Op::Discard, self.slice.extras.max_discard_sectors)
+                } else {
+                    (Op::WriteZeroes, self.slice.extras.max_write_zeroes_sectors)
+                };
+                if max == 0 || self.slice.read_only {
+                    // Not offered (a read-only slice is offered neither).
+                    return Err(ReqError::Unsupported { kind });
+                }
+                if writable_data {
+                    return Err(ReqError::Direction);
+                }
+                // One range (max_*_seg is 1), read once, wherever the
+                // driver's buffers split it.
+                if total != RANGE_BYTES as u64 {
+                    return Err(ReqError::Length);
+                }
+                let mut range = [0u8; RANGE_BYTES];
+                let mut at = 0;
+                for s in &self.segs[segs] {
+                    let n = s.len as usize;
+                    mem.read(s.ipa, &mut range[at..at + n])
+                        .map_err(|_| ReqError::Memory { ipa: s.ipa })?;
+                    at += n;
+                }
+                self.segs.truncate(first);
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&range[0..8]);
+                let sector = u64::from_le_bytes(w);
+                let n = u64::from(u32::from_le_bytes([
+                    range[8], range[9], range[10], range[11],
+                ]));
+                let flags = u32::from_le_bytes([range[12], range[13], range[14], range[15]]);
+                // Discard takes no flags (5.2.6.2); write-zeroes may say
+                // unmap, which only allows the disk to deallocate.
+                let allowed = if op == Op::Discard { 0 } else { req::F_UNMAP };
+                if n > u64::from(max) || flags & !allowed != 0 {
+                    return Err(ReqError::Limit { sectors: n });
+                }
+                let inside = sector
+                    .checked_add(n)
+                    .is_some_and(|end| end <= self.slice.sectors);
+                if !inside {
+                    return Err(ReqError::Range { sector, sectors: n });
+                }
+                if n == 0 {
+                    return Ok(Plan::Done(Ok(0)));
+                }
+                Ok(Plan::Io {
+                    op,
+                    sector: self.slice.start + sector,
+                    bytes: n * SECTOR,
+                })
+            }
             req::GET_ID => {
                 if readable_data || !writable_data {
                     return Err(ReqError::Direction);
@@ -692,6 +823,21 @@ impl<M: GuestMemory> BlockBackend for MemDisk<'_, M> {
 
     fn flush(&mut self) -> Result<(), IoError> {
         self.flushes += 1;
+        Ok(())
+    }
+
+    /// Discarded sectors read as 0xdd here, so a test sees which went.
+    fn discard(&mut self, sector: u64, sectors: u64) -> Result<(), IoError> {
+        let at = (sector * SECTOR) as usize;
+        let len = (sectors * SECTOR) as usize;
+        self.data.get_mut(at..at + len).ok_or(IoError)?.fill(0xdd);
+        Ok(())
+    }
+
+    fn write_zeroes(&mut self, sector: u64, sectors: u64) -> Result<(), IoError> {
+        let at = (sector * SECTOR) as usize;
+        let len = (sectors * SECTOR) as usize;
+        self.data.get_mut(at..at + len).ok_or(IoError)?.fill(0);
         Ok(())
     }
 }
@@ -762,6 +908,10 @@ mod tests {
             sectors,
             read_only,
             serial,
+            extras: Extras {
+                max_discard_sectors: 64,
+                max_write_zeroes_sectors: 32,
+            },
         }
     }
 
@@ -1032,10 +1182,151 @@ mod tests {
         let mut id = [0u8; 20];
         mem.read(DATA, &mut id).unwrap();
         assert_eq!(&id[..7], b"vm0-d0\0");
-        header(&mem, 11, 0); // DISCARD: not offered
+        header(&mem, 14, 0); // SECURE_ERASE: not offered
         r.drv.add(&mem, &[(HDR, 16, false), (STATUS, 1, true)]);
         notify(&mut r, &mem, &mut d);
         assert_eq!(status(&mem), req::S_UNSUPP);
+    }
+
+    /// A discard or write-zeroes request of one range, the range at DATA
+    /// (split over two buffers when `split`); its status.
+    fn ranged(
+        r: &mut Rig,
+        mem: &SliceMem,
+        d: &mut MemDisk<SliceMem>,
+        kind: u32,
+        range: (u64, u32, u32),
+        split: bool,
+    ) -> (u8, Option<ReqError>) {
+        let mut b = [0u8; RANGE_BYTES];
+        b[..8].copy_from_slice(&range.0.to_le_bytes());
+        b[8..12].copy_from_slice(&range.1.to_le_bytes());
+        b[12..].copy_from_slice(&range.2.to_le_bytes());
+        mem.write(DATA, &b[..8]).unwrap();
+        mem.write(DATA + 0x800, &b[8..]).unwrap();
+        mem.write(DATA + 8, &b[8..]).unwrap();
+        header(mem, kind, 0);
+        mem.write(STATUS, &[0xff]).unwrap();
+        if split {
+            r.drv.add(
+                mem,
+                &[
+                    (HDR, 16, false),
+                    (DATA, 8, false),
+                    (DATA + 0x800, 8, false),
+                    (STATUS, 1, true),
+                ],
+            );
+        } else {
+            r.drv.add(
+                mem,
+                &[(HDR, 16, false), (DATA, 16, false), (STATUS, 1, true)],
+            );
+        }
+        let out = notify(r, mem, d);
+        (status(mem), out.refused)
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_stay_inside_the_slice() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut d = disk(&mem);
+        // Sectors 8..24 of the disk; up to 64 discarded, 32 zeroed at once.
+        let mut r = rig(&mem, slice(8, 16, false));
+        let features = r.blk.transport.negotiated();
+        assert_ne!(features & f::DISCARD, 0);
+        assert_ne!(features & f::WRITE_ZEROES, 0);
+        let c = |off| r.blk.mmio_read(mmio::CONFIG + off, 4).unwrap();
+        assert_eq!((c(36), c(40), c(48), c(52)), (64, 1, 32, 1));
+
+        // Zeroes over slice sectors 2..5 (disk 10..13), the range split.
+        let got = ranged(
+            &mut r,
+            &mem,
+            &mut d,
+            req::WRITE_ZEROES,
+            (2, 3, req::F_UNMAP),
+            true,
+        );
+        assert_eq!(got, (req::S_OK, None));
+        assert!(d.data[10 * 512..13 * 512].iter().all(|&b| b == 0));
+        assert!(d.data[9 * 512..10 * 512].iter().all(|&b| b == 9));
+        assert!(d.data[13 * 512..14 * 512].iter().all(|&b| b == 13));
+        // Discard slice sector 0 (disk 8).
+        let got = ranged(&mut r, &mem, &mut d, req::DISCARD, (0, 1, 0), false);
+        assert_eq!(got, (req::S_OK, None));
+        assert!(d.data[8 * 512..9 * 512].iter().all(|&b| b == 0xdd));
+        assert_eq!((r.blk.stats.zeroes, r.blk.stats.zero_bytes), (1, 1536));
+        assert_eq!((r.blk.stats.discards, r.blk.stats.discard_bytes), (1, 512));
+
+        let before = d.data.clone();
+        // Past the slice's end, by a little and by a wrap.
+        let got = ranged(&mut r, &mem, &mut d, req::WRITE_ZEROES, (14, 4, 0), false);
+        assert_eq!(
+            got,
+            (
+                req::S_IOERR,
+                Some(ReqError::Range {
+                    sector: 14,
+                    sectors: 4
+                })
+            )
+        );
+        let got = ranged(&mut r, &mem, &mut d, req::DISCARD, (u64::MAX, 2, 0), false);
+        assert_eq!(got.0, req::S_IOERR);
+        // Over the announced limit; discard with the unmap flag; unknown flags.
+        let got = ranged(&mut r, &mem, &mut d, req::WRITE_ZEROES, (0, 33, 0), false);
+        assert_eq!(got, (req::S_IOERR, Some(ReqError::Limit { sectors: 33 })));
+        let got = ranged(
+            &mut r,
+            &mem,
+            &mut d,
+            req::DISCARD,
+            (0, 1, req::F_UNMAP),
+            false,
+        );
+        assert_eq!(got.1, Some(ReqError::Limit { sectors: 1 }));
+        let got = ranged(&mut r, &mem, &mut d, req::WRITE_ZEROES, (0, 1, 2), false);
+        assert_eq!(got.1, Some(ReqError::Limit { sectors: 1 }));
+        // Not one whole range; a device-writable range.
+        header(&mem, req::DISCARD, 0);
+        r.drv.add(
+            &mem,
+            &[(HDR, 16, false), (DATA, 32, false), (STATUS, 1, true)],
+        );
+        assert_eq!(notify(&mut r, &mem, &mut d).refused, Some(ReqError::Length));
+        header(&mem, req::WRITE_ZEROES, 0);
+        r.drv.add(
+            &mem,
+            &[(HDR, 16, false), (DATA, 16, true), (STATUS, 1, true)],
+        );
+        assert_eq!(
+            notify(&mut r, &mem, &mut d).refused,
+            Some(ReqError::Direction)
+        );
+        assert_eq!(d.data, before, "no refused request touched the disk");
+    }
+
+    #[test]
+    fn discard_and_write_zeroes_are_offered_only_where_the_disk_has_them() {
+        let mut ram = vec![0u8; RAM];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let mut d = disk(&mem);
+        let before = d.data.clone();
+        let mut plain = slice(0, 64, false);
+        plain.extras = Extras::default();
+        for s in [plain, slice(0, 64, true)] {
+            let mut r = rig(&mem, s);
+            let features = r.blk.transport.negotiated();
+            assert_eq!(features & (f::DISCARD | f::WRITE_ZEROES), 0);
+            assert_eq!(r.blk.mmio_read(mmio::CONFIG + 36, 4), Some(0));
+            for kind in [req::DISCARD, req::WRITE_ZEROES] {
+                let got = ranged(&mut r, &mem, &mut d, kind, (0, 1, 0), false);
+                assert_eq!(got, (req::S_UNSUPP, Some(ReqError::Unsupported { kind })));
+            }
+        }
+        assert_eq!(d.data, before);
     }
 
     #[test]
@@ -1140,7 +1431,7 @@ mod tests {
         fn flush(&mut self) -> Result<(), IoError> {
             self.disk.flush()
         }
-        fn submit(&mut self, op: Op, sector: u64, segs: &[Seg]) -> Submitted {
+        fn submit(&mut self, op: Op, sector: u64, bytes: u64, segs: &[Seg]) -> Submitted {
             if self.pending.len() >= self.room {
                 return Submitted::Busy;
             }
@@ -1149,6 +1440,8 @@ mod tests {
                 Op::Read => self.disk.read(sector, segs),
                 Op::Write => self.disk.write(sector, segs),
                 Op::Flush => self.disk.flush(),
+                Op::Discard => self.disk.discard(sector, bytes / SECTOR),
+                Op::WriteZeroes => self.disk.write_zeroes(sector, bytes / SECTOR),
             };
             let t = self.next;
             self.next += 1;
