@@ -299,6 +299,21 @@ impl Checked<'_, '_> {
         );
     }
 
+    /// A discard or write-zeroes of `sectors` from `sector`: inside the
+    /// slice, under the limit announced, never on a read-only slice.
+    fn check_range(&self, sector: u64, sectors: u64, max: u32, what: &str) {
+        assert!(!self.slice.read_only, "{what} on a read-only slice");
+        assert!(
+            sectors > 0 && sectors <= u64::from(max),
+            "{what}: {sectors} sectors, the limit is {max}"
+        );
+        let (first, last) = (self.slice.start, self.slice.start + self.slice.sectors);
+        assert!(
+            sector >= first && sector + sectors <= last,
+            "{what}: sectors {sector}+{sectors} outside the slice {first}..{last}"
+        );
+    }
+
     /// The device was given `result` for a request of kind `op`.
     fn given(&mut self, op: blk::Op, result: Result<(), IoError>) {
         if result.is_ok() {
@@ -306,6 +321,8 @@ impl Checked<'_, '_> {
                 blk::Op::Read => self.reads += 1,
                 blk::Op::Write => self.writes += 1,
                 blk::Op::Flush => self.flushes += 1,
+                // Counted apart by the device; the checks are the point.
+                blk::Op::Discard | blk::Op::WriteZeroes => {}
             }
         }
     }
@@ -362,9 +379,21 @@ impl BlockBackend for Checked<'_, '_> {
         self.disk.flush()
     }
 
-    fn submit(&mut self, op: blk::Op, sector: u64, segs: &[Seg]) -> Submitted {
+    fn discard(&mut self, sector: u64, sectors: u64) -> Result<(), IoError> {
+        let max = self.slice.extras.max_discard_sectors;
+        self.check_range(sector, sectors, max, "discard");
+        self.disk.discard(sector, sectors)
+    }
+
+    fn write_zeroes(&mut self, sector: u64, sectors: u64) -> Result<(), IoError> {
+        let max = self.slice.extras.max_write_zeroes_sectors;
+        self.check_range(sector, sectors, max, "write-zeroes");
+        self.disk.write_zeroes(sector, sectors)
+    }
+
+    fn submit(&mut self, op: blk::Op, sector: u64, bytes: u64, segs: &[Seg]) -> Submitted {
         if self.room == 0 {
-            let done = AtOnce(self).submit(op, sector, segs);
+            let done = AtOnce(self).submit(op, sector, bytes, segs);
             if let Submitted::Done(r) = done {
                 self.given(op, r);
             }
@@ -378,6 +407,8 @@ impl BlockBackend for Checked<'_, '_> {
             blk::Op::Read => self.read(sector, segs),
             blk::Op::Write => self.write(sector, segs),
             blk::Op::Flush => self.flush(),
+            blk::Op::Discard => self.discard(sector, bytes / SECTOR),
+            blk::Op::WriteZeroes => self.write_zeroes(sector, bytes / SECTOR),
         };
         let ticket = self.fresh();
         self.pending.push(Pending { ticket, op, result });
@@ -400,6 +431,14 @@ impl BlockBackend for AtOnce<'_, '_, '_> {
 
     fn flush(&mut self) -> Result<(), IoError> {
         self.0.flush()
+    }
+
+    fn discard(&mut self, sector: u64, sectors: u64) -> Result<(), IoError> {
+        self.0.discard(sector, sectors)
+    }
+
+    fn write_zeroes(&mut self, sector: u64, sectors: u64) -> Result<(), IoError> {
+        self.0.write_zeroes(sector, sectors)
     }
 }
 
@@ -461,6 +500,8 @@ fn finish(dev: &mut Blk, mem: &SliceMem, disk: &mut Checked, how: &Finish) {
             (Ok(()), blk::Op::Read) => 0,
             (Ok(()), blk::Op::Write) => 1,
             (Ok(()), blk::Op::Flush) => 2,
+            // Counted apart (`discards`, `zeroes`).
+            (Ok(()), blk::Op::Discard | blk::Op::WriteZeroes) => continue,
             (Err(IoError), _) => 3,
         };
         expect[k] += 1;
@@ -629,6 +670,11 @@ fuzz_target!(|setup: Setup| {
         sectors,
         read_only: setup.read_only,
         serial: *b"fuzz-disk-0123456789",
+        // Both offered (a read-only slice still offers neither).
+        extras: blk::Extras {
+            max_discard_sectors: 16,
+            max_write_zeroes_sectors: 8,
+        },
     };
     let layout = match setup.queue {
         Queue::Driver { at, log } => Driver::new(BASE + u64::from(at & !15), 1 << (log % 9)).layout,

@@ -32,6 +32,7 @@ fn slice() -> Slice {
         sectors: 32,
         read_only: false,
         serial: [0; blk::ID_BYTES],
+        extras: blk::Extras::default(),
     }
 }
 

@@ -833,9 +833,9 @@ fn disk_slices(
                 virtio::disks().len()
             ));
         };
-        let (sectors, ro) = {
+        let (sectors, ro, extras) = {
             let p = phys.lock();
-            (p.sectors, p.read_only)
+            (p.sectors, p.read_only, p.extras)
         };
         let (offset, size) = slice_range(d, cfg)?;
         if d.partition.is_some() && undeclared(d, cfg) {
@@ -876,6 +876,9 @@ fn disk_slices(
             sectors: d.size / 512,
             read_only: d.read_only,
             serial,
+            // What the physical disk does beyond read, write and flush
+            // (a read-only slice is offered neither).
+            extras,
         };
         let ipa = bulkhead_config::VIRTIO_IPA + n as u64 * bulkhead_config::VIRTIO_STRIDE;
         let intid = 32 + bulkhead_config::VIRTIO_SPI_BASE + n as u32;

@@ -409,6 +409,16 @@ fn info_device(n: usize, d: &crate::virtio::VirtioDev) {
                 st.flushes,
                 st.errors
             );
+            let x = sl.extras;
+            if !sl.read_only && (x.max_discard_sectors | x.max_write_zeroes_sectors) != 0 {
+                say!(
+                    "    discards {} ({} KiB), write-zeroes {} ({} KiB)",
+                    st.discards,
+                    st.discard_bytes >> 10,
+                    st.zeroes,
+                    st.zero_bytes >> 10
+                );
+            }
         }
         Model::Net { net, switch, port } => {
             let n_ = net.lock();

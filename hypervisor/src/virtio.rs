@@ -96,6 +96,9 @@ pub struct PhysDisk {
     pub base: u64,
     pub sectors: u64,
     pub read_only: bool,
+    /// Discard and write-zeroes, as far as the device has them: what the
+    /// slices of a read-write VM offer.
+    pub extras: blk::Extras,
     transport: MmioTransport<'static>,
     queue: VirtQueue<El2Hal, PHYS_QUEUE>,
     /// Each request takes one descriptor (an indirect table), not one per
@@ -127,6 +130,8 @@ pub struct Owner {
 /// A slot is taken from `start` until its owner has the result.
 struct Slot {
     header: [u8; 16],
+    /// A discard's or write-zeroes' one range, after the header.
+    range: [u8; blk::RANGE_BYTES],
     status: [u8; 1],
     op: blk::Op,
     segs: Vec<Seg>,
@@ -167,6 +172,8 @@ bitflags::bitflags! {
     struct PhysFeatures: u64 {
         const RO = blk::f::RO;
         const FLUSH = blk::f::FLUSH;
+        const DISCARD = blk::f::DISCARD;
+        const WRITE_ZEROES = blk::f::WRITE_ZEROES;
         const RING_INDIRECT_DESC = bulkhead_virtio::feature::RING_INDIRECT_DESC;
         const VERSION_1 = bulkhead_virtio::feature::VERSION_1;
     }
@@ -200,7 +207,7 @@ pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
         match PhysDisk::new(base, intid, transport) {
             Ok(mut d) => {
                 log::info!(
-                    "disk{}: virtio-blk at {base:#x}, {} MiB{}, irq {intid:?}{}",
+                    "disk{}: virtio-blk at {base:#x}, {} MiB{}, irq {intid:?}{}; discard up to {} sectors, write-zeroes up to {} (0: none)",
                     found.len(),
                     d.sectors >> 11,
                     if d.read_only { ", read-only" } else { "" },
@@ -209,6 +216,8 @@ pub fn probe(nodes: &[(u64, u64, Option<u32>)]) {
                     } else {
                         ""
                     },
+                    d.extras.max_discard_sectors,
+                    d.extras.max_write_zeroes_sectors,
                 );
                 d.read_gpt(found.len());
                 found.push(Mutex::new(d));
@@ -268,6 +277,10 @@ macro_rules! slot_buffers {
             core::array::from_fn(|_| <&mut [u8]>::default());
         ins_store[0] = &slot.header[..];
         let (mut n_in, mut n_out) = (1, 0);
+        if matches!(slot.op, blk::Op::Discard | blk::Op::WriteZeroes) {
+            ins_store[1] = &slot.range[..];
+            n_in = 2;
+        }
         for s in slot.segs.iter().take(PHYS_QUEUE - 2) {
             let ptr = s.host as *mut u8;
             if slot.op == blk::Op::Write {
@@ -300,11 +313,22 @@ impl PhysDisk {
     ) -> virtio_drivers::Result<PhysDisk> {
         let want = PhysFeatures::RO
             | PhysFeatures::FLUSH
+            | PhysFeatures::DISCARD
+            | PhysFeatures::WRITE_ZEROES
             | PhysFeatures::RING_INDIRECT_DESC
             | PhysFeatures::VERSION_1;
         let got = transport.begin_init(want);
         let lo: u32 = transport.read_config_space(0)?;
         let hi: u32 = transport.read_config_space(4)?;
+        // max_discard_sectors and max_write_zeroes_sectors (5.2.4), read
+        // only where the feature was negotiated; a zero limit is none.
+        let mut extras = blk::Extras::default();
+        if got.contains(PhysFeatures::DISCARD) {
+            extras.max_discard_sectors = transport.read_config_space(36)?;
+        }
+        if got.contains(PhysFeatures::WRITE_ZEROES) {
+            extras.max_write_zeroes_sectors = transport.read_config_space(48)?;
+        }
         let indirect = got.contains(PhysFeatures::RING_INDIRECT_DESC);
         let queue = VirtQueue::new(&mut transport, 0, indirect, false)?;
         transport.finish_init();
@@ -312,12 +336,14 @@ impl PhysDisk {
             base,
             sectors: u64::from(hi) << 32 | u64::from(lo),
             read_only: got.contains(PhysFeatures::RO),
+            extras,
             transport,
             queue,
             indirect,
             slots: (0..SLOTS)
                 .map(|_| Slot {
                     header: [0; 16],
+                    range: [0; blk::RANGE_BYTES],
                     status: [0xff],
                     op: blk::Op::Flush,
                     segs: Vec::with_capacity(PHYS_QUEUE),
@@ -342,13 +368,27 @@ impl PhysDisk {
 
     /// Puts a request on the physical queue in slot `i`, without waiting:
     /// `op` at `sector` with guest buffers `segs` (device-written for a
-    /// read, device-read for a write, none for a flush).
-    fn start(&mut self, i: usize, op: blk::Op, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
+    /// read, device-read for a write, none for a flush, a discard or a
+    /// write-zeroes, which cover `bytes` from `sector` in one range).
+    fn start(
+        &mut self,
+        i: usize,
+        op: blk::Op,
+        sector: u64,
+        bytes: u64,
+        segs: &[Seg],
+    ) -> Result<(), IoError> {
         let kind = match op {
             blk::Op::Read => blk::req::IN,
             blk::Op::Write => blk::req::OUT,
             blk::Op::Flush => blk::req::FLUSH,
+            blk::Op::Discard => blk::req::DISCARD,
+            blk::Op::WriteZeroes => blk::req::WRITE_ZEROES,
         };
+        let ranged = matches!(op, blk::Op::Discard | blk::Op::WriteZeroes);
+        // `bulkhead_virtio` kept the range under the limit this disk
+        // announced (a u32 of sectors), inside the VM's slice.
+        let range_sectors = u32::try_from(bytes / 512).map_err(|_| IoError)?;
         let PhysDisk {
             transport,
             queue,
@@ -364,7 +404,15 @@ impl PhysDisk {
         let slot = slots.get_mut(i).ok_or(IoError)?;
         slot.header[..4].copy_from_slice(&kind.to_le_bytes());
         slot.header[4..8].fill(0);
-        slot.header[8..].copy_from_slice(&sector.to_le_bytes());
+        if ranged {
+            // The range says where; the header's sector is not used.
+            slot.header[8..].fill(0);
+            slot.range[..8].copy_from_slice(&sector.to_le_bytes());
+            slot.range[8..12].copy_from_slice(&range_sectors.to_le_bytes());
+            slot.range[12..].fill(0); // no unmap: zeroes are always right
+        } else {
+            slot.header[8..].copy_from_slice(&sector.to_le_bytes());
+        }
         slot.status[0] = 0xff;
         slot.op = op;
         slot.segs.clear();
@@ -565,7 +613,7 @@ impl PhysDisk {
     /// before any VM can have requests on the queue.
     fn request(&mut self, op: blk::Op, sector: u64, segs: &[Seg]) -> Result<(), IoError> {
         let i = self.room(segs.len()).ok_or(IoError)?;
-        self.start(i, op, sector, segs)?;
+        self.start(i, op, sector, 0, segs)?;
         let token = loop {
             if let Some(t) = self.queue.peek_used() {
                 break t;
@@ -622,7 +670,7 @@ impl BlockBackend for Backend<'_> {
         Err(IoError)
     }
 
-    fn submit(&mut self, op: blk::Op, sector: u64, segs: &[Seg]) -> blk::Submitted {
+    fn submit(&mut self, op: blk::Op, sector: u64, bytes: u64, segs: &[Seg]) -> blk::Submitted {
         // Before the disk's lock: the lookup takes the vGIC's.
         let route = self.route.resolve();
         let mut d = self.disk.lock();
@@ -636,7 +684,7 @@ impl BlockBackend for Backend<'_> {
         if let Some(cpu) = route {
             d.route_to(cpu);
         }
-        match d.start(i, op, sector, segs) {
+        match d.start(i, op, sector, bytes, segs) {
             Ok(()) => {
                 d.slots[i].owner = Some(self.owner);
                 blk::Submitted::Pending(i as u16)

@@ -5,7 +5,12 @@
 //!
 //! ```text
 //! bulkhead-io randread DEV COUNT    COUNT random 4 KiB reads; a BENCH line in IOPS
+//! bulkhead-io zeroout DEV OFF LEN   BLKZEROOUT: LEN bytes from OFF read as zeroes
 //! ```
+//!
+//! `zeroout` is the disk test's (configs/linux/init-disk.sh): busybox has
+//! no tool for the ioctl, which a device with write-zeroes serves with one
+//! request.
 //!
 //! The offsets come from a fixed-seed xorshift, so every run (native or
 //! under Bulkhead) reads the same blocks in the same order.
@@ -25,7 +30,13 @@ fn main() -> ExitCode {
             Ok(n) => randread(dev, n),
             Err(_) => Err(format!("COUNT {n:?} is not a number")),
         },
-        _ => Err("usage: bulkhead-io randread DEV COUNT".into()),
+        (Some("zeroout"), Some(dev), Some(off)) => {
+            match (off.parse(), args.get(3).map(|l| l.parse())) {
+                (Ok(off), Some(Ok(len))) => zeroout(dev, off, len),
+                _ => Err("OFF and LEN must be numbers of bytes".into()),
+            }
+        }
+        _ => Err("usage: bulkhead-io randread DEV COUNT | zeroout DEV OFF LEN".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -96,5 +107,28 @@ fn randread(dev: &str, count: u32) -> Result<(), String> {
         "BENCH virtio_blk_4k_iops IOPS {:.3}",
         f64::from(count) / secs
     );
+    Ok(())
+}
+
+/// `_IO(0x12, 127)`: linux/fs.h's BLKZEROOUT, whose argument is
+/// `u64 range[2]` (offset, length in bytes).
+const BLKZEROOUT: libc::c_ulong = 0x127f;
+
+fn zeroout(dev: &str, off: u64, len: u64) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let f = OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .map_err(|e| format!("cannot open {dev}: {e}"))?;
+    let range: [u64; 2] = [off, len];
+    // SAFETY: BLKZEROOUT reads a u64[2] from the pointer, which is valid
+    // for the call; the descriptor is open for writing.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) };
+    if r != 0 {
+        return Err(format!(
+            "BLKZEROOUT {off}+{len}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     Ok(())
 }
