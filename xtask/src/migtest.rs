@@ -107,7 +107,9 @@ fn link() -> Result<(u16, u16)> {
         let (Ok((a, _)), Ok((b, _))) = (la.accept(), lb.accept()) else {
             return;
         };
-        if a.set_nodelay(true).is_err() || b.set_nodelay(true).is_err() {
+        if let Err(e) = a.set_nodelay(true).and_then(|()| b.set_nodelay(true)) {
+            // Both machines then time out, with this said first.
+            eprintln!("migration link: cannot set TCP_NODELAY: {e}");
             return;
         }
         let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
