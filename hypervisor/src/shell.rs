@@ -409,8 +409,8 @@ fn info_device(n: usize, d: &crate::virtio::VirtioDev) {
                 st.flushes,
                 st.errors
             );
-            let x = sl.extras;
-            if !sl.read_only && (x.max_discard_sectors | x.max_write_zeroes_sectors) != 0 {
+            let x = sl.offered();
+            if (x.max_discard_sectors | x.max_write_zeroes_sectors) != 0 {
                 say!(
                     "    discards {} ({} KiB), write-zeroes {} ({} KiB)",
                     st.discards,

@@ -388,7 +388,11 @@ impl PhysDisk {
         let ranged = matches!(op, blk::Op::Discard | blk::Op::WriteZeroes);
         // `bulkhead_virtio` kept the range under the limit this disk
         // announced (a u32 of sectors), inside the VM's slice.
-        let range_sectors = u32::try_from(bytes / 512).map_err(|_| IoError)?;
+        let range_sectors = if ranged {
+            u32::try_from(bytes / 512).map_err(|_| IoError)?
+        } else {
+            0
+        };
         let PhysDisk {
             transport,
             queue,

@@ -165,6 +165,17 @@ pub struct Slice {
     pub extras: Extras,
 }
 
+impl Slice {
+    /// What the device offers of [`Extras`]: nothing on a read-only slice.
+    pub fn offered(&self) -> Extras {
+        if self.read_only {
+            Extras::default()
+        } else {
+            self.extras
+        }
+    }
+}
+
 /// Counters for the shell (`info`, `stats`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BlkStats {
@@ -312,18 +323,18 @@ impl Blk {
         if slice.read_only {
             features |= f::RO;
         }
-        let x = slice.extras;
+        let x = slice.offered();
         let mut config = [0u8; CONFIG_BYTES];
         config[0..8].copy_from_slice(&slice.sectors.to_le_bytes());
         config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
         config[20..24].copy_from_slice(&(SECTOR as u32).to_le_bytes());
-        if !slice.read_only && x.max_discard_sectors > 0 {
+        if x.max_discard_sectors > 0 {
             features |= f::DISCARD;
             config[36..40].copy_from_slice(&x.max_discard_sectors.to_le_bytes());
             config[40..44].copy_from_slice(&1u32.to_le_bytes()); // max_discard_seg
             config[44..48].copy_from_slice(&1u32.to_le_bytes()); // alignment (sectors)
         }
-        if !slice.read_only && x.max_write_zeroes_sectors > 0 {
+        if x.max_write_zeroes_sectors > 0 {
             features |= f::WRITE_ZEROES;
             config[48..52].copy_from_slice(&x.max_write_zeroes_sectors.to_le_bytes());
             config[52..56].copy_from_slice(&1u32.to_le_bytes()); // max_write_zeroes_seg
@@ -716,13 +727,13 @@ impl Blk {
                 })
             }
             req::DISCARD | req::WRITE_ZEROES => {
+                let x = self.slice.offered();
                 let (op, max) = if kind == req::DISCARD {
-                    (Op::Discard, self.slice.extras.max_discard_sectors)
+                    (Op::Discard, x.max_discard_sectors)
                 } else {
-                    (Op::WriteZeroes, self.slice.extras.max_write_zeroes_sectors)
+                    (Op::WriteZeroes, x.max_write_zeroes_sectors)
                 };
-                if max == 0 || self.slice.read_only {
-                    // Not offered (a read-only slice is offered neither).
+                if max == 0 {
                     return Err(ReqError::Unsupported { kind });
                 }
                 if writable_data {
