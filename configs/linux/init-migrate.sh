@@ -1,11 +1,15 @@
 #!/bin/busybox sh
 # /init of configs/test-migrate-linux-{a,b}.toml (xtask/src/migtest.rs):
 # the Linux VM that is migrated from machine A to machine B and back.
-#   A: makes ext4 on its disk (Debian's mkfs.ext4), then counts to 3000,
-#      one count every 10 ms: each is printed ("MIGCOUNT n end") and appended
-#      to /mnt/seq, and every 25th is followed by a sync, so the disk is
-#      busy while the VM moves. At the end the file system is unmounted,
-#      mounted again and the file compared with the counts it should hold.
+#   A: makes ext4 on its disk (Debian's mkfs.ext4), opens one TCP session
+#      to the host peer's echo server (10.0.2.254 port 7, behind the
+#      switch's uplink; the VM is 10.0.2.30), then counts to 3000, one
+#      count every 10 ms: each is printed ("MIGCOUNT n end") and appended
+#      to /mnt/seq, every 25th is followed by a sync, so the disk is busy
+#      while the VM moves, and every 10th is sent down the session. At the
+#      end the file system is unmounted, mounted again and the file
+#      compared with the counts it should hold, and what the host echoed
+#      is compared with what was sent.
 #   B (migtest.role=target): touches nothing, since the disk is A's, and
 #      waits for the test to stop it and migrate A's VM into it.
 #   migtest.role=idle (configs/bench-migrate-idle-*.toml): says so after
@@ -48,7 +52,7 @@ case " $(cat /proc/cmdline) " in
     while :; do sleep 1000; done
     ;;
 esac
-for m in virtio virtio_ring virtio_mmio virtio_blk; do
+for m in virtio virtio_ring virtio_mmio virtio_blk failover net_failover virtio_net; do
     insmod /lib/modules/$(uname -r)/$m.ko || echo "MIGTEST FAIL: insmod $m"
 done
 for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
@@ -57,6 +61,19 @@ for i in $(seq 50); do [ -b /dev/vda ] && break; sleep 0.1; done
 mkdir -p /mnt
 mount -t ext4 /dev/vda /mnt || echo "MIGTEST FAIL: mount"
 n=3000
+# The session: nc's input is a fifo this shell holds open on fd 3, its
+# output a file. A write to a session that died fails (and says so)
+# rather than killing init with SIGPIPE.
+for i in $(seq 50); do [ -e /sys/class/net/eth0 ] && break; sleep 0.1; done
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.30/24 dev eth0
+for i in $(seq 20); do ping -c 1 -W 1 10.0.2.254 >/dev/null 2>&1 && break; done
+trap '' PIPE
+mkfifo /tmp/to-host
+nc 10.0.2.254 7 < /tmp/to-host > /tmp/from-host &
+nc_pid=$!
+exec 3> /tmp/to-host
 echo "MIGTEST counting to $n"
 i=0
 while [ $i -lt $n ]; do
@@ -64,8 +81,20 @@ while [ $i -lt $n ]; do
     echo "MIGCOUNT $i end"
     echo $i >> /mnt/seq
     [ $((i % 25)) = 0 ] && sync
+    [ $((i % 10)) = 0 ] && echo "NET $i" >&3
     usleep 10000
 done
+# The greeting and an echo of every line sent, in order.
+{ echo "hello from the host behind the uplink"; seq 10 10 $n | sed 's/^/echo: NET /'; } > /tmp/want
+lines=$((n / 10 + 1))
+for i in $(seq 100); do [ "$(wc -l < /tmp/from-host)" -ge $lines ] && break; sleep 0.1; done
+exec 3>&-
+kill $nc_pid 2>/dev/null
+if cmp -s /tmp/want /tmp/from-host; then
+    echo "MIGTEST session: $((n / 10)) lines echoed in order"
+else
+    echo "MIGTEST FAIL: session: $(wc -l < /tmp/from-host) of $lines lines back; $(cmp /tmp/want /tmp/from-host 2>&1)"
+fi
 umount /mnt || echo "MIGTEST FAIL: umount"
 mount -t ext4 /dev/vda /mnt || echo "MIGTEST FAIL: mount again"
 if seq $n | cmp -s - /mnt/seq; then

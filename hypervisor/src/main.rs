@@ -887,8 +887,6 @@ fn disk_slices(
     Ok(out)
 }
 
-/// The VM's `[[vm.net]]` devices, after its disks in the virtio window,
-/// each on the switch port `net::build` gave it.
 /// Whether slice `d` names a partition its `[[disk]]` does not lay out
 /// (so only the disk's own table says where it is).
 fn undeclared(d: &bulkhead_config::VmDisk, cfg: &bulkhead_config::SystemConfig) -> bool {
@@ -966,6 +964,8 @@ fn overlapping(
     Ok(None)
 }
 
+/// The VM's `[[vm.net]]` devices, after its disks in the virtio window,
+/// each on the switch port `net::build` gave it.
 #[inline(never)]
 fn nics(vc: &bulkhead_config::VmConfig, ports: &[(usize, usize)]) -> Vec<virtio::VirtioDev> {
     vc.nets

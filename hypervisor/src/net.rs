@@ -18,7 +18,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bulkhead_virtio::net::MAX_FRAME;
 use bulkhead_virtio::offload::{self, Offload};
-use bulkhead_virtio::switch::{Dest, Switch};
+use bulkhead_virtio::switch::{self, Dest, Switch};
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU32, Ordering};
 use spin::Mutex;
@@ -131,6 +131,52 @@ fn deliver(s: &SwitchHw, port: usize, frame: &[u8], off: &Offload) {
         }
         None => {}
     }
+}
+
+/// VM `vm` runs (booted, restarted, restored or migrated in): each of its
+/// ports holds its MAC again. With `announce` (it came from elsewhere)
+/// each port also sends [`switch::announce`] of its MAC, flooded to the
+/// switch's other ports and out of the uplink, so the hosts and switches
+/// behind it send the VM's traffic here from now on rather than where it
+/// was.
+pub fn vm_started(vm: &crate::vm::Vm, announce: bool) {
+    for (switch, port) in ports_of(vm) {
+        let Some(s) = switches().get(switch) else {
+            continue;
+        };
+        let mac = {
+            let mut t = s.table.lock();
+            t.claim(port);
+            t.mac_of(port)
+        };
+        if let (true, Some(mac)) = (announce, mac) {
+            send(switch, port, &switch::announce(&mac), &Offload::default());
+            let [a, b, c, d, e, f] = mac;
+            log::info!(
+                "{}: announced MAC {a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x} on switch '{}'",
+                vm.name,
+                s.name
+            );
+        }
+    }
+}
+
+/// VM `vm` stopped (or left for another machine): its MACs may be learned
+/// on the uplink from now on (`Switch::release`).
+pub fn vm_stopped(vm: &crate::vm::Vm) {
+    for (switch, port) in ports_of(vm) {
+        if let Some(s) = switches().get(switch) {
+            s.table.lock().release(port);
+        }
+    }
+}
+
+/// The (switch, port) of each of the VM's NICs.
+fn ports_of(vm: &crate::vm::Vm) -> impl Iterator<Item = (usize, usize)> + '_ {
+    vm.virtio.iter().filter_map(|d| match d.model {
+        crate::virtio::Model::Net { switch, port, .. } => Some((switch, port)),
+        crate::virtio::Model::Blk { .. } => None,
+    })
 }
 
 /// Counters of the physical NIC, for `stats`.

@@ -680,6 +680,9 @@ fn apply(vm: &Vm, r: Box<Ready>, how: &str) {
     crate::system::vm_started();
     log::info!("{}: {how} (of VM '{}')", vm.name, r.from);
     crate::sched::resume(vm);
+    // It may have come from another machine: the network learns where it
+    // is now before the guest says anything.
+    crate::net::vm_started(vm, true);
 }
 
 /// The TCP port `incoming` waits on.

@@ -557,6 +557,7 @@ impl Vm {
         self.cntvoff.store(regs::cntpct_el0(), Ordering::Relaxed);
         st.power.boot(self.entry_ipa(), dtb);
         st.lifecycle = Lifecycle::Running;
+        crate::net::vm_started(self, false);
         self.kick_vcpu(VcpuId(0));
     }
 
@@ -718,6 +719,7 @@ impl Vm {
                 self.ended.store(end.code(), Ordering::Release);
                 st.lifecycle = Lifecycle::Stopped;
                 crate::channel::vm_stopped(self);
+                crate::net::vm_stopped(self);
                 log::info!("{}: stopped", self.name);
                 system::vm_stopped();
             }

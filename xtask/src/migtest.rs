@@ -16,9 +16,11 @@ use crate::build::{self, Output};
 use crate::qemu::{self, CAPTURED_CONSOLE, KILL};
 use crate::snaptest::{check_run, counts_between, expected_sums, lines_between};
 use anyhow::{bail, ensure, Context, Result};
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CONFIG_A: &str = "configs/test-migrate-a.toml";
@@ -50,12 +52,15 @@ struct Run<'a> {
     /// Raw images both machines are given (shared storage).
     shared_disks: &'a [PathBuf],
     timeout: Duration,
+    /// The host peer (10.0.2.254) is on the link too.
+    host: bool,
 }
 
 const BARE: Run = Run {
     icount: true,
     shared_disks: &[],
     timeout: TIMEOUT,
+    host: false,
 };
 
 /// One machine's QEMU arguments: its NIC on its end of the loopback
@@ -87,55 +92,158 @@ fn args(built: &build::Built, is_a: bool, port: u16, run: Run) -> Vec<String> {
 }
 
 /// The link between the two machines, on 127.0.0.1: each QEMU connects
-/// to its own port here (a `-netdev stream` client) and the bytes are
-/// copied across as they come (QEMU's framing passes through untouched).
+/// to its own port here (a `-netdev stream` client), and so, with `host`,
+/// does the link to the test's host peer (`qemu::host_peer`: 10.0.2.254,
+/// its echo server). Between them the link is a learning Ethernet switch,
+/// as the network between two boards would be: each frame goes to the port
+/// its destination was last seen on, or to every other port if that is
+/// not known (or a broadcast). So after a migration the host peer's frames
+/// reach the VM on its new machine only once the switch has seen the VM's
+/// MAC there: its announcement, or its own traffic. The announcements
+/// (RARP frames) the switch sees are kept, for the test to check.
 ///
 /// Why not one QEMU the other's stream server: QEMU turns Nagle off on a
 /// stream *client*'s socket but not on a server's (`net/stream.c`), so a
 /// small frame from the server's machine, sent while an earlier one was
 /// not yet acknowledged, waited for the host kernel's delayed ACK: about
 /// 40 ms, the best part of every migration's downtime. Here every socket
-/// has `TCP_NODELAY`. And when one machine dies, the other keeps its
-/// connection and what it sends goes nowhere, as on a network whose other
-/// end went away (with a direct link, A's QEMU as the server crashed with
-/// SIGSEGV in about one run of three when B was killed).
-fn link() -> Result<(u16, u16)> {
+/// has `TCP_NODELAY`. And when one machine dies, the others keep their
+/// connections and what is sent to it goes nowhere, as on a network whose
+/// other end went away (with a direct link, A's QEMU as the server crashed
+/// with SIGSEGV in about one run of three when B was killed).
+fn link(host: Option<u16>) -> Result<Link> {
     let bind = || TcpListener::bind("127.0.0.1:0").context("no free port on 127.0.0.1");
     let (la, lb) = (bind()?, bind()?);
     let ports = (la.local_addr()?.port(), lb.local_addr()?.port());
+    let announced = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&announced);
     std::thread::spawn(move || {
         let (Ok((a, _)), Ok((b, _))) = (la.accept(), lb.accept()) else {
             return;
         };
-        if let Err(e) = a.set_nodelay(true).and_then(|()| b.set_nodelay(true)) {
+        let mut ends = vec![a, b];
+        if let Some(port) = host {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(h) => ends.push(h),
+                Err(e) => {
+                    // Both machines' guests then fail to reach the host.
+                    eprintln!("migration link: cannot reach the host peer on port {port}: {e}");
+                    return;
+                }
+            }
+        }
+        if let Err(e) = ends.iter().try_for_each(|s| s.set_nodelay(true)) {
             // Both machines then time out, with this said first.
             eprintln!("migration link: cannot set TCP_NODELAY: {e}");
             return;
         }
-        let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
-            return;
-        };
-        std::thread::spawn(move || carry(a, b2));
-        carry(b, a2);
+        let writers: Vec<Mutex<Option<TcpStream>>> = ends
+            .iter()
+            .map(|s| Mutex::new(s.try_clone().ok()))
+            .collect();
+        let sw = Arc::new(Relay {
+            writers,
+            table: Mutex::new(HashMap::new()),
+            announced: seen,
+        });
+        for (port, from) in ends.into_iter().enumerate() {
+            let sw = Arc::clone(&sw);
+            std::thread::spawn(move || sw.carry(port, from));
+        }
     });
-    Ok(ports)
+    Ok(Link { ports, announced })
 }
 
-/// Copies `from` to `to` until `from` ends; once `to` is gone, reads on
-/// and drops (a dead peer is not passed on to the live one).
-fn carry(mut from: TcpStream, mut to: TcpStream) {
-    let mut buf = vec![0u8; 64 << 10];
-    let mut open = true;
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if open && to.write_all(&buf[..n]).is_err() {
-                    open = false;
+/// The two machines' ends of a [`link`], and what it saw announced.
+struct Link {
+    ports: (u16, u16),
+    announced: Arc<Mutex<Vec<Announced>>>,
+}
+
+/// A RARP announcement of `mac` that came in on port `port` of the link
+/// (0: machine A, 1: machine B, 2: the host peer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Announced {
+    port: usize,
+    mac: [u8; 6],
+}
+
+/// The link's switch: a writer per port, and where each MAC was seen.
+struct Relay {
+    writers: Vec<Mutex<Option<TcpStream>>>,
+    table: Mutex<HashMap<[u8; 6], usize>>,
+    announced: Arc<Mutex<Vec<Announced>>>,
+}
+
+impl Relay {
+    /// Switches what comes in on `port` until it ends. A port whose
+    /// writes fail is written no more (a dead machine is not passed on to
+    /// the live ones).
+    fn carry(&self, port: usize, mut from: TcpStream) {
+        let mut buf = vec![0u8; 64 << 10];
+        let mut frames = crate::netpeer::FrameDecoder::default();
+        let mut out: Vec<Vec<u8>> = self.writers.iter().map(|_| Vec::new()).collect();
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => frames.push(&buf[..n]),
+            }
+            loop {
+                match frames.next_frame() {
+                    Ok(Some(f)) => self.switch(port, &f, &mut out),
+                    Ok(None) => break,
+                    Err(e) => {
+                        eprintln!("migration link: port {port}: {e}");
+                        return;
+                    }
                 }
+            }
+            for (to, bytes) in out.iter_mut().enumerate() {
+                if bytes.is_empty() {
+                    continue;
+                }
+                let mut w = lock(&self.writers[to]);
+                if w.as_mut().is_some_and(|s| s.write_all(bytes).is_err()) {
+                    *w = None;
+                }
+                bytes.clear();
             }
         }
     }
+
+    /// Where frame `f` from `port` goes: its encoded copy is added to the
+    /// output of each port it is for.
+    fn switch(&self, port: usize, f: &[u8], out: &mut [Vec<u8>]) {
+        let (Some(dst), Some(src)) = (f.first_chunk::<6>(), f.get(6..12)) else {
+            return;
+        };
+        let src: [u8; 6] = src.try_into().expect("six bytes");
+        let multicast = |m: &[u8; 6]| m[0] & 1 != 0;
+        let to = {
+            let mut table = lock(&self.table);
+            if !multicast(&src) {
+                table.insert(src, port);
+            }
+            if multicast(dst) {
+                None
+            } else {
+                table.get(dst).copied()
+            }
+        };
+        if f.get(12..14) == Some(&0x8035u16.to_be_bytes()[..]) {
+            lock(&self.announced).push(Announced { port, mac: src });
+        }
+        for (p, o) in out.iter_mut().enumerate() {
+            if p != port && to.is_none_or(|t| t == p) {
+                crate::netpeer::encode_frame(o, f);
+            }
+        }
+    }
+}
+
+/// A mutex of the link's, whatever a panicking thread left in it.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs both machines at once with their scripts; their logs, `Err` for
@@ -146,8 +254,31 @@ fn pair(
     b_killed: bool,
     run: Run,
 ) -> Result<(String, String)> {
+    pair_seen(a, b, b_killed, run).map(|(a, b, _)| (a, b))
+}
+
+/// What the link between a [`pair`] saw: the announcements, and with
+/// [`Run::host`] the host peer's report.
+struct Seen {
+    announced: Vec<Announced>,
+    host: Option<crate::netpeer::PeerReport>,
+}
+
+/// [`pair`], and what its link saw.
+fn pair_seen(
+    a: (&build::Built, &[(&str, &str)]),
+    b: (&build::Built, &[(&str, &str)]),
+    b_killed: bool,
+    run: Run,
+) -> Result<(String, String, Seen)> {
     let timeout = run.timeout;
-    let (port_a, port_b) = link()?;
+    let peer = if run.host {
+        Some(qemu::host_peer()?)
+    } else {
+        None
+    };
+    let link = link(peer.as_ref().map(|p| p.port()))?;
+    let (port_a, port_b) = link.ports;
     let (args_a, args_b) = (args(a.0, true, port_a, run), args(b.0, false, port_b, run));
     let (out_a, out_b) = std::thread::scope(|s| {
         let ta = s.spawn(|| qemu::run_scripted(&args_a, timeout, a.1));
@@ -193,7 +324,11 @@ fn pair(
             }
         }
     }
-    Ok((out_a.log, out_b.log))
+    let seen = Seen {
+        announced: lock(&link.announced).clone(),
+        host: peer.map(|p| p.stop()),
+    };
+    Ok((out_a.log, out_b.log, seen))
 }
 
 /// VM `vm`'s downtime in its migration to `to`: the `N` of "..., N ms
@@ -465,8 +600,9 @@ fn linux_round_trip() -> Result<()> {
         icount: false,
         shared_disks: &a.disks,
         timeout: LINUX_TIMEOUT,
+        host: true,
     };
-    let (log_a, log_b) = pair(
+    let (log_a, log_b, seen) = pair_seen(
         (
             &a,
             // Console input starts with the Linux VM: two Ctrl-] (past the
@@ -539,13 +675,53 @@ fn linux_round_trip() -> Result<()> {
         "the VM's file on the shared disk did not check out back on A ({file:?})\n{}",
         logs()
     );
+    let session = format!(
+        "[lin] MIGTEST session: {} lines echoed in order",
+        LINUX_COUNTS / 10
+    );
+    ensure!(
+        log_a.contains(&session),
+        "the VM's TCP session with the host peer did not check out back on A ({session:?})\n{}",
+        logs()
+    );
+    linux_session_moved(&seen).map_err(fail)?;
     round_trip_ended(&log_a, &log_b, "lin", LINUX_MAX_DOWNTIME_MS, &logs)?;
     println!(
-        "  counts 1..={} on A, {}..={} on B, {}..={LINUX_COUNTS} on A again; the file checked out",
+        "  counts 1..={} on A, {}..={} on B, {}..={LINUX_COUNTS} on A again; the file checked out; one TCP session to the host across both moves, the VM announced on B then A",
         first.len(),
         first.len() + 1,
         first.len() + on_b.len(),
         first.len() + on_b.len() + 1
+    );
+    Ok(())
+}
+
+/// The Linux VM's NIC in configs/test-migrate-linux-*.toml.
+const LINUX_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0x01, 0x1e];
+
+/// What the link saw of the Linux VM's round trip: its MAC announced
+/// first by machine B (as it arrived there), then by A (back), and nothing
+/// else; and the host peer served one TCP session, not a new one after
+/// each move, and echoed every line.
+fn linux_session_moved(seen: &Seen) -> Result<()> {
+    let from: Vec<usize> = seen
+        .announced
+        .iter()
+        .filter(|a| a.mac == LINUX_MAC)
+        .map(|a| a.port)
+        .collect();
+    ensure!(
+        from == [1, 0],
+        "the VM's MAC was announced from ports {from:?} of the link, not from B (1) then A (0); all announcements: {:?}",
+        seen.announced
+    );
+    let host = seen.host.as_ref().context("no host peer on the link")?;
+    ensure!(
+        host.tcp_sessions == 1 && host.lines_echoed == LINUX_COUNTS / 10,
+        "the host peer served {} TCP session(s) and echoed {} line(s), not 1 and {}:\n{host}",
+        host.tcp_sessions,
+        host.lines_echoed,
+        LINUX_COUNTS / 10
     );
     Ok(())
 }
@@ -687,6 +863,7 @@ pub fn bench_run(quick: bool) -> Result<Vec<Figure>> {
         icount: false,
         shared_disks: &[],
         timeout: LINUX_TIMEOUT,
+        host: false,
     };
     out.extend(linux_vm_moved(IDLE_A, IDLE_B, "idle", run, None)?);
     if !quick {
@@ -703,8 +880,10 @@ pub fn bench_run(quick: bool) -> Result<Vec<Figure>> {
     let a = build::build(Path::new(LINUX_A), Output::Quiet)?;
     let b = build::build(Path::new(LINUX_B), Output::Quiet)?;
     build::blank_disks(&a)?;
+    // Its guest talks to the host peer as it counts.
     let run = Run {
         shared_disks: &a.disks,
+        host: true,
         ..run
     };
     let (log_a, log_b) = pair(
@@ -746,6 +925,7 @@ pub fn run_busy() -> Result<()> {
         icount: false,
         shared_disks: &[],
         timeout: LINUX_TIMEOUT,
+        host: false,
     };
     let figs = linux_vm_moved(BUSY_A, BUSY_B, "busy", run, Some(BUSY_PASS))?;
     let get = |name: &str| {
@@ -785,6 +965,46 @@ pub fn run() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_link_learns_where_a_mac_is_and_sees_it_move() {
+        let relay = Relay {
+            writers: (0..3).map(|_| Mutex::new(None)).collect(),
+            table: Mutex::new(HashMap::new()),
+            announced: Arc::new(Mutex::new(Vec::new())),
+        };
+        let (vm, host) = (LINUX_MAC, [2, 0, 0, 0, 0, 0xfe]);
+        let frame = |dst: [u8; 6], src: [u8; 6], kind: u16| {
+            let mut f = vec![0u8; 60];
+            f[..6].copy_from_slice(&dst);
+            f[6..12].copy_from_slice(&src);
+            f[12..14].copy_from_slice(&kind.to_be_bytes());
+            f
+        };
+        // The ports each frame from `port` reached.
+        let send = |port: usize, f: &[u8]| -> Vec<usize> {
+            let mut out = vec![Vec::new(); 3];
+            relay.switch(port, f, &mut out);
+            (0..3).filter(|&p| !out[p].is_empty()).collect()
+        };
+        // The VM on A broadcasts (ARP): everyone; the host answers it on A.
+        assert_eq!(send(0, &frame([0xff; 6], vm, 0x0806)), [1, 2]);
+        assert_eq!(send(2, &frame(vm, host, 0x0800)), [0]);
+        // It moved to B and says so: the host's next frame goes to B.
+        assert_eq!(send(1, &frame([0xff; 6], vm, 0x8035)), [0, 2]);
+        assert_eq!(send(2, &frame(vm, host, 0x0800)), [1]);
+        // An unknown destination floods; nothing goes back where it came from.
+        assert_eq!(send(1, &frame([2, 0, 0, 0, 0, 1], vm, 0x0800)), [0, 2]);
+        assert_eq!(send(1, &frame(vm, vm, 0x0800)), Vec::<usize>::new());
+        // Runts are dropped.
+        assert_eq!(send(0, &[0u8; 11]), Vec::<usize>::new());
+        assert_eq!(*lock(&relay.announced), [Announced { port: 1, mac: vm }]);
+        // What goes out is framed as QEMU's stream expects.
+        let mut out = vec![Vec::new(); 3];
+        relay.switch(2, &frame(vm, host, 0x0800), &mut out);
+        assert_eq!(&out[1][..4], &60u32.to_be_bytes());
+        assert_eq!(out[1].len(), 64);
+    }
 
     #[test]
     fn linux_counts_are_put_together_from_their_pieces() {

@@ -9,6 +9,12 @@
 //! learned, up to a fixed number of entries, the least recently seen
 //! replaced first. Broadcast, multicast and unknown destinations flood
 //! to every other port.
+//!
+//! A VM's MAC is pinned to its port only while the VM runs
+//! ([`Switch::claim`], [`Switch::release`]): once it has stopped, or
+//! migrated to another machine, its MAC may be learned on the uplink, so
+//! the VMs left here reach it where it went. Its own port still may not
+//! send from any other MAC.
 
 use alloc::vec::Vec;
 
@@ -65,6 +71,27 @@ pub struct Switch {
     pub stats: SwitchStats,
 }
 
+/// The frame that tells the switches on the way that `mac` is now here:
+/// a broadcast RARP request of `mac` for itself (RFC 903, operation 3),
+/// padded to Ethernet's 60-byte minimum. A hypervisor sends it for a VM
+/// that just migrated in, so a learning switch moves the MAC to the port
+/// it came from at once, before the guest sends anything (QEMU sends the
+/// same after a migration). Nothing answers RARP today; it is only seen.
+pub fn announce(mac: &Mac) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    f[..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(mac);
+    f[12..14].copy_from_slice(&ETHERTYPE_RARP.to_be_bytes());
+    // Hardware Ethernet (1), protocol IPv4, 6- and 4-byte addresses.
+    f[14..22].copy_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 3]);
+    f[22..28].copy_from_slice(mac); // sender hardware address
+    f[32..38].copy_from_slice(mac); // target hardware address
+    f
+}
+
+/// Reverse ARP's Ethernet type.
+pub const ETHERTYPE_RARP: u16 = 0x8035;
+
 pub fn is_multicast(mac: &Mac) -> bool {
     mac[0] & 1 != 0
 }
@@ -96,6 +123,35 @@ impl Switch {
 
     pub fn ports(&self) -> usize {
         self.ports.len()
+    }
+
+    /// The MAC of VM port `port`.
+    pub fn mac_of(&self, port: usize) -> Option<Mac> {
+        self.ports.get(port).copied().flatten()
+    }
+
+    /// VM port `port` no longer holds its MAC (the VM stopped or moved
+    /// away): the MAC may be learned elsewhere from now on.
+    pub fn release(&mut self, port: usize) {
+        let Some(Some(mac)) = self.ports.get(port).copied() else {
+            return;
+        };
+        self.table.retain(|e| e.mac != mac);
+    }
+
+    /// VM port `port` holds its MAC again (the VM started, or migrated
+    /// in): whatever was learned of that MAC elsewhere is forgotten.
+    pub fn claim(&mut self, port: usize) {
+        let Some(Some(mac)) = self.ports.get(port).copied() else {
+            return;
+        };
+        self.table.retain(|e| e.mac != mac);
+        self.table.push(Entry {
+            mac,
+            port,
+            fixed: true,
+            seen: 0,
+        });
     }
 
     /// Where the port of `mac` is, if known.
@@ -264,5 +320,46 @@ mod tests {
         assert_eq!(s.lookup(&[2, 0, 0, 0, 0, 9]), Some(2));
         assert_eq!(s.lookup(&[2, 0, 0, 0, 0, 0]), None, "the oldest went");
         assert_eq!(s.lookup(&A), Some(0), "VM entries are never replaced");
+    }
+
+    #[test]
+    fn the_announcement_is_a_broadcast_rarp_from_the_vm() {
+        let a = announce(&A);
+        assert_eq!(&a[..6], &BCAST);
+        assert_eq!(&a[6..12], &A);
+        assert_eq!(u16::from_be_bytes([a[12], a[13]]), ETHERTYPE_RARP);
+        assert_eq!(u16::from_be_bytes([a[20], a[21]]), 3, "request reverse");
+        assert_eq!((&a[22..28], &a[32..38]), (&A[..], &A[..]));
+        assert!(a[28..32].iter().chain(&a[38..]).all(|&b| b == 0));
+        // From the VM's own port it is flooded and teaches the others.
+        let mut s = sw();
+        assert_eq!(s.forward(0, &a), Dest::Flood);
+        assert_eq!(s.forward(0, &announce(&B)), Dest::Drop(Why::Spoofed));
+    }
+
+    #[test]
+    fn a_stopped_vms_mac_is_learned_where_it_went_until_it_is_back() {
+        let mut s = sw();
+        // VM a left (migrated to another machine): its frames now come
+        // in on the uplink, and b's traffic to it goes there.
+        s.release(0);
+        assert_eq!(s.lookup(&A), None);
+        assert_eq!(s.forward(1, &f(A, B)), Dest::Flood, "unknown until seen");
+        assert_eq!(s.forward(2, &f(B, A)), Dest::Port(1));
+        assert_eq!(s.forward(1, &f(A, B)), Dest::Port(2));
+        // Its port still sends from nothing but its own MAC.
+        assert_eq!(s.forward(0, &f(BCAST, HOST)), Dest::Drop(Why::Spoofed));
+        // b's MAC stays pinned.
+        assert_eq!(s.forward(2, &f(A, B)), Dest::Drop(Why::Spoofed));
+        // a is back: pinned to its port again, the uplink may not send
+        // from it any more.
+        s.claim(0);
+        assert_eq!(s.forward(1, &f(A, B)), Dest::Port(0));
+        assert_eq!(s.forward(2, &f(B, A)), Dest::Drop(Why::Spoofed));
+        assert_eq!(s.table.iter().filter(|e| e.mac == A).count(), 1);
+        // The uplink has no MAC to release or claim.
+        s.release(2);
+        s.claim(2);
+        assert_eq!(s.lookup(&B), Some(1));
     }
 }
