@@ -9,7 +9,9 @@
 //! reads fit their size; a BAR always reads back aligned to its size with
 //! its flag bits clear; INTx is the doorbell line unless Interrupt Disable
 //! is set, and the status bit shows the line regardless; absent functions
-//! and other buses never decode to a device.
+//! and other buses never decode to a device. A saved state (any bytes)
+//! restored into the PCI face or the channel keeps every one of those
+//! rules, and a save restores to exactly what was saved.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -48,6 +50,14 @@ enum Op {
         value: u32,
     },
     PciReset,
+    /// A snapshot's PCI state, as the stream brings it.
+    PciRestore {
+        state: [u8; PciFunction::STATE_BYTES],
+    },
+    /// Save the PCI state and one end's, then restore them.
+    SaveRestore {
+        end: bool,
+    },
 }
 
 #[derive(Default)]
@@ -143,6 +153,25 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::PciReset => pci.reset(),
+            Op::PciRestore { state } => {
+                let before = pci.clone();
+                if pci.restore_state(&state).is_ok() {
+                    assert_eq!(pci.save_state(), state, "a taken state saves back as it came");
+                } else {
+                    assert_eq!(pci, before, "a refused state changed the function");
+                }
+            }
+            Op::SaveRestore { end } => {
+                let end = usize::from(end);
+                let saved = pci.save_state();
+                let mut back = PciFunction::new(0x1000_0000, 0x1010_0000, SHM_SIZE as u32);
+                back.restore_state(&saved).expect("a saved state restores");
+                assert_eq!(back, pci);
+                let (isr, count) = c.end_state(end);
+                c.restore_end(end, isr, count);
+                assert_eq!(c.end_state(end), (isr, count));
+                s.up[end] = true;
+            }
         }
         // Lines follow the shadow, and INTx follows the line and the mask.
         for end in 0..2 {

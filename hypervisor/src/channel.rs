@@ -15,9 +15,12 @@
 //! level is computed and handed to the vGIC with the vGIC lock held, so
 //! two pCPUs of the VM cannot apply levels out of order.
 
+use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
+use bulkhead_channel::state::SavedEnd;
 use bulkhead_channel::{Channel, PciFunction};
 use bulkhead_types::VcpuId;
 use spin::Mutex;
@@ -226,4 +229,105 @@ pub fn vm_stopped(vm: &Vm) {
             ch.state.set_up(e.end, false);
         }
     }
+}
+
+/// End `e` of a paused VM as a snapshot record (its shared memory as it
+/// is now: the peer may go on writing it).
+pub fn save_end(e: &End) -> Result<Vec<u8>, String> {
+    let ch = system::channel(e.channel).ok_or("a channel the system does not have")?;
+    let (isr, count) = ch.state.end_state(e.end);
+    let mut shm = alloc::vec![0u8; ch.size as usize];
+    crate::arch::aarch64::cache::clean_invalidate_for_guest(ch.shm as usize, ch.size as usize);
+    // SAFETY: the channel's shared memory is identity-mapped at EL2 and
+    // never freed; the peer may write it meanwhile, which makes the copy
+    // a moment's view of bytes, nothing worse.
+    unsafe { core::ptr::copy_nonoverlapping(ch.shm as *const u8, shm.as_mut_ptr(), shm.len()) };
+    let saved = SavedEnd {
+        channel: ch.name.clone(),
+        end: e.end as u8,
+        isr,
+        count,
+        pci: e.pci.as_ref().map(|p| p.lock().save_state()),
+        shm,
+    };
+    Ok(saved.encode())
+}
+
+/// A saved end, checked against the end `e` it is to be restored into,
+/// ready for [`put_end`].
+pub struct FreshEnd {
+    saved: SavedEnd,
+    pci: Option<PciFunction>,
+}
+
+/// Checks a saved end against `e`: the same channel, end and size, a PCI
+/// face where `e` has one, and a state the models accept.
+pub fn check_end(e: &End, bytes: &[u8]) -> Result<FreshEnd, String> {
+    let ch = system::channel(e.channel).ok_or("a channel the system does not have")?;
+    let saved = SavedEnd::decode(bytes).map_err(|err| format!("{err}"))?;
+    if saved.channel != ch.name || usize::from(saved.end) != e.end {
+        return Err(format!(
+            "the snapshot's end is end {} of channel '{}', this VM's is end {} of '{}'",
+            saved.end, saved.channel, e.end, ch.name
+        ));
+    }
+    if saved.shm.len() as u64 != ch.size {
+        return Err(format!(
+            "channel '{}' has {} bytes here, {} in the snapshot",
+            ch.name,
+            ch.size,
+            saved.shm.len()
+        ));
+    }
+    let pci = match (&e.pci, &saved.pci) {
+        (None, None) => None,
+        (Some(here), Some(state)) => {
+            let mut f = here.lock().clone();
+            f.restore_state(state).map_err(String::from)?;
+            Some(f)
+        }
+        _ => {
+            return Err(format!(
+                "channel '{}' is a PCI function in one VM and not in the other",
+                ch.name
+            ))
+        }
+    };
+    Ok(FreshEnd { saved, pci })
+}
+
+/// Puts a checked end in place in a restored VM (no vCPU of it runs; its
+/// vGIC already holds the snapshot's line levels). The peer sees the VM
+/// up again, with the shared memory as the VM left it.
+pub fn put_end(vm: &Vm, e: &End, f: FreshEnd) {
+    let Some(ch) = system::channel(e.channel) else {
+        return;
+    };
+    // SAFETY: as in `vm_starting`: the channel's own memory, identity-
+    // mapped at EL2; `check_end` made the sizes equal.
+    unsafe {
+        core::ptr::copy_nonoverlapping(f.saved.shm.as_ptr(), ch.shm as *mut u8, f.saved.shm.len())
+    };
+    crate::arch::aarch64::cache::clean_invalidate_for_guest(ch.shm as usize, ch.size as usize);
+    if let (Some(pci), Some(fresh)) = (&e.pci, f.pci) {
+        *pci.lock() = fresh;
+    }
+    e.moved.store(false, Ordering::Relaxed);
+    ch.state.restore_end(e.end, f.saved.isr, f.saved.count);
+    // The vGIC's line is set from the end's state now, whatever it was
+    // when the snapshot's vGIC was saved: a ring that came while the VM
+    // was paused may not have reached it.
+    let doorbell = ch.state.line(e.end);
+    let masked = e.pci.as_ref().is_some_and(|pci| !pci.lock().intx(doorbell));
+    e.level.store(!(doorbell && !masked), Ordering::Relaxed);
+    sync_line(vm, e, &ch.state, None);
+    log::info!(
+        "{}: channel '{}' end {} restored ({} bytes of shared memory, {} rings received{})",
+        vm.name,
+        ch.name,
+        e.end,
+        ch.size,
+        f.saved.count,
+        if doorbell { ", one pending" } else { "" }
+    );
 }

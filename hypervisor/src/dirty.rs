@@ -16,9 +16,9 @@
 //! The guest's own writes are seen through stage 2; the hypervisor's
 //! writes into its RAM (a virtio device's used rings and received frames,
 //! and a disk's DMA into a read request's buffers, on completion) are
-//! [`mark`]ed by the one path they take (`virtio::VmMem`). Channels,
-//! where another VM writes into this one's RAM, are not tracked, which is
-//! why VMs with channels are not migrated.
+//! [`mark`]ed by the one path they take (`virtio::VmMem`). A channel's
+//! shared memory is not the VM's RAM and is not tracked (its peer writes
+//! it too): it goes whole with the device state, the VM paused.
 
 use crate::vm::Vm;
 use alloc::vec::Vec;

@@ -4,8 +4,9 @@
 //!
 //! A snapshot pauses the VM (`sched::pause`: every vCPU off its pCPU,
 //! registers saved), sends its RAM (zero pages skipped), each vCPU's
-//! registers, the vGIC, the UART, the PSCI power states and its virtual
-//! time, and lets the VM run on. A restore fills a stopped VM of the same
+//! registers, the vGIC, the UART, the PSCI power states, its virtual
+//! time, its virtio devices and its channel ends (with their shared
+//! memory), and lets the VM run on. A restore fills a stopped VM of the same
 //! shape from the stream and runs it only once the whole stream has
 //! checked out; one that fails leaves the VM stopped.
 
@@ -56,6 +57,9 @@ const DEV_PSCI: &str = "psci";
 const DEV_TIME: &str = "time";
 /// `virtio<N>`: the VM's virtio device N (`bulkhead_virtio::state`).
 const DEV_VIRTIO: &str = "virtio";
+/// `chan<K>`: the VM's channel end K (`bulkhead_channel::state`), with
+/// the channel's shared memory.
+const DEV_CHANNEL: &str = "chan";
 /// How long a snapshot or migration waits, the VM paused, for its disk
 /// requests in flight to be answered.
 const QUIESCE_MS: u64 = 2_000;
@@ -75,12 +79,6 @@ fn supported(vm: &Vm) -> Result<(), String> {
     if vm.pool.is_empty() {
         return Err(format!(
             "{} has pinned vCPUs: snapshots are of pool VMs only (docs/snapshot.md)",
-            vm.name
-        ));
-    }
-    if !vm.ends.is_empty() {
-        return Err(format!(
-            "{} has channels: their state is not in snapshots yet",
             vm.name
         ));
     }
@@ -305,6 +303,19 @@ impl Session for Sender<'_> {
                     enc.record(snap::TAG_DEVICE, &d.encode(), &mut put)
                         .map_err(e)?;
                 }
+                // The channel ends, with their shared memory as it is
+                // now (not dirty-tracked: the peer writes it too).
+                for (k, end) in self.vm.ends.iter().enumerate() {
+                    let state = crate::channel::save_end(end)
+                        .map_err(|err| format!("channel end {k}: {err}"))?;
+                    let name = format!("{DEV_CHANNEL}{k}");
+                    let d = Device {
+                        name: &name,
+                        state: &state,
+                    };
+                    enc.record(snap::TAG_DEVICE, &d.encode(), &mut put)
+                        .map_err(e)?;
+                }
                 self.step = Step::Devices;
             }
             Step::Devices => self.step = Step::End,
@@ -414,6 +425,8 @@ struct Staged<'a> {
     vcount: Option<u64>,
     /// One per virtio device of the VM.
     virtio: Vec<Option<Vec<u8>>>,
+    /// One per channel end of the VM.
+    ends: Vec<Option<Vec<u8>>>,
     pages: u64,
 }
 
@@ -473,6 +486,11 @@ impl Staged<'_> {
                         .ok()
                         .and_then(|i| self.virtio.get_mut(i))
                         .ok_or(bad("a virtio device this VM does not have"))?,
+                    n if n.starts_with(DEV_CHANNEL) => n[DEV_CHANNEL.len()..]
+                        .parse::<usize>()
+                        .ok()
+                        .and_then(|k| self.ends.get_mut(k))
+                        .ok_or(bad("a channel end this VM does not have"))?,
                     DEV_TIME => {
                         let v = d
                             .state
@@ -571,6 +589,7 @@ impl<'a> Receiver<'a> {
                 psci: None,
                 vcount: None,
                 virtio: vm.virtio.iter().map(|_| None).collect(),
+                ends: vm.ends.iter().map(|_| None).collect(),
                 pages: 0,
             },
         }
@@ -588,6 +607,7 @@ struct Ready {
     vcpus: Vec<(GuestRegs, Context, bool)>,
     vcount: u64,
     virtio: Vec<crate::virtio::Fresh>,
+    ends: Vec<crate::channel::FreshEnd>,
 }
 
 impl Staged<'_> {
@@ -624,6 +644,15 @@ impl Staged<'_> {
                 .map_err(|e| format!("virtio device {i}: {e}"))?;
             virtio.push(fresh);
         }
+        let mut ends = Vec::new();
+        for (k, (end, saved)) in vm.ends.iter().zip(&self.ends).enumerate() {
+            let saved = saved
+                .as_deref()
+                .ok_or_else(|| format!("the stream lacks channel end {k}"))?;
+            let fresh = crate::channel::check_end(end, saved)
+                .map_err(|e| format!("channel end {k}: {e}"))?;
+            ends.push(fresh);
+        }
         let mut vcpus = Vec::new();
         for s in self.vcpus.iter().flatten() {
             let mut g = GuestRegs::zero();
@@ -639,6 +668,7 @@ impl Staged<'_> {
             vcpus,
             vcount,
             virtio,
+            ends,
         }))
     }
 }
@@ -651,6 +681,9 @@ fn apply(vm: &Vm, r: Box<Ready>, how: &str) {
     *vm.uart.lock() = *r.uart;
     for (dev, fresh) in vm.virtio.iter().zip(r.virtio) {
         crate::virtio::put_state(dev, fresh);
+    }
+    for (end, fresh) in vm.ends.iter().zip(r.ends) {
+        crate::channel::put_end(vm, end, fresh);
     }
     for (v, (g, c, active)) in r.vcpus.into_iter().enumerate() {
         crate::sched::with_saved(vm, VcpuId(v as u16), |regs, ctx, a| {

@@ -14,7 +14,7 @@
 use crate::bench::Figure;
 use crate::build::{self, Output};
 use crate::qemu::{self, CAPTURED_CONSOLE, KILL};
-use crate::snaptest::{check_run, counts_between, expected_sums, lines_between};
+use crate::snaptest::{check_run, counts_between, expected_sums, lines_between, CHAN_WORDS};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -515,7 +515,10 @@ fn target_killed(fill: &build::Built, b: &build::Built, sums: &[u64]) -> Result<
     };
     let fail = |e: anyhow::Error| anyhow::anyhow!("{e:#}\nserial logs:\n{}", logs());
     ensure!(
-        log_a.contains("[counter] COUNTER boot: 2048 KiB region, 12 MiB filled"),
+        log_a.contains(&format!(
+            "[counter] COUNTER boot: 2048 KiB region, {} bytes of channel memory, 12 MiB filled",
+            CHAN_WORDS * 8
+        )),
         "machine A's counter did not fill its 12 MiB\n{}",
         logs()
     );
@@ -954,7 +957,7 @@ pub fn run() -> Result<()> {
     let a = build::build(Path::new(CONFIG_A), Output::Quiet)?;
     let b = build::build(Path::new(CONFIG_B), Output::Quiet)?;
     let fill = build::build(Path::new(CONFIG_FILL), Output::Quiet)?;
-    let sums = expected_sums(TICKS);
+    let sums = expected_sums(TICKS, CHAN_WORDS);
     println!("  A -> B -> A while counting:");
     round_trip(&a, &b, &sums)?;
     println!("  the target killed mid-stream:");

@@ -31,20 +31,32 @@ fn mix(i: u64, n: u64) -> u64 {
     x.wrapping_mul(0x94d0_49bb_1331_11eb) | 1
 }
 
+/// Words of the counter's channel region in the configs that give it
+/// one (`counter.chan=1` with a 4 KiB channel).
+pub const CHAN_WORDS: u64 = 4096 / 8;
+
 /// The sum the guest prints at each count 1..=ticks (index n - 1), by
-/// doing what it does.
-pub fn expected_sums(ticks: u64) -> Vec<u64> {
-    let mut region: Vec<u64> = (0..WORDS).map(|i| mix(i, 0)).collect();
+/// doing what it does; `chan_words` of channel memory (0 for none).
+pub fn expected_sums(ticks: u64, chan_words: u64) -> Vec<u64> {
+    let mut region: Vec<u64> = (0..WORDS + chan_words).map(|i| mix(i, 0)).collect();
     let mut sum = region.iter().fold(0u64, |s, &w| s.wrapping_add(w));
     let mut out = Vec::new();
+    let mut put = |region: &mut Vec<u64>, i: u64, n: u64| {
+        let new = mix(i, n);
+        sum = sum.wrapping_sub(region[i as usize]).wrapping_add(new);
+        region[i as usize] = new;
+        sum
+    };
     for n in 1..=ticks {
+        let mut s = 0;
         for k in 0..WRITES {
             let i = (n.wrapping_mul(7919).wrapping_add(k * 104_729)) % WORDS;
-            let new = mix(i, n);
-            sum = sum.wrapping_sub(region[i as usize]).wrapping_add(new);
-            region[i as usize] = new;
+            s = put(&mut region, i, n);
         }
-        out.push(sum);
+        if chan_words > 0 {
+            s = put(&mut region, WORDS + n % chan_words, n);
+        }
+        out.push(s);
     }
     out
 }
@@ -189,7 +201,7 @@ fn decode_file(path: &Path) -> Result<String> {
 
 pub fn run() -> Result<()> {
     let built = build::build(Path::new(CONFIG), Output::Quiet)?;
-    let sums = expected_sums(TICKS);
+    let sums = expected_sums(TICKS, CHAN_WORDS);
     let good = store_file("counter");
     let _ = std::fs::remove_file(&good);
 
@@ -345,8 +357,15 @@ mod tests {
     }
 
     #[test]
+    fn the_channel_region_changes_every_sum() {
+        let plain = expected_sums(20, 0);
+        let chan = expected_sums(20, CHAN_WORDS);
+        assert!(plain.iter().zip(&chan).all(|(a, b)| a != b));
+    }
+
+    #[test]
     fn runs_must_be_consecutive_with_the_host_sums() {
-        let sums = expected_sums(5);
+        let sums = expected_sums(5, 0);
         let good: Vec<_> = (2..=4).map(|n| (n, sums[n as usize - 1])).collect();
         assert!(check_run("t", &good, 2, &sums).is_ok());
         let mut gap = good.clone();

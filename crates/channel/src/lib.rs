@@ -20,6 +20,10 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+extern crate alloc;
+
+pub mod state;
+
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// PCI identity of a channel end: the vendor and device ID of QEMU's
@@ -89,6 +93,28 @@ impl Channel {
         }
         if let Some(u) = self.up.get(end) {
             u.store(up, Ordering::Release);
+        }
+    }
+
+    /// End `end`'s pending doorbell (ISR) and count of rings received, as
+    /// a snapshot saves them.
+    pub fn end_state(&self, end: usize) -> (u32, u32) {
+        match (self.isr.get(end), self.count.get(end)) {
+            (Some(i), Some(c)) => (i.load(Ordering::Acquire), c.load(Ordering::Relaxed)),
+            _ => (0, 0),
+        }
+    }
+
+    /// End `end`'s VM was restored from a snapshot: its pending doorbell
+    /// and count are the snapshot's (`isr` checked by
+    /// [`state::SavedEnd::decode`]), and the peer sees it up.
+    pub fn restore_end(&self, end: usize, isr: u32, count: u32) {
+        if let (Some(i), Some(c), Some(u)) =
+            (self.isr.get(end), self.count.get(end), self.up.get(end))
+        {
+            i.store(isr & ISR_DOORBELL, Ordering::Relaxed);
+            c.store(count, Ordering::Relaxed);
+            u.store(true, Ordering::Release);
         }
     }
 
@@ -188,6 +214,43 @@ impl PciFunction {
             homes: [regs, shm],
             interrupt_line: 0,
         }
+    }
+
+    /// Bytes of [`PciFunction::save_state`]: command, the two BARs, the
+    /// interrupt line.
+    pub const STATE_BYTES: usize = 2 + 4 + 4 + 1;
+
+    /// What the guest wrote, for a snapshot (the BARs' sizes and homes
+    /// are the VM's config's, not saved).
+    pub fn save_state(&self) -> [u8; Self::STATE_BYTES] {
+        let mut out = [0u8; Self::STATE_BYTES];
+        out[0..2].copy_from_slice(&self.command.to_le_bytes());
+        out[2..6].copy_from_slice(&self.bars[0].to_le_bytes());
+        out[6..10].copy_from_slice(&self.bars[1].to_le_bytes());
+        out[10] = self.interrupt_line;
+        out
+    }
+
+    /// Takes a saved state, if it is one a guest could have written
+    /// (only writable command bits, BARs aligned to their sizes); a
+    /// refused one changes nothing.
+    pub fn restore_state(&mut self, b: &[u8; Self::STATE_BYTES]) -> Result<(), &'static str> {
+        let command = u16::from_le_bytes([b[0], b[1]]);
+        let bars = [
+            u32::from_le_bytes([b[2], b[3], b[4], b[5]]),
+            u32::from_le_bytes([b[6], b[7], b[8], b[9]]),
+        ];
+        let writable = command::MEMORY | command::BUS_MASTER | command::INTX_DISABLE;
+        if command & !writable != 0 {
+            return Err("PCI command has bits a guest cannot set");
+        }
+        if bars.iter().zip(self.sizes).any(|(b, s)| b & (s - 1) != 0) {
+            return Err("a PCI BAR is not aligned to its size");
+        }
+        self.command = command;
+        self.bars = bars;
+        self.interrupt_line = b[10];
+        Ok(())
     }
 
     /// Back to the reset state (memory decoding off, BARs at home).

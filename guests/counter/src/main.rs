@@ -11,11 +11,15 @@
 //! `counter.period_ms=P` ms (10 if not given). `counter.fill=M` also
 //! writes M MiB past the region once at boot (a constant pattern, outside
 //! the sums), so a snapshot or migration has that much more to send.
+//! `counter.chan=1` makes the VM's first channel end's shared memory a
+//! second region: each tick rewrites one of its words too, S covers both
+//! regions, and the tenth-tick check adds it up as well, so a restored VM
+//! whose channel memory did not come back as it was prints `FAIL`.
 #![no_std]
 #![no_main]
 
 use core::sync::atomic::{AtomicU64, Ordering};
-use guest_rt::{counter, gic, println, read64, vtimer, write64};
+use guest_rt::{counter, gic, mmio_read32, println, read64, vtimer, write64};
 
 const VTIMER_INTID: u32 = 27;
 const REGION_BYTES: usize = 2 << 20;
@@ -28,6 +32,12 @@ static N: AtomicU64 = AtomicU64::new(0);
 static SUM: AtomicU64 = AtomicU64::new(0);
 static PERIOD: AtomicU64 = AtomicU64::new(0);
 static FIRED: AtomicU64 = AtomicU64::new(0);
+
+/// The VM's first channel end (bulkhead_config::channel_regs_ipa(0) and
+/// channel_shm_ipa(0)); its SIZE register says how big the memory is.
+const CHAN_REGS: usize = 0x1000_0000;
+const CHAN_SHM: usize = 0x1010_0000;
+const CHAN_SIZE_REG: usize = 0x10;
 
 /// A word's value from its index and the tick that wrote it.
 fn mix(i: u64, n: u64) -> u64 {
@@ -67,9 +77,10 @@ fn region() -> usize {
     (guest_rt::image_end() + 0xfff) & !0xfff
 }
 
-fn full_sum() -> u64 {
+fn full_sum(chan_words: usize) -> u64 {
     let base = region();
-    (0..WORDS).fold(0u64, |s, i| s.wrapping_add(read64(base + 8 * i)))
+    let ram = (0..WORDS).fold(0u64, |s, i| s.wrapping_add(read64(base + 8 * i)));
+    (0..chan_words).fold(ram, |s, i| s.wrapping_add(read64(CHAN_SHM + 8 * i)))
 }
 
 #[unsafe(no_mangle)]
@@ -79,15 +90,25 @@ pub extern "C" fn guest_main() -> ! {
     for i in 0..WORDS {
         write64(base + 8 * i, mix(i as u64, 0));
     }
-    SUM.store(full_sum(), Ordering::SeqCst);
+    // The channel's words are numbered on from the region's.
+    let chan_words = if guest_rt::dtb_value(b"counter.chan=") == Some(1) {
+        mmio_read32(CHAN_REGS + CHAN_SIZE_REG) as usize / 8
+    } else {
+        0
+    };
+    for i in 0..chan_words {
+        write64(CHAN_SHM + 8 * i, mix((WORDS + i) as u64, 0));
+    }
+    SUM.store(full_sum(chan_words), Ordering::SeqCst);
     let fill = guest_rt::dtb_value(b"counter.fill=").unwrap_or(0) as usize;
     let extra = base + REGION_BYTES;
     for i in 0..(fill << 20) / 8 {
         write64(extra + 8 * i, 0x636f_756e_7465_7200 | (i as u64 & 0xff));
     }
     println!(
-        "COUNTER boot: {} KiB region, {fill} MiB filled, {ticks} ticks",
-        REGION_BYTES >> 10
+        "COUNTER boot: {} KiB region, {} bytes of channel memory, {fill} MiB filled, {ticks} ticks",
+        REGION_BYTES >> 10,
+        chan_words * 8
     );
     let period_ms = guest_rt::dtb_value(b"counter.period_ms=")
         .unwrap_or(10)
@@ -114,9 +135,16 @@ pub extern "C" fn guest_main() -> ! {
             sum = sum.wrapping_sub(read64(at)).wrapping_add(new);
             write64(at, new);
         }
+        if chan_words > 0 {
+            let i = n as usize % chan_words;
+            let at = CHAN_SHM + 8 * i;
+            let new = mix((WORDS + i) as u64, n);
+            sum = sum.wrapping_sub(read64(at)).wrapping_add(new);
+            write64(at, new);
+        }
         SUM.store(sum, Ordering::SeqCst);
         if n % 10 == 0 {
-            let whole = full_sum();
+            let whole = full_sum(chan_words);
             if whole != sum {
                 println!("FAIL COUNT {n}: region sums to {whole:#x}, kept sum {sum:#x}");
                 guest_rt::system_off();
