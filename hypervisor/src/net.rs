@@ -26,10 +26,15 @@ use virtio_drivers::device::net::VirtIONetRaw;
 use virtio_drivers::transport::mmio::{MmioTransport, VirtIOHeader};
 use virtio_drivers::transport::{DeviceType, Transport};
 
-/// Receive buffers posted to the physical NIC (and its queue size).
+/// The physical NIC's queue size: receive buffers posted, and frames in
+/// flight on transmit. (`VirtIONetRaw` holds per-descriptor state inline
+/// and is built on the boot stack: 64 overflowed its 64 KiB.)
 const UPLINK_QUEUE: usize = 16;
-/// One receive buffer: the virtio-net header and the largest frame.
+/// One buffer: the virtio-net header and the largest frame.
 const RX_BUF: usize = 2048;
+/// How long a transmit waits for a free buffer before it drops the frame
+/// (the NIC has stopped taking them), in ms.
+const TX_WAIT_MS: u64 = 100;
 /// Hosts the uplink may teach each switch, besides the VMs' own MACs.
 const LEARNED: usize = 256;
 
@@ -194,6 +199,12 @@ pub struct Uplink {
     bufs: Vec<Box<[u8; RX_BUF]>>,
     /// The receive token each buffer is posted under.
     tokens: Vec<Option<u16>>,
+    /// Transmit buffers, and the token and length each is in flight under
+    /// (`None`: free). A frame is queued and the sender goes on; a buffer
+    /// is taken back once the NIC has used it, so up to the queue's size
+    /// frames are on their way at once.
+    tx_bufs: Vec<Box<[u8; RX_BUF]>>,
+    tx_inflight: Vec<Option<(u16, usize)>>,
     pub stats: UplinkStats,
 }
 
@@ -261,6 +272,8 @@ impl Uplink {
             nic,
             bufs: (0..UPLINK_QUEUE).map(|_| Box::new([0u8; RX_BUF])).collect(),
             tokens: alloc::vec![None; UPLINK_QUEUE],
+            tx_bufs: (0..UPLINK_QUEUE).map(|_| Box::new([0u8; RX_BUF])).collect(),
+            tx_inflight: alloc::vec![None; UPLINK_QUEUE],
             stats: UplinkStats::default(),
         };
         for i in 0..UPLINK_QUEUE {
@@ -307,21 +320,76 @@ impl Uplink {
         }
         len
     }
+
+    /// Takes back every transmit buffer the NIC has used.
+    fn reap(&mut self) {
+        while let Some(token) = self.nic.poll_transmit() {
+            let Some(i) = self
+                .tx_inflight
+                .iter()
+                .position(|t| t.is_some_and(|(tok, _)| tok == token))
+            else {
+                // Not ours: nothing sane to do but stop looking.
+                self.stats.tx_errors += 1;
+                return;
+            };
+            let len = self.tx_inflight[i].map_or(0, |(_, len)| len);
+            self.tx_inflight[i] = None;
+            // SAFETY: the same buffer and length posted under `token`.
+            match unsafe { self.nic.transmit_complete(token, &self.tx_bufs[i][..len]) } {
+                Ok(_) => self.stats.tx += 1,
+                Err(_) => self.stats.tx_errors += 1,
+            }
+        }
+    }
+
+    /// Queues one frame for the NIC without waiting for it to go out;
+    /// waits only for a free buffer, and drops the frame (an error in the
+    /// counters) if none frees in [`TX_WAIT_MS`].
+    fn transmit(&mut self, frame: &[u8]) {
+        let deadline = crate::arch::regs::cntpct_el0()
+            .saturating_add(crate::arch::regs::cntfrq_el0() / 1000 * TX_WAIT_MS);
+        let i = loop {
+            self.reap();
+            if let Some(i) = self.tx_inflight.iter().position(Option::is_none) {
+                break i;
+            }
+            if crate::arch::regs::cntpct_el0() > deadline {
+                self.stats.tx_errors += 1;
+                return;
+            }
+            core::hint::spin_loop();
+        };
+        let buf = &mut self.tx_bufs[i][..];
+        let Ok(hdr) = self.nic.fill_buffer_header(buf) else {
+            self.stats.tx_errors += 1;
+            return;
+        };
+        let len = hdr + frame.len();
+        let Some(body) = buf.get_mut(hdr..len) else {
+            self.stats.tx_errors += 1;
+            return;
+        };
+        body.copy_from_slice(frame);
+        // SAFETY: the buffer is boxed (it does not move) and is not touched
+        // until `reap` has seen its token used.
+        match unsafe { self.nic.transmit_begin(&self.tx_bufs[i][..len]) } {
+            Ok(token) => self.tx_inflight[i] = Some((token, len)),
+            Err(_) => self.stats.tx_errors += 1,
+        }
+    }
 }
 
-/// Sends a frame out of the physical NIC (waits for it to be taken). We
-/// negotiate no offload with it: a frame that asks for one goes out with
-/// its checksum done, or cut into MTU-sized segments.
+/// Sends a frame out of the physical NIC (queued: [`Uplink::transmit`]).
+/// We negotiate no offload with it: a frame that asks for one goes out
+/// with its checksum done, or cut into MTU-sized segments.
 fn uplink_send(frame: &[u8], off: &Offload) {
     let Some(u) = uplink() else {
         return;
     };
     let mut u = u.lock();
     let mut out = [0u8; MAX_FRAME];
-    offload::resolve(frame, off, &mut out, |piece| match u.nic.send(piece) {
-        Ok(()) => u.stats.tx += 1,
-        Err(_) => u.stats.tx_errors += 1,
-    });
+    offload::resolve(frame, off, &mut out, |piece| u.transmit(piece));
 }
 
 /// A frame from the hypervisor's own endpoint (crate::mgmt), straight out
@@ -335,7 +403,11 @@ pub fn uplink_interrupt() {
     let Some(u) = uplink() else {
         return;
     };
-    u.lock().nic.ack_interrupt();
+    {
+        let mut u = u.lock();
+        u.nic.ack_interrupt();
+        u.reap();
+    }
     poll_uplink();
 }
 
