@@ -15,7 +15,7 @@ use bulkhead_snapshot::{
     Decoder, Device, Encoder, Error, RamChunk, Record, VcpuState, VmInfo, HEADER_LEN, TAG_DEVICE,
     TAG_END, TAG_RAM, TAG_VCPU, TAG_VGIC, TAG_VM,
 };
-use bulkhead_channel::state::SavedEnd;
+use bulkhead_snapshot::channel::SavedEnd;
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

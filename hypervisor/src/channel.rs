@@ -20,8 +20,8 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use bulkhead_channel::state::SavedEnd;
 use bulkhead_channel::{Channel, PciFunction};
+use bulkhead_snapshot::channel::SavedEnd;
 use bulkhead_types::VcpuId;
 use spin::Mutex;
 

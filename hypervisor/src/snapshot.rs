@@ -57,7 +57,7 @@ const DEV_PSCI: &str = "psci";
 const DEV_TIME: &str = "time";
 /// `virtio<N>`: the VM's virtio device N (`bulkhead_virtio::state`).
 const DEV_VIRTIO: &str = "virtio";
-/// `chan<K>`: the VM's channel end K (`bulkhead_channel::state`), with
+/// `chan<K>`: the VM's channel end K (`bulkhead_snapshot::channel`), with
 /// the channel's shared memory.
 const DEV_CHANNEL: &str = "chan";
 /// How long a snapshot or migration waits, the VM paused, for its disk

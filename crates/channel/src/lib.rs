@@ -20,10 +20,6 @@
 #![no_std]
 #![deny(unsafe_code)]
 
-extern crate alloc;
-
-pub mod state;
-
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 /// PCI identity of a channel end: the vendor and device ID of QEMU's
@@ -107,7 +103,7 @@ impl Channel {
 
     /// End `end`'s VM was restored from a snapshot: its pending doorbell
     /// and count are the snapshot's (`isr` checked by
-    /// [`state::SavedEnd::decode`]), and the peer sees it up.
+    /// `bulkhead_snapshot::channel::SavedEnd::decode`), and the peer sees it up.
     pub fn restore_end(&self, end: usize, isr: u32, count: u32) {
         if let (Some(i), Some(c), Some(u)) =
             (self.isr.get(end), self.count.get(end), self.up.get(end))

@@ -666,3 +666,7 @@ impl<'a> Device<'a> {
 mod tests;
 
 pub mod precopy;
+
+/// A channel end's saved state (here rather than in `bulkhead-channel`,
+/// which bare-metal guests without a heap use too).
+pub mod channel;

@@ -20,7 +20,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use crate::{PciFunction, ISR_DOORBELL};
+use bulkhead_channel::{PciFunction, ISR_DOORBELL};
 
 pub const VERSION: u8 = 1;
 const PAGE: usize = 4096;
@@ -189,7 +189,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{command, Channel};
+    use bulkhead_channel::{command, Channel};
 
     fn sample() -> SavedEnd {
         let mut shm = alloc::vec![0u8; 3 * PAGE];
@@ -257,14 +257,14 @@ mod tests {
     fn an_end_restored_has_its_doorbell_and_count_and_its_vm_is_up() {
         let ch = Channel::new(4096);
         ch.set_up(0, true);
-        ch.write(0, crate::reg::DOORBELL, 4, 0);
-        ch.write(0, crate::reg::DOORBELL, 4, 0);
+        ch.write(0, bulkhead_channel::reg::DOORBELL, 4, 0);
+        ch.write(0, bulkhead_channel::reg::DOORBELL, 4, 0);
         assert_eq!(ch.end_state(1), (ISR_DOORBELL, 2));
         let other = Channel::new(4096);
         other.restore_end(1, ISR_DOORBELL, 2);
         assert!(other.line(1));
-        assert_eq!(other.read(1, crate::reg::COUNT, 4), 2);
-        assert_eq!(other.read(0, crate::reg::PEER, 4), 1);
+        assert_eq!(other.read(1, bulkhead_channel::reg::COUNT, 4), 2);
+        assert_eq!(other.read(0, bulkhead_channel::reg::PEER, 4), 1);
     }
 
     #[test]
