@@ -10,6 +10,7 @@ mod arch;
 mod channel;
 mod console;
 mod dirty;
+mod hold;
 mod mgmt;
 mod net;
 mod percpu;

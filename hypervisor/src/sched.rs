@@ -636,6 +636,9 @@ fn wake_timers(pool: &PoolHw, t: u64) {
 /// one's registers are saved. Interrupts for it meanwhile stay pending in
 /// its vGIC. Errors (and the VM runs on) if a vCPU does not leave in 2 s.
 pub fn pause(vm: &Vm) -> Result<(), String> {
+    if vm.pool.is_empty() {
+        return crate::hold::pause(vm);
+    }
     let pool = pool_of(vm).ok_or_else(|| alloc::format!("{} is not a pool VM", vm.name))?;
     vm.paused.store(true, Ordering::Release);
     for pv in &vm.pool {
@@ -666,9 +669,22 @@ pub fn pause(vm: &Vm) -> Result<(), String> {
 /// Lets a paused VM run again: every vCPU is woken and the ones that are
 /// on run (a spurious wake-up of a waiting one is allowed by WFI).
 pub fn resume(vm: &Vm) {
+    if vm.pool.is_empty() {
+        return crate::hold::resume(vm);
+    }
     vm.paused.store(false, Ordering::Release);
     for v in 0..vm.n_vcpus() {
         kick(vm, VcpuId(v));
+    }
+}
+
+/// A restore filled the saved registers of stopped VM `vm` and made it
+/// running: its vCPUs run from them.
+pub fn start_restored(vm: &Vm) {
+    if vm.pool.is_empty() {
+        crate::hold::start_restored(vm);
+    } else {
+        resume(vm);
     }
 }
 
@@ -680,6 +696,9 @@ pub fn with_saved<R>(
     vcpu: VcpuId,
     f: impl FnOnce(&mut GuestRegs, &mut Context, &mut bool) -> R,
 ) -> Option<R> {
+    if vm.pool.is_empty() {
+        return crate::hold::with_saved(vm, vcpu, f);
+    }
     let pv = vm.pool_vcpu(vcpu)?;
     if pv.loaded.load(Ordering::Acquire) != 0 {
         return None;

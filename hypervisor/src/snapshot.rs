@@ -1,9 +1,10 @@
-//! `snapshot VM` and `restore VM` (docs/snapshot.md): a pool VM's whole
+//! `snapshot VM` and `restore VM` (docs/snapshot.md): a VM's whole
 //! state as a `bulkhead_snapshot` stream, sent to and fetched from the
 //! snapshot store through the management endpoint (crate::mgmt).
 //!
-//! A snapshot pauses the VM (`sched::pause`: every vCPU off its pCPU,
-//! registers saved), sends its RAM (zero pages skipped), each vCPU's
+//! A snapshot pauses the VM (`sched::pause`: every pool vCPU off its
+//! pCPU, a pinned one held in EL2 on its own (crate::hold), registers
+//! saved), sends its RAM (zero pages skipped), each vCPU's
 //! registers, the vGIC, the UART, the PSCI power states, its virtual
 //! time, its virtio devices and its channel ends (with their shared
 //! memory), and lets the VM run on. A restore fills a stopped VM of the same
@@ -64,6 +65,20 @@ const DEV_CHANNEL: &str = "chan";
 /// requests in flight to be answered.
 const QUIESCE_MS: u64 = 2_000;
 
+/// Live migration (and `track`, its dirty tracking alone) is of pool VMs
+/// only: nothing could slow a pinned vCPU down to make pre-copy converge,
+/// and it is not tested (snapshot and restore of pinned VMs are).
+fn migratable(vm: &Vm) -> Result<(), String> {
+    supported(vm)?;
+    if vm.pool.is_empty() {
+        return Err(format!(
+            "{} is pinned: live migration is of pool VMs only (snapshot and restore work; docs/snapshot.md)",
+            vm.name
+        ));
+    }
+    Ok(())
+}
+
 fn features_word() -> u64 {
     let f = crate::arch::context::features();
     u64::from(f.pauth)
@@ -76,11 +91,14 @@ fn features_word() -> u64 {
 /// Why a VM cannot be snapshot or restored (checked before anything
 /// happens to it).
 fn supported(vm: &Vm) -> Result<(), String> {
-    if vm.pool.is_empty() {
+    if vm.criticality == bulkhead_config::Criticality::Critical {
         return Err(format!(
-            "{} has pinned vCPUs: snapshots are of pool VMs only (docs/snapshot.md)",
+            "{} is critical: held still for a snapshot or migration it would miss its deadlines",
             vm.name
         ));
+    }
+    if vm.pool.is_empty() {
+        crate::hold::check_from_here(vm)?;
     }
     Ok(())
 }
@@ -694,8 +712,18 @@ fn apply(vm: &Vm, r: Box<Ready>, how: &str) {
         crate::sched::clear_timer_fired(vm, VcpuId(v as u16));
     }
     // RAM went to memory as the stream came (`Staged::record`).
+    let now = regs::cntpct_el0();
     vm.cntvoff
-        .store(regs::cntpct_el0().wrapping_sub(r.vcount), Ordering::Relaxed);
+        .store(now.wrapping_sub(r.vcount), Ordering::Relaxed);
+    if r.vcount > now && vm.pool.is_empty() {
+        // Right on hardware; QEMU computes the timer's deadline as CVAL +
+        // CNTVOFF and takes its overflow for "never".
+        let ahead = (r.vcount - now) * 1000 / regs::cntfrq_el0().max(1);
+        log::warn!(
+            "{}: its virtual count is {ahead} ms ahead of this machine's counter, so CNTVOFF wraps: under QEMU its pinned vCPUs' virtual timer will not fire until this machine's counter passes it",
+            vm.name
+        );
+    }
     {
         let mut st = vm.state.lock();
         st.power = r.power;
@@ -712,7 +740,7 @@ fn apply(vm: &Vm, r: Box<Ready>, how: &str) {
     // It counts as running again for the machine's power-off.
     crate::system::vm_started();
     log::info!("{}: {how} (of VM '{}')", vm.name, r.from);
-    crate::sched::resume(vm);
+    crate::sched::start_restored(vm);
     // It may have come from another machine: the network learns where it
     // is now before the guest says anything.
     crate::net::vm_started(vm, true);
@@ -998,7 +1026,7 @@ impl Session for Migrator<'_> {
 /// stops it here once that machine has checked it all. On any failure
 /// before that the VM runs on here, as it was.
 pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
-    supported(vm)?;
+    migratable(vm)?;
     if vm.state.lock().lifecycle != Lifecycle::Running {
         return Err(format!("{} is not running", vm.name));
     }
@@ -1131,7 +1159,7 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
 /// bench`, `mem_stream_tracked`). Pages are not protected again: what the
 /// guest pays is one fault per page it writes and the split stage 2.
 pub fn track(vm: &Vm) -> Result<String, String> {
-    supported(vm)?;
+    migratable(vm)?;
     if vm.state.lock().lifecycle != Lifecycle::Running {
         return Err(format!("{} is not running", vm.name));
     }
@@ -1243,7 +1271,7 @@ impl Session for Incoming<'_> {
 /// `incoming VM`: waits for a migration into stopped VM `vm` and runs it
 /// once the source has let go of it (its FIN after our `OK`).
 pub fn incoming(vm: &Vm) -> Result<String, String> {
-    supported(vm)?;
+    migratable(vm)?;
     if vm.state.lock().lifecycle != Lifecycle::Stopped {
         return Err(format!("{} is not stopped: stop it first", vm.name));
     }

@@ -424,8 +424,10 @@ pub extern "C" fn idle() -> ! {
     }
     loop {
         if let Some((vm, vcpu)) = current() {
+            crate::hold::enter_if_restored(vm, vcpu);
             let mut st = vm.state.lock();
-            if st.lifecycle == Lifecycle::Running {
+            // A held VM's vCPU that was off stays off until it resumes.
+            if st.lifecycle == Lifecycle::Running && !vm.paused.load(Ordering::Acquire) {
                 if let Some((entry, context)) = st.power.take_start(vcpu) {
                     st.running |= 1 << vcpu.0;
                     drop(st);

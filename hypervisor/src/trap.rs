@@ -399,6 +399,11 @@ extern "C" fn handle_lower_irq(frame: &mut TrapFrame) {
         }
     }
     if recheck {
+        if vm.paused.load(Ordering::Acquire) {
+            // A pinned VM held for a snapshot (pool vCPUs are taken off by
+            // the scheduler instead).
+            crate::hold::hold_here(vm, vcpu, frame);
+        }
         let st = vm.state.lock();
         let off = !matches!(st.power.state(vcpu), Some(bulkhead_psci::VcpuPower::On));
         if st.lifecycle != Lifecycle::Running || off {

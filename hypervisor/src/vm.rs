@@ -162,6 +162,9 @@ pub struct Vm {
     /// A pool VM's vCPUs (their scheduling handles and saved state);
     /// empty for a pinned VM.
     pub pool: Vec<crate::sched::PoolVcpu>,
+    /// A pinned VM's vCPUs' slots for their registers while it is held
+    /// for a snapshot or restored from one (`hold`); empty for a pool VM.
+    pub pinned: Vec<crate::hold::Pinned>,
     /// Per pCPU: the vCPU of this VM that last ran there, + 1 (0: none),
     /// which decides whether loading another one there needs TLB
     /// maintenance.
@@ -335,6 +338,11 @@ impl Vm {
             name: cfg.name.clone(),
             pcpus: cfg.pcpus.iter().map(|&p| PcpuId(p)).collect(),
             n_vcpus,
+            pinned: if pool.is_empty() {
+                (0..n_vcpus).map(|_| crate::hold::Pinned::new()).collect()
+            } else {
+                Vec::new()
+            },
             pool,
             last_ran: [const { AtomicU16::new(0) }; arch::MAX_CPUS],
             ram,
@@ -545,6 +553,7 @@ impl Vm {
     /// (Re)starts the VM from a fresh image with vCPU 0 pending. Called with
     /// the state lock held and no vCPU running.
     pub fn boot(&self, st: &mut VmState) {
+        crate::hold::forget(self);
         crate::channel::vm_starting(self);
         // Before the memory is scrubbed: nothing may be delivered into the
         // old instance's rings once the new one's memory is laid out.

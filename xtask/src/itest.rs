@@ -1305,6 +1305,10 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
         println!("snapshot and restore across two machines (snapshot)…");
         tally.record("snapshot", crate::snaptest::run());
     }
+    if wanted("snapshot_pinned") {
+        println!("snapshot and restore of a pinned VM across two machines (snapshot_pinned)…");
+        tally.record("snapshot_pinned", crate::snaptest::run_pinned());
+    }
     if wanted("migrate") {
         println!("migration between two machines, and a target killed mid-stream (migrate)…");
         tally.record("migrate", crate::migtest::run());

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const CONFIG: &str = "configs/test-snapshot.toml";
+/// The same VMs pinned, each to a pCPU of its own.
+pub const CONFIG_PINNED: &str = "configs/test-snapshot-pinned.toml";
 /// The guest's `counter.ticks` in that config.
 const TICKS: u64 = 1000;
 /// The counter guest's region and per-tick writes (guests/counter).
@@ -199,8 +201,32 @@ fn decode_file(path: &Path) -> Result<String> {
     ))
 }
 
+/// Snapshot and restore of the pool counter (`configs/test-snapshot.toml`).
 pub fn run() -> Result<()> {
-    let built = build::build(Path::new(CONFIG), Output::Quiet)?;
+    run_config(CONFIG)
+}
+
+/// The same with the counter pinned to its own pCPU.
+pub fn run_pinned() -> Result<()> {
+    run_config(CONFIG_PINNED)
+}
+
+/// What machine B waits for before its real restore. A pinned vCPU
+/// takes its virtual timer from the hardware, and QEMU's timer never
+/// fires when CNTVOFF wraps (the VM's virtual count ahead of this
+/// machine's counter, which a restore early in B's uptime gives: the
+/// hypervisor warns of it). A pool vCPU's waits are timed by the
+/// scheduler, so the pool test restores at once.
+fn restore_waits(config: &str) -> &'static str {
+    if config == CONFIG_PINNED {
+        "[bystander] COUNT 250 "
+    } else {
+        "bulkhead> "
+    }
+}
+
+fn run_config(config: &str) -> Result<()> {
+    let built = build::build(Path::new(config), Output::Quiet)?;
     let sums = expected_sums(TICKS, CHAN_WORDS);
     let good = store_file("counter");
     let _ = std::fs::remove_file(&good);
@@ -290,7 +316,10 @@ pub fn run() -> Result<()> {
                 "restore of 'counter-bad' failed",
                 "restore counter counter-cut\r",
             ),
-            ("restore of 'counter-cut' failed", "restore counter\r"),
+            ("restore of 'counter-cut' failed", "\r"),
+            // Late enough that this machine's counter is past the
+            // snapshot's virtual count: see `restore_waits`.
+            (restore_waits(config), "restore counter\r"),
             ("[counter] COUNTER done", "stop bystander\r"),
         ],
     )
