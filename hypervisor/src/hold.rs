@@ -19,9 +19,10 @@
 //! critical VM's deadlines do not survive a pause: `snapshot::supported`
 //! refuses both before anything happens.
 
-use crate::arch::{self, context::Context, gic, regs, GuestRegs, TrapFrame};
+use crate::arch::{self, context::Context, regs, GuestRegs, TrapFrame};
 use crate::percpu;
-use crate::vm::{Lifecycle, Vm, VTIMER_INTID};
+use crate::sched::Saved;
+use crate::vm::{Lifecycle, Vm};
 use alloc::string::String;
 use bulkhead_types::VcpuId;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -36,22 +37,10 @@ pub struct Pinned {
     restored: AtomicBool,
 }
 
-struct Saved {
-    regs: GuestRegs,
-    ctx: Context,
-    /// The physical timer PPI was active (the guest had not deactivated
-    /// its last timer interrupt).
-    timer_active: bool,
-}
-
 impl Pinned {
     pub fn new() -> Pinned {
         Pinned {
-            saved: Mutex::new(Saved {
-                regs: GuestRegs::zero(),
-                ctx: Context::fresh(),
-                timer_active: false,
-            }),
+            saved: Mutex::new(Saved::fresh()),
             held: AtomicBool::new(false),
             restored: AtomicBool::new(false),
         }
@@ -163,19 +152,8 @@ pub fn hold_here(vm: &Vm, vcpu: VcpuId, frame: &TrapFrame) {
     let Some(p) = vm.pinned.get(vcpu.index()) else {
         return;
     };
-    {
-        let mut sv = p.saved.lock();
-        sv.regs.x = frame.x;
-        sv.regs.elr = regs::elr_el2();
-        sv.regs.spsr = regs::spsr_el2();
-        // Also turns the vCPU's timers off: they cannot fire meanwhile.
-        sv.ctx.save();
-        let gicr = percpu::this().gicr.load(Ordering::Relaxed);
-        sv.timer_active = gicr != 0 && gic::ppi_active(gicr, VTIMER_INTID);
-        if sv.timer_active {
-            gic::set_ppi_active(gicr, VTIMER_INTID, false);
-        }
-    }
+    // Also turns the vCPU's timers off: they cannot fire meanwhile.
+    p.saved.lock().capture(frame);
     p.held.store(true, Ordering::Release);
     log::debug!("{} {}: held", vm.name, vcpu);
     while vm.paused.load(Ordering::Acquire) {
@@ -220,15 +198,7 @@ fn enter_saved(vm: &Vm, vcpu: VcpuId) -> ! {
     regs::set_vpidr_el2(regs::midr_el1());
     regs::set_vmpidr_el2((1 << 31) | bulkhead_psci::vcpu_mpidr(vcpu.0));
     regs::set_cntvoff_el2(vm.cntvoff.load(Ordering::Relaxed));
-    let gicr = percpu::this().gicr.load(Ordering::Relaxed);
-    let regs = {
-        let sv = p.saved.lock();
-        sv.ctx.restore();
-        if gicr != 0 {
-            gic::set_ppi_active(gicr, VTIMER_INTID, sv.timer_active);
-        }
-        sv.regs
-    };
+    let regs = p.saved.lock().load(false);
     p.held.store(false, Ordering::Release);
     if vcpu.0 == 0 {
         // A ring that came while it was held.

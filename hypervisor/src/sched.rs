@@ -62,12 +62,51 @@ pub struct PoolVcpu {
     moved_to: AtomicUsize,
 }
 
-struct Saved {
-    regs: GuestRegs,
-    ctx: Context,
+/// A vCPU's registers while no pCPU holds them: a pool vCPU off its
+/// pCPU, or a pinned one held or restored (crate::hold).
+pub struct Saved {
+    pub regs: GuestRegs,
+    pub ctx: Context,
     /// The physical timer PPI was active (the guest had not yet
     /// deactivated its last timer interrupt) when it left its pCPU.
-    timer_active: bool,
+    pub timer_active: bool,
+}
+
+impl Saved {
+    pub fn fresh() -> Saved {
+        Saved {
+            regs: GuestRegs::zero(),
+            ctx: Context::fresh(),
+            timer_active: false,
+        }
+    }
+
+    /// Takes the vCPU this pCPU runs: its trap frame, its EL1 context
+    /// (its timers are left off, so they cannot fire into what runs
+    /// next), and its timer PPI's active state, which is cleared here.
+    pub fn capture(&mut self, frame: &TrapFrame) {
+        self.regs.x = frame.x;
+        self.regs.elr = regs::elr_el2();
+        self.regs.spsr = regs::spsr_el2();
+        self.ctx.save();
+        let gicr = percpu::this().gicr.load(Ordering::Relaxed);
+        self.timer_active = gicr != 0 && gic::ppi_active(gicr, VTIMER_INTID);
+        if self.timer_active {
+            gic::set_ppi_active(gicr, VTIMER_INTID, false);
+        }
+    }
+
+    /// Loads the EL1 context into this pCPU and makes the timer PPI
+    /// active as it was (or because the timer `fired` while no pCPU held
+    /// the vCPU); returns the registers to enter with.
+    pub fn load(&self, fired: bool) -> GuestRegs {
+        self.ctx.restore();
+        let gicr = percpu::this().gicr.load(Ordering::Relaxed);
+        if gicr != 0 {
+            gic::set_ppi_active(gicr, VTIMER_INTID, self.timer_active || fired);
+        }
+        self.regs
+    }
 }
 
 impl PoolVcpu {
@@ -75,11 +114,7 @@ impl PoolVcpu {
         PoolVcpu {
             pool,
             entity,
-            saved: Mutex::new(Saved {
-                regs: GuestRegs::zero(),
-                ctx: Context::fresh(),
-                timer_active: false,
-            }),
+            saved: Mutex::new(Saved::fresh()),
             loaded: AtomicUsize::new(0),
             wake_at: AtomicU64::new(0),
             timer_fired: AtomicBool::new(false),
@@ -360,17 +395,7 @@ fn switch(frame: &mut TrapFrame, wfi: bool) {
 /// Saves the vCPU this pCPU runs (its trap frame and registers) and
 /// leaves the pCPU without one.
 fn save(pv: &PoolVcpu, frame: &TrapFrame) {
-    let mut sv = pv.saved.lock();
-    sv.regs.x = frame.x;
-    sv.regs.elr = regs::elr_el2();
-    sv.regs.spsr = regs::spsr_el2();
-    sv.ctx.save();
-    let gicr = percpu::this().gicr.load(Ordering::Relaxed);
-    sv.timer_active = gicr != 0 && gic::ppi_active(gicr, VTIMER_INTID);
-    if sv.timer_active {
-        gic::set_ppi_active(gicr, VTIMER_INTID, false);
-    }
-    drop(sv);
+    pv.saved.lock().capture(frame);
     percpu::this().vm_plus_one.store(0, Ordering::Release);
     pv.loaded.store(0, Ordering::Release);
 }
@@ -481,14 +506,7 @@ fn load(pool: &PoolHw, e: Entity) -> Option<GuestRegs> {
             }
             sv.regs
         }
-        None => {
-            let sv = pv.saved.lock();
-            sv.ctx.restore();
-            if gicr != 0 {
-                gic::set_ppi_active(gicr, VTIMER_INTID, sv.timer_active || fired);
-            }
-            sv.regs
-        }
+        None => pv.saved.lock().load(fired),
     };
     if vcpu.0 == 0 {
         // A ring that came while it was not running.

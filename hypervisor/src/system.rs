@@ -380,12 +380,24 @@ pub fn park(vm: &Vm, vcpu: VcpuId) -> ! {
     // The vCPU's timer must not keep firing into the idle loop.
     crate::arch::regs::set_cntv_ctl_el0(0);
     crate::sched::parked(vm, vcpu);
-    {
+    let restart = {
         let mut st = vm.state.lock();
         st.running &= !(1 << vcpu.0);
         if st.running == 0 {
             vm.finish_stop(&mut st);
         }
+        // A CPU_ON of it that came after its CPU_OFF but before it had
+        // left its pCPU: the kick of that CPU_ON found it still running
+        // (a pool vCPU's wake-up then does nothing) and `parked` has just
+        // taken it off its run queue, so it is woken again here.
+        st.lifecycle == Lifecycle::Running
+            && matches!(
+                st.power.state(vcpu),
+                Some(bulkhead_psci::VcpuPower::OnPending { .. })
+            )
+    };
+    if restart {
+        vm.kick_vcpu(vcpu);
     }
     let cpu = percpu::this().index.load(Ordering::Relaxed);
     arch::restart_on_stack(arch::stack_top(cpu), idle)
