@@ -136,13 +136,7 @@ pub fn with_saved<R>(
     if running && !p.held.load(Ordering::Acquire) {
         return None;
     }
-    let mut sv = p.saved.lock();
-    let Saved {
-        regs,
-        ctx,
-        timer_active,
-    } = &mut *sv;
-    Some(f(regs, ctx, timer_active))
+    Some(p.saved.lock().with(f))
 }
 
 /// A kick reached pinned vCPU `vcpu` of paused VM `vm` in the interrupt

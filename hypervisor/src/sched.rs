@@ -96,6 +96,12 @@ impl Saved {
         }
     }
 
+    /// Lends the registers, the context and the timer PPI's state to `f`
+    /// (a snapshot reads them, a restore writes them).
+    pub fn with<R>(&mut self, f: impl FnOnce(&mut GuestRegs, &mut Context, &mut bool) -> R) -> R {
+        f(&mut self.regs, &mut self.ctx, &mut self.timer_active)
+    }
+
     /// Loads the EL1 context into this pCPU and makes the timer PPI
     /// active as it was (or because the timer `fired` while no pCPU held
     /// the vCPU); returns the registers to enter with.
@@ -721,13 +727,7 @@ pub fn with_saved<R>(
     if pv.loaded.load(Ordering::Acquire) != 0 {
         return None;
     }
-    let mut sv = pv.saved.lock();
-    let Saved {
-        regs,
-        ctx,
-        timer_active,
-    } = &mut *sv;
-    Some(f(regs, ctx, timer_active))
+    Some(pv.saved.lock().with(f))
 }
 
 /// Whether pool vCPU `vcpu`'s timer interrupt was set pending while no
