@@ -593,6 +593,53 @@ fn disk_bench() -> Result<(TwoRuns, TwoRuns)> {
     Ok(([best(&n1, &n2), n2], [best(&b1, &b2), b2]))
 }
 
+/// `cargo xtask bench --disk-pairs N`: `n` interleaved native/Bulkhead
+/// runs of configs/bench-disk.toml, each pair's ratios and the median
+/// ratio of each figure. A pair is two runs back to back, so the host's
+/// drift over the whole series (which moves both sides alike) mostly
+/// cancels in its ratio.
+pub fn disk_pairs(n: usize) -> Result<ExitCode> {
+    const MUST: &[&str] = &["virtio_blk_write", "virtio_blk_read", "virtio_blk_4k_iops"];
+    if n == 0 {
+        bail!("--disk-pairs needs at least one pair");
+    }
+    let pair = LinuxPair::build(DISK_CONFIG, false)?;
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); MUST.len()];
+    let mut lines = Vec::new();
+    for i in 1..=n {
+        let native = pair.native("native disk", i, MUST)?;
+        let bulkhead = pair.bulkhead("bulkhead disk", i, MUST)?;
+        let mut cells = Vec::new();
+        for (k, name) in MUST.iter().enumerate() {
+            let get = |side: &[Figure]| side.iter().find(|f| f.name == *name).map(|f| f.value);
+            let (Some(a), Some(b)) = (get(&native), get(&bulkhead)) else {
+                bail!("pair {i} has no {name} figure");
+            };
+            let r = b / a.max(f64::MIN_POSITIVE);
+            ratios[k].push(r);
+            cells.push(format!("{name} {a:.1} / {b:.1} = {r:.3}"));
+        }
+        let line = format!("pair {i}: {}", cells.join(", "));
+        println!("{line}");
+        lines.push(line);
+    }
+    println!();
+    for line in &lines {
+        println!("{line}");
+    }
+    for (name, mut r) in MUST.iter().zip(ratios) {
+        r.sort_by(f64::total_cmp);
+        let median = if r.len() % 2 == 1 {
+            r[r.len() / 2]
+        } else {
+            (r[r.len() / 2 - 1] + r[r.len() / 2]) / 2.0
+        };
+        let (lo, hi) = (r[0], r[r.len() - 1]);
+        println!("{name}: median ratio {median:.3} of {n} pairs (from {lo:.3} to {hi:.3})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// The results as an aligned text table.
 pub fn table(rows: &[Row]) -> String {
     let mut cells = vec![["name", "unit", "native", "bulkhead", "ratio"].map(String::from)];

@@ -93,6 +93,11 @@ enum Verb {
         /// Use configs/bench-quick.toml when it exists.
         #[arg(long)]
         quick: bool,
+        /// Run only the shared-disk benchmark, as this many interleaved
+        /// native/Bulkhead pairs, and print each pair's ratios and their
+        /// median (host time is noisy: docs/benchmarks.md).
+        #[arg(long, value_name = "N", conflicts_with = "quick")]
+        disk_pairs: Option<usize>,
     },
     /// Fuzz the guest-facing decoders and device models with libFuzzer.
     Fuzz {
@@ -169,9 +174,12 @@ fn dispatch(verb: Verb) -> Result<ExitCode> {
             prereq::ensure()?;
             itest::run_all(filter.as_deref(), !no_unit)
         }
-        Verb::Bench { quick } => {
+        Verb::Bench { quick, disk_pairs } => {
             prereq::ensure()?;
-            bench::run(quick)
+            match disk_pairs {
+                Some(n) => bench::disk_pairs(n),
+                None => bench::run(quick),
+            }
         }
         Verb::Fuzz {
             target,
