@@ -599,11 +599,11 @@ const DISK_CONFIG: &str = "configs/bench-disk.toml";
 /// itself, under Bulkhead it drives Bulkhead's over the same device.
 ///
 /// These run in host time, not under `-icount`: there, time a vCPU spends
-/// waiting for QEMU's I/O thread is not instructions, and the two sides
-/// wait differently (natively the guest sleeps and virtual time jumps to
-/// its next timer; under Bulkhead EL2 polls and counts). Wall-clock MiB/s
-/// of the same workload is the comparison that means something; it is
-/// noisier, so both runs are reported (docs/benchmarks.md).
+/// waiting for QEMU's I/O thread is not instructions: when the vCPU
+/// sleeps, virtual time jumps to its next timer. Host-time MiB/s of the
+/// same workload is the comparison that means something; it is noisier,
+/// so both runs are reported, and `--disk-pairs` repeats it
+/// (docs/benchmarks.md).
 fn disk_bench() -> Result<(TwoRuns, TwoRuns)> {
     const MUST: &[&str] = &["virtio_blk_write", "virtio_blk_read", "virtio_blk_4k_iops"];
     let pair = LinuxPair::build(DISK_CONFIG, false)?;
