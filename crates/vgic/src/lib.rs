@@ -1152,13 +1152,9 @@ impl VGic {
             }
             self.store(v, intid, irq);
         }
-        // A level interrupt whose line is still high is re-sampled on
-        // deactivation; a latch that could not merge is looked at when the
-        // LR drains. A line that fell while the LR holds the interrupt (the
-        // guest acknowledged its device before the EOI, as virtio drivers
-        // do) needs no maintenance interrupt: a later rise comes here again
-        // (`set_line` kicks the owner) and puts the bit back.
-        let eoi = irq.hw.is_none() && (irq.latch || (!irq.edge && irq.line));
+        // Level interrupts are re-sampled on deactivation; a latch that could
+        // not merge is looked at when the LR drains.
+        let eoi = irq.hw.is_none() && (!irq.edge || irq.latch);
         *word = lr::encode(&lr::Lr {
             vintid: intid,
             state,

@@ -91,48 +91,6 @@ fn level_interrupt_is_resampled_after_eoi() {
 }
 
 #[test]
-fn level_line_that_falls_while_active_needs_no_eoi_maintenance() {
-    // A virtio driver acknowledges its device (the line falls) before it
-    // deactivates the interrupt: the EOI then needs no maintenance
-    // interrupt, since there is nothing to re-sample.
-    let mut g = linux_like(1, 32);
-    enable(&mut g, 0, 37);
-    g.set_line(0, 37, true);
-    let mut cpu = Cpu::new(0, 4);
-    assert!(cpu.flush(&mut g).eoi_maintenance);
-    assert_eq!(cpu.ack(), Some(37));
-    assert_eq!(
-        g.set_line(0, 37, false),
-        Kicks::vcpu(0),
-        "the owner flushes"
-    );
-    let f = cpu.flush(&mut g);
-    assert!(!f.eoi_maintenance);
-    assert_eq!(cpu.valid().len(), 1);
-    assert_eq!(cpu.valid()[0].state, State::Active);
-    assert!(
-        !cpu.valid()[0].eoi,
-        "the EOI bit is off while the line is low"
-    );
-    // The device asserts again before the guest is done: the bit is back,
-    // and the deactivation re-samples the line.
-    assert_eq!(g.set_line(0, 37, true), Kicks::vcpu(0));
-    assert!(cpu.flush(&mut g).eoi_maintenance);
-    assert!(cpu.valid()[0].eoi);
-    assert!(cpu.eoi(37));
-    cpu.flush(&mut g);
-    assert_eq!(cpu.vintids(), vec![37], "still high: pending again");
-    assert_eq!(cpu.ack(), Some(37));
-    g.set_line(0, 37, false);
-    cpu.flush(&mut g);
-    assert!(cpu.eoi(37));
-    let f = cpu.flush(&mut g);
-    assert!(cpu.valid().is_empty());
-    assert!(!f.eoi_maintenance);
-    assert!(!g.has_deliverable(0));
-}
-
-#[test]
 fn level_line_dropping_withdraws_a_pending_lr() {
     let mut g = linux_like(1, 32);
     enable(&mut g, 0, 38);
