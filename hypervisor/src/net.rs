@@ -138,32 +138,101 @@ fn deliver(s: &SwitchHw, port: usize, frame: &[u8], off: &Offload) {
     }
 }
 
+/// How many times a VM that came from elsewhere announces its MACs.
+pub const ANNOUNCE_ROUNDS: u32 = 5;
+
+/// Milliseconds from round `sent` of the announcements to the next: 50,
+/// 150, 250, 350, the schedule of QEMU's own `announce-self` defaults
+/// (initial 50 ms, step 100 ms, 5 rounds). One frame can be lost on the
+/// way, or reach a switch before its tables forget the old port; the
+/// rounds after it see to that.
+fn announce_gap_ms(sent: u32) -> u64 {
+    50 + 100 * u64::from(sent.saturating_sub(1))
+}
+
+/// A VM's announcement rounds still to come: (its index in
+/// `system::vms`, rounds sent, when the next is due). Serviced by the EL2
+/// timer of the pCPU that started them (`announce_due`).
+static ROUNDS: Mutex<Vec<(usize, u32, u64)>> = Mutex::new(Vec::new());
+
 /// VM `vm` runs (booted, restarted, restored or migrated in): each of its
 /// ports holds its MAC again. With `announce` (it came from elsewhere)
 /// each port also sends [`switch::announce`] of its MAC, flooded to the
 /// switch's other ports and out of the uplink, so the hosts and switches
 /// behind it send the VM's traffic here from now on rather than where it
-/// was.
+/// was; [`ANNOUNCE_ROUNDS`] times in all, the later ones from this pCPU's
+/// EL2 timer.
 pub fn vm_started(vm: &crate::vm::Vm, announce: bool) {
+    for (switch, port) in ports_of(vm) {
+        if let Some(s) = switches().get(switch) {
+            s.table.lock().claim(port);
+        }
+    }
+    if !announce || ports_of(vm).next().is_none() {
+        return;
+    }
+    announce_ports(vm, 1);
+    let next = crate::sched::ms(announce_gap_ms(1)).saturating_add(now());
+    let mut rounds = ROUNDS.lock();
+    rounds.retain(|r| r.0 != usize::from(vm.id.0));
+    rounds.push((usize::from(vm.id.0), 1, next));
+    let at = rounds.iter().map(|r| r.2).min();
+    drop(rounds);
+    crate::sched::set_announce_deadline(at);
+}
+
+/// Round `round` of `vm`'s announcements: one from each of its ports.
+fn announce_ports(vm: &crate::vm::Vm, round: u32) {
     for (switch, port) in ports_of(vm) {
         let Some(s) = switches().get(switch) else {
             continue;
         };
-        let mac = {
-            let mut t = s.table.lock();
-            t.claim(port);
-            t.mac_of(port)
+        let mac = s.table.lock().mac_of(port);
+        let Some(mac) = mac else {
+            continue;
         };
-        if let (true, Some(mac)) = (announce, mac) {
-            send(switch, port, &switch::announce(&mac), &Offload::default());
-            let [a, b, c, d, e, f] = mac;
-            log::info!(
-                "{}: announced MAC {a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x} on switch '{}'",
-                vm.name,
-                s.name
-            );
+        send(switch, port, &switch::announce(&mac), &Offload::default());
+        let [a, b, c, d, e, f] = mac;
+        log::info!(
+            "{}: announced MAC {a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x} on switch '{}' ({round} of {ANNOUNCE_ROUNDS})",
+            vm.name,
+            s.name
+        );
+    }
+}
+
+/// The EL2 timer found a round of announcements due: every VM whose next
+/// round is due sends it, unless it no longer runs here (stopped, or gone
+/// on to another machine), which ends its rounds.
+pub fn announce_due() {
+    let t = now();
+    let mut due = Vec::new();
+    let at = {
+        let mut rounds = ROUNDS.lock();
+        for r in rounds.iter_mut().filter(|r| r.2 <= t) {
+            r.1 += 1;
+            due.push((r.0, r.1));
+            r.2 = t.saturating_add(crate::sched::ms(announce_gap_ms(r.1)));
+        }
+        rounds.retain(|r| r.1 < ANNOUNCE_ROUNDS);
+        rounds.iter().map(|r| r.2).min()
+    };
+    crate::sched::set_announce_deadline(at);
+    for (i, round) in due {
+        let Some(vm) = system::vms().get(i) else {
+            continue;
+        };
+        let running = vm.state.lock().lifecycle == crate::vm::Lifecycle::Running;
+        if running && !vm.paused.load(Ordering::Acquire) {
+            announce_ports(vm, round);
+        } else {
+            ROUNDS.lock().retain(|r| r.0 != i);
         }
     }
+}
+
+fn now() -> u64 {
+    crate::arch::regs::cntpct_el0()
 }
 
 /// VM `vm` stopped (or left for another machine): its MACs may be learned

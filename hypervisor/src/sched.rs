@@ -146,6 +146,8 @@ struct CpuSched {
     /// running vCPU's slice, and the console's stall check.
     slice_at: AtomicU64,
     console_at: AtomicU64,
+    /// When the next round of MAC announcements is due (net.rs).
+    announce_at: AtomicU64,
 }
 
 impl CpuSched {
@@ -156,6 +158,7 @@ impl CpuSched {
             resched: AtomicBool::new(false),
             slice_at: AtomicU64::new(0),
             console_at: AtomicU64::new(0),
+            announce_at: AtomicU64::new(0),
         }
     }
 }
@@ -569,6 +572,15 @@ pub fn set_console_deadline(at: Option<u64>) {
     program();
 }
 
+/// The next round of a moved VM's MAC announcements wants the EL2 timer
+/// at `at` on this pCPU (`None`: no longer).
+pub fn set_announce_deadline(at: Option<u64>) {
+    if let Some(c) = CPUS.get(this_cpu()) {
+        c.announce_at.store(at.unwrap_or(0), Ordering::Relaxed);
+    }
+    program();
+}
+
 /// Arms this pCPU's EL2 timer for the earliest of what waits for it.
 fn program() {
     let Some(c) = CPUS.get(this_cpu()) else {
@@ -577,6 +589,7 @@ fn program() {
     let mut at = [
         c.slice_at.load(Ordering::Relaxed),
         c.console_at.load(Ordering::Relaxed),
+        c.announce_at.load(Ordering::Relaxed),
     ]
     .into_iter()
     .filter(|&t| t != 0)
@@ -602,7 +615,7 @@ fn program() {
 }
 
 /// The EL2 timer fired on this pCPU: the console's stall check, the end
-/// of a slice, or a waiting vCPU's timer.
+/// of a slice, a waiting vCPU's timer, or a round of MAC announcements.
 pub fn el2_timer() {
     let Some(c) = CPUS.get(this_cpu()) else {
         return;
@@ -618,12 +631,20 @@ pub fn el2_timer() {
         c.slice_at.store(0, Ordering::Relaxed);
         c.resched.store(true, Ordering::Release);
     }
+    let announce = c.announce_at.load(Ordering::Relaxed);
+    let announce_due = announce != 0 && announce <= t;
+    if announce_due {
+        c.announce_at.store(0, Ordering::Relaxed);
+    }
     if let Some((pool, _)) = my_pool() {
         wake_timers(pool, t);
     }
     program();
     if console_due {
         system::console_stall_check();
+    }
+    if announce_due {
+        crate::net::announce_due();
     }
 }
 
