@@ -530,18 +530,6 @@ impl LinuxPair {
         })
     }
 
-    /// Deletes disk images that [`LinuxPair::build`] put on /dev/shm.
-    fn remove_tmpfs_disks(&self) {
-        for p in self
-            .built
-            .disks
-            .iter()
-            .filter(|p| p.starts_with("/dev/shm"))
-        {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-
     fn native(&self, side: &str, run: usize, must: &[&str]) -> Result<Vec<Figure>> {
         self.run(side, run, &self.native_args, must)
     }
@@ -558,6 +546,21 @@ impl LinuxPair {
             bail!("{side} run {run} printed no {name} figure");
         }
         Ok(figures)
+    }
+}
+
+/// Disk images that [`LinuxPair::build`] put on /dev/shm are memory:
+/// deleted when the pair is done with, failed runs included.
+impl Drop for LinuxPair {
+    fn drop(&mut self) {
+        for p in self
+            .built
+            .disks
+            .iter()
+            .filter(|p| p.starts_with("/dev/shm"))
+        {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 
@@ -614,7 +617,6 @@ fn disk_bench() -> Result<(TwoRuns, TwoRuns)> {
     let b1 = pair.bulkhead("bulkhead disk", 1, MUST)?;
     let n2 = pair.native("native disk", 2, MUST)?;
     let b2 = pair.bulkhead("bulkhead disk", 2, MUST)?;
-    pair.remove_tmpfs_disks();
     Ok(([best(&n1, &n2), n2], [best(&b1, &b2), b2]))
 }
 
@@ -648,7 +650,6 @@ pub fn disk_pairs(n: usize) -> Result<ExitCode> {
         println!("{line}");
         lines.push(line);
     }
-    pair.remove_tmpfs_disks();
     println!();
     for line in &lines {
         println!("{line}");
