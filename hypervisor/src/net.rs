@@ -172,7 +172,7 @@ pub fn vm_started(vm: &crate::vm::Vm, announce: bool) {
         return;
     }
     announce_ports(vm, 1);
-    let next = crate::sched::ms(announce_gap_ms(1)).saturating_add(now());
+    let next = crate::sched::ms(announce_gap_ms(1)).saturating_add(crate::sched::now());
     let mut rounds = ROUNDS.lock();
     rounds.retain(|r| r.0 != usize::from(vm.id.0));
     rounds.push((usize::from(vm.id.0), 1, next));
@@ -205,7 +205,7 @@ fn announce_ports(vm: &crate::vm::Vm, round: u32) {
 /// round is due sends it, unless it no longer runs here (stopped, or gone
 /// on to another machine), which ends its rounds.
 pub fn announce_due() {
-    let t = now();
+    let t = crate::sched::now();
     let mut due = Vec::new();
     let at = {
         let mut rounds = ROUNDS.lock();
@@ -229,10 +229,6 @@ pub fn announce_due() {
             ROUNDS.lock().retain(|r| r.0 != i);
         }
     }
-}
-
-fn now() -> u64 {
-    crate::arch::regs::cntpct_el0()
 }
 
 /// VM `vm` stopped (or left for another machine): its MACs may be learned

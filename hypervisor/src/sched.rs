@@ -171,7 +171,8 @@ pub fn ms(n: u64) -> u64 {
     regs::cntfrq_el0().saturating_mul(n) / 1000
 }
 
-fn now() -> u64 {
+/// The physical counter, in the ticks of [`ms`].
+pub fn now() -> u64 {
     regs::cntpct_el0()
 }
 

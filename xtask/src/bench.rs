@@ -597,6 +597,9 @@ fn net_bench() -> Result<(TwoRuns, TwoRuns)> {
 /// The shared-disk benchmark's config.
 const DISK_CONFIG: &str = "configs/bench-disk.toml";
 
+/// The figures every run of [`DISK_CONFIG`] must print.
+const DISK_FIGURES: &[&str] = &["virtio_blk_write", "virtio_blk_read", "virtio_blk_4k_iops"];
+
 /// Two native and two Bulkhead runs of configs/bench-disk.toml, each on a
 /// blank disk image: natively the kernel drives QEMU's virtio-blk-device
 /// itself, under Bulkhead it drives Bulkhead's over the same device.
@@ -608,15 +611,14 @@ const DISK_CONFIG: &str = "configs/bench-disk.toml";
 /// so both runs are reported, and `--disk-pairs` repeats it
 /// (docs/benchmarks.md).
 fn disk_bench() -> Result<(TwoRuns, TwoRuns)> {
-    const MUST: &[&str] = &["virtio_blk_write", "virtio_blk_read", "virtio_blk_4k_iops"];
     let pair = LinuxPair::build(DISK_CONFIG, false)?;
     // Interleaved, so a busy spell of the host hits both sides alike; the
     // first run of each side reports the better of its two figures (both
     // are listed where they differ).
-    let n1 = pair.native("native disk", 1, MUST)?;
-    let b1 = pair.bulkhead("bulkhead disk", 1, MUST)?;
-    let n2 = pair.native("native disk", 2, MUST)?;
-    let b2 = pair.bulkhead("bulkhead disk", 2, MUST)?;
+    let n1 = pair.native("native disk", 1, DISK_FIGURES)?;
+    let b1 = pair.bulkhead("bulkhead disk", 1, DISK_FIGURES)?;
+    let n2 = pair.native("native disk", 2, DISK_FIGURES)?;
+    let b2 = pair.bulkhead("bulkhead disk", 2, DISK_FIGURES)?;
     Ok(([best(&n1, &n2), n2], [best(&b1, &b2), b2]))
 }
 
@@ -626,18 +628,17 @@ fn disk_bench() -> Result<(TwoRuns, TwoRuns)> {
 /// drift over the whole series (which moves both sides alike) mostly
 /// cancels in its ratio.
 pub fn disk_pairs(n: usize) -> Result<ExitCode> {
-    const MUST: &[&str] = &["virtio_blk_write", "virtio_blk_read", "virtio_blk_4k_iops"];
     if n == 0 {
         bail!("--disk-pairs needs at least one pair");
     }
     let pair = LinuxPair::build(DISK_CONFIG, false)?;
-    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); MUST.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); DISK_FIGURES.len()];
     let mut lines = Vec::new();
     for i in 1..=n {
-        let native = pair.native("native disk", i, MUST)?;
-        let bulkhead = pair.bulkhead("bulkhead disk", i, MUST)?;
+        let native = pair.native("native disk", i, DISK_FIGURES)?;
+        let bulkhead = pair.bulkhead("bulkhead disk", i, DISK_FIGURES)?;
         let mut cells = Vec::new();
-        for (k, name) in MUST.iter().enumerate() {
+        for (k, name) in DISK_FIGURES.iter().enumerate() {
             let get = |side: &[Figure]| side.iter().find(|f| f.name == *name).map(|f| f.value);
             let (Some(a), Some(b)) = (get(&native), get(&bulkhead)) else {
                 bail!("pair {i} has no {name} figure");
@@ -654,7 +655,7 @@ pub fn disk_pairs(n: usize) -> Result<ExitCode> {
     for line in &lines {
         println!("{line}");
     }
-    for (name, mut r) in MUST.iter().zip(ratios) {
+    for (name, mut r) in DISK_FIGURES.iter().zip(ratios) {
         r.sort_by(f64::total_cmp);
         let median = if r.len() % 2 == 1 {
             r[r.len() / 2]

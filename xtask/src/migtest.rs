@@ -708,8 +708,8 @@ const LINUX_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0x01, 0x1e];
 
 /// What the link saw of the Linux VM's round trip: its MAC announced
 /// [`ANNOUNCE_ROUNDS`] times by machine B (as it arrived there), then as
-/// often by A (back), and nothing else; and the host peer served one TCP session, not a new one after
-/// each move, and echoed every line.
+/// often by A (back), and nothing else; and the host peer served one TCP
+/// session, not a new one after each move, and echoed every line.
 fn linux_session_moved(seen: &Seen) -> Result<()> {
     let from: Vec<usize> = seen
         .announced
