@@ -281,6 +281,9 @@ pub fn accept(s: &mut dyn Session, port: u16, wait_ms: u64) -> Result<Transfer, 
                 wait_ms / 1000
             ));
         }
+        // Nothing to do until a frame comes (the NIC's interrupt wakes
+        // it) or smoltcp's own timers want a poll.
+        crate::system::doze(1);
     }
     exchange(&mut ep, &mut sockets, h, s)
 }

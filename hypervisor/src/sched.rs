@@ -148,6 +148,8 @@ struct CpuSched {
     console_at: AtomicU64,
     /// When the next round of MAC announcements is due (net.rs).
     announce_at: AtomicU64,
+    /// When a shell command that waits wants to be woken (`system::doze`).
+    doze_at: AtomicU64,
 }
 
 impl CpuSched {
@@ -159,6 +161,7 @@ impl CpuSched {
             slice_at: AtomicU64::new(0),
             console_at: AtomicU64::new(0),
             announce_at: AtomicU64::new(0),
+            doze_at: AtomicU64::new(0),
         }
     }
 }
@@ -582,6 +585,16 @@ pub fn set_announce_deadline(at: Option<u64>) {
     program();
 }
 
+/// A waiting shell command wants the EL2 timer at `at` on this pCPU
+/// (`None`: no longer); the timer only wakes it.
+pub fn set_doze_deadline(at: Option<u64>) {
+    if let Some(c) = CPUS.get(this_cpu()) {
+        c.doze_at
+            .store(at.map_or(0, |u| u.max(1)), Ordering::Relaxed);
+    }
+    program();
+}
+
 /// Arms this pCPU's EL2 timer for the earliest of what waits for it.
 fn program() {
     let Some(c) = CPUS.get(this_cpu()) else {
@@ -591,6 +604,7 @@ fn program() {
         c.slice_at.load(Ordering::Relaxed),
         c.console_at.load(Ordering::Relaxed),
         c.announce_at.load(Ordering::Relaxed),
+        c.doze_at.load(Ordering::Relaxed),
     ]
     .into_iter()
     .filter(|&t| t != 0)
@@ -636,6 +650,10 @@ pub fn el2_timer() {
     let announce_due = announce != 0 && announce <= t;
     if announce_due {
         c.announce_at.store(0, Ordering::Relaxed);
+    }
+    let doze = c.doze_at.load(Ordering::Relaxed);
+    if doze != 0 && doze <= t {
+        c.doze_at.store(0, Ordering::Relaxed);
     }
     if let Some((pool, _)) = my_pool() {
         wake_timers(pool, t);

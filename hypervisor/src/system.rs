@@ -403,6 +403,49 @@ pub fn park(vm: &Vm, vcpu: VcpuId) -> ! {
     arch::restart_on_stack(arch::stack_top(cpu), idle)
 }
 
+/// Lets a shell command that waits for the network sleep this pCPU until an
+/// interrupt comes or `ms` pass, instead of spinning: a spinning pCPU
+/// burns a core on hardware, and under QEMU's `-icount` it slows the
+/// machine's virtual clock against its peer's, which a migrated pinned
+/// VM's virtual count then runs ahead of. What comes is served as
+/// [`service_interrupts_without_vcpu`] would, except console input: the
+/// shell is busy with this command, so that stays pending, and the call
+/// returns at once while it does (the command then polls as before).
+/// Only on a pCPU with no vCPU of its own (the shell's usual home);
+/// elsewhere it returns at once.
+pub fn doze(ms: u64) {
+    if current().is_some()
+        || crate::sched::is_pool_cpu(percpu::this().index.load(Ordering::Relaxed))
+    {
+        return;
+    }
+    let ticks = regs::cntfrq_el0() * ms / 1000;
+    crate::sched::set_doze_deadline(Some(regs::cntpct_el0().wrapping_add(ticks)));
+    arch::wait_for_interrupt();
+    while let Some(intid) = gic::ack() {
+        gic::eoi(intid);
+        if let Some(vm) = spi_owner(intid) {
+            passthrough_irq(vm, intid);
+            continue;
+        }
+        gic::deactivate(intid);
+        if intid == gic::KICK_SGI {
+            crate::console::kicked();
+        } else if Some(intid) == crate::console::rx_intid() {
+            // Pending again at once (the UART still holds the bytes):
+            // leave it for when the command is over.
+            break;
+        } else if Some(intid) == el2_timer_intid() {
+            crate::sched::el2_timer();
+        } else if Some(intid) == crate::net::uplink_intid() {
+            crate::net::uplink_interrupt();
+        } else if let Some(d) = crate::virtio::disk_of_intid(intid) {
+            crate::virtio::disk_interrupt(d);
+        }
+    }
+    crate::sched::set_doze_deadline(None);
+}
+
 /// Physical interrupts on a pCPU that runs no vCPU: kicks only wake it;
 /// console input is delivered from here too, since the UART's interrupt
 /// may be routed to an idle pCPU.
