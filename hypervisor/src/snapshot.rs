@@ -65,20 +65,6 @@ const DEV_CHANNEL: &str = "chan";
 /// requests in flight to be answered.
 const QUIESCE_MS: u64 = 2_000;
 
-/// Live migration (and `track`, its dirty tracking alone) is of pool VMs
-/// only: nothing could slow a pinned vCPU down to make pre-copy converge,
-/// and it is not tested (snapshot and restore of pinned VMs are).
-fn migratable(vm: &Vm) -> Result<(), String> {
-    supported(vm)?;
-    if vm.pool.is_empty() {
-        return Err(format!(
-            "{} is pinned: live migration is of pool VMs only (snapshot and restore work; docs/snapshot.md)",
-            vm.name
-        ));
-    }
-    Ok(())
-}
-
 fn features_word() -> u64 {
     let f = crate::arch::context::features();
     u64::from(f.pauth)
@@ -88,8 +74,11 @@ fn features_word() -> u64 {
         | u64::from(f.s1poe) << 4
 }
 
-/// Why a VM cannot be snapshot or restored (checked before anything
-/// happens to it).
+/// Why a VM cannot be snapshot, restored, migrated or tracked (checked
+/// before anything happens to it). Live migration needs nothing more than
+/// a snapshot: a pinned VM's writes fault on its own pCPU as a pool VM's
+/// do. It cannot be slowed down to make pre-copy converge, so
+/// `snap::precopy` pauses it once its rounds stop shrinking.
 fn supported(vm: &Vm) -> Result<(), String> {
     if vm.criticality == bulkhead_config::Criticality::Critical {
         return Err(format!(
@@ -715,14 +704,23 @@ fn apply(vm: &Vm, r: Box<Ready>, how: &str) {
     let now = regs::cntpct_el0();
     vm.cntvoff
         .store(now.wrapping_sub(r.vcount), Ordering::Relaxed);
-    if r.vcount > now && vm.pool.is_empty() {
-        // Right on hardware; QEMU computes the timer's deadline as CVAL +
-        // CNTVOFF and takes its overflow for "never".
-        let ahead = (r.vcount - now) * 1000 / regs::cntfrq_el0().max(1);
-        log::warn!(
-            "{}: its virtual count is {ahead} ms ahead of this machine's counter, so CNTVOFF wraps: under QEMU its pinned vCPUs' virtual timer will not fire until this machine's counter passes it",
-            vm.name
-        );
+    if vm.pool.is_empty() {
+        // A pinned vCPU's virtual timer is the hardware's. With CNTVOFF
+        // wrapped that is still right on hardware, but QEMU computes the
+        // deadline as CVAL + CNTVOFF and takes its overflow for "never".
+        let ms = |t: u64| t * 1000 / regs::cntfrq_el0().max(1);
+        match now.checked_sub(r.vcount) {
+            Some(behind) => log::info!(
+                "{}: its virtual count is {} ms behind this machine's counter",
+                vm.name,
+                ms(behind)
+            ),
+            None => log::warn!(
+                "{}: its virtual count is {} ms ahead of this machine's counter, so CNTVOFF wraps: under QEMU its pinned vCPUs' virtual timer will not fire",
+                vm.name,
+                ms(r.vcount - now)
+            ),
+        }
     }
     {
         let mut st = vm.state.lock();
@@ -1026,7 +1024,7 @@ impl Session for Migrator<'_> {
 /// stops it here once that machine has checked it all. On any failure
 /// before that the VM runs on here, as it was.
 pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
-    migratable(vm)?;
+    supported(vm)?;
     if vm.state.lock().lifecycle != Lifecycle::Running {
         return Err(format!("{} is not running", vm.name));
     }
@@ -1159,7 +1157,7 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
 /// bench`, `mem_stream_tracked`). Pages are not protected again: what the
 /// guest pays is one fault per page it writes and the split stage 2.
 pub fn track(vm: &Vm) -> Result<String, String> {
-    migratable(vm)?;
+    supported(vm)?;
     if vm.state.lock().lifecycle != Lifecycle::Running {
         return Err(format!("{} is not running", vm.name));
     }
@@ -1271,7 +1269,7 @@ impl Session for Incoming<'_> {
 /// `incoming VM`: waits for a migration into stopped VM `vm` and runs it
 /// once the source has let go of it (its FIN after our `OK`).
 pub fn incoming(vm: &Vm) -> Result<String, String> {
-    migratable(vm)?;
+    supported(vm)?;
     if vm.state.lock().lifecycle != Lifecycle::Stopped {
         return Err(format!("{} is not stopped: stop it first", vm.name));
     }

@@ -1313,6 +1313,10 @@ pub fn run_all(filter: Option<&str>, unit: bool) -> Result<ExitCode> {
         println!("migration between two machines, and a target killed mid-stream (migrate)…");
         tally.record("migrate", crate::migtest::run());
     }
+    if wanted("migrate_pinned") {
+        println!("live migration of a pinned VM between two machines and back (migrate_pinned)…");
+        tally.record("migrate_pinned", crate::migtest::run_pinned());
+    }
     if wanted("migrate_busy") {
         println!(
             "live migration of a memory-busy Linux VM, slowed down to converge (migrate_busy)…"
