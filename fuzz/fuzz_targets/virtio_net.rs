@@ -19,7 +19,11 @@
 //! bytes so TSO frames of several segments occur, whole or split after
 //! any byte; or a raw descriptor. A VM also notifies its transmit queue,
 //! writes any register or any RAM bytes; or a frame of any bytes arrives
-//! from the uplink. Transmitted frames go through the switch and are
+//! from the uplink. A VM's driver may also accept the control queue and
+//! GUEST_ANNOUNCE (its ring near the end of its RAM); the hypervisor may
+//! ask a VM to announce itself, and a VM may queue a control command: up
+//! to four buffers anywhere, each either direction, the first given a
+//! header (ANNOUNCE_ACK or any two bytes), and notify the control queue. Transmitted frames go through the switch and are
 //! delivered as the hypervisor delivers them, with the offload `pop_tx`
 //! returned; those for the uplink are resolved into plain frames as the
 //! hypervisor does for the physical NIC.
@@ -35,7 +39,9 @@
 //! uplink whose source is a VM's MAC; that it never learns a VM's MAC on
 //! another port; that it never sends a frame back out of the port it came
 //! from; that what goes to the uplink is plain frames of at most 1518
-//! bytes. A frame delivered to a VM whose negotiated GUEST_CSUM /
+//! bytes; that an announcement is asked for exactly when the driver took
+//! GUEST_ANNOUNCE and the device runs, and a well-formed ANNOUNCE_ACK on
+//! a running control queue ends it with VIRTIO_NET_OK in the ack byte. A frame delivered to a VM whose negotiated GUEST_CSUM /
 //! GUEST_TSO4/6 take its offload (the device's `rx_caps().accepts` agrees)
 //! lands as it is in one receive chain, after exactly
 //! `offload::rx_header(&off)`; one for a VM that does not take it lands as
@@ -81,15 +87,20 @@ const BIG_BUF: u32 = 0x1100;
 /// The longest frame a VM sends after the two MACs.
 const MAX_BODY: usize = 4000;
 const RING: u16 = 64;
+/// The control queue's ring, past the largest receive buffer.
+const CTRL_RING: u64 = 0xf200;
+const CTRL_SIZE: u16 = 16;
 
 /// The features a VM's driver may leave out, bit `i` of the input's mask.
-const OFFLOADS: [u64; 6] = [
+const OFFLOADS: [u64; 8] = [
     f::CSUM,
     f::GUEST_CSUM,
     f::GUEST_TSO4,
     f::GUEST_TSO6,
     f::HOST_TSO4,
     f::HOST_TSO6,
+    f::CTRL_VQ,
+    f::GUEST_ANNOUNCE,
 ];
 /// What every driver accepts, as before offloads came.
 const BASIC: u64 = f::MAC | f::STATUS | feature::RING_EVENT_IDX | feature::VERSION_1;
@@ -196,6 +207,18 @@ enum Op {
     Uplink {
         frame: Vec<u8>,
     },
+    /// The hypervisor asks VM `vm` to announce itself (it was migrated).
+    Announce {
+        vm: bool,
+    },
+    /// VM `vm` queues a control command in `bufs` (offset in its RAM,
+    /// length, device-writable), the first buffer given `hdr` (or
+    /// ANNOUNCE_ACK), and notifies the control queue.
+    Ctrl {
+        vm: bool,
+        hdr: Option<[u8; 2]>,
+        bufs: Vec<(u16, u8, bool)>,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -210,6 +233,7 @@ struct Vm<'a> {
     net: Net,
     rx: Driver,
     tx: Driver,
+    ctrl: Driver,
     /// What the driver negotiated at setup.
     features: u64,
     /// Where the next transmit frame goes in RAM (a bump allocator).
@@ -217,6 +241,9 @@ struct Vm<'a> {
     /// The input wrote over the receive ring's page, reset the device or
     /// toggled a queue: `rx` may no longer see the device's rings.
     tainted: bool,
+    /// The input wrote over the control ring's page: `ctrl` may no longer
+    /// see the device's control ring.
+    ctrl_tainted: bool,
 }
 
 /// A VM with its NIC brought up as Linux would, accepting the offloads
@@ -226,13 +253,14 @@ fn vm(ram: &mut [u8], mac: [u8; 6], mask: u8) -> Vm<'_> {
     let mem = SliceMem::new(BASE, ram);
     let rx = Driver::new(BASE, RING);
     let tx = Driver::new(BASE + 0x1000, RING);
+    let ctrl = Driver::new(BASE + CTRL_RING, CTRL_SIZE);
     let mut net = Net::new(mac);
     let accept = OFFLOADS
         .iter()
         .enumerate()
         .filter(|(i, _)| mask >> i & 1 != 0)
         .fold(BASIC, |a, (_, &b)| a | b);
-    net::driver_init_with(&mut net, rx.layout, tx.layout, &mem, accept);
+    net::driver_init_queues(&mut net, &[rx.layout, tx.layout, ctrl.layout], &mem, accept);
     assert!(net.transport.live());
     assert_eq!(net.transport.negotiated(), accept, "negotiated as accepted");
     Vm {
@@ -240,9 +268,11 @@ fn vm(ram: &mut [u8], mac: [u8; 6], mask: u8) -> Vm<'_> {
         net,
         rx,
         tx,
+        ctrl,
         features: accept,
         next: BASE + TX_FRAMES,
         tainted: false,
+        ctrl_tainted: false,
     }
 }
 
@@ -750,11 +780,85 @@ fuzz_target!(|input: Input| {
                 if at < RX_RING_END && n > 0 {
                     v.tainted = true;
                 }
+                if n > 0 && at < CTRL_RING + 0x400 && at + n as u64 > CTRL_RING {
+                    v.ctrl_tainted = true;
+                }
                 let _ = v.mem.write(BASE + at, &bytes[..n]);
             }
             Op::Uplink { frame } => {
                 let frame = &frame[..frame.len().min(1600)];
                 switch(&mut sw, &mut vms, UPLINK, frame, &Offload::default());
+            }
+            Op::Announce { vm } => {
+                let v = &mut vms[usize::from(vm)];
+                let live = v.net.transport.live();
+                let wants = v.net.transport.negotiated() & f::GUEST_ANNOUNCE != 0;
+                let asked = v.net.announce();
+                assert_eq!(asked, live && wants, "asked to announce");
+                if asked {
+                    assert!(v.net.status() & net::S_ANNOUNCE != 0);
+                    assert!(v.net.irq_level());
+                }
+            }
+            Op::Ctrl { vm, hdr, bufs } => {
+                let v = &mut vms[usize::from(vm)];
+                let bufs: Vec<(u64, u32, bool)> = bufs
+                    .iter()
+                    .take(4)
+                    .map(|&(at, len, w)| (BASE + u64::from(at) % RAM as u64, u32::from(len), w))
+                    .collect();
+                if bufs.is_empty() {
+                    continue;
+                }
+                let hdr = hdr.unwrap_or([net::CTRL_CLASS_ANNOUNCE, net::CTRL_ANNOUNCE_ACK]);
+                let _ = v.mem.write(
+                    bufs[0].0,
+                    &hdr[..usize::try_from(bufs[0].1.min(2)).unwrap()],
+                );
+                // A command that ends the announcement: the header whole in
+                // the first buffer, one writable ack byte last and nothing
+                // else writable, all in RAM, the header not overwritten by
+                // the ring's own writes.
+                let (last, out) = bufs.split_last().unwrap();
+                let in_ram = |&(a, l, _): &(u64, u32, bool)| a + u64::from(l) <= BASE + RAM as u64;
+                let ring_page = |&(a, l, _): &(u64, u32, bool)| {
+                    a + u64::from(l) > BASE + CTRL_RING && a < BASE + CTRL_RING + 0x400
+                };
+                let well_formed = hdr == [net::CTRL_CLASS_ANNOUNCE, net::CTRL_ANNOUNCE_ACK]
+                    && bufs.len() >= 2
+                    && bufs[0].1 >= 2
+                    && !bufs[0].2
+                    && last.2
+                    && last.1 >= 1
+                    && out.iter().all(|b| !b.2)
+                    && bufs.iter().all(in_ram)
+                    && !bufs.iter().any(ring_page);
+                // The header's write and the ack byte's land where the
+                // buffers are: over the receive ring's page they taint it,
+                // as a poke there does.
+                if bufs
+                    .iter()
+                    .any(|&(a, l, _)| a < BASE + RX_RING_END && a + u64::from(l.max(2)) > BASE)
+                {
+                    v.tainted = true;
+                }
+                let running = v.net.transport.live() && !v.tainted && !v.ctrl_tainted;
+                v.ctrl.add(&v.mem, &bufs);
+                let ev = v
+                    .net
+                    .mmio_write(reg::QUEUE_NOTIFY, 4, net::CTRL as u32, &v.mem)
+                    .unwrap_or_default();
+                if well_formed && running && ev.ctrl_broken.is_none() {
+                    assert_eq!(
+                        v.net.status() & net::S_ANNOUNCE,
+                        0,
+                        "announcement acknowledged"
+                    );
+                    let mut ack = [0xffu8];
+                    v.mem.read(last.0, &mut ack).unwrap();
+                    assert_eq!(ack[0], net::CTRL_OK, "ack byte");
+                }
+                while v.ctrl.take_used(&v.mem).is_some() {}
             }
         }
     }

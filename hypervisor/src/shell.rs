@@ -446,6 +446,14 @@ fn info_device(n: usize, d: &crate::virtio::VirtioDev) {
                 st.rx_bytes >> 10,
                 st.rx_dropped
             );
+            if st.announces + st.ctrl_errors > 0 {
+                say!(
+                    "    asked to announce itself {} times, acknowledged {}; control commands refused {}",
+                    st.announces,
+                    st.announce_acks,
+                    st.ctrl_errors
+                );
+            }
         }
     }
 }

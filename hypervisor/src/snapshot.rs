@@ -740,8 +740,9 @@ fn apply(vm: &Vm, r: Box<Ready>, how: &str) {
     log::info!("{}: {how} (of VM '{}')", vm.name, r.from);
     crate::sched::start_restored(vm);
     // It may have come from another machine: the network learns where it
-    // is now before the guest says anything.
+    // is now before the guest says anything, and then from the guest.
     crate::net::vm_started(vm, true);
+    crate::virtio::announce(vm);
 }
 
 /// The TCP port `incoming` waits on.

@@ -982,6 +982,14 @@ pub fn access(
                             ),
                         );
                     }
+                    if let Some(e) = ev.ctrl_broken {
+                        vm.complain(
+                            vcpu,
+                            format_args!(
+                                "virtio-net {i}: control queue given up ({e}); the device needs a reset"
+                            ),
+                        );
+                    }
                     (Some(0), ev.tx)
                 }
             };
@@ -1103,6 +1111,30 @@ fn net_tx(
     let kicks = dev.line(vm, n.irq_level());
     drop(n);
     apply(vm, kicks, Some(vcpu));
+}
+
+/// `vm` has just resumed after a migration or a restore: each NIC whose
+/// driver negotiated VIRTIO_NET_F_GUEST_ANNOUNCE is asked to announce
+/// itself (the guest's gratuitous ARP and IPv6 neighbour advertisements,
+/// from the addresses it has: what the hypervisor's RARP for its MAC
+/// cannot say).
+pub fn announce(vm: &Vm) {
+    for (i, dev) in vm.virtio.iter().enumerate() {
+        let Model::Net { net, .. } = &dev.model else {
+            continue;
+        };
+        let mut n = net.lock();
+        if !n.announce() {
+            continue;
+        }
+        let kicks = dev.line(vm, n.irq_level());
+        drop(n);
+        log::info!(
+            "{}: virtio-net {i}: asked the guest to announce itself",
+            vm.name
+        );
+        apply(vm, kicks, None);
+    }
 }
 
 /// Each pCPU's buffer for the frame it is sending: up to 64 KiB with

@@ -179,12 +179,24 @@ struct Link {
     announced: Arc<Mutex<Vec<Announced>>>,
 }
 
-/// A RARP announcement of `mac` that came in on port `port` of the link
-/// (0: machine A, 1: machine B, 2: the host peer).
+/// An announcement of `mac` that came in on port `port` of the link
+/// (0: machine A, 1: machine B, 2: the host peer): the hypervisor's RARP
+/// for a VM's MAC, or the guest's own gratuitous ARP (its sender and
+/// target address the same), which it sends when its virtio-net device
+/// asks it to (VIRTIO_NET_F_GUEST_ANNOUNCE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Announced {
     port: usize,
     mac: [u8; 6],
+    gratuitous: bool,
+}
+
+/// Whether `f` is a gratuitous ARP: an Ethernet/IPv4 ARP whose sender
+/// and target protocol addresses are the same.
+fn gratuitous_arp(f: &[u8]) -> bool {
+    f.get(12..14) == Some(&0x0806u16.to_be_bytes()[..])
+        && f.get(14..20) == Some(&[0, 1, 8, 0, 6, 4][..])
+        && f.get(28..32).is_some_and(|spa| f.get(38..42) == Some(spa))
 }
 
 /// The link's switch: a writer per port, and where each MAC was seen.
@@ -249,8 +261,13 @@ impl Relay {
                 table.get(dst).copied()
             }
         };
-        if f.get(12..14) == Some(&0x8035u16.to_be_bytes()[..]) {
-            lock(&self.announced).push(Announced { port, mac: src });
+        let gratuitous = gratuitous_arp(f);
+        if gratuitous || f.get(12..14) == Some(&0x8035u16.to_be_bytes()[..]) {
+            lock(&self.announced).push(Announced {
+                port,
+                mac: src,
+                gratuitous,
+            });
         }
         for (p, o) in out.iter_mut().enumerate() {
             if p != port && to.is_none_or(|t| t == p) {
@@ -720,7 +737,7 @@ fn linux_round_trip() -> Result<()> {
     linux_session_moved(&seen).map_err(fail)?;
     round_trip_ended(&log_a, &log_b, "lin", LINUX_MAX_DOWNTIME_MS, &logs)?;
     println!(
-        "  counts 1..={} on A, {}..={} on B, {}..={LINUX_COUNTS} on A again; the file checked out; one TCP session to the host across both moves, the VM announced 5 times on B then 5 on A",
+        "  counts 1..={} on A, {}..={} on B, {}..={LINUX_COUNTS} on A again; the file checked out; one TCP session to the host across both moves, the VM announced 5 times on B then 5 on A, the guest announced itself on B then on A",
         first.len(),
         first.len() + 1,
         first.len() + on_b.len(),
@@ -736,28 +753,39 @@ const ANNOUNCE_ROUNDS: usize = 5;
 /// The Linux VM's NIC in configs/test-migrate-linux-*.toml.
 const LINUX_MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0x01, 0x1e];
 
-/// What the link saw of the Linux VM's round trip: its MAC announced
-/// [`ANNOUNCE_ROUNDS`] times by machine B (as it arrived there), then as
-/// often by A (back), and nothing else; and the host peer served one TCP
-/// session, not a new one after each move, and echoed every line.
-fn linux_session_moved(seen: &Seen) -> Result<()> {
-    let from: Vec<usize> = seen
-        .announced
-        .iter()
-        .filter(|a| a.mac == LINUX_MAC)
-        .map(|a| a.port)
-        .collect();
-    // Runs of announcements from one port: (port, how many).
+/// Runs of the Linux VM's announcements of one kind from one port of
+/// the link: (port, how many), in the order they came.
+fn announce_runs(seen: &Seen, gratuitous: bool) -> Vec<(usize, usize)> {
     let mut runs: Vec<(usize, usize)> = Vec::new();
-    for p in from {
+    for a in &seen.announced {
+        if a.mac != LINUX_MAC || a.gratuitous != gratuitous {
+            continue;
+        }
         match runs.last_mut() {
-            Some((q, n)) if *q == p => *n += 1,
-            _ => runs.push((p, 1)),
+            Some((q, n)) if *q == a.port => *n += 1,
+            _ => runs.push((a.port, 1)),
         }
     }
+    runs
+}
+
+/// What the link saw of the Linux VM's round trip: its MAC announced
+/// [`ANNOUNCE_ROUNDS`] times by machine B (as it arrived there), then as
+/// often by A (back), and nothing else; the guest's own gratuitous ARPs
+/// from B then from A, none before it first moved; and the host peer
+/// served one TCP session, not a new one after each move, and echoed
+/// every line.
+fn linux_session_moved(seen: &Seen) -> Result<()> {
+    let runs = announce_runs(seen, false);
     ensure!(
         runs == [(1, ANNOUNCE_ROUNDS), (0, ANNOUNCE_ROUNDS)],
         "the VM's MAC was announced from ports {runs:?} of the link ((port, times)), not {ANNOUNCE_ROUNDS} times from B (1) then {ANNOUNCE_ROUNDS} times from A (0); all announcements: {:?}",
+        seen.announced
+    );
+    let garps = announce_runs(seen, true);
+    ensure!(
+        garps.len() == 2 && garps[0].0 == 1 && garps[1].0 == 0,
+        "the guest's gratuitous ARPs came from ports {garps:?} of the link ((port, times)), not from B (1) then from A (0): its NIC did not ask it to announce itself after each move; all announcements: {:?}",
         seen.announced
     );
     let host = seen.host.as_ref().context("no host peer on the link")?;
@@ -1055,7 +1083,30 @@ mod tests {
         assert_eq!(send(1, &frame(vm, vm, 0x0800)), Vec::<usize>::new());
         // Runts are dropped.
         assert_eq!(send(0, &[0u8; 11]), Vec::<usize>::new());
-        assert_eq!(*lock(&relay.announced), [Announced { port: 1, mac: vm }]);
+        // The guest's own gratuitous ARP (10.0.2.15 for itself), and an
+        // ordinary request for another address, which is none.
+        let mut arp = frame([0xff; 6], vm, 0x0806);
+        arp[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        arp[28..32].copy_from_slice(&[10, 0, 2, 15]);
+        arp[38..42].copy_from_slice(&[10, 0, 2, 15]);
+        assert_eq!(send(1, &arp), [0, 2]);
+        arp[41] = 2;
+        send(1, &arp);
+        assert_eq!(
+            *lock(&relay.announced),
+            [
+                Announced {
+                    port: 1,
+                    mac: vm,
+                    gratuitous: false
+                },
+                Announced {
+                    port: 1,
+                    mac: vm,
+                    gratuitous: true
+                }
+            ]
+        );
         // What goes out is framed as QEMU's stream expects.
         let mut out = vec![Vec::new(); 3];
         relay.switch(2, &frame(vm, host, 0x0800), &mut out);

@@ -1,6 +1,9 @@
 //! The virtio network device (virtio 1.2, 5.1): one receive and one
 //! transmit queue, a fixed MAC, checksum and TCP segmentation offload
-//! ([`crate::offload`]).
+//! ([`crate::offload`]), and a control queue for one command: the
+//! driver's acknowledgement of a request to announce itself
+//! (VIRTIO_NET_F_GUEST_ANNOUNCE, 5.1.6.5.4), which the hypervisor makes
+//! when a migrated or restored VM resumes ([`Net::announce`]).
 //!
 //! Frames the guest sends are copied out of its transmit chains one at a
 //! time ([`Net::pop_tx`]) for the switch, with what their header asks
@@ -38,7 +41,24 @@ pub mod f {
     pub const MAC: u64 = 1 << 5;
     /// `status` in the configuration space is valid (link up).
     pub const STATUS: u64 = 1 << 16;
+    /// The control queue (queue 2 without multiqueue).
+    pub const CTRL_VQ: u64 = 1 << 17;
+    /// The device may ask the driver to announce itself (gratuitous ARP,
+    /// unsolicited neighbour advertisements) with `status` bit
+    /// [`super::S_ANNOUNCE`] and a configuration-change interrupt.
+    pub const GUEST_ANNOUNCE: u64 = 1 << 21;
 }
+
+/// `status` bits (5.1.4).
+pub const S_LINK_UP: u16 = 1;
+pub const S_ANNOUNCE: u16 = 2;
+
+/// Control commands (5.1.6.5): the class and command of the one the
+/// device knows, and the ack byte it writes back.
+pub const CTRL_CLASS_ANNOUNCE: u8 = 3;
+pub const CTRL_ANNOUNCE_ACK: u8 = 0;
+pub const CTRL_OK: u8 = 0;
+pub const CTRL_ERR: u8 = 1;
 
 /// `virtio_net_hdr_v1` before every frame: flags, gso_type, hdr_len,
 /// gso_size, csum_start, csum_offset, num_buffers (always there with
@@ -51,6 +71,7 @@ pub const MAX_FRAME: usize = 1518;
 pub const MIN_FRAME: usize = 14;
 pub const RX: usize = 0;
 pub const TX: usize = 1;
+pub const CTRL: usize = 2;
 pub const QUEUE_SIZE: u16 = 256;
 
 /// Counters for the shell.
@@ -72,6 +93,11 @@ pub struct NetStats {
     pub kicks: u64,
     pub interrupts: u64,
     pub resets_needed: u64,
+    /// Announcements asked of the driver, and its acknowledgements.
+    pub announces: u64,
+    pub announce_acks: u64,
+    /// Control commands answered with an error (unknown, or malformed).
+    pub ctrl_errors: u64,
 }
 
 /// What a delivery came to.
@@ -94,12 +120,15 @@ pub struct NetEvent {
     pub tx: bool,
     /// A queue was given up at setup (layout outside RAM).
     pub refused: bool,
+    /// The control queue was given up (a broken ring); the device needs a
+    /// reset.
+    pub ctrl_broken: Option<QueueError>,
 }
 
 pub struct Net {
-    pub transport: Transport<2>,
+    pub transport: Transport<3>,
     pub mac: [u8; 6],
-    queues: [Option<Queue>; 2],
+    queues: [Option<Queue>; 3],
     config: [u8; 8],
     chain: Vec<Desc>,
     pub stats: NetStats,
@@ -109,12 +138,14 @@ impl Net {
     pub fn new(mac: [u8; 6]) -> Net {
         let mut config = [0u8; 8];
         config[..6].copy_from_slice(&mac);
-        config[6..8].copy_from_slice(&1u16.to_le_bytes()); // VIRTIO_NET_S_LINK_UP
+        config[6..8].copy_from_slice(&S_LINK_UP.to_le_bytes());
         Net {
             transport: Transport::new(
                 DEVICE_ID,
                 f::MAC
                     | f::STATUS
+                    | f::CTRL_VQ
+                    | f::GUEST_ANNOUNCE
                     | f::CSUM
                     | f::GUEST_CSUM
                     | f::GUEST_TSO4
@@ -126,7 +157,7 @@ impl Net {
                 QUEUE_SIZE,
             ),
             mac,
-            queues: [None, None],
+            queues: [None, None, None],
             config,
             chain: Vec::with_capacity(usize::from(QUEUE_SIZE)),
             stats: NetStats::default(),
@@ -159,15 +190,40 @@ impl Net {
 
     pub fn reset(&mut self) {
         self.transport.reset();
-        self.queues = [None, None];
+        self.queues = [None, None, None];
+        self.set_status(S_LINK_UP);
     }
 
-    pub(crate) fn queue_refs(&self) -> &[Option<Queue>; 2] {
+    pub(crate) fn queue_refs(&self) -> &[Option<Queue>; 3] {
         &self.queues
     }
 
-    pub(crate) fn set_queues(&mut self, q: [Option<Queue>; 2]) {
+    pub(crate) fn set_queues(&mut self, q: [Option<Queue>; 3]) {
         self.queues = q;
+    }
+
+    /// The configuration space's `status`.
+    pub fn status(&self) -> u16 {
+        u16::from_le_bytes([self.config[6], self.config[7]])
+    }
+
+    pub(crate) fn set_status(&mut self, v: u16) {
+        self.config[6..8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Asks the driver to announce itself, as after a migration (5.1.6.5.4):
+    /// the ANNOUNCE status bit and a configuration-change interrupt, if it
+    /// negotiated GUEST_ANNOUNCE and the device runs. Whether it asked.
+    pub fn announce(&mut self) -> bool {
+        if !self.transport.live() || self.transport.negotiated() & f::GUEST_ANNOUNCE == 0 {
+            return false;
+        }
+        self.set_status(self.status() | S_ANNOUNCE);
+        self.transport.config_generation = self.transport.config_generation.wrapping_add(1);
+        self.transport.interrupt_status |= mmio::INT_CONFIG;
+        self.stats.announces += 1;
+        self.stats.interrupts += 1;
+        true
     }
 
     pub fn mmio_read(&self, off: u64, size: u8) -> Option<u32> {
@@ -185,7 +241,10 @@ impl Net {
         let mut ev = NetEvent::default();
         match self.transport.write(off, size, value)? {
             None | Some(Event::Interrupt) => {}
-            Some(Event::Reset) => self.queues = [None, None],
+            Some(Event::Reset) => {
+                self.queues = [None, None, None];
+                self.set_status(S_LINK_UP);
+            }
             Some(Event::QueueReady(q)) => {
                 let q = usize::from(q);
                 let queue = self.transport.take_ready(q, mem);
@@ -197,11 +256,77 @@ impl Net {
             Some(Event::Notify(q)) => {
                 self.stats.kicks += 1;
                 // Receive buffers are used when a frame arrives; nothing
-                // waits for them here.
-                ev.tx = usize::from(q) == TX;
+                // waits for them here. A control command is answered at
+                // once: Linux's driver spins until it is.
+                match usize::from(q) {
+                    TX => ev.tx = true,
+                    CTRL => ev.ctrl_broken = self.ctrl(mem).err(),
+                    _ => {}
+                }
             }
         }
         Ok(ev)
+    }
+
+    /// Answers every control command the driver queued. A command is a
+    /// chain of device-readable bytes (class, command, data) then one
+    /// device-writable ack byte; anything else is answered CTRL_ERR where
+    /// the ack byte can go, and given back unanswered where it cannot.
+    fn ctrl(&mut self, mem: &impl GuestMemory) -> Result<(), QueueError> {
+        if !self.transport.live() {
+            return Ok(());
+        }
+        let Some(mut q) = self.queues[CTRL].take() else {
+            return Ok(());
+        };
+        let r = self.ctrl_from(&mut q, mem);
+        match r {
+            Ok(want) => {
+                self.queues[CTRL] = Some(q);
+                self.interrupt(want);
+                Ok(())
+            }
+            Err(e) => Err(self.broken(CTRL, e)),
+        }
+    }
+
+    fn ctrl_from(&mut self, q: &mut Queue, mem: &impl GuestMemory) -> Result<bool, QueueError> {
+        loop {
+            let Some(head) = q.pop(mem, &mut self.chain)? else {
+                if q.rearm(mem)? {
+                    continue;
+                }
+                return q.needs_interrupt(mem);
+            };
+            let ack = match self.chain.split_last() {
+                Some((last, out))
+                    if last.write && last.len >= 1 && out.iter().all(|d| !d.write) =>
+                {
+                    Some(last.addr)
+                }
+                _ => None,
+            };
+            let mut hdr = [0u8; 2];
+            let got = self
+                .chain
+                .first()
+                .filter(|d| !d.write && d.len >= 2 && ack.is_some());
+            let known = got.is_some_and(|d| mem.read(d.addr, &mut hdr).is_ok())
+                && hdr == [CTRL_CLASS_ANNOUNCE, CTRL_ANNOUNCE_ACK];
+            let answer = if known {
+                self.set_status(self.status() & !S_ANNOUNCE);
+                self.stats.announce_acks += 1;
+                CTRL_OK
+            } else {
+                self.stats.ctrl_errors += 1;
+                CTRL_ERR
+            };
+            let written = match ack {
+                Some(at) if mem.write(at, &[answer]).is_ok() => 1,
+                _ => 0,
+            };
+            q.push_used(mem, head, written)?;
+        }
     }
 
     fn broken(&mut self, q: usize, e: QueueError) -> QueueError {
@@ -477,6 +602,17 @@ pub fn driver_init_with(
     mem: &impl GuestMemory,
     accept: u64,
 ) {
+    driver_init_queues(net, &[rx, tx], mem, accept);
+}
+
+/// [`driver_init_with`] with the queues in `layouts` (receive, transmit,
+/// and the control queue if there are three).
+pub fn driver_init_queues(
+    net: &mut Net,
+    layouts: &[crate::queue::Layout],
+    mem: &impl GuestMemory,
+    accept: u64,
+) {
     use crate::mmio::reg;
     use crate::status;
     let offered = net.transport.device_features & accept;
@@ -489,7 +625,7 @@ pub fn driver_init_with(
     w(reg::DRIVER_FEATURES_SEL, 1);
     w(reg::DRIVER_FEATURES, (offered >> 32) as u32);
     w(reg::STATUS, status::FEATURES_OK);
-    for (i, l) in [rx, tx].into_iter().enumerate() {
+    for (i, l) in layouts.iter().enumerate() {
         w(reg::QUEUE_SEL, i as u32);
         w(reg::QUEUE_NUM, u32::from(l.size));
         w(reg::QUEUE_DESC_LOW, l.desc as u32);
@@ -812,5 +948,156 @@ mod tests {
         let mut buf = vec![0u8; MAX_GSO_FRAME];
         assert_eq!(net.pop_tx(&mem, &mut buf), Ok(None));
         assert_eq!((net.stats.tx_frames, net.stats.tx_dropped), (0, 1));
+    }
+
+    /// A device with its control queue at `BASE + 0x2000`, accepting
+    /// `accept`.
+    fn up_ctrl(mem: &SliceMem, accept: u64) -> (Net, Driver) {
+        let rx = Driver::new(BASE, 16);
+        let tx = Driver::new(BASE + 0x1000, 16);
+        let ctrl = Driver::new(BASE + 0x2000, 16);
+        let mut net = Net::new(MAC);
+        driver_init_queues(&mut net, &[rx.layout, tx.layout, ctrl.layout], mem, accept);
+        assert!(net.transport.live());
+        (net, ctrl)
+    }
+
+    /// Queues a control command (header, then a one-byte ack buffer at
+    /// `BASE + 0x31_000`) and notifies the control queue.
+    fn command(net: &mut Net, ctrl: &mut Driver, mem: &SliceMem, hdr: [u8; 2]) -> NetEvent {
+        mem.write(BASE + 0x30_000, &hdr).unwrap();
+        mem.write(BASE + 0x31_000, &[0xee]).unwrap();
+        ctrl.add(
+            mem,
+            &[(BASE + 0x30_000, 2, false), (BASE + 0x31_000, 1, true)],
+        );
+        net.mmio_write(mmio::reg::QUEUE_NOTIFY, 4, CTRL as u32, mem)
+            .unwrap()
+    }
+
+    fn ack(mem: &SliceMem) -> u8 {
+        let mut b = [0u8; 1];
+        mem.read(BASE + 0x31_000, &mut b).unwrap();
+        b[0]
+    }
+
+    #[test]
+    fn an_announcement_is_asked_for_and_acknowledged() {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, mut ctrl) = up_ctrl(&mem, u64::MAX);
+        let generation = net.mmio_read(mmio::reg::CONFIG_GENERATION, 4).unwrap();
+        assert!(!net.irq_level());
+        assert!(net.announce());
+        assert_eq!(
+            net.mmio_read(mmio::CONFIG + 6, 2),
+            Some(u32::from(S_LINK_UP | S_ANNOUNCE))
+        );
+        assert_eq!(net.transport.interrupt_status, mmio::INT_CONFIG);
+        assert_ne!(
+            net.mmio_read(mmio::reg::CONFIG_GENERATION, 4).unwrap(),
+            generation
+        );
+        let ev = command(
+            &mut net,
+            &mut ctrl,
+            &mem,
+            [CTRL_CLASS_ANNOUNCE, CTRL_ANNOUNCE_ACK],
+        );
+        assert_eq!(ev.ctrl_broken, None);
+        assert_eq!(ack(&mem), CTRL_OK);
+        assert_eq!(ctrl.take_used(&mem), Some((0, 1)));
+        assert_eq!(
+            net.mmio_read(mmio::CONFIG + 6, 2),
+            Some(u32::from(S_LINK_UP))
+        );
+        assert_eq!((net.stats.announces, net.stats.announce_acks), (1, 1));
+    }
+
+    #[test]
+    fn other_control_commands_get_an_error() {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, mut ctrl) = up_ctrl(&mem, u64::MAX);
+        assert!(net.announce());
+        // VIRTIO_NET_CTRL_RX / PROMISC: not offered, so not known.
+        command(&mut net, &mut ctrl, &mem, [0, 0]);
+        assert_eq!(ack(&mem), CTRL_ERR);
+        assert_eq!(ctrl.take_used(&mem), Some((0, 1)));
+        // The announcement is still asked for.
+        assert_eq!(
+            net.mmio_read(mmio::CONFIG + 6, 2),
+            Some(u32::from(S_LINK_UP | S_ANNOUNCE))
+        );
+        // No writable byte for the ack: given back with nothing written.
+        mem.write(BASE + 0x30_000, &[CTRL_CLASS_ANNOUNCE, CTRL_ANNOUNCE_ACK])
+            .unwrap();
+        ctrl.add(&mem, &[(BASE + 0x30_000, 2, false)]);
+        let ev = net
+            .mmio_write(mmio::reg::QUEUE_NOTIFY, 4, CTRL as u32, &mem)
+            .unwrap();
+        assert_eq!(ev.ctrl_broken, None);
+        assert_eq!(ctrl.take_used(&mem), Some((2, 0)));
+        assert_eq!(net.stats.ctrl_errors, 2);
+        assert_eq!(net.stats.announce_acks, 0);
+    }
+
+    #[test]
+    fn a_driver_without_guest_announce_is_not_asked() {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, _) = up_ctrl(&mem, !f::GUEST_ANNOUNCE);
+        assert!(!net.announce());
+        assert!(!net.irq_level());
+        assert_eq!(
+            net.mmio_read(mmio::CONFIG + 6, 2),
+            Some(u32::from(S_LINK_UP))
+        );
+        // Nor a device the driver has not brought up.
+        assert!(!Net::new(MAC).announce());
+    }
+
+    #[test]
+    fn a_broken_control_ring_needs_a_reset() {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, ctrl) = up_ctrl(&mem, u64::MAX);
+        // A head past the table.
+        mem.write_u16(ctrl.layout.avail + 4, 99).unwrap();
+        ctrl.set_avail_idx(&mem, 1);
+        let ev = net
+            .mmio_write(mmio::reg::QUEUE_NOTIFY, 4, CTRL as u32, &mem)
+            .unwrap();
+        assert!(ev.ctrl_broken.is_some());
+        assert!(!net.transport.live());
+        assert_eq!(net.stats.resets_needed, 1);
+    }
+
+    #[test]
+    fn a_pending_announcement_survives_save_and_restore() {
+        let mut ram = vec![0u8; 1 << 20];
+        let mem = SliceMem::new(BASE, &mut ram);
+        let (mut net, mut ctrl) = up_ctrl(&mem, u64::MAX);
+        assert!(net.announce());
+        let bytes = net.save_state();
+        let mut other = Net::new(MAC);
+        other.restore_state(&bytes, &mem).unwrap();
+        assert_eq!(other.status(), S_LINK_UP | S_ANNOUNCE);
+        assert!(other.irq_level());
+        command(
+            &mut other,
+            &mut ctrl,
+            &mem,
+            [CTRL_CLASS_ANNOUNCE, CTRL_ANNOUNCE_ACK],
+        );
+        assert_eq!(ack(&mem), CTRL_OK);
+        assert_eq!(other.status(), S_LINK_UP);
+        // A status bit the device never sets is refused.
+        let mut bad = bytes.clone();
+        bad[2 + 6] |= 0x80;
+        assert_eq!(
+            Net::new(MAC).restore_state(&bad, &mem),
+            Err(crate::state::StateError::Status)
+        );
     }
 }

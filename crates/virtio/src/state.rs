@@ -16,8 +16,9 @@ use crate::queue::{Layout, Queue};
 use crate::GuestMemory;
 use alloc::vec::Vec;
 
-/// The first byte of every device state.
-const STATE_VERSION: u8 = 1;
+/// The first byte of every device state (2: the net device's control
+/// queue and `status`).
+const STATE_VERSION: u8 = 2;
 const KIND_BLK: u8 = 1;
 const KIND_NET: u8 = 2;
 
@@ -57,7 +58,7 @@ impl core::fmt::Display for StateError {
             StateError::Slice => write!(f, "the saved disk is another slice of the disk"),
             StateError::Features => write!(f, "driver features the device never offered"),
             StateError::Queue(q) => write!(f, "queue {q}: size, areas or ready state invalid"),
-            StateError::Status => write!(f, "interrupt status bits the device never sets"),
+            StateError::Status => write!(f, "status bits the device never sets"),
         }
     }
 }
@@ -288,6 +289,8 @@ impl Net {
         o.u8(STATE_VERSION);
         o.u8(KIND_NET);
         o.0.extend_from_slice(&self.mac);
+        // An announcement the driver has not acknowledged yet goes too.
+        o.u16(self.status());
         put_transport(&mut o, &self.transport);
         for q in self.queue_refs() {
             put_queue(&mut o, q);
@@ -307,12 +310,20 @@ impl Net {
         if i.take::<6>()? != self.mac {
             return Err(StateError::Device);
         }
+        let status = i.u16()?;
+        if status & !(crate::net::S_LINK_UP | crate::net::S_ANNOUNCE) != 0
+            || status & crate::net::S_LINK_UP == 0
+        {
+            return Err(StateError::Status);
+        }
         let transport = get_transport(&mut i, &self.transport)?;
         let rx = get_queue(&mut i, 0, &transport, mem)?;
         let tx = get_queue(&mut i, 1, &transport, mem)?;
+        let ctrl = get_queue(&mut i, 2, &transport, mem)?;
         i.end()?;
         self.transport = transport;
-        self.set_queues([rx, tx]);
+        self.set_queues([rx, tx, ctrl]);
+        self.set_status(status);
         Ok(())
     }
 }
