@@ -805,6 +805,11 @@ struct Migrator<'a> {
     throttle: Option<(u8, usize)>,
     /// Its pool vCPUs' own caps, given back when the migration ends.
     own_caps: Vec<Option<u8>>,
+    /// When pre-copy and the round under way began (physical count), and
+    /// the pages the guest dirtied during the rounds so far.
+    precopy_at: u64,
+    round_at: u64,
+    dirtied: u64,
 }
 
 impl Migrator<'_> {
@@ -879,6 +884,24 @@ impl Migrator<'_> {
             pages.len() as u64,
             throttle,
             !vm.pool.is_empty(),
+        );
+        let now = regs::cntpct_el0();
+        let took = now.saturating_sub(self.round_at);
+        self.round_at = now;
+        self.dirtied += pages.len() as u64;
+        let freq = regs::cntfrq_el0().max(1);
+        log::info!(
+            "{}: migration round {}: {sent} pages sent in {} ms, {} dirtied meanwhile ({} pages/s); {}",
+            vm.name,
+            self.rounds.len(),
+            took * 1000 / freq,
+            pages.len(),
+            pages.len() as u64 * freq / took.max(1),
+            match plan {
+                snap::precopy::Next::Round => "another round",
+                snap::precopy::Next::SlowDown(_) => "another round, the VM slowed down",
+                snap::precopy::Next::Last => "the VM pauses for the last",
+            }
         );
         if let snap::precopy::Next::SlowDown(cap) = plan {
             self.slow_down(cap);
@@ -1065,6 +1088,9 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
         committed: false,
         throttle: None,
         own_caps: crate::sched::caps(vm),
+        precopy_at: regs::cntpct_el0(),
+        round_at: regs::cntpct_el0(),
+        dirtied: 0,
     };
     let r = mgmt::connect(&mut m, (to, MIGRATE_PORT));
     let now = regs::cntpct_el0();
@@ -1114,12 +1140,13 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
         );
         let s = &m.sender;
         return Ok(format!(
-            "{}: migrated to {ip}: {} bytes, pages {rounds} ({} in all of {}, {} zero pages skipped), {faults} write faults, {} ms in all, {down} ms from pause to the target's go ({merged} blocks merged back){slowed}{parts}",
+            "{}: migrated to {ip}: {} bytes, pages {rounds} ({} in all of {}, {} zero pages skipped), {faults} write faults, dirtied {} pages/s while it ran, {} ms in all, {down} ms from pause to the target's go ({merged} blocks merged back){slowed}{parts}",
             vm.name,
             s.bytes,
             s.pages,
             vm.ram_size as usize / PAGE,
             s.zero_pages,
+            m.dirtied * freq / m.paused_at.unwrap_or(now).saturating_sub(m.precopy_at).max(1),
             (now - t0) * 1000 / freq
         ));
     }

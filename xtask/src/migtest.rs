@@ -324,6 +324,14 @@ fn pair_seen(
     });
     let out_a = out_a.map_err(|_| anyhow::anyhow!("machine A's thread panicked"))??;
     let out_b = out_b.map_err(|_| anyhow::anyhow!("machine B's thread panicked"))??;
+    // Both serial logs stay on disk, passed or not, as the single-machine
+    // cases' do: target/itest/logs/<image>.log.
+    let logs = crate::target_dir().join("itest/logs");
+    std::fs::create_dir_all(&logs)?;
+    for (built, out) in [(a.0, &out_a), (b.0, &out_b)] {
+        let stem = built.image.file_stem().unwrap_or_default().to_string_lossy();
+        std::fs::write(logs.join(format!("{stem}.log")), &out.log)?;
+    }
     let both = || {
         format!(
             "machine A:\n{}\nmachine B:\n{}",
@@ -487,6 +495,15 @@ fn round_trip(a: &build::Built, b: &build::Built, sums: &[u64], run: Run) -> Res
     {
         bail!(
             "a machine's counter was behind the VM's virtual count: {l}\n{}",
+            logs()
+        );
+    }
+    // Each source reported its rounds as they went.
+    for (name, log) in [("A", &log_a), ("B", &log_b)] {
+        ensure!(
+            log.lines()
+                .any(|l| l.contains("counter: migration round 1: ") && l.contains(" pages/s); ")),
+            "machine {name} reported no pre-copy round as it went\n{}",
             logs()
         );
     }
@@ -1124,7 +1141,7 @@ mod tests {
 
     #[test]
     fn bench_figures_are_read_from_the_shell_line() {
-        let line = "counter: migrated to 10.0.2.16: 2549937 bytes, pages 521 + 86 + 13 (620 in all of 4096, 3575 zero pages skipped), 99 write faults, 290 ms in all, 7 ms from pause to the target's go (8 blocks merged back)";
+        let line = "counter: migrated to 10.0.2.16: 2549937 bytes, pages 521 + 86 + 13 (620 in all of 4096, 3575 zero pages skipped), 99 write faults, dirtied 312 pages/s while it ran, 290 ms in all, 7 ms from pause to the target's go (8 blocks merged back)";
         let f = migration_figures(line, 2, "migrate", "ms").unwrap();
         let got: Vec<(&str, &str, f64)> = f
             .iter()
@@ -1146,7 +1163,7 @@ mod tests {
 
     #[test]
     fn downtime_is_read_from_the_shell_line() {
-        let log = "x\ncounter: migrated to 10.0.2.16: 2549937 bytes, pages 521 + 86 + 13 (620 in all of 4096, 3575 zero pages skipped), 99 write faults, 290 ms in all, 7 ms from pause to the target's go (8 blocks merged back)\n";
+        let log = "x\ncounter: migrated to 10.0.2.16: 2549937 bytes, pages 521 + 86 + 13 (620 in all of 4096, 3575 zero pages skipped), 99 write faults, dirtied 312 pages/s while it ran, 290 ms in all, 7 ms from pause to the target's go (8 blocks merged back)\n";
         let dst = "counter: migrated in: 620 RAM pages, 2549937 bytes in 280 ms, resumed 1.2 ms after its OK\n";
         // 7 ms to the go, the target's 1.2 rounded up.
         assert_eq!(downtime(log, dst, "counter", "10.0.2.16").unwrap(), 9);
