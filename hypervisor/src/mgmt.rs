@@ -174,11 +174,20 @@ impl phy::RxToken for Rx {
     }
 }
 
+/// The frame smoltcp is building: one at a time, on the pCPU that holds
+/// the endpoint's lock, so this lock never waits. Kept between frames,
+/// and cleared for each (no byte of an earlier frame goes out again).
+static TX_FRAME: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
 impl phy::TxToken for Tx {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
-        let mut frame = vec![0u8; len];
-        let r = f(&mut frame);
-        crate::net::send_raw(&frame);
+        let mut frame = TX_FRAME.lock();
+        if frame.len() < len {
+            frame.resize(len, 0);
+        }
+        frame[..len].fill(0);
+        let r = f(&mut frame[..len]);
+        crate::net::send_raw(&frame[..len]);
         r
     }
 }

@@ -833,16 +833,20 @@ impl Migrator<'_> {
                 }
             }
             r.at += 1;
-            let page = copy_guest_page(base + p as usize * PAGE);
-            if r.skip_zero && snap::is_zero_page(&page) {
+            let pa = base + p as usize * PAGE;
+            // A guest with its caches off writes around EL2's cached copy.
+            cache::clean_invalidate_for_guest(pa, PAGE);
+            // Most of a fresh VM's pages are zero: looked at in place, not
+            // copied first.
+            if r.skip_zero && guest_page_is_zero(pa) {
                 s.zero_pages += 1;
                 if first.is_some() {
                     break;
                 }
                 continue;
             }
+            append_guest_page(pa, &mut data);
             first.get_or_insert(p);
-            data.extend_from_slice(&page);
         }
         let Some(f) = first else {
             return Ok(r.at < r.pages.len());
@@ -924,7 +928,7 @@ impl Migrator<'_> {
             pages.sort_unstable();
             pages.dedup();
             // No clean of the whole RAM here (512 MiB of it took 330 ms
-            // under QEMU, all of it downtime): `copy_guest_page` cleans
+            // under QEMU, all of it downtime): `append_guest_page` cleans
             // each page it reads.
         }
         self.phase = Phase::Round(Round {
@@ -960,19 +964,33 @@ impl Migrator<'_> {
 }
 
 /// One page of a running VM's RAM at `pa`, as memory holds it now.
-fn copy_guest_page(pa: usize) -> Vec<u8> {
-    // A guest with its caches off writes around EL2's cached copy.
-    cache::clean_invalidate_for_guest(pa, PAGE);
-    let mut page = alloc::vec![0u8; PAGE];
-    for (i, chunk) in page.chunks_exact_mut(8).enumerate() {
-        // SAFETY: `pa` is a page of the VM's RAM, identity-mapped at EL2
-        // and never freed; the guest may write it meanwhile, so it is read
-        // word by word with volatile loads (a torn page is sent again:
-        // the write that tore it made it dirty).
-        let w = unsafe { core::ptr::read_volatile((pa as *const u64).add(i)) };
-        chunk.copy_from_slice(&w.to_le_bytes());
+/// Appended to `out` (no copy of its own: a round's pages are gathered
+/// straight into the record they go out in). The caller has cleaned it
+/// from the data cache.
+fn append_guest_page(pa: usize, out: &mut Vec<u8>) {
+    let at = out.len();
+    out.resize(at + PAGE, 0);
+    for (i, chunk) in out[at..].chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&guest_word(pa, i).to_le_bytes());
     }
-    page
+}
+
+/// Whether the page at `pa` of a running VM's RAM is all zero now (the
+/// caller has cleaned it from the data cache). A page written meanwhile
+/// is dirty, and goes in a later round whatever this said.
+fn guest_page_is_zero(pa: usize) -> bool {
+    (0..PAGE / 8).all(|i| guest_word(pa, i) == 0)
+}
+
+/// Word `i` of the guest page at `pa`.
+fn guest_word(pa: usize, i: usize) -> u64 {
+    debug_assert!(i < PAGE / 8);
+    // SAFETY: `pa` is a page of the VM's RAM (the callers take it from
+    // the VM's own range), identity-mapped at EL2 and never freed, and
+    // `i` is inside it; the guest may write it meanwhile, so it is read
+    // word by word with volatile loads (a torn page is sent again: the
+    // write that tore it made it dirty).
+    unsafe { core::ptr::read_volatile((pa as *const u64).add(i)) }
 }
 
 impl Session for Migrator<'_> {
@@ -1068,7 +1086,7 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
         sender: Sender {
             vm,
             name: &vm.name,
-            // The rounds read RAM page by page (`copy_guest_page`); the
+            // The rounds read RAM page by page (`append_guest_page`); the
             // sender's own RAM step is not used.
             ram: &[],
             vcount: 0,
