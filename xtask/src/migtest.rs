@@ -329,7 +329,11 @@ fn pair_seen(
     let logs = crate::target_dir().join("itest/logs");
     std::fs::create_dir_all(&logs)?;
     for (built, out) in [(a.0, &out_a), (b.0, &out_b)] {
-        let stem = built.image.file_stem().unwrap_or_default().to_string_lossy();
+        let stem = built
+            .image
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
         std::fs::write(logs.join(format!("{stem}.log")), &out.log)?;
     }
     let both = || {
