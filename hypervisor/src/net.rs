@@ -358,12 +358,12 @@ impl Uplink {
         Ok(())
     }
 
-    /// The next received frame, copied into `out` (its length).
     /// Whether the NIC has used a receive buffer (a frame, or an error).
     fn has_received(&mut self) -> bool {
         self.nic.poll_receive().is_some()
     }
 
+    /// The next received frame, copied into `out` (its length).
     fn receive(&mut self, out: &mut [u8; MAX_FRAME]) -> Option<usize> {
         let token = self.nic.poll_receive()?;
         let Some(i) = self.tokens.iter().position(|&t| t == Some(token)) else {

@@ -928,8 +928,8 @@ impl Migrator<'_> {
             pages.sort_unstable();
             pages.dedup();
             // No clean of the whole RAM here (512 MiB of it took 330 ms
-            // under QEMU, all of it downtime): `append_guest_page` cleans
-            // each page it reads.
+            // under QEMU, all of it downtime): `ram_record` cleans each
+            // page before it reads it.
         }
         self.phase = Phase::Round(Round {
             pages,
