@@ -422,27 +422,7 @@ pub fn doze(ms: u64) {
     let ticks = regs::cntfrq_el0() * ms / 1000;
     crate::sched::set_doze_deadline(Some(regs::cntpct_el0().wrapping_add(ticks)));
     arch::wait_for_interrupt();
-    while let Some(intid) = gic::ack() {
-        gic::eoi(intid);
-        if let Some(vm) = spi_owner(intid) {
-            passthrough_irq(vm, intid);
-            continue;
-        }
-        gic::deactivate(intid);
-        if intid == gic::KICK_SGI {
-            crate::console::kicked();
-        } else if Some(intid) == crate::console::rx_intid() {
-            // Pending again at once (the UART still holds the bytes):
-            // leave it for when the command is over.
-            break;
-        } else if Some(intid) == el2_timer_intid() {
-            crate::sched::el2_timer();
-        } else if Some(intid) == crate::net::uplink_intid() {
-            crate::net::uplink_interrupt();
-        } else if let Some(d) = crate::virtio::disk_of_intid(intid) {
-            crate::virtio::disk_interrupt(d);
-        }
-    }
+    serve_interrupts(false);
     crate::sched::set_doze_deadline(None);
 }
 
@@ -450,6 +430,14 @@ pub fn doze(ms: u64) {
 /// console input is delivered from here too, since the UART's interrupt
 /// may be routed to an idle pCPU.
 pub fn service_interrupts_without_vcpu() {
+    serve_interrupts(true);
+}
+
+/// Every interrupt pending at this pCPU, each to its handler; console
+/// input too if `console`, else the first console interrupt ends the
+/// round (it is pending again at once, the UART still holding the bytes,
+/// and waits for whoever serves with `console`).
+fn serve_interrupts(console: bool) {
     while let Some(intid) = gic::ack() {
         gic::eoi(intid);
         if let Some(vm) = spi_owner(intid) {
@@ -460,6 +448,9 @@ pub fn service_interrupts_without_vcpu() {
         if intid == gic::KICK_SGI {
             crate::console::kicked();
         } else if Some(intid) == crate::console::rx_intid() {
+            if !console {
+                break;
+            }
             console_input();
         } else if Some(intid) == el2_timer_intid() {
             crate::sched::el2_timer();
