@@ -805,9 +805,8 @@ struct Migrator<'a> {
     throttle: Option<(u8, usize)>,
     /// Its pool vCPUs' own caps, given back when the migration ends.
     own_caps: Vec<Option<u8>>,
-    /// When pre-copy and the round under way began (physical count), and
-    /// the pages the guest dirtied during the rounds so far.
-    precopy_at: u64,
+    /// When the round under way began (physical count), and the pages the
+    /// guest dirtied during the rounds so far.
     round_at: u64,
     dirtied: u64,
 }
@@ -1106,7 +1105,6 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
         committed: false,
         throttle: None,
         own_caps: crate::sched::caps(vm),
-        precopy_at: regs::cntpct_el0(),
         round_at: regs::cntpct_el0(),
         dirtied: 0,
     };
@@ -1164,7 +1162,7 @@ pub fn migrate(vm: &Vm, to: [u8; 4]) -> Result<String, String> {
             s.pages,
             vm.ram_size as usize / PAGE,
             s.zero_pages,
-            m.dirtied * freq / m.paused_at.unwrap_or(now).saturating_sub(m.precopy_at).max(1),
+            m.dirtied * freq / m.paused_at.unwrap_or(now).saturating_sub(t0).max(1),
             (now - t0) * 1000 / freq
         ));
     }
